@@ -1,0 +1,44 @@
+"""Dataset types shared by readers, methods and the runner."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from PIL import Image
+
+
+class BadExampleError(Exception):
+    """An example that cannot be used (missing, empty, truncated or non-image file, bomb).
+
+    Raised by ``Example.load``; the runner turns it into a failed Prediction with ``str(err)``
+    as the reason and carries on.
+    """
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled image, opened lazily: nothing is decoded until ``load()`` is called."""
+
+    id: str
+    label: int
+    split: str
+    source: str
+    loader: Callable[[], Image.Image]
+
+    def load(self) -> Image.Image:
+        """Decode the image as RGB, or raise BadExampleError naming the source and the reason."""
+        return self.loader()
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Examples plus the class-name list their labels index into."""
+
+    name: str
+    split: str
+    class_names: list[str]
+    examples: Sequence[Example]
+
+    def __len__(self) -> int:
+        return len(self.examples)

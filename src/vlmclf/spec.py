@@ -1,0 +1,48 @@
+"""RunSpec: everything that decides a result, and nothing that does not.
+
+The run id is a hash of the spec with default-valued fields left out, so adding a new option
+with a default later keeps every existing run id (and its stored predictions) valid. Things that
+change only speed or how much is done (batch size, device, --limit, --store) are not part of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+Method = Literal["clip", "generate", "likelihood"]
+Setting = Literal["open", "closed"]
+Order = Literal["fixed", "random"]
+
+
+class RunSpec(BaseModel):
+    """The identity of a run. Same spec, same id, same cached predictions."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    dataset: str
+    split: str = "test"
+    method: Method
+    setting: Setting = "open"
+    prompt: str = "base"
+    k: int | None = None
+    order: Order = "fixed"
+    seed: int = 0
+    cot: bool = False
+    templates: str = "paper"
+    max_new_tokens: int | None = None
+    dtype: str = "float32"
+    match: str = "contain"
+    options: dict[str, str | int | float | bool | None] = {}
+
+    def canonical_json(self) -> str:
+        """The spec as sorted JSON, defaults left out: the input of the run id."""
+        return json.dumps(self.model_dump(exclude_defaults=True), sort_keys=True)
+
+    @property
+    def run_id(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
