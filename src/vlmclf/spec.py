@@ -25,7 +25,7 @@ class RunSpec(BaseModel):
 
     model: str
     dataset: str
-    split: str = "test"
+    split: str | None = None  # None: the layout's default split (val for ImageNet, test elsewhere)
     method: Method
     setting: Setting = "open"
     prompt: str = "base"

@@ -1,0 +1,43 @@
+"""Ways of classifying an image; ``make_method`` picks one for a RunSpec."""
+
+from __future__ import annotations
+
+from vlmclf.methods.base import LoadedExample, Method
+from vlmclf.models.base import ImageTextEncoder
+from vlmclf.spec import RunSpec
+
+__all__ = ["LoadedExample", "Method", "make_method"]
+
+
+def _kind(model: object) -> str:
+    return "a CLIP-style encoder" if isinstance(model, ImageTextEncoder) else "a generative model"
+
+
+def make_method(model: object, class_names: list[str], spec: RunSpec) -> Method:
+    """The method object for ``spec.method``, checked against what the model can do."""
+    if spec.method == "clip":
+        if not isinstance(model, ImageTextEncoder):
+            raise ValueError(
+                f"--method clip needs a CLIP-style model; {spec.model} is {_kind(model)} "
+                "(use --method generate)"
+            )
+        from vlmclf.methods.prompts import load_templates
+        from vlmclf.methods.zeroshot import ZeroShotMethod
+
+        return ZeroShotMethod(model, class_names, spec, load_templates(spec.templates))
+    if isinstance(model, ImageTextEncoder):
+        raise ValueError(
+            f"--method {spec.method} needs a generative VLM; {spec.model} is {_kind(model)} "
+            "(use --method clip)"
+        )
+    if spec.method == "generate":
+        from vlmclf.methods.generate import GenerateMethod
+
+        return GenerateMethod(model, class_names, spec)
+    if spec.method == "likelihood":
+        from vlmclf.methods.likelihood import LikelihoodMethod
+
+        return LikelihoodMethod(model, class_names, spec)
+    raise ValueError(
+        f"--method: unknown method {spec.method!r}; accepted: clip, generate, likelihood"
+    )

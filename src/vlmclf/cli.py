@@ -1,0 +1,281 @@
+"""The command line: parse, build a RunSpec, call one function, print. No logic lives here."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Evaluate vision-language models as image classifiers, side by side with CLIP.",
+)
+data_app = typer.Typer(no_args_is_help=True, help="Dataset utilities.")
+app.add_typer(data_app, name="data")
+
+DEFAULT_STORE = Path("vlmclf-runs.sqlite")
+
+
+class MethodName(StrEnum):
+    clip = "clip"
+    generate = "generate"
+    likelihood = "likelihood"
+
+
+class Setting(StrEnum):
+    open = "open"
+    closed = "closed"
+
+
+class Order(StrEnum):
+    fixed = "fixed"
+    random = "random"
+
+
+class TableFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+class ExportFormat(StrEnum):
+    jsonl = "jsonl"
+    parquet = "parquet"
+
+
+StoreOpt = Annotated[
+    Path, typer.Option("--store", help="SQLite file that keeps every run and prediction.")
+]
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+@app.command("eval")
+def eval_command(
+    model: Annotated[
+        str,
+        typer.Option(
+            help="hf:<id|path>, random:<family>, organism:vlm|clip, open_clip:<arch>:<weights>, "
+            "openai:|anthropic:|gemini:<model>."
+        ),
+    ],
+    dataset: Annotated[
+        str,
+        typer.Option(
+            help="A manifest .jsonl, or NAME[:split] (imagenet, flowers102, stanford_cars, "
+            "caltech101, fashion_mnist, imagefolder)."
+        ),
+    ],
+    method: Annotated[MethodName, typer.Option(help="How to classify.")],
+    setting: Annotated[
+        Setting, typer.Option(help="open: ask; closed: list the label set in the prompt.")
+    ] = Setting.open,
+    k: Annotated[
+        int | None,
+        typer.Option("--k", help="Label-set size for the closed world (default: all classes)."),
+    ] = None,
+    order: Annotated[Order, typer.Option(help="Order of the offered labels.")] = Order.fixed,
+    prompt: Annotated[str, typer.Option(help="base, alt1, alt2, or the question itself.")] = "base",
+    cot: Annotated[bool, typer.Option("--cot", help='Append "Let\'s think step by step."')] = False,
+    templates: Annotated[
+        str, typer.Option(help="CLIP templates: paper, imagenet80, or a JSON file.")
+    ] = "paper",
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="Answer length budget (default 32, 256 with --cot).")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Evaluate a fixed random subset of this many examples.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for choice sampling (and random: models).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Examples per model call.")] = 8,
+    workers: Annotated[int, typer.Option(help="Threads decoding images ahead of the model.")] = 4,
+    split: Annotated[
+        str | None, typer.Option(help="Dataset split (default: the layout's test/val split).")
+    ] = None,
+    data_root: Annotated[str | None, typer.Option(help="Where the dataset lives on disk.")] = None,
+    classes: Annotated[
+        str | None, typer.Option(help="Class-name list: a shipped name or a JSON/text file.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, mps.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32, float16, bfloat16.")] = "float32",
+    device_map: Annotated[
+        str | None, typer.Option(help="'auto' to spread a large model over GPUs.")
+    ] = None,
+    trust_remote_code: Annotated[
+        bool, typer.Option("--trust-remote-code", help="Allow a checkpoint's own code to run.")
+    ] = False,
+    base_url: Annotated[
+        str | None, typer.Option(help="API base URL (any OpenAI-compatible server).")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(help="Parallel API requests.")] = 4,
+    max_requests: Annotated[
+        int | None, typer.Option(help="Stop after this many API requests.")
+    ] = None,
+    max_cost: Annotated[
+        float | None, typer.Option(help="Stop when the estimated API cost (USD) reaches this.")
+    ] = None,
+    image_max_side: Annotated[
+        int | None, typer.Option(help="Downscale images sent to APIs to this longest side.")
+    ] = None,
+    store: StoreOpt = DEFAULT_STORE,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of the table.")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+) -> None:
+    """Classify a dataset with a model and store every prediction (re-running resumes)."""
+    from vlmclf.loading import ModelOptions
+    from vlmclf.methods import make_method
+    from vlmclf.report.summary import summary_json, summary_table
+    from vlmclf.runner import RunConfig, run
+    from vlmclf.spec import RunSpec
+
+    if k is not None and k < 2:
+        _fail(f"--k must be at least 2, got {k}")
+    if setting is Setting.closed and method is MethodName.clip:
+        _fail(
+            "--setting closed is for generative models; for CLIP use --k to restrict the label set"
+        )
+    name, _, spec_split = (
+        dataset.partition(":") if not dataset.endswith(".jsonl") else (dataset, "", "")
+    )
+    spec = RunSpec(
+        model=model,
+        dataset=name,
+        split=split or spec_split or None,
+        method=method.value,
+        setting=setting.value,
+        prompt=prompt,
+        k=k,
+        order=order.value,
+        seed=seed,
+        cot=cot,
+        templates=templates,
+        max_new_tokens=max_new_tokens,
+        dtype=dtype,
+    )
+    options = ModelOptions(
+        device=device,
+        dtype=dtype,
+        device_map=device_map,
+        trust_remote_code=trust_remote_code,
+        seed=seed,
+        base_url=base_url,
+        concurrency=concurrency,
+        max_requests=max_requests,
+        max_cost_usd=max_cost,
+        image_max_side=image_max_side,
+    )
+    config = RunConfig(
+        store_path=store,
+        data_root=data_root,
+        classes=classes,
+        limit=limit,
+        batch_size=batch_size,
+        workers=workers,
+        progress=progress,
+        model=options,
+    )
+    try:
+        result = run(spec, config, make_method)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    if as_json:
+        typer.echo(json.dumps(summary_json(result.run_id, spec, result.summary, str(store))))
+    else:
+        typer.echo(summary_table(result.run_id, spec, result.summary, str(store)))
+    if result.summary["n"] > 0 and result.summary["n_failed"] == result.summary["n"]:
+        typer.echo("error: every example failed; see `vlmclf export` for the reasons", err=True)
+        raise typer.Exit(1)
+
+
+@app.command("results")
+def results_command(
+    store: StoreOpt = DEFAULT_STORE,
+    fmt: Annotated[
+        TableFormat, typer.Option("--format", help="table, csv or json.")
+    ] = TableFormat.table,
+) -> None:
+    """List stored runs with their metrics."""
+    from vlmclf.report.runs import runs_rows
+
+    if not store.exists():
+        _fail(f"no store at {store} (run `vlmclf eval` first or pass --store)")
+    rows = runs_rows(store)
+    if fmt is TableFormat.json:
+        typer.echo(json.dumps(rows, indent=2))
+    elif fmt is TableFormat.csv:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["run_id"])
+        writer.writeheader()
+        writer.writerows(rows)
+        sys.stdout.write(buffer.getvalue())
+    else:
+        from vlmclf.report.tables import text_table
+
+        typer.echo(text_table(rows) if rows else f"no runs in {store}")
+
+
+@app.command("export")
+def export_command(
+    run_id: Annotated[
+        str, typer.Argument(help="A run id from `vlmclf results` (a unique prefix is enough).")
+    ],
+    fmt: Annotated[
+        ExportFormat, typer.Option("--format", help="jsonl or parquet.")
+    ] = ExportFormat.jsonl,
+    out: Annotated[
+        Path | None, typer.Option(help="Output file (default: <run_id>.<format>).")
+    ] = None,
+    store: StoreOpt = DEFAULT_STORE,
+) -> None:
+    """Write a run's predictions, one row per example."""
+    from vlmclf.report.runs import resolve_run_id
+    from vlmclf.store import RunStore
+
+    with RunStore(store) as runs:
+        try:
+            full_id = resolve_run_id(runs, run_id)
+        except ValueError as err:
+            _fail(str(err))
+        path = out or Path(f"{full_id}.{fmt.value}")
+        count = runs.export(full_id, path, fmt.value)
+    typer.echo(f"wrote {count} predictions to {path}")
+
+
+@data_app.command("manifest")
+def manifest_command(
+    layout: Annotated[
+        str,
+        typer.Option(
+            help="imagenet, flowers102, stanford_cars, caltech101, fashion_mnist, imagefolder."
+        ),
+    ],
+    root: Annotated[Path, typer.Option(help="The dataset's folder.")],
+    out: Annotated[Path, typer.Option(help="The manifest to write (.jsonl).")],
+    split: Annotated[
+        str | None, typer.Option(help="Split to write (default: the layout's default).")
+    ] = None,
+) -> None:
+    """Write a JSONL manifest for a dataset on disk, so a result can be reproduced from it alone."""
+    from vlmclf.data import write_manifest
+
+    try:
+        count = write_manifest(layout, str(root), str(out), split=split)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    typer.echo(f"wrote {count} examples to {out}")
+
+
+if __name__ == "__main__":
+    app()

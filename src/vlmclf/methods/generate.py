@@ -1,0 +1,93 @@
+"""Classification by generation: ask the VLM, read its answer.
+
+Open world asks the question alone; closed world appends the label set (the true label plus K-1
+other names, sampled per example so every model sees the same choices). Success is the paper's
+containment rule; the strict label is the longest class name found at word boundaries.
+"""
+
+from __future__ import annotations
+
+import time
+
+from vlmclf.data.choices import sample_choices
+from vlmclf.methods.base import LoadedExample
+from vlmclf.methods.matching import contains_name, match_label
+from vlmclf.methods.prompts import COT_MAX_NEW_TOKENS, DEFAULT_MAX_NEW_TOKENS, build_question
+from vlmclf.models.base import VisionLanguageModel
+from vlmclf.records import Prediction
+from vlmclf.spec import RunSpec
+
+
+class GenerateMethod:
+    """Open- or closed-world generation with the paper's prompts."""
+
+    def __init__(self, model: VisionLanguageModel, class_names: list[str], spec: RunSpec):
+        self.model = model
+        self.class_names = class_names
+        self.spec = spec
+        default = COT_MAX_NEW_TOKENS if spec.cot else DEFAULT_MAX_NEW_TOKENS
+        self.max_new_tokens = spec.max_new_tokens or default
+
+    def choices_for(self, example_id: str, label: int) -> list[int] | None:
+        """The offered label set for one example (None in the open world)."""
+        if self.spec.setting == "open":
+            return None
+        return sample_choices(
+            label, self.class_names, self.spec.k, self.spec.order, self.spec.seed, example_id
+        )
+
+    def question_for(self, choices: list[int] | None) -> str:
+        names = None if choices is None else [self.class_names[i] for i in choices]
+        return build_question(self.spec.prompt, names, self.spec.cot)
+
+    def preflight(self) -> list[str]:
+        """Warn, with numbers, when the longest prompt leaves too little room for the answer."""
+        prompt_length = getattr(self.model, "prompt_length", None)
+        context = getattr(self.model, "context_length", None)
+        if prompt_length is None or not context:
+            return []
+        if self.spec.setting == "closed":
+            all_choices = sample_choices(0, self.class_names, self.spec.k, "fixed", 0, "preflight")
+            question = self.question_for(all_choices)
+        else:
+            question = self.question_for(None)
+        needed = prompt_length(question) + self.max_new_tokens
+        if needed <= context:
+            return []
+        return [
+            f"the prompt takes {needed - self.max_new_tokens} tokens and the answer up to "
+            f"{self.max_new_tokens}, {needed} in all, but {self.model.name} has a context of "
+            f"{context} tokens: outputs will be truncated or wrong (lower --k)"
+        ]
+
+    def predict(self, batch: list[LoadedExample]) -> list[Prediction]:
+        choices = [self.choices_for(item.example.id, item.example.label) for item in batch]
+        questions = [self.question_for(c) for c in choices]
+        start = time.perf_counter()
+        answers = self.model.generate(
+            [item.image for item in batch], questions, self.max_new_tokens
+        )
+        seconds = (time.perf_counter() - start) / max(1, len(batch))
+        return [
+            self._record(item, answer, offered, seconds)
+            for item, answer, offered in zip(batch, answers, choices, strict=True)
+        ]
+
+    def _record(
+        self, item: LoadedExample, answer: object, choices: list[int] | None, seconds: float
+    ) -> Prediction:
+        example = item.example
+        if not isinstance(answer, str):  # an API call that failed for this example only
+            failed = Prediction.failed(example.id, example.label, str(answer))
+            failed.choices = choices
+            return failed
+        truth = self.class_names[example.label]
+        return Prediction(
+            example_id=example.id,
+            label=example.label,
+            text=answer,
+            choices=choices,
+            pred=match_label(answer, self.class_names, choices),
+            hit=contains_name(answer, truth),
+            seconds=seconds,
+        )

@@ -1,0 +1,144 @@
+"""The paper's prompts and CLIP templates, as data.
+
+The wordings are the paper's (Section 3, Table 7): three ways to ask the open-world question, a
+closed-world suffix that lists the label set, and a chain-of-thought suffix.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+QUESTIONS: dict[str, str] = {
+    "base": "What type of object is in this photo?",
+    "alt1": "Identify the object in this image.",
+    "alt2": "What is the main object depicted in this photograph?",
+}
+COT_SUFFIX = "Let's think step by step."
+DEFAULT_MAX_NEW_TOKENS = 32
+COT_MAX_NEW_TOKENS = 256
+
+PAPER_TEMPLATES = ["a photo of a {}."]
+# CLIP's 80 prompt templates for ImageNet (Radford et al., 2021, the notebook "Prompt_Engineering").
+IMAGENET80_TEMPLATES = [
+    "a bad photo of a {}.",
+    "a photo of many {}.",
+    "a sculpture of a {}.",
+    "a photo of the hard to see {}.",
+    "a low resolution photo of the {}.",
+    "a rendering of a {}.",
+    "graffiti of a {}.",
+    "a bad photo of the {}.",
+    "a cropped photo of the {}.",
+    "a tattoo of a {}.",
+    "the embroidered {}.",
+    "a photo of a hard to see {}.",
+    "a bright photo of a {}.",
+    "a photo of a clean {}.",
+    "a photo of a dirty {}.",
+    "a dark photo of the {}.",
+    "a drawing of a {}.",
+    "a photo of my {}.",
+    "the plastic {}.",
+    "a photo of the cool {}.",
+    "a close-up photo of a {}.",
+    "a black and white photo of the {}.",
+    "a painting of the {}.",
+    "a painting of a {}.",
+    "a pixelated photo of the {}.",
+    "a sculpture of the {}.",
+    "a bright photo of the {}.",
+    "a cropped photo of a {}.",
+    "a plastic {}.",
+    "a photo of the dirty {}.",
+    "a jpeg corrupted photo of a {}.",
+    "a blurry photo of the {}.",
+    "a photo of the {}.",
+    "a good photo of the {}.",
+    "a rendering of the {}.",
+    "a {} in a video game.",
+    "a photo of one {}.",
+    "a doodle of a {}.",
+    "a close-up photo of the {}.",
+    "a photo of a {}.",
+    "the origami {}.",
+    "the {} in a video game.",
+    "a sketch of a {}.",
+    "a doodle of the {}.",
+    "a origami {}.",
+    "a low resolution photo of a {}.",
+    "the toy {}.",
+    "a rendition of the {}.",
+    "a photo of the clean {}.",
+    "a photo of a large {}.",
+    "a rendition of a {}.",
+    "a photo of a nice {}.",
+    "a photo of a weird {}.",
+    "a blurry photo of a {}.",
+    "a cartoon {}.",
+    "art of a {}.",
+    "a sketch of the {}.",
+    "a embroidered {}.",
+    "a pixelated photo of a {}.",
+    "itap of the {}.",
+    "a jpeg corrupted photo of the {}.",
+    "a good photo of a {}.",
+    "a plushie {}.",
+    "a photo of the nice {}.",
+    "a photo of the small {}.",
+    "a photo of the weird {}.",
+    "the cartoon {}.",
+    "art of the {}.",
+    "a drawing of the {}.",
+    "a photo of the large {}.",
+    "a black and white photo of a {}.",
+    "the plushie {}.",
+    "a dark photo of a {}.",
+    "itap of a {}.",
+    "graffiti of the {}.",
+    "a toy {}.",
+    "itap of my {}.",
+    "a photo of a cool {}.",
+    "a photo of a small {}.",
+    "a tattoo of the {}.",
+]
+
+
+def open_question(prompt: str) -> str:
+    """The question for a named wording (base, alt1, alt2) or the free text given."""
+    return QUESTIONS.get(prompt, prompt)
+
+
+def closed_world_suffix(choice_names: list[str]) -> str:
+    """The paper's closed-world instruction listing the label set."""
+    return f'Choose one from "{", ".join(choice_names)}".'
+
+
+def build_question(prompt: str, choice_names: list[str] | None = None, cot: bool = False) -> str:
+    """The full user text: the question, the label set when closed-world, then CoT if asked."""
+    parts = [open_question(prompt)]
+    if choice_names is not None:
+        parts.append(closed_world_suffix(choice_names))
+    if cot:
+        parts.append(COT_SUFFIX)
+    return " ".join(parts)
+
+
+def load_templates(name: str) -> list[str]:
+    """CLIP templates by name (paper, imagenet80) or from a JSON list of strings with '{}'."""
+    if name == "paper":
+        return list(PAPER_TEMPLATES)
+    if name == "imagenet80":
+        return list(IMAGENET80_TEMPLATES)
+    path = Path(name)
+    if not path.is_file():
+        raise ValueError(
+            f"--templates: expected 'paper', 'imagenet80' or a JSON file, got {name!r}"
+        )
+    templates = json.loads(path.read_text())
+    if not isinstance(templates, list) or not templates:
+        raise ValueError(f"{path}: expected a non-empty JSON list of template strings")
+    for i, template in enumerate(templates):
+        if not isinstance(template, str) or "{}" not in template:
+            raise ValueError(f"{path}: template {i} must be a string containing '{{}}'")
+    return templates
