@@ -12,6 +12,9 @@ from typing import Annotated
 
 import typer
 
+from vlmclf.commands.common import DEFAULT_STORE, fail
+from vlmclf.commands.frequency import frequency_command
+
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
@@ -19,8 +22,6 @@ app = typer.Typer(
 )
 data_app = typer.Typer(no_args_is_help=True, help="Dataset utilities.")
 app.add_typer(data_app, name="data")
-
-DEFAULT_STORE = Path("vlmclf-runs.sqlite")
 
 
 class MethodName(StrEnum):
@@ -53,11 +54,6 @@ class ExportFormat(StrEnum):
 StoreOpt = Annotated[
     Path, typer.Option("--store", help="SQLite file that keeps every run and prediction.")
 ]
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 @app.command("eval")
@@ -141,9 +137,9 @@ def eval_command(
     from vlmclf.spec import RunSpec
 
     if k is not None and k < 2:
-        _fail(f"--k must be at least 2, got {k}")
+        fail(f"--k must be at least 2, got {k}")
     if setting is Setting.closed and method is MethodName.clip:
-        _fail(
+        fail(
             "--setting closed is for generative models; for CLIP use --k to restrict the label set"
         )
     name, _, spec_split = (
@@ -189,7 +185,7 @@ def eval_command(
     try:
         result = run(spec, config, make_method)
     except (ValueError, FileNotFoundError) as err:
-        _fail(str(err))
+        fail(str(err))
     if as_json:
         typer.echo(json.dumps(summary_json(result.run_id, spec, result.summary, str(store))))
     else:
@@ -210,7 +206,7 @@ def results_command(
     from vlmclf.report.runs import runs_rows
 
     if not store.exists():
-        _fail(f"no store at {store} (run `vlmclf eval` first or pass --store)")
+        fail(f"no store at {store} (run `vlmclf eval` first or pass --store)")
     rows = runs_rows(store)
     if fmt is TableFormat.json:
         typer.echo(json.dumps(rows, indent=2))
@@ -247,7 +243,7 @@ def export_command(
         try:
             full_id = resolve_run_id(runs, run_id)
         except ValueError as err:
-            _fail(str(err))
+            fail(str(err))
         path = out or Path(f"{full_id}.{fmt.value}")
         count = runs.export(full_id, path, fmt.value)
     typer.echo(f"wrote {count} predictions to {path}")
@@ -273,8 +269,11 @@ def manifest_command(
     try:
         count = write_manifest(layout, str(root), str(out), split=split)
     except (ValueError, FileNotFoundError) as err:
-        _fail(str(err))
+        fail(str(err))
     typer.echo(f"wrote {count} examples to {out}")
+
+
+app.command("frequency")(frequency_command)
 
 
 if __name__ == "__main__":

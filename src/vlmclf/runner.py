@@ -140,6 +140,7 @@ def run(
         selected = {e.id for e in examples}
         predictions = [p for p in store.predictions(spec.run_id) if p.example_id in selected]
         summary = summarize(predictions, class_names)
+        summary["split"] = dataset.split
         if outcome.usage is not None:
             summary["usage"] = outcome.usage
         elapsed = time.perf_counter() - started

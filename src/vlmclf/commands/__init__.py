@@ -1,1 +1,4 @@
-"""Thin Typer commands for the analyses; cli.py registers them. Each parses, calls one function, prints."""
+"""Thin Typer commands for the analyses; cli.py registers them.
+
+Each one parses its options, calls one function of ``vlmclf.analysis``, and prints.
+"""

@@ -16,7 +16,7 @@ def _fmt(value: float | None, ci: list[float] | None = None) -> str:
     return text
 
 
-def describe_spec(spec: RunSpec) -> str:
+def describe_spec(spec: RunSpec, split: str | None = None) -> str:
     """One line saying what was run."""
     what = spec.method
     if spec.method != "clip":
@@ -29,14 +29,14 @@ def describe_spec(spec: RunSpec) -> str:
         what += " +CoT"
     for key, value in sorted(spec.options.items()):
         what += f" {key}={value}"
-    return f"{spec.model} on {spec.dataset} ({spec.split}), {what}"
+    return f"{spec.model} on {spec.dataset} ({split or spec.split or 'default split'}), {what}"
 
 
 def summary_table(run_id: str, spec: RunSpec, summary: dict[str, Any], store_path: str) -> str:
     """The summary a person reads after a run: metrics with 95% bootstrap intervals."""
     rows = [
         ("run", run_id),
-        ("what", describe_spec(spec)),
+        ("what", describe_spec(spec, summary.get("split"))),
         ("examples", f"{summary['n']} ({summary['n_failed']} failed)"),
         (
             "accuracy",

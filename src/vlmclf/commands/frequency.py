@@ -1,0 +1,82 @@
+"""`vlmclf frequency`: how often each class name occurs in training text, and whether it matters."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vlmclf.commands.common import DEFAULT_STORE, fail, out_dir_for
+
+
+def frequency_command(
+    corpus: Annotated[
+        list[Path], typer.Option(help="Training text: .txt, .jsonl, LLaVA .json, .csv (.gz too).")
+    ],
+    classes: Annotated[str, typer.Option(help="A shipped class list name or a JSON/text file.")],
+    run: Annotated[
+        str | None, typer.Option(help="Join with this run's per-class accuracy (id or prefix).")
+    ] = None,
+    field: Annotated[str | None, typer.Option(help="JSONL/CSV field holding the text.")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="txt, jsonl, json, csv.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for the table, plot and JSON.")] = None,
+    store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Count, per class, the text units that mention it; with --run, correlate with accuracy."""
+    from vlmclf.analysis.frequency import run_frequency_analysis
+    from vlmclf.data import load_class_names
+    from vlmclf.metrics import per_class_accuracy
+    from vlmclf.report.runs import resolve_run_id
+    from vlmclf.store import RunStore
+
+    for path in corpus:
+        if not path.exists():
+            fail(f"--corpus: no such file {path}")
+    try:
+        class_names = load_class_names(classes)
+    except (ValueError, FileNotFoundError) as err:
+        fail(f"--classes: {err}")
+    accuracy = None
+    with RunStore(store) as runs:
+        if run is not None:
+            try:
+                record = runs.get_run(resolve_run_id(runs, run))
+            except ValueError as err:
+                fail(f"--run: {err}")
+            accuracy = per_class_accuracy(
+                runs.predictions(record.run_id), record.class_names, rule="contain"
+            )
+        spec = {"corpus": [str(p) for p in corpus], "classes": classes, "run": run, "field": field}
+        folder = out or out_dir_for("frequency", spec)
+        try:
+            result = run_frequency_analysis(
+                corpus, class_names, folder, field=field, fmt=fmt, per_class_accuracy=accuracy
+            )
+        except ValueError as err:
+            fail(str(err))
+        result["analysis_id"] = runs.save_analysis("frequency", spec, result)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    top = sorted(result["counts"].items(), key=lambda kv: -kv[1])[:5]
+    typer.echo(
+        f"{result['n_units']} text units; most mentioned: "
+        + ", ".join(f"{name} ({n})" for name, n in top)
+    )
+    if result["correlation"]:
+        c = result["correlation"]
+        typer.echo(
+            f"per-class accuracy vs frequency over {c['n_classes']} classes: "
+            f"Spearman {c['spearman']:.3f} {_ci(c['spearman_ci95'])}, "
+            f"Pearson (log 1+count) {c['pearson_log1p']:.3f} {_ci(c['pearson_log1p_ci95'])}"
+        )
+    for name, path in result["files"].items():
+        if path:
+            typer.echo(f"{name}: {path}")
+
+
+def _ci(ci: list[float] | None) -> str:
+    return "" if not ci or ci[0] is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"

@@ -1,0 +1,63 @@
+"""`vlmclf rematch RUN --match nli`: map a generation run's stored answers with another rule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vlmclf.commands.common import DEFAULT_STORE, fail, out_dir_for
+
+
+def rematch_command(
+    run_id: Annotated[str, typer.Argument(help="A generation run (id or unique prefix).")],
+    match: Annotated[str, typer.Option(help="contain, strict, nli or embed.")] = "strict",
+    nli_model: Annotated[
+        str | None,
+        typer.Option(help="hf:<NLI checkpoint> (default: hf:facebook/bart-large-mnli)."),
+    ] = None,
+    embed_model: Annotated[
+        str | None,
+        typer.Option(help="A local sentence-transformers folder (default: all-MiniLM-L6-v2)."),
+    ] = None,
+    hypothesis: Annotated[
+        str | None,
+        typer.Option(help="Label template with {} (nli: 'This is a photo of a {}.')."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, mps.")] = "cpu",
+    out: Annotated[Path | None, typer.Option(help="Folder for the table and figure.")] = None,
+    store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Re-map the answers as a new derived run and compare every matcher run so far."""
+    from vlmclf.analysis.rematch import rematch
+    from vlmclf.report.runs import resolve_run_id
+    from vlmclf.report.tables import text_table
+    from vlmclf.store import RunStore
+
+    if not store.exists():
+        fail(f"no store at {store} (run `vlmclf eval` first or pass --store)")
+    with RunStore(store) as runs:
+        try:
+            full_id = resolve_run_id(runs, run_id)
+            folder = out or out_dir_for("rematch", {"run": full_id, "match": match})
+            result = rematch(
+                runs, full_id, match, nli_model=nli_model, embed_model=embed_model,
+                hypothesis=hypothesis, out_dir=folder, device=device,
+            )  # fmt: skip
+        except ValueError as err:
+            fail(str(err))
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(
+        f"run {result['run_id']} mapped with {result['match']}: derived run "
+        f"{result['derived_run_id']} ({result['n_new']} predictions added)"
+    )
+    columns = ("match", "n", "accuracy", "strict_accuracy", "macro_precision", "macro_recall",
+               "macro_f1", "delta_accuracy")  # fmt: skip
+    typer.echo(text_table([{c: row[c] for c in columns} for row in result["rows"]]))
+    for name, path in result["files"].items():
+        typer.echo(f"{name}: {path}")

@@ -1,0 +1,78 @@
+"""`vlmclf sweep`: accuracy over a grid of prompts, label orders, CoT, K and strategies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from vlmclf.commands.common import DEFAULT_STORE, fail, out_dir_for
+
+
+def sweep_command(
+    models: Annotated[str, typer.Option(help="Comma-separated model specs (random:llava,hf:...).")],
+    dataset: Annotated[
+        list[str], typer.Option(help="Dataset (NAME[:split] or manifest .jsonl); repeat for more.")
+    ],
+    axis: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=V1,V2 with NAME in k, prompt, order, cot, strategy; repeatable."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="A fixed random subset of this size.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sampled choices (all models).")] = 0,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Answer length budget.")] = None,
+    data_root: Annotated[str | None, typer.Option(help="Where the dataset lives.")] = None,
+    classes: Annotated[str | None, typer.Option(help="Class-name list for the dataset.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Examples per model call.")] = 8,
+    workers: Annotated[int, typer.Option(help="Threads decoding images.")] = 4,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, mps.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32, float16, bfloat16.")] = "float32",
+    out: Annotated[Path | None, typer.Option(help="Folder for the tables and figures.")] = None,
+    store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    progress: Annotated[bool, typer.Option(help="Progress bars on stderr.")] = True,
+) -> None:
+    """Run every cell of the grid (stored runs are reused), then write tables and figures."""
+    from vlmclf.analysis.sweep import parse_axes, run_sweep
+    from vlmclf.loading import ModelOptions
+    from vlmclf.report.tables import text_table
+    from vlmclf.runner import RunConfig
+
+    model_list = [m.strip() for m in models.split(",") if m.strip()]
+    try:
+        axes = parse_axes(axis or [])
+    except ValueError as err:
+        fail(str(err))
+    spec = {"models": model_list, "datasets": dataset, "axes": axes, "limit": limit, "seed": seed}
+    folder = out or out_dir_for("sweep", spec)
+    config = RunConfig(
+        store_path=store, data_root=data_root, classes=classes, limit=limit,
+        batch_size=batch_size, workers=workers, progress=progress,
+        model=ModelOptions(device=device, dtype=dtype, seed=seed),
+    )  # fmt: skip
+    echo = (lambda row: None) if as_json else _print_cell
+    try:
+        result = run_sweep(
+            model_list, dataset, axes, config, seed=seed, max_new_tokens=max_new_tokens,
+            out_dir=folder, on_cell=echo,
+        )  # fmt: skip
+    except ValueError as err:
+        fail(str(err))
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        shown = ["model", "dataset", *result["axes"], "accuracy", "n", "error"]
+        typer.echo(text_table([{c: row.get(c) for c in shown} for row in result["rows"]]))
+        for name, path in result["files"].items():
+            typer.echo(f"{name}: {path}")
+    if result["rows"] and all(row["error"] for row in result["rows"]):
+        typer.echo("error: every cell of the sweep failed", err=True)
+        raise typer.Exit(1)
+
+
+def _print_cell(row: dict[str, Any]) -> None:
+    values = " ".join(f"{k}={row[k]}" for k in ("k", "prompt", "order", "cot", "strategy"))
+    outcome = f"error: {row['error']}" if row["error"] else f"accuracy {row['accuracy']:.3f}"
+    typer.echo(f"{row['model']} {row['dataset']} {values}: {outcome}", err=True)

@@ -1,0 +1,135 @@
+"""Everything that depends on the transformers / torch version, in one place.
+
+Supported: transformers 5.17 to 5.23, torch 2.4 and later. The GPU machines run an older
+transformers than development machines, so only APIs present in 5.17 are used, and the few
+return-type changes between releases are absorbed here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """``"bfloat16"`` -> ``torch.bfloat16``, with a clear error for anything else."""
+    try:
+        return TORCH_DTYPES[name]
+    except KeyError:
+        raise ValueError(f"dtype must be one of {sorted(TORCH_DTYPES)}, got {name!r}") from None
+
+
+def torch_device(name: str) -> torch.device:
+    """Validate a device string: cpu, cuda, cuda:N or mps."""
+    if name == "cpu" or name == "mps" or name == "cuda":
+        return torch.device(name)
+    if name.startswith("cuda:") and name[5:].isdigit():
+        return torch.device(name)
+    raise ValueError(f"device must be cpu, cuda, cuda:N or mps, got {name!r}")
+
+
+def from_pretrained_kwargs(
+    dtype: str, device_map: str | None, trust_remote_code: bool
+) -> dict[str, Any]:
+    """Keyword arguments for ``*.from_pretrained`` (transformers 5 names ``dtype``)."""
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    return kwargs
+
+
+def features_tensor(output: Any) -> torch.Tensor:
+    """``get_image_features`` / ``get_text_features`` return a tensor in some releases and an
+    output object (embeddings in ``pooler_output``) in others."""
+    if isinstance(output, torch.Tensor):
+        return output
+    pooled = getattr(output, "pooler_output", None)
+    if isinstance(pooled, torch.Tensor):
+        return pooled
+    raise TypeError(f"cannot find the embeddings in {type(output).__name__}")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where inputs must go: the device of the input embeddings (first shard under device_map)."""
+    try:
+        return model.get_input_embeddings().weight.device
+    except NotImplementedError:  # dual encoders (CLIPModel) have two embedding tables
+        return next(model.parameters()).device
+
+
+class _Captured(Exception):
+    """Raised from a forward pre-hook to stop a forward once its inputs are recorded."""
+
+
+@contextlib.contextmanager
+def capture_call_kwargs(module: nn.Module, into: dict[str, Any]) -> Iterator[None]:
+    """Record the keyword arguments ``module`` is called with and skip running it.
+
+    Lets a caller reuse a model's own (version-specific) code for merging image features into
+    the text embeddings without running the language model on them.
+    """
+
+    def hook(_module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        if args:
+            into["args"] = args
+        into.update(kwargs)
+        raise _Captured
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+
+
+def load_image_processor(ident: str, trust_remote_code: bool = False) -> Any:
+    """``AutoImageProcessor``, falling back to the PIL-backed twin of the saved class when the
+    saved one needs torchvision and it is missing (transformers 5.17 does not fall back)."""
+    import transformers
+    from transformers import AutoImageProcessor
+    from transformers.image_processing_base import ImageProcessingMixin
+
+    try:
+        return AutoImageProcessor.from_pretrained(ident, trust_remote_code=trust_remote_code)
+    except ImportError:
+        config, _ = ImageProcessingMixin.get_image_processor_dict(ident)
+        saved = str(config.get("image_processor_type", "")).removesuffix("Fast")
+        pil_class = getattr(transformers, f"{saved}Pil", None)
+        if pil_class is None:
+            raise
+        return pil_class.from_pretrained(ident)
+
+
+@functools.cache
+def image_only_processor_class(processor_class: type) -> type:
+    """A subclass of a Qwen-style processor without its video processor.
+
+    Qwen2-VL's processor insists on a video processor, and transformers builds video
+    processors only when torchvision is installed. Images need none of it, so this subclass
+    keeps the real class's image and text handling and drops the video slot.
+    """
+    from transformers.processing_utils import ProcessorMixin
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
+        self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+        self.video_processor = None
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    name = f"ImageOnly{processor_class.__name__}"
+    return type(name, (processor_class,), {"__init__": __init__, "__module__": __name__})

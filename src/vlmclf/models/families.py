@@ -1,0 +1,274 @@
+"""The one table of model-family differences.
+
+Families differ in prompt format, in the transformers classes that load them, in where their
+language model sits inside the wrapper, and in how positions are assigned under left padding.
+Every such difference lives in a ``FamilyAdapter`` row below; code elsewhere looks the adapter
+up (``adapter_for_config``, ``adapter_by_name``) and never branches on model names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from torch import nn
+
+PromptFormatter = Callable[[str, Any, Any], str]
+"""(question, processor, config) -> full prompt text with the family's image placeholder."""
+
+VICUNA_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+
+
+@dataclass(frozen=True)
+class FamilyAdapter:
+    """Everything that differs between model families, as data.
+
+    ``position_ids``: ``"from_mask"`` means the language model numbers positions by index unless
+    told otherwise, so callers that left-pad must pass ``cumsum(attention_mask) - 1``
+    (Llama, Mistral, Vicuna); ``"internal"`` means the model derives them itself from the
+    attention mask (OPT's learned positions) or from the image grid (Qwen2-VL's M-RoPE), and
+    callers must not pass 2-D positions.
+    ``language_model_path`` / ``lm_head_path``: dotted attributes, from the top-level model, of
+    the text decoder (receives the merged ``inputs_embeds``, returns hidden states) and of the
+    output projection to the vocabulary (None: ask ``model.get_decoder()``).
+    ``image_tokens_first``: the processor puts the image tokens before BOS and before any left
+    padding (BLIP-2, InstructBLIP), so a padded row reads ``[img.. pad.. bos text..]``.
+    ``qformer_reads_prompt``: the Q-Former also reads the prompt (InstructBLIP); its BERT
+    positions count from the first token, so its copy must be right-padded and truncated to
+    its position table.
+    ``video_processor_optional``: the real processor also wants a video processor, which
+    transformers builds only with torchvision; without one, an image-only subclass is used.
+    """
+
+    name: str
+    kind: Literal["encoder", "vlm"]
+    model_types: tuple[str, ...]
+    model_class: str
+    processor_class: str
+    format_prompt: PromptFormatter | None = None
+    language_model_path: str | None = "model.language_model"
+    lm_head_path: str = "lm_head"
+    position_ids: Literal["from_mask", "internal"] = "from_mask"
+    image_tokens_first: bool = False
+    qformer_reads_prompt: bool = False
+    video_processor_optional: bool = False
+    pad_text_to_max_length: bool = False
+
+    def prompt(self, question: str, processor: Any, config: Any) -> str:
+        """The full prompt text for a bare question, image placeholder included."""
+        if self.format_prompt is None:
+            raise TypeError(f"{self.name} is an image-text encoder; it has no prompt format")
+        return self.format_prompt(question, processor, config)
+
+    def language_model(self, model: nn.Module) -> nn.Module:
+        """The text decoder inside ``model`` (a base model that returns hidden states); the
+        generic adapter asks the model (``get_decoder``) since layouts vary."""
+        if self.language_model_path is None:
+            return model.get_decoder()
+        return resolve_attribute(model, self.language_model_path)
+
+    def lm_head(self, model: nn.Module) -> nn.Module:
+        """The projection from the decoder's last hidden state to vocabulary logits."""
+        return resolve_attribute(model, self.lm_head_path)
+
+    def model_cls(self) -> type:
+        import transformers
+
+        return getattr(transformers, self.model_class)
+
+    def processor_cls(self) -> type:
+        import transformers
+
+        return getattr(transformers, self.processor_class)
+
+
+def resolve_attribute(root: Any, dotted: str) -> Any:
+    """``resolve_attribute(model, "language_model.model")`` with an error naming the path."""
+    node = root
+    for part in dotted.split("."):
+        if not hasattr(node, part):
+            raise AttributeError(f"{type(root).__name__} has no {dotted!r} (missing {part!r})")
+        node = getattr(node, part)
+    return node
+
+
+def image_token(processor: Any, default: str = "<image>") -> str:
+    token = getattr(processor, "image_token", None) or getattr(
+        getattr(processor, "tokenizer", None), "image_token", None
+    )
+    return str(getattr(token, "content", token)) if token else default
+
+
+def chat_template_of(processor: Any) -> str | dict | None:
+    """The processor's chat template, else its tokenizer's, else None."""
+    template = getattr(processor, "chat_template", None)
+    if template:
+        return template
+    return getattr(getattr(processor, "tokenizer", None), "chat_template", None)
+
+
+def apply_image_chat_template(question: str, processor: Any) -> str:
+    """One user turn holding an image and the question, followed by the assistant's cue."""
+    conversation = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+    ]
+    if getattr(processor, "chat_template", None):
+        return processor.apply_chat_template(
+            conversation, add_generation_prompt=True, tokenize=False
+        )
+    tokenizer = getattr(processor, "tokenizer", None)
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            conversation, add_generation_prompt=True, tokenize=False
+        )
+    raise ValueError(
+        f"{type(processor).__name__} has no chat template; this model family needs one to place "
+        "the image in the prompt"
+    )
+
+
+def _llava_prompt(question: str, processor: Any, config: Any) -> str:
+    return f"USER: {image_token(processor)}\n{question} ASSISTANT:"
+
+
+def _llava_next_prompt(question: str, processor: Any, config: Any) -> str:
+    if chat_template_of(processor):
+        return apply_image_chat_template(question, processor)
+    text_type = getattr(getattr(config, "text_config", None), "model_type", "")
+    if text_type == "mistral":
+        return f"[INST] {image_token(processor)}\n{question} [/INST]"
+    return f"{VICUNA_SYSTEM} USER: {image_token(processor)}\n{question} ASSISTANT:"
+
+
+def _blip2_prompt(question: str, processor: Any, config: Any) -> str:
+    return f"Question: {question} Answer:"
+
+
+def _instructblip_prompt(question: str, processor: Any, config: Any) -> str:
+    return question
+
+
+def _chat_prompt(question: str, processor: Any, config: Any) -> str:
+    return apply_image_chat_template(question, processor)
+
+
+FAMILIES: tuple[FamilyAdapter, ...] = (
+    FamilyAdapter(
+        name="clip",
+        kind="encoder",
+        model_types=("clip",),
+        model_class="CLIPModel",
+        processor_class="CLIPProcessor",
+    ),
+    FamilyAdapter(
+        name="siglip",
+        kind="encoder",
+        model_types=("siglip",),
+        model_class="SiglipModel",
+        processor_class="SiglipProcessor",
+        pad_text_to_max_length=True,  # SigLIP pools the last position: trained on max-length pads
+    ),
+    FamilyAdapter(
+        name="llava",
+        kind="vlm",
+        model_types=("llava",),
+        model_class="LlavaForConditionalGeneration",
+        processor_class="LlavaProcessor",
+        format_prompt=_llava_prompt,
+    ),
+    FamilyAdapter(
+        name="llava_next",
+        kind="vlm",
+        model_types=("llava_next",),
+        model_class="LlavaNextForConditionalGeneration",
+        processor_class="LlavaNextProcessor",
+        format_prompt=_llava_next_prompt,
+    ),
+    FamilyAdapter(
+        name="blip2",
+        kind="vlm",
+        model_types=("blip-2", "blip_2"),
+        model_class="Blip2ForConditionalGeneration",
+        processor_class="Blip2Processor",
+        format_prompt=_blip2_prompt,
+        language_model_path="language_model.model.decoder",  # OPTForCausalLM skips OPTModel
+        lm_head_path="language_model.lm_head",
+        position_ids="internal",  # OPT numbers positions by cumsum(attention_mask)
+        image_tokens_first=True,
+    ),
+    FamilyAdapter(
+        name="instructblip",
+        kind="vlm",
+        model_types=("instructblip",),
+        model_class="InstructBlipForConditionalGeneration",
+        processor_class="InstructBlipProcessor",
+        format_prompt=_instructblip_prompt,
+        language_model_path="language_model.model",
+        lm_head_path="language_model.lm_head",
+        image_tokens_first=True,
+        qformer_reads_prompt=True,
+    ),
+    FamilyAdapter(
+        name="qwen2_vl",
+        kind="vlm",
+        model_types=("qwen2_vl",),
+        model_class="Qwen2VLForConditionalGeneration",
+        processor_class="Qwen2VLProcessor",
+        format_prompt=_chat_prompt,
+        position_ids="internal",  # M-RoPE: (3, B, L) positions from input_ids + image grid + mask
+        video_processor_optional=True,
+    ),
+    FamilyAdapter(
+        name="qwen2_5_vl",
+        kind="vlm",
+        model_types=("qwen2_5_vl",),
+        model_class="Qwen2_5_VLForConditionalGeneration",
+        processor_class="Qwen2_5_VLProcessor",
+        format_prompt=_chat_prompt,
+        position_ids="internal",
+        video_processor_optional=True,
+    ),
+)
+
+GENERIC_VLM = FamilyAdapter(
+    name="generic",
+    kind="vlm",
+    model_types=(),
+    model_class="AutoModelForImageTextToText",
+    processor_class="AutoProcessor",
+    format_prompt=_chat_prompt,
+    language_model_path=None,
+    position_ids="internal",  # unknown layout: passing 2-D positions could break M-RoPE models
+)
+
+_BY_NAME = {adapter.name: adapter for adapter in (*FAMILIES, GENERIC_VLM)}
+_BY_MODEL_TYPE = {model_type: adapter for adapter in FAMILIES for model_type in adapter.model_types}
+
+
+def adapter_by_name(name: str) -> FamilyAdapter:
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise ValueError(f"unknown model family {name!r}; known: {sorted(_BY_NAME)}") from None
+
+
+def adapter_for_model_type(model_type: str) -> FamilyAdapter:
+    """The adapter for a ``config.model_type``; unknown types fall back to the generic
+    ``AutoModelForImageTextToText`` + chat-template adapter."""
+    return _BY_MODEL_TYPE.get(model_type, GENERIC_VLM)
+
+
+def adapter_for_config(config: Any) -> FamilyAdapter:
+    """Detect the family of a loaded ``transformers`` config from its ``model_type``."""
+    model_type = getattr(config, "model_type", None)
+    if not model_type:
+        raise ValueError(f"{type(config).__name__} has no model_type; cannot detect its family")
+    return adapter_for_model_type(model_type)
+
+
+def known_families() -> list[str]:
+    return sorted(_BY_NAME)

@@ -1,0 +1,79 @@
+"""The ``hf:<id-or-path>`` loader: read the config, find the family, load the right classes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vlmclf.models import compat
+from vlmclf.models.families import FamilyAdapter, adapter_for_config
+from vlmclf.models.hf import HFImageTextEncoder, HFVisionLanguageModel, wrap_model
+
+
+def _describe(ident: str) -> str:
+    return f"local folder {ident}" if Path(ident).exists() else f"Hugging Face id {ident!r}"
+
+
+def load_config(ident: str, trust_remote_code: bool = False) -> Any:
+    """``AutoConfig`` for a hub id or local folder, with an error that says which it was."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(ident, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read a model config from {_describe(ident)}: {err}") from err
+
+
+def load_processor(ident: str, adapter: FamilyAdapter, trust_remote_code: bool = False) -> Any:
+    """The checkpoint's saved processor (tokenizer + image processor + chat template)."""
+    from transformers import AutoProcessor
+
+    error: Exception | None = None
+    try:
+        processor = AutoProcessor.from_pretrained(ident, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError, ImportError) as err:
+        processor, error = None, err
+    if processor is not None and hasattr(processor, "image_processor"):
+        return processor
+    if adapter.video_processor_optional:
+        return _image_only_processor(ident, adapter, trust_remote_code)
+    reason = error or f"AutoProcessor gave a {type(processor).__name__} with no image processor"
+    raise ValueError(f"cannot load the {adapter.processor_class} of {_describe(ident)}: {reason}")
+
+
+def _image_only_processor(ident: str, adapter: FamilyAdapter, trust_remote_code: bool) -> Any:
+    """The family's processor without its video half, from the saved parts."""
+    from transformers import AutoTokenizer
+
+    image_processor = compat.load_image_processor(ident, trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(ident, trust_remote_code=trust_remote_code)
+    processor_class = compat.image_only_processor_class(adapter.processor_cls())
+    return processor_class(image_processor, tokenizer, chat_template=tokenizer.chat_template)
+
+
+def load_hf_model(
+    ident: str,
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+    device_map: str | None = None,
+    trust_remote_code: bool = False,
+    **_: Any,
+) -> HFVisionLanguageModel | HFImageTextEncoder:
+    """Load a transformers checkpoint as an encoder (CLIP, SigLIP) or a VLM, by its config."""
+    compat.torch_device(device)  # fail on a bad device before reading gigabytes
+    config = load_config(ident, trust_remote_code)
+    adapter = adapter_for_config(config)
+    processor = load_processor(ident, adapter, trust_remote_code)
+    model = adapter.model_cls().from_pretrained(
+        ident, config=config, **compat.from_pretrained_kwargs(dtype, device_map, trust_remote_code)
+    )
+    return wrap_model(
+        model,
+        processor,
+        adapter,
+        f"hf:{ident}",
+        device=device,
+        dtype=dtype,
+        placed=device_map is not None,
+    )
