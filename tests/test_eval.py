@@ -262,3 +262,18 @@ def test_run_killed_with_sigkill_resumes_without_duplicates_or_gaps(tmp_path: Pa
     for key in ("n", "accuracy", "strict_accuracy", "macro_f1", "ci95"):
         assert resumed[key] == fresh[key], key
     assert resumed["run_id"] == fresh["run_id"]
+
+
+def test_prompt_longer_than_the_context_is_warned_with_numbers():
+    from vlmclf.data import load_class_names
+    from vlmclf.methods.generate import GenerateMethod
+    from vlmclf.models import load_model
+    from vlmclf.spec import RunSpec
+
+    model = load_model("random:blip2")  # OPT with a 2048-token context
+    names = load_class_names("imagenet")
+    spec = RunSpec(model="random:blip2", dataset="imagenet", method="generate", setting="closed")
+    (warning,) = GenerateMethod(model, names, spec).preflight()
+    assert "2048" in warning and "lower --k" in warning
+    fits = RunSpec(model="random:blip2", dataset="imagenet", method="generate", setting="closed", k=5)
+    assert GenerateMethod(model, names, fits).preflight() == []
