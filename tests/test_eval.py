@@ -275,5 +275,34 @@ def test_prompt_longer_than_the_context_is_warned_with_numbers():
     spec = RunSpec(model="random:blip2", dataset="imagenet", method="generate", setting="closed")
     (warning,) = GenerateMethod(model, names, spec).preflight()
     assert "2048" in warning and "lower --k" in warning
-    fits = RunSpec(model="random:blip2", dataset="imagenet", method="generate", setting="closed", k=5)
+    fits = RunSpec(
+        model="random:blip2", dataset="imagenet", method="generate", setting="closed", k=5
+    )
     assert GenerateMethod(model, names, fits).preflight() == []
+
+
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").exists(), reason="Debian's dataset-fashion-mnist"
+)
+def test_cfg_sweep_tunes_on_validation_and_reports_test(tmp_path: Path):
+    args = [
+        "--model",
+        "random:llava",
+        "--dataset",
+        "fashion_mnist",
+        "--method",
+        "likelihood",
+        "--limit",
+        "6",
+        "--store",
+        str(tmp_path / "s.sqlite"),
+    ]
+    summary = eval_json(*args, "--cfg-sweep", "--val-limit", "6")
+    assert summary["val_split"] == "train" and summary["val_n"] == 6 and summary["n"] == 6
+    assert 0.0 <= summary["cfg_t"] <= 2.0 and summary["split"] == "test"
+    with RunStore(tmp_path / "s.sqlite") as runs:
+        (sweep,) = runs.list_analyses("cfg_sweep")
+        test_predictions = runs.predictions(sweep.result["test_run_id"])
+    assert all(p.extra.get("image_free") for p in test_predictions)
+    wrong = CliRunner().invoke(app, ["eval", *args[:-2], "--method", "generate", "--cfg", "1.5"])
+    assert wrong.exit_code == 2

@@ -40,6 +40,16 @@ class Order(StrEnum):
     random = "random"
 
 
+class Aggregate(StrEnum):
+    sum = "sum"
+    mean = "mean"
+
+
+class Calibration(StrEnum):
+    none = "none"
+    dataset_mean = "dataset_mean"
+
+
 class TableFormat(StrEnum):
     table = "table"
     csv = "csv"
@@ -123,6 +133,28 @@ def eval_command(
     image_max_side: Annotated[
         int | None, typer.Option(help="Downscale images sent to APIs to this longest side.")
     ] = None,
+    agg: Annotated[
+        Aggregate, typer.Option(help="Likelihood: sum or mean of the class-name token log-probs.")
+    ] = Aggregate.sum,
+    cfg: Annotated[
+        float | None,
+        typer.Option(help="Likelihood: classifier-free guidance t·logp(c|img) + (1-t)·logp(c)."),
+    ] = None,
+    calibration: Annotated[
+        Calibration,
+        typer.Option(help="Likelihood: dataset_mean uses the paper code's prior (needs --cfg)."),
+    ] = Calibration.none,
+    answer_prefix: Annotated[
+        str | None, typer.Option(help="Likelihood: text the answer starts with before the name.")
+    ] = None,
+    cfg_sweep: Annotated[
+        bool,
+        typer.Option("--cfg-sweep", help="Likelihood: choose t on --val-split, report test once."),
+    ] = False,
+    val_split: Annotated[str, typer.Option(help="Split that --cfg-sweep tunes t on.")] = "train",
+    val_limit: Annotated[
+        int | None, typer.Option(help="Examples of --val-split for --cfg-sweep.")
+    ] = 200,
     store: StoreOpt = DEFAULT_STORE,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of the table.")
@@ -157,6 +189,7 @@ def eval_command(
         seed=seed,
         cot=cot,
         templates=templates,
+        options=_likelihood_options(method, agg, cfg, calibration, answer_prefix),
         max_new_tokens=max_new_tokens,
         dtype=dtype,
     )
@@ -182,8 +215,15 @@ def eval_command(
         progress=progress,
         model=options,
     )
+    if cfg_sweep and method is not MethodName.likelihood:
+        fail("--cfg-sweep applies to --method likelihood")
     try:
-        result = run(spec, config, make_method)
+        if cfg_sweep:
+            from vlmclf.analysis.cfg_sweep import run_cfg_sweep
+
+            result = run_cfg_sweep(spec, config, val_split=val_split, val_limit=val_limit)
+        else:
+            result = run(spec, config, make_method)
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     if as_json:
@@ -193,6 +233,27 @@ def eval_command(
     if result.summary["n"] > 0 and result.summary["n_failed"] == result.summary["n"]:
         typer.echo("error: every example failed; see `vlmclf export` for the reasons", err=True)
         raise typer.Exit(1)
+
+
+def _likelihood_options(
+    method: MethodName,
+    agg: Aggregate,
+    cfg: float | None,
+    calibration: Calibration,
+    answer_prefix: str | None,
+) -> dict[str, str | float]:
+    """Likelihood settings that differ from the defaults (so default runs keep their ids)."""
+    if method is not MethodName.likelihood:
+        if agg is not Aggregate.sum or cfg is not None or calibration is not Calibration.none:
+            fail("--agg, --cfg and --calibration apply to --method likelihood")
+        return {}
+    chosen = {
+        "agg": agg.value if agg is not Aggregate.sum else None,
+        "cfg": cfg,
+        "calibration": calibration.value if calibration is not Calibration.none else None,
+        "answer_prefix": answer_prefix,
+    }
+    return {key: value for key, value in chosen.items() if value is not None}
 
 
 @app.command("results")

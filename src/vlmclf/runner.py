@@ -20,6 +20,7 @@ from tqdm import tqdm
 from vlmclf.data import load_dataset
 from vlmclf.data.types import BadExampleError, Dataset, Example
 from vlmclf.loading import ModelOptions, load_any_model
+from vlmclf.methods import finalize_predictions
 from vlmclf.methods.base import LoadedExample, Method
 from vlmclf.metrics import summarize
 from vlmclf.records import Prediction
@@ -139,6 +140,7 @@ def run(
             raise
         selected = {e.id for e in examples}
         predictions = [p for p in store.predictions(spec.run_id) if p.example_id in selected]
+        predictions = finalize_predictions(spec, predictions, class_names)
         summary = summarize(predictions, class_names)
         summary["split"] = dataset.split
         if outcome.usage is not None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from vlmclf.methods.base import LoadedExample, Method
 from vlmclf.models.base import ImageTextEncoder
+from vlmclf.records import Prediction
 from vlmclf.spec import RunSpec
 
-__all__ = ["LoadedExample", "Method", "make_method"]
+__all__ = ["LoadedExample", "Method", "finalize_predictions", "make_method"]
 
 
 def _kind(model: object) -> str:
@@ -41,3 +42,18 @@ def make_method(model: object, class_names: list[str], spec: RunSpec) -> Method:
     raise ValueError(
         f"--method: unknown method {spec.method!r}; accepted: clip, generate, likelihood"
     )
+
+
+def finalize_predictions(
+    spec: RunSpec, predictions: list[Prediction], class_names: list[str]
+) -> list[Prediction]:
+    """Predictions as the summary should see them once the whole run is in.
+
+    Only likelihood scoring with dataset-mean calibration changes anything: its prior is the
+    mean over all of the run's images, which exists only at the end. Stored rows stay raw.
+    """
+    if spec.method != "likelihood":
+        return predictions
+    from vlmclf.methods.likelihood import finalize_predictions as finalize_likelihood
+
+    return finalize_likelihood(predictions, class_names, spec)

