@@ -14,6 +14,9 @@ import typer
 
 from vlmclf.commands.common import DEFAULT_STORE, fail
 from vlmclf.commands.frequency import frequency_command
+from vlmclf.commands.rematch import rematch_command
+from vlmclf.commands.sweep import sweep_command
+from vlmclf.commands.wikiqa import wikiqa_app
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -147,6 +150,16 @@ def eval_command(
     answer_prefix: Annotated[
         str | None, typer.Option(help="Likelihood: text the answer starts with before the name.")
     ] = None,
+    match: Annotated[
+        str,
+        typer.Option(help="How answers map to labels: contain (paper), strict, nli, embed."),
+    ] = "contain",
+    nli_model: Annotated[
+        str | None, typer.Option(help="--match nli: hf:<NLI checkpoint> or random:bart_nli.")
+    ] = None,
+    embed_model: Annotated[
+        str | None, typer.Option(help="--match embed: a local sentence-transformers folder.")
+    ] = None,
     cfg_sweep: Annotated[
         bool,
         typer.Option("--cfg-sweep", help="Likelihood: choose t on --val-split, report test once."),
@@ -190,6 +203,7 @@ def eval_command(
         cot=cot,
         templates=templates,
         options=_likelihood_options(method, agg, cfg, calibration, answer_prefix),
+        match=_match_id(method, match, nli_model, embed_model),
         max_new_tokens=max_new_tokens,
         dtype=dtype,
     )
@@ -233,6 +247,20 @@ def eval_command(
     if result.summary["n"] > 0 and result.summary["n_failed"] == result.summary["n"]:
         typer.echo("error: every example failed; see `vlmclf export` for the reasons", err=True)
         raise typer.Exit(1)
+
+
+def _match_id(
+    method: MethodName, match: str, nli_model: str | None, embed_model: str | None
+) -> str:
+    """The canonical answer-mapping id (generation only; 'contain' is the paper's rule)."""
+    from vlmclf.methods.answer_mapping import match_id
+
+    if match != "contain" and method is not MethodName.generate:
+        fail("--match applies to --method generate (other methods score every class)")
+    try:
+        return match_id(match, nli_model=nli_model, embed_model=embed_model)
+    except ValueError as err:
+        fail(str(err))
 
 
 def _likelihood_options(
@@ -335,6 +363,9 @@ def manifest_command(
 
 
 app.command("frequency")(frequency_command)
+app.command("sweep")(sweep_command)
+app.command("rematch")(rematch_command)
+app.add_typer(wikiqa_app, name="wikiqa")
 
 
 if __name__ == "__main__":

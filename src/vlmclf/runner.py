@@ -110,17 +110,31 @@ def classify_batch(method: Method, items: list[LoadedExample | Prediction]) -> l
     return [next(predicted) if isinstance(item, LoadedExample) else item for item in items]
 
 
+ModelLoader = Callable[[str, ModelOptions], object]
+Summarizer = Callable[[list[Prediction], list[str]], dict]
+
+
 def run(
     spec: RunSpec,
     config: RunConfig,
     build_method: Callable[[object, list[str], RunSpec], Method],
     on_warning: Callable[[str], None] | None = None,
+    *,
+    dataset: Dataset | None = None,
+    load_model: ModelLoader = load_any_model,
+    summarize_run: Summarizer = summarize,
 ) -> RunResult:
-    """Classify every selected example not yet stored for this spec, then summarise the run."""
+    """Classify every selected example not yet stored for this spec, then summarise the run.
+
+    ``dataset`` replaces reading ``spec.dataset`` (for sets such as ImageWikiQA whose examples
+    carry their own question), ``load_model`` lets a sweep keep one model across runs, and
+    ``summarize_run`` adds task-specific figures to the summary.
+    """
     warn = on_warning or (lambda message: print(f"warning: {message}", file=sys.stderr))
-    dataset = load_dataset(
-        spec.dataset, data_root=config.data_root, split=spec.split, classes=config.classes
-    )
+    if dataset is None:
+        dataset = load_dataset(
+            spec.dataset, data_root=config.data_root, split=spec.split, classes=config.classes
+        )
     examples = select_examples(dataset, config.limit)
     class_names = list(dataset.class_names)
     started = time.perf_counter()
@@ -129,9 +143,12 @@ def run(
         done = store.done_ids(spec.run_id)
         todo = [e for e in examples if e.id not in done]
         try:
-            outcome = _execute(
-                store, spec, config, build_method, class_names, todo, len(done), warn
-            )
+
+            def build() -> tuple[object, Method]:
+                model = load_model(spec.model, config.model)
+                return model, build_method(model, class_names, spec)
+
+            outcome = _execute(store, spec.run_id, config, build, todo, len(done), warn)
         except KeyboardInterrupt:
             store.finish_run(spec.run_id, "interrupted", time.perf_counter() - started)
             raise
@@ -141,7 +158,7 @@ def run(
         selected = {e.id for e in examples}
         predictions = [p for p in store.predictions(spec.run_id) if p.example_id in selected]
         predictions = finalize_predictions(spec, predictions, class_names)
-        summary = summarize(predictions, class_names)
+        summary = summarize_run(predictions, class_names)
         summary["split"] = dataset.split
         if outcome.usage is not None:
             summary["usage"] = outcome.usage
@@ -168,10 +185,9 @@ class _Outcome:
 
 def _execute(
     store: RunStore,
-    spec: RunSpec,
+    run_id: str,
     config: RunConfig,
-    build_method: Callable[[object, list[str], RunSpec], Method],
-    class_names: list[str],
+    build: Callable[[], tuple[object, Method]],
     todo: list[Example],
     already: int,
     warn: Callable[[str], None],
@@ -179,12 +195,11 @@ def _execute(
     """Load the model only when something is left to do, then classify what is left."""
     if not todo:
         return _Outcome()
-    model = load_any_model(spec.model, config.model)
-    method = build_method(model, class_names, spec)
+    model, method = build()
     warnings = method.preflight()
     for message in warnings:
         warn(message)
-    written = _classify_all(store, spec.run_id, method, todo, config, already)
+    written = _classify_all(store, run_id, method, todo, config, already)
     usage = model.usage() if callable(getattr(model, "usage", None)) else None
     return _Outcome(written, warnings, usage)
 

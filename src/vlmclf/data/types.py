@@ -25,6 +25,8 @@ class Example:
     split: str
     source: str
     loader: Callable[[], Image.Image]
+    prompt: str | None = None
+    """Text that belongs to this example only (an ImageWikiQA question); None for classification."""
 
     def load(self) -> Image.Image:
         """Decode the image as RGB, or raise BadExampleError naming the source and the reason."""

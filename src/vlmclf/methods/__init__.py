@@ -32,9 +32,10 @@ def make_method(model: object, class_names: list[str], spec: RunSpec) -> Method:
             "(use --method clip)"
         )
     if spec.method == "generate":
+        from vlmclf.methods.answer_mapping import with_answer_mapping
         from vlmclf.methods.generate import GenerateMethod
 
-        return GenerateMethod(model, class_names, spec)
+        return with_answer_mapping(GenerateMethod(model, class_names, spec), class_names, spec)
     if spec.method == "likelihood":
         from vlmclf.methods.likelihood import LikelihoodMethod
 

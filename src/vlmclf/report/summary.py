@@ -16,6 +16,15 @@ def _fmt(value: float | None, ci: list[float] | None = None) -> str:
     return text
 
 
+def accuracy_rule(spec: RunSpec) -> str:
+    """What 'accuracy' means for this run, said next to the number."""
+    if spec.method != "generate":
+        return "top-1 over the class scores"
+    if spec.match == "contain":
+        return "paper's rule: answer contains the true name"
+    return f"answers mapped to labels by {spec.match}"
+
+
 def describe_spec(spec: RunSpec, split: str | None = None) -> str:
     """One line saying what was run."""
     what = spec.method
@@ -40,8 +49,7 @@ def summary_table(run_id: str, spec: RunSpec, summary: dict[str, Any], store_pat
         ("examples", f"{summary['n']} ({summary['n_failed']} failed)"),
         (
             "accuracy",
-            _fmt(summary.get("accuracy"), summary.get("ci95"))
-            + "   paper's rule: answer contains the true name",
+            _fmt(summary.get("accuracy"), summary.get("ci95")) + f"   {accuracy_rule(spec)}",
         ),
         ("strict top-1", _fmt(summary.get("strict_accuracy"), summary.get("strict_ci95"))),
         ("top-5", _fmt(summary.get("top5"))),

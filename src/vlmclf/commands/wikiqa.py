@@ -1,0 +1,151 @@
+"""`vlmclf wikiqa`: evaluate ImageWikiQA; `vlmclf wikiqa build`: make new questions.
+
+cli.py registers the group: ``app.add_typer(wikiqa_app, name="wikiqa")``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vlmclf.commands.common import DEFAULT_STORE, fail, out_dir_for
+
+wikiqa_app = typer.Typer(
+    help="ImageWikiQA: multiple-choice questions about the object in an ImageNet photo.",
+    add_completion=False,
+)
+
+
+@wikiqa_app.callback(invoke_without_command=True)
+def wikiqa_command(
+    ctx: typer.Context,
+    model: Annotated[str | None, typer.Option(help="hf:, random:, organism:, openai:...")] = None,
+    images: Annotated[
+        Path | None, typer.Option(help="ImageNet validation images (flat, or val/<wnid>/<file>).")
+    ] = None,
+    method: Annotated[str, typer.Option(help="generate or likelihood (scores A-D).")] = "generate",
+    questions: Annotated[
+        Path | None, typer.Option(help="Question JSONL (default: the shipped 2,000).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="A fixed random subset of questions.")] = None,
+    cot: Annotated[bool, typer.Option("--cot", help="Append a chain-of-thought cue.")] = False,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Default 16, 256 with --cot.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Questions per model call.")] = 8,
+    workers: Annotated[int, typer.Option(help="Threads decoding images.")] = 4,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, mps.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32, float16, bfloat16.")] = "float32",
+    base_url: Annotated[str | None, typer.Option(help="API base URL (OpenAI-compatible).")] = None,
+    concurrency: Annotated[int, typer.Option(help="Parallel API requests.")] = 4,
+    out: Annotated[Path | None, typer.Option(help="Folder for the table and figure.")] = None,
+    store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
+) -> None:
+    """Answer ImageWikiQA with a model; unparsed answers count as wrong (n_unparsed)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from vlmclf.analysis.wikiqa import run_wikiqa, wikiqa_spec
+    from vlmclf.loading import ModelOptions
+
+    if model is None or images is None:
+        fail("wikiqa needs --model and --images (or the subcommand `build`)")
+    if method not in ("generate", "likelihood"):
+        fail(f"--method must be generate or likelihood, got {method!r}")
+    spec = wikiqa_spec(model, method, questions=questions, cot=cot,
+                       max_new_tokens=max_new_tokens, dtype=dtype)  # fmt: skip
+    options = ModelOptions(device=device, dtype=dtype, base_url=base_url, concurrency=concurrency)
+    folder = out or out_dir_for("wikiqa", {"run": spec.run_id, "limit": limit})
+    try:
+        result = run_wikiqa(
+            spec, images, store, folder, questions=questions, limit=limit, batch_size=batch_size,
+            workers=workers, progress=progress, model_options=options,
+        )  # fmt: skip
+    except (ValueError, RuntimeError, FileNotFoundError) as err:
+        fail(str(err))
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        _print_wikiqa(result, model, method)
+    summary = result["summary"]
+    if summary["n"] and summary["n_failed"] == summary["n"]:
+        typer.echo(f"error: every question failed; are the images under {images}?", err=True)
+        raise typer.Exit(1)
+
+
+def _print_wikiqa(result: dict, model: str, method: str) -> None:
+    s = result["summary"]
+    accuracy = "-" if s["accuracy"] is None else f"{100 * s['accuracy']:.1f}%"
+    typer.echo(
+        f"run {result['run_id']}: {model} ({method}) ImageWikiQA accuracy {accuracy} on "
+        f"{s['n_ok']} questions; unparsed {s['n_unparsed']}, failed {s['n_failed']}"
+    )
+    typer.echo("answers: " + ", ".join(f"{k} {v}" for k, v in s["answer_distribution"].items()))
+    for name, path in result["files"].items():
+        typer.echo(f"{name}: {path}")
+
+
+@wikiqa_app.command("build")
+def wikiqa_build_command(
+    model: Annotated[str, typer.Option(help="Chat model that writes the questions (any spec).")],
+    classes: Annotated[str, typer.Option(help="Classes: a shipped list name or a JSON/text file.")],
+    wiki: Annotated[Path, typer.Option(help="JSONL of {classname, text} Wikipedia articles.")],
+    out: Annotated[Path, typer.Option(help="Where to write the kept questions (JSONL).")],
+    filter_model: Annotated[
+        str | None, typer.Option(help="Model for the with/without-name filter (default --model).")
+    ] = None,
+    per_class: Annotated[int, typer.Option(help="Questions asked for per class.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed for shuffling options and images.")] = 1234,
+    images_dataset: Annotated[
+        str | None, typer.Option(help="Pair questions with images of their class from it.")
+    ] = None,
+    data_root: Annotated[str | None, typer.Option(help="Where --images-dataset lives.")] = None,
+    images_per_question: Annotated[int, typer.Option(help="Images per question (paper: 10).")] = 10,
+    base_url: Annotated[str | None, typer.Option(help="API base URL (OpenAI-compatible).")] = None,
+    concurrency: Annotated[int, typer.Option(help="Parallel API requests.")] = 4,
+    device: Annotated[str, typer.Option(help="cpu, cuda, mps (local models).")] = "cpu",
+    report_dir: Annotated[Path | None, typer.Option(help="Folder for the report.")] = None,
+    store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Generate questions from Wikipedia text and keep those that need the object's identity."""
+    from vlmclf.analysis.wikiqa_build import chat_from_model, read_wiki, run_wikiqa_build
+    from vlmclf.data import load_class_names, load_dataset
+    from vlmclf.loading import ModelOptions, load_any_model
+
+    try:
+        class_names = load_class_names(classes)
+        articles = read_wiki(wiki)
+        options = ModelOptions(device=device, base_url=base_url, concurrency=concurrency)
+        chat = chat_from_model(load_any_model(model, options))
+        judge = chat_from_model(load_any_model(filter_model, options)) if filter_model else None
+        images_by_class = None
+        if images_dataset is not None:
+            dataset = load_dataset(images_dataset, data_root=data_root)
+            images_by_class = {}
+            for example in dataset.examples:
+                name = dataset.class_names[example.label]
+                images_by_class.setdefault(name, []).append(example.source)
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    spec = {"model": model, "filter_model": filter_model or model, "classes": classes,
+            "wiki": str(wiki), "per_class": per_class, "seed": seed, "out": str(out)}  # fmt: skip
+    result = run_wikiqa_build(
+        chat, class_names, articles, out, store_path=store, spec=spec,
+        out_dir=report_dir or out_dir_for("wikiqa-build", spec), filter_chat=judge,
+        per_class=per_class, seed=seed, images_by_class=images_by_class,
+        per_question=images_per_question,
+    )  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    counts = result["counts"]
+    typer.echo(
+        f"{counts['generated']} questions generated for {counts['classes']} classes, "
+        f"{counts['kept']} kept ({counts['answered_with_name']} answered with the name, "
+        f"{counts['not_without_name']} of them wrong without it); {result['n_records']} records"
+    )
+    for name, path in result["files"].items():
+        typer.echo(f"{name}: {path}")
