@@ -15,6 +15,7 @@ import typer
 from vlmclf.commands.common import DEFAULT_STORE, fail
 from vlmclf.commands.frequency import frequency_command
 from vlmclf.commands.rematch import rematch_command
+from vlmclf.commands.serve import serve_command
 from vlmclf.commands.sweep import sweep_command
 from vlmclf.commands.wikiqa import wikiqa_app
 
@@ -366,6 +367,7 @@ app.command("frequency")(frequency_command)
 app.command("sweep")(sweep_command)
 app.command("rematch")(rematch_command)
 app.add_typer(wikiqa_app, name="wikiqa")
+app.command("serve")(serve_command)
 
 
 if __name__ == "__main__":
