@@ -8,4 +8,5 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: on a 2-core machine two threads spin-wait on each other far more than they gain.
+torch.set_num_threads(1)

@@ -13,7 +13,10 @@ from typing import Annotated
 import typer
 
 from vlmclf.commands.common import DEFAULT_STORE, fail
+from vlmclf.commands.demo import demo_command
+from vlmclf.commands.finetune import finetune_command
 from vlmclf.commands.frequency import frequency_command
+from vlmclf.commands.probe import probe_command
 from vlmclf.commands.rematch import rematch_command
 from vlmclf.commands.serve import serve_command
 from vlmclf.commands.sweep import sweep_command
@@ -363,7 +366,10 @@ def manifest_command(
     typer.echo(f"wrote {count} examples to {out}")
 
 
+app.command("demo")(demo_command)
 app.command("frequency")(frequency_command)
+app.command("probe")(probe_command)
+app.command("finetune")(finetune_command)
 app.command("sweep")(sweep_command)
 app.command("rematch")(rematch_command)
 app.add_typer(wikiqa_app, name="wikiqa")

@@ -56,3 +56,19 @@ def load_any_model(spec: str, options: ModelOptions) -> object:
         trust_remote_code=options.trust_remote_code,
         seed=options.seed,
     )
+
+
+class LastModelLoader:
+    """Keeps the last model loaded, so consecutive runs of one model (a sweep's cells, the demo's
+    methods) load it once, while never holding two models at a time."""
+
+    def __init__(self) -> None:
+        self.key: tuple[str, ModelOptions] | None = None
+        self.model: object | None = None
+
+    def __call__(self, spec: str, options: ModelOptions) -> object:
+        if self.key != (spec, options):
+            self.model = None  # free the previous model before loading the next
+            self.model = load_any_model(spec, options)
+            self.key = (spec, options)
+        return self.model

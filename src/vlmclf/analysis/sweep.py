@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmclf.data.readers import parse_dataset_spec
-from vlmclf.loading import ModelOptions, load_any_model
+from vlmclf.loading import LastModelLoader, load_any_model
 from vlmclf.runner import ModelLoader, RunConfig, run
 from vlmclf.spec import RunSpec
 
@@ -222,22 +222,6 @@ def run_sweep(
     with RunStore(config.store_path) as store:
         result["analysis_id"] = store.save_analysis("sweep", spec, result)
     return result
-
-
-class LastModelLoader:
-    """Keeps the last model loaded, so the cells of one model (models are the outer loop) load
-    it once instead of once per cell, while never holding two models at a time."""
-
-    def __init__(self) -> None:
-        self.key: tuple[str, ModelOptions] | None = None
-        self.model: object | None = None
-
-    def __call__(self, spec: str, options: ModelOptions) -> object:
-        if self.key != (spec, options):
-            self.model = None  # free the previous model before loading the next
-            self.model = load_any_model(spec, options)
-            self.key = (spec, options)
-        return self.model
 
 
 def run_cell(

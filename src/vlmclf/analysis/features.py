@@ -1,0 +1,289 @@
+"""Image features for probing, extracted once per (model, layer, prompt, dataset, split, examples).
+
+A VLM gives the hidden state of one language-model layer for the paper's prompt, at the last
+token and averaged over all tokens (``hidden_features``); a CLIP-style encoder gives its image
+embedding (``encode_images``). Extraction costs a forward pass per image, so the result is kept
+on disk as one safetensors file per key under ``feature_cache_dir()`` and read back through
+``safe_open`` (the file is memory-mapped; only the tensors asked for are copied out). Images
+that cannot be decoded are skipped, and their ids and reasons are kept in the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from vlmclf.data.types import Example
+from vlmclf.methods.base import LoadedExample
+from vlmclf.models.base import ImageTextEncoder
+from vlmclf.records import Prediction
+
+FeatureKind = Literal["hidden", "image_embedding"]
+HIDDEN_POOLINGS = ("last_token", "mean")
+EMBEDDING_POOLING = "embedding"
+CACHE_FORMAT = 1
+"""Bump when the file layout or the meaning of a cached tensor changes: old files are ignored."""
+_LABELS = "labels"
+
+
+def feature_cache_dir() -> Path:
+    """``$VLMCLF_CACHE_DIR/features``, else ``~/.cache/vlmclf/features``."""
+    root = os.environ.get("VLMCLF_CACHE_DIR") or Path.home() / ".cache" / "vlmclf"
+    return Path(root) / "features"
+
+
+@dataclass(frozen=True)
+class FeatureKey:
+    """Everything that decides a cached feature file's content."""
+
+    model: str
+    weights: str | None
+    kind: FeatureKind
+    layer: int | None
+    question: str | None
+    dataset: str
+    split: str
+    ids_hash: str
+    poolings: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "poolings": list(self.poolings), "format": CACHE_FORMAT}
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:20]
+
+    def path(self, root: Path) -> Path:
+        slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.model)[:80]
+        return root / slug / f"{self.dataset_slug()}-{self.digest()}.safetensors"
+
+    def dataset_slug(self) -> str:
+        name = Path(self.dataset).stem if self.dataset.endswith(".jsonl") else self.dataset
+        return "".join(c if c.isalnum() or c in "-_" else "_" for c in f"{name}-{self.split}")[:60]
+
+
+@dataclass
+class FeatureSet:
+    """Features of the examples that decoded, in selection order, with their labels."""
+
+    ids: list[str]
+    labels: torch.Tensor
+    features: dict[str, torch.Tensor]
+    failures: list[dict[str, str]] = field(default_factory=list)
+    path: Path | None = None
+    from_cache: bool = False
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.failures)
+
+    @property
+    def dim(self) -> int:
+        return int(next(iter(self.features.values())).shape[1])
+
+
+def ids_hash(examples: Sequence[Example]) -> str:
+    """Hash of the selected example ids in order (rows of the file follow that order)."""
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(example.id.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:20]
+
+
+def weights_fingerprint(model_spec: str) -> str | None:
+    """A fingerprint of local weights a spec points at (``hf:<dir>``, ``organism:vlm@<dir>``,
+    the organism's shipped weights), so a retrained checkpoint in the same folder misses the
+    cache; None for specs whose weights cannot change under the same name."""
+    _, _, name = model_spec.partition(":")
+    folder = _weights_folder(model_spec, name)
+    if folder is None or not folder.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.is_file():
+            stat = path.stat()
+            digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _weights_folder(model_spec: str, name: str) -> Path | None:
+    if model_spec.startswith("organism:"):
+        kind, _, folder = name.partition("@")
+        if folder:
+            return Path(folder)
+        try:
+            from vlmclf.organism.load import default_weights_dir
+        except ImportError:
+            return None
+        return default_weights_dir(kind) if kind in ("vlm", "clip") else None  # type: ignore[arg-type]
+    if model_spec.startswith("hf:") and Path(name).exists():
+        return Path(name)
+    return None
+
+
+def make_key(
+    model_spec: str,
+    dataset: str,
+    split: str,
+    examples: Sequence[Example],
+    kind: FeatureKind,
+    layer: int | None = None,
+    question: str | None = None,
+) -> FeatureKey:
+    poolings = HIDDEN_POOLINGS if kind == "hidden" else (EMBEDDING_POOLING,)
+    if kind == "image_embedding":
+        layer, question = None, None
+    return FeatureKey(
+        model=model_spec, weights=weights_fingerprint(model_spec), kind=kind, layer=layer,
+        question=question, dataset=dataset, split=split, ids_hash=ids_hash(examples),
+        poolings=poolings,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------ extraction
+
+
+def features_of_batch(
+    model: object, images: list, kind: FeatureKind, question: str | None, layer: int | None
+) -> dict[str, torch.Tensor]:
+    """One batch through the model: both poolings of a hidden layer, or CLIP image embeddings."""
+    if kind == "image_embedding":
+        if not isinstance(model, ImageTextEncoder):
+            raise ValueError(
+                f"{getattr(model, 'name', model)} is not a CLIP-style encoder (no encode_images)"
+            )
+        return {EMBEDDING_POOLING: model.encode_images(images).float().cpu()}
+    hidden = getattr(model, "hidden_features", None)
+    if not callable(hidden):
+        raise ValueError(
+            f"{getattr(model, 'name', model)} exposes no hidden states: probing needs an "
+            "open-weight VLM (hf:, random:, organism:vlm)"
+        )
+    out = hidden(images, [question or ""] * len(images), layer if layer is not None else -1)
+    return {"last_token": out.last_token.float().cpu(), "mean": out.mean.float().cpu()}
+
+
+def extract_features(
+    model: object,
+    examples: Sequence[Example],
+    kind: FeatureKind,
+    *,
+    question: str | None = None,
+    layer: int | None = None,
+    batch_size: int = 16,
+    workers: int = 2,
+    progress: bool = False,
+) -> FeatureSet:
+    """Run the model over ``examples`` (decoded ahead in threads); undecodable ones are skipped
+    and listed in ``failures`` with the reason."""
+    from vlmclf.runner import decoded_batches
+
+    ids: list[str] = []
+    labels: list[int] = []
+    parts: dict[str, list[torch.Tensor]] = {}
+    failures: list[dict[str, str]] = []
+    bar = tqdm(total=len(examples), unit="img", desc="features", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)  # fmt: skip
+    with bar:
+        for items in decoded_batches(examples, batch_size, workers):
+            loaded = [item for item in items if isinstance(item, LoadedExample)]
+            failures += [
+                {"id": item.example_id, "reason": item.error or "unknown"}
+                for item in items
+                if isinstance(item, Prediction)
+            ]
+            if loaded:
+                batch = features_of_batch(model, [i.image for i in loaded], kind, question, layer)
+                for name, tensor in batch.items():
+                    parts.setdefault(name, []).append(tensor)
+                ids += [item.example.id for item in loaded]
+                labels += [item.example.label for item in loaded]
+            bar.update(len(items))
+    if not ids:
+        reasons = "; ".join(f["reason"] for f in failures[:3])
+        raise ValueError(f"no image could be decoded ({len(failures)} failed: {reasons})")
+    features = {name: torch.cat(chunks).contiguous() for name, chunks in parts.items()}
+    return FeatureSet(ids, torch.tensor(labels, dtype=torch.int64), features, failures)
+
+
+# ------------------------------------------------------------------ the disk cache
+
+
+def save_feature_file(path: Path, features: FeatureSet, key: FeatureKey) -> None:
+    """Write atomically (temporary sibling, then rename): a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.contiguous() for name, t in features.features.items()}
+    tensors[_LABELS] = features.labels.contiguous()
+    metadata = {
+        "key": json.dumps(key.as_dict(), sort_keys=True),
+        "ids": json.dumps(features.ids),
+        "failures": json.dumps(features.failures),
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def load_feature_file(path: Path, poolings: Sequence[str] | None = None) -> FeatureSet:
+    """Read a cached file through ``safe_open`` (memory-mapped); ``poolings`` limits what is
+    copied out (default: all)."""
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        names = [n for n in handle.keys() if n != _LABELS]  # noqa: SIM118 - not a dict
+        wanted = list(poolings) if poolings is not None else names
+        missing = [n for n in wanted if n not in names]
+        if missing:
+            raise ValueError(f"{path}: no features named {missing} (has {names})")
+        features = {name: handle.get_tensor(name) for name in wanted}
+        labels = handle.get_tensor(_LABELS)
+    try:
+        ids = json.loads(metadata["ids"])
+        failures = json.loads(metadata.get("failures", "[]"))
+    except (KeyError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a vlmclf feature file ({err})") from err
+    return FeatureSet(ids, labels, features, failures, path=path, from_cache=True)
+
+
+def cached_features(
+    model_spec: str,
+    dataset: str,
+    split: str,
+    examples: Sequence[Example],
+    get_model: Callable[[], object],
+    kind: FeatureKind,
+    *,
+    layer: int | None = None,
+    question: str | None = None,
+    cache_dir: Path | None = None,
+    batch_size: int = 16,
+    workers: int = 2,
+    progress: bool = False,
+) -> FeatureSet:
+    """Features from the cache, or extracted with ``get_model()`` (called only on a miss) and
+    written to the cache. A file that cannot be read is extracted again and replaced."""
+    key = make_key(model_spec, dataset, split, examples, kind, layer, question)
+    path = key.path(cache_dir or feature_cache_dir())
+    if path.is_file():
+        try:
+            return load_feature_file(path)
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+            print(f"warning: unreadable feature cache {path}, extracting again: {err}",
+                  file=sys.stderr)  # fmt: skip
+    extracted = extract_features(
+        get_model(), examples, kind, question=question, layer=layer, batch_size=batch_size,
+        workers=workers, progress=progress,
+    )  # fmt: skip
+    save_feature_file(path, extracted, key)
+    extracted.path = path
+    return extracted

@@ -1,0 +1,209 @@
+"""Does the VLM's hidden state know the class? (paper, Section 4.1, Table 3 "probing" rows)
+
+``run_probe`` extracts a language-model layer's hidden state for the paper's prompt at the last
+token and averaged over all tokens (cached per model, layer, prompt, dataset, split and example
+selection), trains a probe on each under the paper's protocol and a clean one, optionally does
+the same for a CLIP model's image embeddings, stores the result (``save_analysis("probe", ...)``)
+and writes its table and figure.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlmclf.analysis.features import FeatureKind, FeatureSet, cached_features
+from vlmclf.analysis.probe_report import write_probe_report
+from vlmclf.analysis.probe_train import (
+    CLEAN_LABEL,
+    PAPER_LABEL,
+    ProbeConfig,
+    probe_both_protocols,
+)
+from vlmclf.data import load_dataset
+from vlmclf.data.readers import parse_dataset_spec
+from vlmclf.data.types import Dataset
+from vlmclf.loading import ModelOptions, load_any_model
+from vlmclf.methods.prompts import open_question
+from vlmclf.runner import select_examples
+from vlmclf.store import RunStore
+
+__all__ = ["CLEAN_LABEL", "PAPER_LABEL", "ProbeConfig", "ProbeOutcome", "ProbeRequest", "run_probe"]
+
+
+@dataclass(frozen=True)
+class ProbeRequest:
+    """What decides a probe result (stored as the analysis spec)."""
+
+    model: str
+    dataset: str
+    train_split: str = "train"
+    eval_split: str | None = None
+    train_dataset: str | None = None
+    data_root: str | None = None
+    train_data_root: str | None = None
+    classes: str | None = None
+    layer: int = -1
+    prompt: str = "base"
+    train_limit: int | None = None
+    limit: int | None = None
+    clip_model: str | None = None
+    config: ProbeConfig = field(default_factory=ProbeConfig)
+
+    def spec(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ProbeRuntime:
+    """How to run it; none of it changes the result."""
+
+    store_path: Path = Path("vlmclf-runs.sqlite")
+    out_dir: Path | None = None
+    cache_dir: Path | None = None
+    batch_size: int = 16
+    workers: int = 2
+    progress: bool = False
+    model_options: ModelOptions = field(default_factory=ModelOptions)
+
+
+@dataclass
+class ProbeOutcome:
+    analysis_id: str
+    result: dict[str, Any]
+    files: dict[str, Path]
+
+
+ModelLoader = Callable[[str], object]
+
+
+def load_probe_data(request: ProbeRequest) -> tuple[Dataset, Dataset]:
+    """(train, eval) datasets with the same class list."""
+    name, spec_split = parse_dataset_spec(request.dataset)
+    eval_split = request.eval_split or spec_split
+    eval_data = load_dataset(name, request.data_root, eval_split, request.classes)
+    train_name = request.train_dataset or name
+    train_root = request.train_data_root or request.data_root
+    train_data = load_dataset(train_name, train_root, request.train_split, request.classes)
+    if list(train_data.class_names) != list(eval_data.class_names):
+        raise ValueError(
+            f"the training data ({train_name}:{request.train_split}) and the evaluation data "
+            f"({name}:{eval_data.split}) have different class lists; pass --classes"
+        )
+    return train_data, eval_data
+
+
+class _LazyModels:
+    """Load each model spec at most once, and only if a feature cache misses."""
+
+    def __init__(self, loader: ModelLoader) -> None:
+        self.loader = loader
+        self.loaded: dict[str, object] = {}
+
+    def getter(self, spec: str) -> Callable[[], object]:
+        def get() -> object:
+            if spec not in self.loaded:
+                self.loaded[spec] = self.loader(spec)
+            return self.loaded[spec]
+
+        return get
+
+
+def _features(
+    spec: str, data: Dataset, request: ProbeRequest, runtime: ProbeRuntime, models: _LazyModels,
+    kind: FeatureKind, limit: int | None,
+) -> FeatureSet:  # fmt: skip
+    examples = select_examples(data, limit)
+    return cached_features(
+        spec, data.name, data.split, examples, models.getter(spec), kind,
+        layer=request.layer, question=open_question(request.prompt), cache_dir=runtime.cache_dir,
+        batch_size=runtime.batch_size, workers=runtime.workers, progress=runtime.progress,
+    )  # fmt: skip
+
+
+def probe_feature_sets(
+    train: FeatureSet, test: FeatureSet, n_classes: int, config: ProbeConfig
+) -> dict[str, dict[str, Any]]:
+    """For each pooling: both protocols, the feature dimension and the sizes."""
+    out = {}
+    for pooling, train_x in train.features.items():
+        protocols = probe_both_protocols(
+            (train_x.float(), train.labels), (test.features[pooling].float(), test.labels),
+            n_classes, config,
+        )  # fmt: skip
+        out[pooling] = {
+            "dim": int(train_x.shape[1]),
+            "n_train": int(train.labels.numel()),
+            "n_eval": int(test.labels.numel()),
+            "protocols": protocols,
+        }
+    return out
+
+
+def _feature_summary(train: FeatureSet, test: FeatureSet) -> dict[str, Any]:
+    return {
+        "n_failed": {"train": train.n_failed, "eval": test.n_failed},
+        "failed_examples": (train.failures + test.failures)[:20],
+        "cache_files": [str(train.path), str(test.path)],
+        "from_cache": {"train": train.from_cache, "eval": test.from_cache},
+    }
+
+
+def _overlap_warning(train: FeatureSet, test: FeatureSet, same_source: bool) -> list[str]:
+    shared = set(train.ids) & set(test.ids) if same_source else set()
+    if not shared:
+        return []
+    return [f"{len(shared)} examples are in both the training and the evaluation selection"]
+
+
+def run_probe(
+    request: ProbeRequest,
+    runtime: ProbeRuntime | None = None,
+    load_model: ModelLoader | None = None,
+) -> ProbeOutcome:
+    """Extract (or reuse) features, probe them under both protocols, store and report."""
+    runtime = runtime or ProbeRuntime()
+    loader = load_model or (lambda spec: load_any_model(spec, runtime.model_options))
+    models = _LazyModels(loader)
+    train_data, eval_data = load_probe_data(request)
+    n_classes = len(eval_data.class_names)
+    spec = request.model
+    train = _features(spec, train_data, request, runtime, models, "hidden", request.train_limit)
+    test = _features(spec, eval_data, request, runtime, models, "hidden", request.limit)
+    same_source = (request.train_dataset in (None, request.dataset)) and (
+        (request.train_data_root or request.data_root) == request.data_root
+    )
+    result: dict[str, Any] = {
+        "model": request.model,
+        "dataset": parse_dataset_spec(request.dataset)[0],
+        "train_split": train_data.split,
+        "eval_split": eval_data.split,
+        "layer": request.layer,
+        "question": open_question(request.prompt),
+        "head": request.config.head(),
+        "protocol_labels": {"paper": PAPER_LABEL, "clean": CLEAN_LABEL},
+        "class_names": list(eval_data.class_names),
+        "features": probe_feature_sets(train, test, n_classes, request.config),
+        **_feature_summary(train, test),
+        "warnings": _overlap_warning(train, test, same_source),
+    }
+    if request.clip_model:
+        clip_train = _features(request.clip_model, train_data, request, runtime, models,
+                               "image_embedding", request.train_limit)  # fmt: skip
+        clip_test = _features(request.clip_model, eval_data, request, runtime, models,
+                              "image_embedding", request.limit)  # fmt: skip
+        result["clip_baseline"] = {
+            "model": request.clip_model,
+            "features": probe_feature_sets(clip_train, clip_test, n_classes, request.config),
+            **_feature_summary(clip_train, clip_test),
+        }
+    with RunStore(runtime.store_path) as store:
+        analysis_id = store.save_analysis("probe", request.spec(), result)
+    out_dir = runtime.out_dir or Path("reports") / f"probe-{analysis_id}"
+    files = write_probe_report(result, out_dir)
+    files["json"] = out_dir / "probe.json"
+    files["json"].write_text(json.dumps({"analysis_id": analysis_id, **result}, indent=2) + "\n")
+    return ProbeOutcome(analysis_id, result, files)

@@ -1,0 +1,139 @@
+"""The probe's table (Markdown + CSV, laid out like the probing rows of the paper's Table 3) and
+its figure (accuracy per kind of features, both protocols side by side, with 95% CIs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vlmclf.analysis.probe_train import CLEAN_LABEL, PAPER_LABEL
+from vlmclf.report.tables import csv_table, markdown_table
+
+FEATURE_NAMES = {
+    "last_token": "last token probing",
+    "mean": "avg token probing",
+    "embedding": "image embedding probing (CLIP baseline)",
+}
+PROTOCOLS = ("paper", "clean")
+
+
+def probe_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (model, features), both protocols' numbers in columns."""
+    rows = []
+    for block in _feature_blocks(result):
+        row: dict[str, Any] = {
+            "model": block["model"],
+            "features": FEATURE_NAMES.get(block["pooling"], block["pooling"]),
+            "layer": block.get("layer"),
+            "dim": block["dim"],
+        }
+        for protocol in PROTOCOLS:
+            outcome = block["protocols"][protocol]
+            row[f"{protocol}_acc"] = outcome["accuracy"]
+            row[f"{protocol}_ci_low"], row[f"{protocol}_ci_high"] = outcome["ci95"]
+            row[f"{protocol}_epoch"] = outcome["chosen"]["epoch"]
+        row["clean_weight_decay"] = block["protocols"]["clean"]["chosen"]["weight_decay"]
+        row["n_train"] = block["n_train"]
+        row["n_eval"] = block["n_eval"]
+        rows.append(row)
+    return rows
+
+
+def _feature_blocks(result: dict[str, Any]) -> list[dict[str, Any]]:
+    blocks = [
+        {"model": result["model"], "pooling": pooling, "layer": result["layer"], **block}
+        for pooling, block in result["features"].items()
+    ]
+    baseline = result.get("clip_baseline")
+    if baseline:
+        blocks += [
+            {"model": baseline["model"], "pooling": pooling, "layer": None, **block}
+            for pooling, block in baseline["features"].items()
+        ]
+    return blocks
+
+
+_ACC = ("acc", "ci_low", "ci_high")
+
+
+def _percent(acc: float, low: float, high: float) -> str:
+    return f"{100 * acc:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def markdown_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Accuracies as percentages with their 95% CI, the paper's protocol marked with a dagger."""
+    return [
+        {
+            "model": row["model"],
+            "features": row["features"],
+            "paper protocol† (%)": _percent(*(row[f"paper_{k}"] for k in _ACC)),
+            "clean protocol (%)": _percent(*(row[f"clean_{k}"] for k in _ACC)),
+            "n train / eval": f"{row['n_train']} / {row['n_eval']}",
+        }
+        for row in rows
+    ]
+
+
+def probe_markdown(result: dict[str, Any]) -> str:
+    rows = probe_rows(result)
+    splits = f"{result['train_split']} -> {result['eval_split']}"
+    title = (
+        f"Probing on {result['dataset']} ({splits}), layer {result['layer']}, "
+        f"{result['head']} head"
+    )
+    notes = [
+        f"† {PAPER_LABEL}.",
+        f"Clean: {CLEAN_LABEL}.",
+        "Brackets: 95% bootstrap confidence interval over evaluation examples.",
+    ]
+    return "\n".join([f"**{title}**", "", markdown_table(markdown_rows(rows)), "", *notes]) + "\n"
+
+
+def plot_probe(result: dict[str, Any], path: Path) -> Path:
+    """Grouped bars: one group per (model, features), paper vs clean protocol, CI whiskers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = probe_rows(result)
+    labels = [f"{row['model']}\n{row['features']}" for row in rows]
+    x = np.arange(len(rows))
+    width = 0.38
+    fig, ax = plt.subplots(figsize=(max(5.0, 2.4 * len(rows)), 4.2))
+    styles = {"paper": ("paper protocol (epoch chosen on eval: optimistic)", "#c44e52"),
+              "clean": ("clean protocol (chosen on validation)", "#4c72b0")}  # fmt: skip
+    for offset, protocol in zip((-width / 2, width / 2), PROTOCOLS, strict=True):
+        acc = np.array([100 * row[f"{protocol}_acc"] for row in rows])
+        low = np.array([100 * row[f"{protocol}_ci_low"] for row in rows])
+        high = np.array([100 * row[f"{protocol}_ci_high"] for row in rows])
+        name, colour = styles[protocol]
+        bars = ax.bar(x + offset, acc, width, label=name, color=colour,
+                      yerr=[acc - low, high - acc], capsize=3)  # fmt: skip
+        ax.bar_label(bars, labels=[f"{a:.1f}" for a in acc], fontsize=7, label_type="center",
+                     color="white")  # fmt: skip
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"Probing {result['dataset']} ({result['eval_split']}), layer {result['layer']}")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_probe_report(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """probe.md, probe.csv and probe.png in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {
+        "markdown": out_dir / "probe.md",
+        "csv": out_dir / "probe.csv",
+        "figure": out_dir / "probe.png",
+    }
+    files["markdown"].write_text(probe_markdown(result))
+    files["csv"].write_text(csv_table(probe_rows(result)))
+    plot_probe(result, files["figure"])
+    return files

@@ -1,0 +1,171 @@
+"""``vlmclf finetune``: fine-tune a VLM on classification data with the generation objective."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from vlmclf.commands.common import DEFAULT_STORE, REPORTS_DIR, fail
+
+Opt = typer.Option
+EXIT_DIVERGED = 3
+
+
+class TrainParts(StrEnum):
+    projector = "projector"
+    projector_lora = "projector+lora"
+
+
+class Schedule(StrEnum):
+    cosine = "cosine"
+    linear = "linear"
+
+
+def finetune_command(
+    model: Annotated[
+        str, Opt(help="An open-weight VLM: hf:<id|path>, random:llava|qwen2_vl|..., organism:vlm.")
+    ],
+    dataset: Annotated[
+        str, Opt(help="Classification data: NAME (fashion_mnist, imagefolder, ...) or .jsonl.")
+    ],
+    train_split: Annotated[str, Opt(help="Split trained on.")] = "train",
+    eval_split: Annotated[
+        str | None, Opt(help="Split scored with --eval-limit (default: the layout's test split).")
+    ] = None,
+    data_root: Annotated[str | None, Opt(help="Where the (evaluation) data lives.")] = None,
+    train_data_root: Annotated[
+        str | None, Opt(help="Where the training data lives (default --data-root).")
+    ] = None,
+    classes: Annotated[str | None, Opt(help="Class-name list (shipped name or file).")] = None,
+    train: Annotated[
+        TrainParts, Opt(help="projector, or projector+lora (LoRA on the LM's attention).")
+    ] = TrainParts.projector,
+    lora_rank: Annotated[int, Opt(help="LoRA rank.")] = 8,
+    lora_alpha: Annotated[int, Opt(help="LoRA alpha.")] = 16,
+    lora_dropout: Annotated[float, Opt(help="LoRA dropout.")] = 0.05,
+    lr_projector: Annotated[float, Opt(help="Projector peak learning rate.")] = 2e-5,
+    lr_lora: Annotated[float, Opt(help="LoRA peak learning rate.")] = 2e-4,
+    weight_decay: Annotated[float, Opt(help="AdamW weight decay.")] = 0.0,
+    warmup_ratio: Annotated[float, Opt(help="Share of steps with linear warm-up.")] = 0.03,
+    schedule: Annotated[Schedule, Opt(help="Decay after warm-up.")] = Schedule.cosine,
+    batch_size: Annotated[int, Opt(help="Examples per optimiser step.")] = 64,
+    micro_batch: Annotated[
+        int | None, Opt(help="Examples per forward pass (gradients accumulate).")
+    ] = None,
+    epochs: Annotated[float, Opt(help="Passes over the training items.")] = 1.0,
+    steps: Annotated[int | None, Opt(help="Optimiser steps (overrides --epochs).")] = None,
+    train_limit: Annotated[
+        int | None, Opt(help="Train on a fixed random subset of this many examples.")
+    ] = None,
+    max_grad_norm: Annotated[float, Opt(help="Gradient clipping norm.")] = 1.0,
+    spike_factor: Annotated[
+        float, Opt(help="Stop when the loss exceeds this x its running median (0: off).")
+    ] = 5.0,
+    spike_window: Annotated[int, Opt(help="Steps in the running median.")] = 50,
+    grad_spike_factor: Annotated[
+        float, Opt(help="Stop when the gradient norm exceeds this x its running median (0: off).")
+    ] = 100.0,
+    caption_data: Annotated[
+        bool, Opt("--caption-data", help="Answer with a caption instead of the bare name.")
+    ] = False,
+    caption_template: Annotated[str, Opt(help="Caption for --caption-data.")] = "A photo of a {}.",
+    mix_instructions: Annotated[
+        Path | None, Opt(help="LLaVA-format instruction data (.json/.jsonl) to mix in.")
+    ] = None,
+    mix_ratio: Annotated[float, Opt(help="Share of instruction items in the mix.")] = 0.5,
+    image_folder: Annotated[
+        str | None, Opt(help="Folder the instruction data's image paths are relative to.")
+    ] = None,
+    seed: Annotated[int, Opt(help="Seed of the data order (and random: weights).")] = 0,
+    workers: Annotated[int, Opt(help="Threads decoding the next batch's images.")] = 4,
+    eval_limit: Annotated[
+        int | None, Opt(help="Score generation before and after on this many eval examples.")
+    ] = None,
+    device: Annotated[str, Opt(help="cpu, cuda, cuda:N, mps.")] = "cpu",
+    dtype: Annotated[str, Opt(help="float32, float16, bfloat16.")] = "float32",
+    store: Annotated[Path, Opt("--store", help="The run and analysis store.")] = DEFAULT_STORE,
+    out: Annotated[Path | None, Opt("--out", help="Checkpoint and log folder.")] = None,
+    as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
+    progress: Annotated[bool, Opt(help="Print each step's loss on stderr.")] = True,
+) -> None:
+    """Fine-tune a VLM's projector (and LoRA) on classification data; the checkpoint loads
+    with `vlmclf eval --model`. Exits 3 with a report if the loss diverges."""
+    from vlmclf.analysis.finetune import FinetuneRequest, FinetuneRuntime, run_finetune
+    from vlmclf.analysis.finetune_log import TrainingDiverged
+    from vlmclf.loading import ModelOptions
+
+    for name, value in (("--batch-size", batch_size), ("--micro-batch", micro_batch),
+                        ("--steps", steps), ("--train-limit", train_limit),
+                        ("--eval-limit", eval_limit)):  # fmt: skip
+        if value is not None and value < 1:
+            fail(f"{name} must be at least 1, got {value}")
+    request = FinetuneRequest(
+        model=model, dataset=dataset, train_split=train_split, eval_split=eval_split,
+        data_root=data_root, train_data_root=train_data_root, classes=classes, train=train.value,
+        lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+        lr_projector=lr_projector, lr_lora=lr_lora, weight_decay=weight_decay,
+        warmup_ratio=warmup_ratio, schedule=schedule.value, batch_size=batch_size, epochs=epochs,
+        steps=steps, train_limit=train_limit, max_grad_norm=max_grad_norm,
+        spike_factor=spike_factor, spike_window=spike_window, grad_spike_factor=grad_spike_factor,
+        caption_data=caption_data, caption_template=caption_template,
+        mix_instructions=str(mix_instructions) if mix_instructions else None, mix_ratio=mix_ratio,
+        image_folder=image_folder, seed=seed,
+    )  # fmt: skip
+    out_dir = out or REPORTS_DIR / f"finetune-{_slug(model)}-{train.value.replace('+', '-')}"
+    runtime = FinetuneRuntime(
+        out_dir=out_dir, store_path=store, micro_batch=micro_batch, eval_limit=eval_limit,
+        progress=progress, workers=workers,
+        model_options=ModelOptions(device=device, dtype=dtype, seed=seed),
+    )  # fmt: skip
+    try:
+        outcome = run_finetune(request, runtime)
+    except TrainingDiverged as stop:
+        _report_divergence(stop, out_dir, as_json)
+        raise typer.Exit(EXIT_DIVERGED) from None
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    files = {name: str(path) for name, path in outcome.files.items()}
+    if as_json:
+        payload = {"analysis_id": outcome.analysis_id, **outcome.result, "files": files}
+        typer.echo(json.dumps(payload))
+        return
+    _print_summary(outcome.result, outcome.analysis_id, store, files)
+
+
+def _slug(spec: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in spec.split("/")[-1])[:60]
+
+
+def _report_divergence(stop: Any, out_dir: Path, as_json: bool) -> None:
+    log = out_dir / "train_log.csv"
+    if as_json:
+        typer.echo(json.dumps({"status": "diverged", "divergence": stop.report.as_dict(),
+                               "report": str(stop.report_path), "log": str(log)}))  # fmt: skip
+        return
+    typer.echo(f"error: {stop.report.message()}", err=True)
+    typer.echo(f"report: {stop.report_path}\nloss log: {log}", err=True)
+
+
+def _print_summary(result: dict, analysis_id: str, store: Path, files: dict[str, str]) -> None:
+    items = result["data"]["total_items"]
+    typer.echo(f"fine-tuned {result['model']} ({result['train']}) for {result['steps']} steps "
+               f"in {result['wall_time_s']} s on {items} items")  # fmt: skip
+    typer.echo(f"loss {result['first_loss']:.4f} -> {result['final_loss']:.4f} "
+               "(first step -> mean of the last tenth)")  # fmt: skip
+    for when in ("before", "after"):
+        if when not in result:
+            continue
+        scored = result[when]
+        if scored.get("error"):
+            typer.echo(f"accuracy {when}: not measured ({scored['error']})")
+            continue
+        accuracy = "-" if scored["accuracy"] is None else f"{scored['accuracy']:.3f}"
+        typer.echo(f"accuracy {when}: {accuracy} on {scored['n']} examples ({scored['model']})")
+    typer.echo(f"checkpoint: {result['checkpoint']}  (vlmclf eval --model {result['checkpoint']})")
+    typer.echo(f"analysis {analysis_id} stored in {store}")
+    for name, path in files.items():
+        typer.echo(f"{name}: {path}")

@@ -1,0 +1,256 @@
+"""vlmclf probe: feature cache, both protocols, the CLIP baseline, the command end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import typer
+from PIL import Image
+from typer.testing import CliRunner
+
+from vlmclf.analysis.features import (
+    cached_features,
+    extract_features,
+    feature_cache_dir,
+    load_feature_file,
+)
+from vlmclf.analysis.probe import PAPER_LABEL, ProbeConfig, ProbeRequest, ProbeRuntime, run_probe
+from vlmclf.analysis.probe_train import (
+    CLEAN_LABEL,
+    clean_protocol,
+    paper_protocol,
+    stratified_split,
+    train_probe,
+)
+from vlmclf.commands.probe import probe_command
+from vlmclf.data import load_dataset
+from vlmclf.models import load_model
+from vlmclf.store import RunStore
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 220)}
+QUESTION = "What type of object is in this photo?"
+
+
+def write_colour_folder(root: Path, per_class: int, seed: int) -> Path:
+    """An image folder of 3 classes: solid colours with strong per-pixel noise."""
+    rng = np.random.RandomState(seed)
+    for name, colour in COLOURS.items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.array(colour)[None, None, :] + rng.randn(32, 32, 3) * 45
+            Image.fromarray(np.clip(pixels, 0, 255).astype("uint8")).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread; two threads on a shared CPU are several times
+    slower here (spin-waiting), so these tests pin one and restore the setting after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def colour_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("colours")
+    train = write_colour_folder(base / "train", per_class=14, seed=1)
+    test = write_colour_folder(base / "test", per_class=6, seed=2)
+    (test / "red" / "broken.png").write_bytes(b"this is not a png")
+    return {"train": train, "test": test}
+
+
+@pytest.fixture(scope="module")
+def llava():
+    return load_model("random:llava")
+
+
+class CountingModel:
+    """Wraps a VLM and counts hidden_features calls (to prove the cache skips the model)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.name = inner.name
+        self.calls = 0
+
+    def hidden_features(self, images, questions, layer=-1):
+        self.calls += 1
+        return self.inner.hidden_features(images, questions, layer)
+
+
+def test_feature_cache_written_once_then_reused_without_the_model(colour_data, llava, tmp_path):
+    data = load_dataset("imagefolder", str(colour_data["test"]))
+    counting = CountingModel(llava)
+    loads = []
+
+    def get_model():
+        loads.append(1)
+        return counting
+
+    first = cached_features("random:llava", data.name, data.split, data.examples, get_model,
+                            "hidden", layer=-1, question=QUESTION, cache_dir=tmp_path,
+                            batch_size=4, workers=1)  # fmt: skip
+    assert not first.from_cache and counting.calls > 0 and len(loads) == 1
+    files = list(tmp_path.rglob("*.safetensors"))
+    assert files == [first.path]
+    calls = counting.calls
+    second = cached_features("random:llava", data.name, data.split, data.examples, get_model,
+                             "hidden", layer=-1, question=QUESTION, cache_dir=tmp_path,
+                             batch_size=4, workers=1)  # fmt: skip
+    assert second.from_cache and counting.calls == calls and len(loads) == 1
+    assert second.ids == first.ids
+    assert torch.equal(second.labels, first.labels)
+    for name in ("last_token", "mean"):
+        assert torch.allclose(second.features[name], first.features[name])
+    # another layer is another key: a new file, the model is called again
+    cached_features("random:llava", data.name, data.split, data.examples, get_model, "hidden",
+                    layer=1, question=QUESTION, cache_dir=tmp_path, workers=1)  # fmt: skip
+    assert len(list(tmp_path.rglob("*.safetensors"))) == 2 and counting.calls > calls
+
+
+def test_failed_images_are_skipped_and_counted(colour_data, llava):
+    data = load_dataset("imagefolder", str(colour_data["test"]))
+    features = extract_features(llava, data.examples, "hidden", question=QUESTION, batch_size=5)
+    assert features.n_failed == 1
+    assert features.failures[0]["id"] == "red/broken.png"
+    assert "not an image" in features.failures[0]["reason"]
+    assert len(features.ids) == len(data.examples) - 1 == features.features["mean"].shape[0]
+    assert features.features["last_token"].shape[1] == llava.text_config.hidden_size
+
+
+def test_cached_file_reads_back_selected_poolings(colour_data, llava, tmp_path):
+    data = load_dataset("imagefolder", str(colour_data["train"]))
+    examples = list(data.examples)[:6]
+    made = cached_features("random:llava", data.name, data.split, examples, lambda: llava,
+                           "hidden", question=QUESTION, cache_dir=tmp_path)  # fmt: skip
+    only_mean = load_feature_file(made.path, poolings=["mean"])
+    assert list(only_mean.features) == ["mean"]
+    assert torch.allclose(only_mean.features["mean"], made.features["mean"])
+    with pytest.raises(ValueError, match="no features named"):
+        load_feature_file(made.path, poolings=["cls"])
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("VLMCLF_CACHE_DIR", str(tmp_path))
+    assert feature_cache_dir() == tmp_path / "features"
+
+
+def test_stratified_split_holds_out_each_class():
+    labels = torch.tensor([0] * 10 + [1] * 5 + [2] * 2)
+    fit, val = stratified_split(labels, 0.2, seed=0)
+    assert set(fit).isdisjoint(val) and len(fit) + len(val) == 17
+    held = labels[torch.as_tensor(val)].tolist()
+    assert held.count(0) == 2 and held.count(1) == 1 and held.count(2) == 1
+
+
+def _blobs(n_per_class: int, seed: int, noise: float) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(4, 16, generator=torch.Generator().manual_seed(123)) * 2
+    labels = torch.arange(4).repeat_interleave(n_per_class)
+    return centres[labels] + noise * torch.randn(len(labels), 16, generator=generator), labels
+
+
+def test_protocols_are_deterministic_and_labelled():
+    train, test = _blobs(20, 0, 2.0), _blobs(20, 1, 2.0)
+    config = ProbeConfig(epochs=20, batch_size=16)
+    paper = paper_protocol(train, test, 4, config)
+    assert paper == paper_protocol(train, test, 4, config)
+    assert paper["label"] == PAPER_LABEL and "optimistic" in paper["label"]
+    # the reported epoch is the best test epoch, at least as good as the last one
+    assert paper["accuracy"] >= paper["final_epoch_accuracy"]
+    curve = train_probe(*train, 4, epochs=20, config=config, watch=test).epoch_scores
+    assert paper["accuracy"] == pytest.approx(max(curve))
+    assert paper["chosen"]["epoch"] == int(np.argmax(curve)) + 1
+    clean = clean_protocol(train, test, 4, config)
+    assert clean["label"] == CLEAN_LABEL and not clean["selects_on_eval_data"]
+    assert [row["weight_decay"] for row in clean["grid"]] == list(config.weight_decays)
+    assert clean["chosen"]["val_accuracy"] == max(row["val_accuracy"] for row in clean["grid"])
+    assert clean["n_fit"] + clean["n_val"] == clean["n_train"] == 80
+    assert clean["accuracy"] > 0.25 + 0.2  # 4 classes
+    assert clean["ci95"][0] <= clean["accuracy"] <= clean["ci95"][1]
+
+
+def test_run_probe_with_clip_baseline_and_mlp(colour_data, llava, tmp_path):
+    request = ProbeRequest(
+        model="random:llava", dataset="imagefolder", train_split="train", eval_split="test",
+        data_root=str(colour_data["test"]), train_data_root=str(colour_data["train"]),
+        clip_model="random:clip", config=ProbeConfig(epochs=15, mlp_hidden=32),
+    )  # fmt: skip
+    runtime = ProbeRuntime(store_path=tmp_path / "runs.sqlite", out_dir=tmp_path / "out",
+                           cache_dir=tmp_path / "cache", batch_size=8, workers=1)  # fmt: skip
+    loaded = []
+
+    def load(spec: str):
+        loaded.append(spec)
+        return llava if spec == "random:llava" else load_model(spec)
+
+    outcome = run_probe(request, runtime, load_model=load)
+    assert loaded == ["random:llava", "random:clip"]  # each model once, for both splits
+    result = outcome.result
+    assert result["head"] == "mlp(32)"
+    baseline = result["clip_baseline"]["features"]["embedding"]
+    assert baseline["dim"] == 32 and baseline["n_eval"] == 18
+    for protocol in ("paper", "clean"):
+        assert baseline["protocols"][protocol]["accuracy"] > 1 / 3 + 0.3
+    csv_text = outcome.files["csv"].read_text()
+    assert "image embedding probing (CLIP baseline)" in csv_text
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        stored = store.get_analysis(outcome.analysis_id)
+    assert stored is not None and stored.kind == "probe"
+    assert stored.result["clip_baseline"]["model"] == "random:clip"
+
+
+def test_probe_rejects_a_clip_model_as_the_vlm(colour_data, tmp_path):
+    request = ProbeRequest(model="random:clip", dataset="imagefolder", train_split="train",
+                           data_root=str(colour_data["test"]),
+                           train_data_root=str(colour_data["train"]))  # fmt: skip
+    runtime = ProbeRuntime(store_path=tmp_path / "s.sqlite", out_dir=tmp_path / "o",
+                           cache_dir=tmp_path / "c", workers=1)  # fmt: skip
+    with pytest.raises(ValueError, match="exposes no hidden states"):
+        run_probe(request, runtime)
+
+
+def test_probe_command_end_to_end_reports_both_protocols(colour_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("VLMCLF_CACHE_DIR", str(tmp_path / "cache"))
+    app = typer.Typer()
+    app.command()(probe_command)
+    args = ["--model", "random:llava", "--dataset", "imagefolder", "--eval-split", "test",
+            "--data-root", str(colour_data["test"]), "--train-data-root", str(colour_data["train"]),
+            "--epochs", "15", "--store", str(tmp_path / "runs.sqlite"),
+            "--out", str(tmp_path / "out"),
+            "--no-progress", "--workers", "1"]  # fmt: skip
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["n_failed"] == {"train": 0, "eval": 1}
+    for pooling in ("last_token", "mean"):
+        block = payload["features"][pooling]
+        assert block["n_train"] == 42 and block["n_eval"] == 18 and block["dim"] == 64
+        assert block["protocols"]["paper"]["label"] == PAPER_LABEL
+        assert block["protocols"]["clean"]["label"] == CLEAN_LABEL
+        for protocol in ("paper", "clean"):
+            assert block["protocols"][protocol]["accuracy"] > 1 / 3 + 0.3
+    for name in ("markdown", "csv", "figure", "json"):
+        assert Path(payload["files"][name]).is_file()
+    assert Path(payload["files"]["figure"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the second run reads every feature from the cache and prints the table
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "paper protocol† (%)" in again.stdout and "last token probing" in again.stdout
+    assert "selects the epoch on the evaluation data: optimistic" in again.stdout
+    assert "probe.png" in again.stdout
+
+
+def test_probe_command_bad_option_is_a_clear_error(tmp_path):
+    app = typer.Typer()
+    app.command()(probe_command)
+    result = CliRunner().invoke(app, ["--model", "random:llava", "--dataset", "fashion_mnist",
+                                      "--weight-decays", "0,abc"])  # fmt: skip
+    assert result.exit_code == 2
+    assert "--weight-decays must be comma-separated numbers" in result.output
