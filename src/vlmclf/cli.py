@@ -16,6 +16,7 @@ from vlmclf.commands.common import DEFAULT_STORE, fail
 from vlmclf.commands.demo import demo_command
 from vlmclf.commands.finetune import finetune_command
 from vlmclf.commands.frequency import frequency_command
+from vlmclf.commands.organism import organism_app
 from vlmclf.commands.probe import probe_command
 from vlmclf.commands.rematch import rematch_command
 from vlmclf.commands.serve import serve_command
@@ -374,6 +375,7 @@ app.command("sweep")(sweep_command)
 app.command("rematch")(rematch_command)
 app.add_typer(wikiqa_app, name="wikiqa")
 app.command("serve")(serve_command)
+app.add_typer(organism_app, name="organism")
 
 
 if __name__ == "__main__":
