@@ -5,12 +5,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+# Our own progress bars say what is happening; transformers' weight-loading bars are noise.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from vlmclf.commands.common import DEFAULT_STORE, fail
 from vlmclf.commands.demo import demo_command
