@@ -24,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from vlmclf.cache import cache_root
 from vlmclf.data.types import Example
 from vlmclf.methods.base import LoadedExample
 from vlmclf.models.base import ImageTextEncoder
@@ -39,8 +40,7 @@ _LABELS = "labels"
 
 def feature_cache_dir() -> Path:
     """``$VLMCLF_CACHE_DIR/features``, else ``~/.cache/vlmclf/features``."""
-    root = os.environ.get("VLMCLF_CACHE_DIR") or Path.home() / ".cache" / "vlmclf"
-    return Path(root) / "features"
+    return cache_root() / "features"
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ import tokenizers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from vlmclf.cache import cache_root
+
 VOCAB_SIZE = 1536
 MAX_TOKEN_CHARS = 5  # short merges keep most class names multi-token, as under real BPEs
 SPECIAL_TOKENS = (
@@ -175,9 +177,8 @@ def training_corpus() -> list[str]:
 
 
 def default_cache_dir() -> Path:
-    """``$VLMCLF_CACHE/tokenizers`` or ``~/.cache/vlmclf/tokenizers``."""
-    root = os.environ.get("VLMCLF_CACHE") or Path.home() / ".cache" / "vlmclf"
-    return Path(root) / "tokenizers"
+    """``$VLMCLF_CACHE_DIR/tokenizers`` or ``~/.cache/vlmclf/tokenizers``."""
+    return cache_root() / "tokenizers"
 
 
 def _cache_file(cache_dir: Path, corpus: list[str]) -> Path:

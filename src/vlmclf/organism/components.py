@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from vlmclf.cache import cache_root
+
 IMAGE_ENCODER = "efficientnet-lite0"
 IMAGE_RESOLUTION = 96
 """Fashion-MNIST's 28 px are upscaled to 96 px: at 96, 112 and 128 px a linear probe on the pooled
@@ -46,8 +48,7 @@ SENTENCE_DIM = 384
 
 def cache_dir() -> Path:
     """Where converted weights and feature caches live: $VLMCLF_CACHE_DIR or ~/.cache/vlmclf."""
-    root = os.environ.get("VLMCLF_CACHE_DIR") or Path.home() / ".cache" / "vlmclf"
-    return Path(root)
+    return cache_root()
 
 
 def package_dir(package: str) -> Path:
