@@ -11,8 +11,11 @@ from typing import Protocol
 
 from PIL import Image
 
+from vlmclf.data.choices import sample_choices
 from vlmclf.data.types import Example
+from vlmclf.methods.prompts import build_question
 from vlmclf.records import Prediction
+from vlmclf.spec import RunSpec
 
 
 @dataclass(frozen=True)
@@ -31,3 +34,26 @@ class Method(Protocol):
     def predict(self, batch: list[LoadedExample]) -> list[Prediction]:
         """One Prediction per example, in batch order."""
         ...
+
+
+class PromptedMethod:
+    """What every prompting method shares: the offered choices and the question for an example.
+
+    Choices come from (seed, example id) alone, so every model and method sees the same ones.
+    """
+
+    spec: RunSpec
+    class_names: list[str]
+
+    def choices_for(self, example_id: str, label: int) -> list[int] | None:
+        """The offered label set for one example (None in the open world)."""
+        if self.spec.setting == "open":
+            return None
+        return sample_choices(
+            label, self.class_names, self.spec.k, self.spec.order, self.spec.seed, example_id
+        )
+
+    def question_for(self, choices: list[int] | None) -> str:
+        """The user text: the question, the offered names when closed-world, CoT if asked."""
+        names = None if choices is None else [self.class_names[i] for i in choices]
+        return build_question(self.spec.prompt, names, self.spec.cot)

@@ -10,15 +10,15 @@ from __future__ import annotations
 import time
 
 from vlmclf.data.choices import sample_choices
-from vlmclf.methods.base import LoadedExample
+from vlmclf.methods.base import LoadedExample, PromptedMethod
 from vlmclf.methods.matching import contains_name, match_label
-from vlmclf.methods.prompts import COT_MAX_NEW_TOKENS, DEFAULT_MAX_NEW_TOKENS, build_question
+from vlmclf.methods.prompts import COT_MAX_NEW_TOKENS, DEFAULT_MAX_NEW_TOKENS
 from vlmclf.models.base import VisionLanguageModel
 from vlmclf.records import Prediction
 from vlmclf.spec import RunSpec
 
 
-class GenerateMethod:
+class GenerateMethod(PromptedMethod):
     """Open- or closed-world generation with the paper's prompts."""
 
     def __init__(self, model: VisionLanguageModel, class_names: list[str], spec: RunSpec):
@@ -27,18 +27,6 @@ class GenerateMethod:
         self.spec = spec
         default = COT_MAX_NEW_TOKENS if spec.cot else DEFAULT_MAX_NEW_TOKENS
         self.max_new_tokens = spec.max_new_tokens or default
-
-    def choices_for(self, example_id: str, label: int) -> list[int] | None:
-        """The offered label set for one example (None in the open world)."""
-        if self.spec.setting == "open":
-            return None
-        return sample_choices(
-            label, self.class_names, self.spec.k, self.spec.order, self.spec.seed, example_id
-        )
-
-    def question_for(self, choices: list[int] | None) -> str:
-        names = None if choices is None else [self.class_names[i] for i in choices]
-        return build_question(self.spec.prompt, names, self.spec.cot)
 
     def preflight(self) -> list[str]:
         """Warn, with numbers, when the longest prompt leaves too little room for the answer."""

@@ -25,11 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vlmclf.data.choices import sample_choices
-from vlmclf.methods.base import LoadedExample
+from vlmclf.methods.base import LoadedExample, PromptedMethod
 from vlmclf.methods.likelihood_scores import Aggregate, best_index, class_scores, guided, rescore
 from vlmclf.methods.likelihood_targets import continuation_tokens, make_target
-from vlmclf.methods.prompts import build_question
 from vlmclf.methods.scoring import Strategy
 from vlmclf.methods.trie import TokenSequence
 from vlmclf.records import Prediction
@@ -79,7 +77,7 @@ class LikelihoodOptions:
         return self.cfg is not None and self.calibration == "none"
 
 
-class LikelihoodMethod:
+class LikelihoodMethod(PromptedMethod):
     """Score every (offered) class name after the image and the prompt; pick the best."""
 
     def __init__(
@@ -104,17 +102,6 @@ class LikelihoodMethod:
         self._images_per_pass: dict[tuple[str, tuple[str, ...]], int] = {}
 
     # ------------------------------------------------------------------ planning
-
-    def choices_for(self, example_id: str, label: int) -> list[int] | None:
-        if self.spec.setting == "open":
-            return None
-        return sample_choices(
-            label, self.class_names, self.spec.k, self.spec.order, self.spec.seed, example_id
-        )
-
-    def question_for(self, choices: list[int] | None) -> str:
-        names = None if choices is None else [self.class_names[i] for i in choices]
-        return build_question(self.spec.prompt, names, self.spec.cot)
 
     def names_for(self, choices: list[int] | None) -> tuple[str, ...]:
         if choices is None:
