@@ -94,3 +94,28 @@ def test_errors_follow_the_openai_shape(server):
     assert status == 400 and "exactly one image" in body["error"]["message"]
     with urllib.request.urlopen(f"{server.base_url}/models", timeout=10) as response:
         assert json.loads(response.read())["data"][0]["id"] == "tiny-llava"
+
+
+def test_a_missing_api_key_is_a_clear_error_not_a_traceback(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    root = make_image_folder(tmp_path / "images", per_class=1)
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            "openai:gpt-4o",
+            "--method",
+            "generate",
+            "--dataset",
+            "imagefolder",
+            "--data-root",
+            str(root),
+            "--store",
+            str(tmp_path / "s.sqlite"),
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code == 1
+    assert "set the OPENAI_API_KEY environment variable" in result.output
+    assert "Traceback" not in result.output

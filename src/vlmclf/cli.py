@@ -240,6 +240,8 @@ def eval_command(
     )
     if cfg_sweep and method is not MethodName.likelihood:
         fail("--cfg-sweep applies to --method likelihood")
+    from vlmclf.models.api import ApiError
+
     try:
         if cfg_sweep:
             from vlmclf.analysis.cfg_sweep import run_cfg_sweep
@@ -249,6 +251,8 @@ def eval_command(
             result = run(spec, config, make_method)
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
+    except ApiError as err:  # a missing key, a 401, an unknown model, a spent budget
+        fail(f"{err} (answers received so far are stored; re-running resumes)", code=1)
     if as_json:
         typer.echo(json.dumps(summary_json(result.run_id, spec, result.summary, str(store))))
     else:

@@ -82,7 +82,7 @@ def load_model(
     if loader is None:
         raise ValueError(
             f"unknown model prefix {prefix!r} in {spec!r}; known prefixes: "
-            f"{', '.join(known_prefixes())}"
+            f"{', '.join(known_prefixes())}, and for API models openai, anthropic, gemini"
         )
     return loader(
         name,
