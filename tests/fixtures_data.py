@@ -247,3 +247,19 @@ def make_fashion_tree(
         write_idx(root / f"{stem}-labels-idx1-ubyte{suffix}", labels, compress)
         written[split] = (images, labels)
     return written
+
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 220)}
+
+
+def write_noisy_colour_folder(root: Path, per_class: int, seed: int, noise: float) -> Path:
+    """An image folder of 3 classes: solid colours with per-pixel Gaussian noise of std ``noise``
+    (easy for a probe or a fine-tune to learn, hard enough not to be trivial)."""
+    rng = np.random.RandomState(seed)
+    for name, colour in COLOURS.items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.array(colour)[None, None, :] + rng.randn(32, 32, 3) * noise
+            Image.fromarray(np.clip(pixels, 0, 255).astype("uint8")).save(folder / f"{i}.png")
+    return root

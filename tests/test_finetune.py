@@ -6,10 +6,10 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import typer
+from fixtures_data import COLOURS, write_noisy_colour_folder
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -33,28 +33,11 @@ from vlmclf.data import load_dataset
 from vlmclf.models import load_model
 from vlmclf.store import RunStore
 
-COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 220)}
 QUESTION = "What type of object is in this photo?"
 
 
 def write_colour_folder(root: Path, per_class: int, seed: int) -> Path:
-    rng = np.random.RandomState(seed)
-    for name, colour in COLOURS.items():
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            pixels = np.array(colour)[None, None, :] + rng.randn(32, 32, 3) * 30
-            Image.fromarray(np.clip(pixels, 0, 255).astype("uint8")).save(root / name / f"{i}.png")
-    return root
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread; two threads on a shared CPU are several times
-    slower here (spin-waiting), so these tests pin one and restore the setting after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    return write_noisy_colour_folder(root, per_class, seed, noise=30)
 
 
 @pytest.fixture(scope="module")

@@ -56,15 +56,6 @@ def spec_for(family: str, **fields) -> RunSpec:
     return RunSpec(model=f"random:{family}", dataset="mem", method="likelihood", **fields)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def images() -> list[Image.Image]:
     """Two images of different sizes: LLaVA-NeXT and Qwen2-VL give them different token counts."""

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from vlmclf.cli import app
@@ -19,14 +18,6 @@ from vlmclf.store import RunStore
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "scoring.py"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="dataset-fashion-mnist is not installed")

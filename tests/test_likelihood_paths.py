@@ -8,7 +8,6 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -26,14 +25,6 @@ from vlmclf.spec import RunSpec
 
 NAMES = ["cat", "cat food", "catamaran", "tench", "tench", "golden retriever", "golden eagle", "a"]
 TOLERANCE = 1e-4
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class EmbeddingPromptVLM:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from vlmclf.data.types import Example
@@ -114,10 +113,7 @@ def test_sweep_picks_the_best_weight_and_breaks_ties_towards_one():
 
 @pytest.fixture(scope="module")
 def llava():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_model("random:llava", dtype="float32", seed=0)
-    torch.set_num_threads(before)
+    return load_model("random:llava", dtype="float32", seed=0)
 
 
 def test_stored_predictions_rescore_like_a_fresh_run(llava):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import typer
-from PIL import Image
+from fixtures_data import write_noisy_colour_folder
 from typer.testing import CliRunner
 
 from vlmclf.analysis.features import (
@@ -31,30 +31,11 @@ from vlmclf.data import load_dataset
 from vlmclf.models import load_model
 from vlmclf.store import RunStore
 
-COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 220)}
 QUESTION = "What type of object is in this photo?"
 
 
 def write_colour_folder(root: Path, per_class: int, seed: int) -> Path:
-    """An image folder of 3 classes: solid colours with strong per-pixel noise."""
-    rng = np.random.RandomState(seed)
-    for name, colour in COLOURS.items():
-        folder = root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            pixels = np.array(colour)[None, None, :] + rng.randn(32, 32, 3) * 45
-            Image.fromarray(np.clip(pixels, 0, 255).astype("uint8")).save(folder / f"{i}.png")
-    return root
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread; two threads on a shared CPU are several times
-    slower here (spin-waiting), so these tests pin one and restore the setting after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    return write_noisy_colour_folder(root, per_class, seed, noise=45)
 
 
 @pytest.fixture(scope="module")
