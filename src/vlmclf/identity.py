@@ -18,6 +18,7 @@ beside the identity by :func:`environment_facts` and compared on resume, never h
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -126,12 +127,8 @@ def prompt_format_for(model_spec: str, trust_remote_code: bool = False) -> Promp
     readable format (encoders, the organism, whose format is fixed by its weights fingerprint)."""
     prefix, _, name = model_spec.partition(":")
     if prefix == "random":
-        from vlmclf.models.families import adapter_by_name
-        from vlmclf.models.random_models import random_spec
-
-        adapter, built = adapter_by_name(name), random_spec(name)
-        processor, config = built.processor, built.config
-    elif prefix == "hf":
+        return _random_prompt_format(name)
+    if prefix == "hf":
         from vlmclf.models.families import adapter_for_config
         from vlmclf.models.hf_loading import load_config, load_processor
 
@@ -140,11 +137,21 @@ def prompt_format_for(model_spec: str, trust_remote_code: bool = False) -> Promp
         if adapter.kind != "vlm":
             return None
         processor = load_processor(name, adapter, trust_remote_code)
-    else:
-        return None
+        return lambda question: adapter.prompt(question, processor, config)
+    return None
+
+
+@functools.lru_cache(maxsize=16)
+def _random_prompt_format(family: str) -> PromptFormat | None:
+    """A ``random:`` family's format is code, fixed for the process: built once (sweeps)."""
+    from vlmclf.models.families import adapter_by_name
+    from vlmclf.models.random_models import random_spec
+
+    adapter = adapter_by_name(family)
     if adapter.kind != "vlm":
         return None
-    return lambda question: adapter.prompt(question, processor, config)
+    built = random_spec(family)
+    return lambda question: adapter.prompt(question, built.processor, built.config)
 
 
 def resolved_prompts(questions: Sequence[str], prompt_format: PromptFormat | None) -> list[str]:

@@ -30,7 +30,6 @@ def runs_rows(store_path: Path, with_identity: bool = False) -> list[dict[str, A
                 "status": record.status,
                 "n": summary.get("n", record.n_done),
                 "failed": summary.get("n_failed", record.n_failed),
-                "transient": record.n_transient,
                 "accuracy": summary.get("accuracy"),
                 "ci_low": ci[0],
                 "ci_high": ci[1],
@@ -47,6 +46,7 @@ def runs_rows(store_path: Path, with_identity: bool = False) -> list[dict[str, A
 def _identity_fields(record: RunRecord) -> dict[str, Any]:
     meta = record.meta or {}
     return {
+        "n_transient": record.n_transient,
         "provisional": bool(record.n_transient),
         "denominator": meta.get("summary", {}).get("denominator"),
         "resolved_prompt": meta.get("resolved_prompt"),
