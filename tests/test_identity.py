@@ -113,6 +113,30 @@ def test_unchanged_command_resumes_without_loading_the_model(manifest: Path, tmp
     assert loads == ["fake:colour"] and calls == [2]
 
 
+def test_a_larger_limit_extends_the_same_run(tmp_path: Path):
+    calls: list[int] = []
+    spec = clip_spec(_many(tmp_path, 6))
+    small = colour_run(spec, config_for(tmp_path, limit=2), calls)
+    large = colour_run(spec, config_for(tmp_path, limit=4), calls)
+    assert large.run_id == small.run_id and large.newly_done == 2
+    assert {p.example_id for p in small.predictions} < {p.example_id for p in large.predictions}
+
+
+def test_probe_feature_cache_key_follows_the_examples(manifest: Path):
+    from vlmclf.analysis.features import make_key
+    from vlmclf.data import load_dataset
+
+    def key() -> str:
+        examples = load_dataset(str(manifest)).examples
+        return make_key("random:clip", str(manifest), "test", examples, "image_embedding").digest()
+
+    before = key()
+    assert key() == before
+    manifest.write_text(manifest.read_text().replace('"cat"', '"tmp"').replace('"dog"', '"cat"')
+                        .replace('"tmp"', '"dog"'))  # fmt: skip
+    assert key() != before  # relabelled in place: the cached labels would be stale
+
+
 def test_a_second_data_root_is_a_different_run(tmp_path: Path):
     def folder(root: Path, colour: tuple) -> Path:
         for name in ("cat", "dog"):
@@ -186,9 +210,12 @@ def test_examples_fingerprint_covers_labels_paths_and_prompts(tmp_path: Path):
 
 def test_edited_chat_template_changes_the_resolved_prompt(tmp_path: Path):
     """An hf: folder whose chat template is edited: the prompt sent changes, so does the id."""
-    from vlmclf.models.random_models import save_random_model
+    from vlmclf.models.random_models import random_spec
 
-    folder = save_random_model("qwen2_vl", tmp_path / "qwen")
+    folder = tmp_path / "qwen"  # config and processor only: the prompt never needs the weights
+    built = random_spec("qwen2_vl")
+    built.config.save_pretrained(folder)
+    built.processor.save_pretrained(folder)
     (tmp_path / "img").mkdir()
     manifest = write_manifest(tmp_path / "img", {"a.png": "cat", "b.png": "dog"},
                               {"a.png": RED, "b.png": BLUE})  # fmt: skip
@@ -438,6 +465,30 @@ def test_data_failures_stay_done_unless_retry_failed(manifest: Path, tmp_path: P
     retried = colour_run(clip_spec(manifest), config_for(tmp_path, retry_failed=True), calls)
     assert retried.run_id == first.run_id and retried.newly_done == 1
     assert retried.summary["n_data_failed"] == 0 and retried.summary["accuracy"] == 1.0
+
+
+def test_flags_of_answer_texts():
+    from vlmclf.methods.outcomes import flag_of_text
+    from vlmclf.models.api.errors import ApiAnswer
+
+    assert flag_of_text("") == flag_of_text("  \n") == "empty"
+    assert flag_of_text("a cat") is None
+    assert flag_of_text(ApiAnswer("a ca", {"truncated": True})) == "truncated"
+
+
+def test_eval_cli_relabelled_manifest_reports_the_new_labels(manifest: Path, tmp_path: Path):
+    """Through the real CLI and a tiny random CLIP: the relabelled manifest is a second run."""
+    args = ["eval", "--model", "random:clip", "--dataset", str(manifest), "--method", "clip",
+            "--store", str(tmp_path / "s.sqlite"), "--json", "--no-progress"]  # fmt: skip
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    manifest.write_text(manifest.read_text().replace('"cat"', '"tmp"').replace('"dog"', '"cat"')
+                        .replace('"tmp"', '"dog"'))  # fmt: skip
+    second = CliRunner().invoke(app, [*args, "--verify-images", "--retry-failed"])
+    assert second.exit_code == 0, second.output
+    one, two = (json.loads(r.stdout.strip().splitlines()[-1]) for r in (first, second))
+    assert one["run_id"] != two["run_id"]
+    assert one["accuracy"] + two["accuracy"] == pytest.approx(1.0)  # every answer flips
 
 
 def test_eval_table_names_the_denominator_and_marks_provisional(manifest, tmp_path):

@@ -226,7 +226,9 @@ def _server_url(spec: RunSpec, options: ModelOptions) -> str | None:
 def run_identity(spec: RunSpec, config: RunConfig, class_names: list[str],
                  examples: Sequence[Example]) -> tuple[dict, dict]:  # fmt: skip
     """(identity, what to show of it): everything that can change a prediction, without
-    loading the model. The second dict keeps the resolved prompt text for `vlmclf results`."""
+    loading the model. ``examples`` is the whole dataset, not the ``--limit`` subset (a prefix
+    of any larger one), so a larger limit extends the run. The second dict keeps the resolved
+    prompt text for `vlmclf results`."""
     questions = _questions_sent(spec)
     prompts = None
     if questions is not None:
@@ -277,7 +279,8 @@ def run(
         )
     examples = select_examples(dataset, config.limit)
     class_names = list(dataset.class_names)
-    identity, shown = run_identity(spec, config, class_names, examples)
+    # the whole dataset, not the --limit subset: a larger limit extends the run (a prefix)
+    identity, shown = run_identity(spec, config, class_names, dataset.examples)
     run_id = identity_run_id(identity)
     started = time.perf_counter()
     with RunStore(config.store_path) as store:
