@@ -121,8 +121,9 @@ def _scale_to_8bit(img: Image.Image) -> np.ndarray:
 
     16-bit files use the full 16-bit range (PIL's own convert clips everything above 255 to
     white). Mode I does not say how many bits the file had, so non-negative data takes the
-    smallest of the 8-, 16- and 31-bit (int32) ranges that holds it. Floats in [0, 1] are that range; any other
-    data (negative integers, floats outside [0, 1]) is stretched from its minimum to its maximum.
+    smallest of the 8-bit, 16-bit and int32 ranges that holds it. Floats in [0, 1] are that
+    range; other data (negative integers, floats outside [0, 1]) is stretched from its minimum
+    to its maximum.
     NaN becomes 0 and infinities the ends of the finite range.
     """
     pixels = np.asarray(img).astype(np.float64)
