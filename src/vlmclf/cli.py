@@ -16,7 +16,7 @@ import typer
 # Our own progress bars say what is happening; transformers' weight-loading bars are noise.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from vlmclf.commands.common import DEFAULT_STORE, fail
+from vlmclf.commands.common import DEFAULT_STORE, CleanErrorsGroup, fail
 from vlmclf.commands.demo import demo_command
 from vlmclf.commands.finetune import finetune_command
 from vlmclf.commands.frequency import frequency_command
@@ -28,6 +28,7 @@ from vlmclf.commands.sweep import sweep_command
 from vlmclf.commands.wikiqa import wikiqa_app
 
 app = typer.Typer(
+    cls=CleanErrorsGroup,
     no_args_is_help=True,
     add_completion=False,
     help="Evaluate vision-language models as image classifiers, side by side with CLIP.",
@@ -341,7 +342,7 @@ def export_command(
     from vlmclf.report.runs import resolve_run_id
     from vlmclf.store import RunStore
 
-    with RunStore(store) as runs:
+    with RunStore(store, read_only=True) as runs:
         try:
             full_id = resolve_run_id(runs, run_id)
         except ValueError as err:

@@ -10,7 +10,7 @@ from vlmclf.store import RunStore
 
 def runs_rows(store_path: Path) -> list[dict[str, Any]]:
     """One row per run: what was run, its status and its headline metrics."""
-    with RunStore(store_path) as store:
+    with RunStore(store_path, read_only=True) as store:
         records = store.list_runs()
     rows = []
     for record in records:
