@@ -16,7 +16,15 @@ import typer
 # Our own progress bars say what is happening; transformers' weight-loading bars are noise.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from vlmclf.commands.common import DEFAULT_STORE, CleanErrorsGroup, fail
+from vlmclf.commands.common import (
+    DEFAULT_STORE,
+    SEED_MAX,
+    CleanErrorsGroup,
+    at_least,
+    fail,
+    finite_number,
+    number_in,
+)
 from vlmclf.commands.demo import demo_command
 from vlmclf.commands.finetune import finetune_command
 from vlmclf.commands.frequency import frequency_command
@@ -101,7 +109,11 @@ def eval_command(
     ] = Setting.open,
     k: Annotated[
         int | None,
-        typer.Option("--k", help="Label-set size for the closed world (default: all classes)."),
+        typer.Option(
+            "--k",
+            callback=at_least(2),
+            help="Label-set size for the closed world (default: all classes).",
+        ),
     ] = None,
     order: Annotated[Order, typer.Option(help="Order of the offered labels.")] = Order.fixed,
     prompt: Annotated[str, typer.Option(help="base, alt1, alt2, or the question itself.")] = "base",
@@ -110,14 +122,29 @@ def eval_command(
         str, typer.Option(help="CLIP templates: paper, imagenet80, or a JSON file.")
     ] = "paper",
     max_new_tokens: Annotated[
-        int | None, typer.Option(help="Answer length budget (default 32, 256 with --cot).")
+        int | None,
+        typer.Option(
+            callback=at_least(1), help="Answer length budget (default 32, 256 with --cot)."
+        ),
     ] = None,
     limit: Annotated[
-        int | None, typer.Option(help="Evaluate a fixed random subset of this many examples.")
+        int | None,
+        typer.Option(
+            callback=at_least(1), help="Evaluate a fixed random subset of this many examples."
+        ),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed for choice sampling (and random: models).")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Examples per model call.")] = 8,
-    workers: Annotated[int, typer.Option(help="Threads decoding images ahead of the model.")] = 4,
+    seed: Annotated[
+        int,
+        typer.Option(
+            callback=number_in(0, SEED_MAX), help="Seed for choice sampling (and random: models)."
+        ),
+    ] = 0,
+    batch_size: Annotated[
+        int, typer.Option(callback=at_least(1), help="Examples per model call.")
+    ] = 8,
+    workers: Annotated[
+        int, typer.Option(callback=at_least(1), help="Threads decoding images ahead of the model.")
+    ] = 4,
     split: Annotated[
         str | None, typer.Option(help="Dataset split (default: the layout's test/val split).")
     ] = None,
@@ -136,22 +163,34 @@ def eval_command(
     base_url: Annotated[
         str | None, typer.Option(help="API base URL (any OpenAI-compatible server).")
     ] = None,
-    concurrency: Annotated[int, typer.Option(help="Parallel API requests.")] = 4,
+    concurrency: Annotated[
+        int, typer.Option(callback=at_least(1), help="Parallel API requests.")
+    ] = 4,
     max_requests: Annotated[
-        int | None, typer.Option(help="Stop after this many API requests.")
+        int | None, typer.Option(callback=at_least(1), help="Stop after this many API requests.")
     ] = None,
     max_cost: Annotated[
-        float | None, typer.Option(help="Stop when the estimated API cost (USD) reaches this.")
+        float | None,
+        typer.Option(
+            callback=number_in(0, low_open=True),
+            help="Stop when the estimated API cost (USD) reaches this.",
+        ),
     ] = None,
     image_max_side: Annotated[
-        int | None, typer.Option(help="Downscale images sent to APIs to this longest side.")
+        int | None,
+        typer.Option(
+            callback=at_least(1), help="Downscale images sent to APIs to this longest side."
+        ),
     ] = None,
     agg: Annotated[
         Aggregate, typer.Option(help="Likelihood: sum or mean of the class-name token log-probs.")
     ] = Aggregate.sum,
     cfg: Annotated[
         float | None,
-        typer.Option(help="Likelihood: classifier-free guidance t·logp(c|img) + (1-t)·logp(c)."),
+        typer.Option(
+            callback=finite_number,
+            help="Likelihood: classifier-free guidance t·logp(c|img) + (1-t)·logp(c).",
+        ),
     ] = None,
     calibration: Annotated[
         Calibration,
@@ -176,7 +215,8 @@ def eval_command(
     ] = False,
     val_split: Annotated[str, typer.Option(help="Split that --cfg-sweep tunes t on.")] = "train",
     val_limit: Annotated[
-        int | None, typer.Option(help="Examples of --val-split for --cfg-sweep.")
+        int | None,
+        typer.Option(callback=at_least(1), help="Examples of --val-split for --cfg-sweep."),
     ] = 200,
     store: StoreOpt = DEFAULT_STORE,
     as_json: Annotated[
