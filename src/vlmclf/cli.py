@@ -109,11 +109,7 @@ def eval_command(
     ] = Setting.open,
     k: Annotated[
         int | None,
-        typer.Option(
-            "--k",
-            callback=at_least(2),
-            help="Label-set size for the closed world (default: all classes).",
-        ),
+        typer.Option("--k", help="Label-set size for the closed world (default: all classes)."),
     ] = None,
     order: Annotated[Order, typer.Option(help="Order of the offered labels.")] = Order.fixed,
     prompt: Annotated[str, typer.Option(help="base, alt1, alt2, or the question itself.")] = "base",
