@@ -111,7 +111,11 @@ SQLITE_FULL = 13
 SQLITE_READONLY = 8
 SQLITE_IOERR = 10
 LOW_DISK_BYTES = 1 << 20
-_TABLES_BY_VERSION = {1: ("runs", "predictions"), 2: ("runs", "predictions", "analyses")}
+_TABLES_BY_VERSION = {
+    1: ("runs", "predictions"),
+    2: ("runs", "predictions", "analyses"),
+    3: ("runs", "predictions", "analyses"),
+}
 
 
 class StoreError(RuntimeError):
