@@ -499,3 +499,52 @@ def test_eval_table_names_the_denominator_and_marks_provisional(manifest, tmp_pa
     table = summary_table("r", clip_spec(manifest), summary, "s.sqlite")
     assert "1 answers of 2 examples" in table and "PROVISIONAL" in table
     assert "1 transient failures" in table
+
+
+def test_store_replaces_failures_but_never_an_answer(tmp_path: Path):
+    with RunStore(tmp_path / "s.sqlite") as store:
+        store.start_run("r", "{}", ["cat", "dog"], 3)
+        store.add_predictions("r", [Prediction("a", 0, pred=0),
+                                    Prediction.failed("b", 1, "unreadable"),
+                                    Prediction.transient("c", 1, "timeout")])  # fmt: skip
+        store.finish_run("r", "done", 0.0)
+        assert store.get_run("r").status == "incomplete" and store.get_run("r").n_transient == 1
+        assert store.done_ids("r") == {"a", "b"}
+        assert store.done_ids("r", retry_data_failures=True) == {"a"}
+        later = [Prediction.transient("a", 0, "oom"), Prediction.transient("b", 1, "oom"),
+                 Prediction("c", 1, pred=1)]  # fmt: skip
+        assert store.add_predictions("r", later) == 1  # only the transient c is replaced
+        assert store.add_predictions("r", [Prediction("b", 1, pred=1)]) == 1
+        by_id = {p.example_id: p for p in store.predictions("r")}
+        assert [by_id[i].outcome for i in "abc"] == ["answer", "answer", "answer"]
+        assert [p.example_id for p in store.predictions("r")] == ["a", "b", "c"]  # order kept
+        assert store.get_run("r").status == "done"
+        with pytest.raises(ValueError, match="outcome"):
+            store.add_predictions("r", [Prediction("d", 0, outcome="lost")])  # type: ignore[arg-type]
+
+
+def test_hub_revision_is_read_from_the_local_cache(tmp_path: Path, monkeypatch):
+    from huggingface_hub import constants
+
+    from vlmclf.identity import weights_fingerprint
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    assert weights_fingerprint("hf:org/model") is None
+    refs = tmp_path / "models--org--model" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text("abc123\n")
+    assert weights_fingerprint("hf:org/model") == "rev:abc123"
+    assert weights_fingerprint("random:llava") is None
+
+
+def test_an_input_the_api_rejects_is_a_data_failure(manifest: Path, tmp_path: Path):
+    """A 400 for one image (too large, invalid) is the input's failure: shown, not retried."""
+    load = _api_loader(tmp_path / "api-cache.sqlite", concurrency=1)
+    with FakeApiServer("openai", key=None, by_index={0: status(400)},
+                       answer=lambda p: "a cat") as server:  # fmt: skip
+        config = api_config(tmp_path, server, batch_size=1)
+        first = run(api_spec(manifest), config, make_method, load_model=load)
+        again = run(api_spec(manifest), config, make_method, load_model=load)
+        sent = len(server.chat_requests)
+    assert (first.summary["n_data_failed"], first.summary["n_transient"]) == (1, 0)
+    assert not first.summary["provisional"] and again.newly_done == 0 and sent == 2
