@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from vlmclf.data.images import image_decode_identity
 from vlmclf.data.types import Example
 
 IDENTITY_VERSION = 3  # the store schema that introduced content identities
@@ -163,9 +164,10 @@ def resolved_prompts(questions: Sequence[str], prompt_format: PromptFormat | Non
 
 # ----- images --------------------------------------------------------------------------------
 def image_preprocessing_identity(image_max_side: int | None) -> dict[str, Any]:
-    """Every setting that changes the pixels a model receives, in one place (EXIF handling
-    belongs here too). Unset settings are left out, so adding one keeps existing ids."""
-    settings: dict[str, Any] = {"image_max_side": image_max_side}
+    """Every setting that changes the pixels a model receives, in one place: how files are
+    decoded (EXIF orientation, high bit depth, the pixel limit) and any downscaling for APIs.
+    Unset settings are left out, so adding one keeps existing ids."""
+    settings: dict[str, Any] = {"image_max_side": image_max_side, **image_decode_identity()}
     return {key: value for key, value in settings.items() if value is not None}
 
 

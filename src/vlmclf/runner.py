@@ -35,6 +35,7 @@ from vlmclf.identity import (
     resolved_prompts,
     weights_fingerprint,
 )
+from vlmclf.interrupts import is_interruption, mark_interrupted, sigterm_raises_terminated
 from vlmclf.loading import ModelOptions, load_any_model
 from vlmclf.methods import finalize_predictions
 from vlmclf.methods.base import LoadedExample, Method
@@ -290,18 +291,22 @@ def run(
         )
         done = store.done_ids(run_id, retry_data_failures=config.retry_failed)
         todo = [e for e in examples if e.id not in done]
-        try:
 
-            def build() -> tuple[object, Method]:
-                model = load_model(spec.model, config.model)
-                return model, build_method(model, class_names, spec)
+        def build() -> tuple[object, Method]:
+            model = load_model(spec.model, config.model)
+            return model, build_method(model, class_names, spec)
 
-            outcome = _execute(store, run_id, config, build, todo, len(done), warn)
-        except KeyboardInterrupt:
+        def interrupted() -> None:
             store.finish_run(run_id, "interrupted", time.perf_counter() - started)
-            raise
-        except BaseException:
-            store.finish_run(run_id, "failed", time.perf_counter() - started)
+
+        try:
+            with sigterm_raises_terminated():
+                outcome = _execute(store, run_id, config, build, todo, len(done), warn)
+        except BaseException as err:
+            if is_interruption(err):  # Ctrl-C, SIGTERM, a full disk: committed rows resume
+                mark_interrupted(interrupted, warn)
+            else:
+                store.finish_run(run_id, "failed", time.perf_counter() - started)
             raise
         selected = {e.id for e in examples}
         predictions = [p for p in store.predictions(run_id) if p.example_id in selected]

@@ -20,6 +20,8 @@ import hashlib
 import json
 import math
 import operator
+import os
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
@@ -105,8 +107,25 @@ _REPLACE_FAILURE = ", ".join(
 )
 
 
+SQLITE_FULL = 13
+SQLITE_READONLY = 8
+SQLITE_IOERR = 10
+LOW_DISK_BYTES = 1 << 20
+_TABLES_BY_VERSION = {1: ("runs", "predictions"), 2: ("runs", "predictions", "analyses")}
+
+
 class StoreError(RuntimeError):
-    """The file is not a usable vlmclf store (not SQLite, corrupt, foreign or newer schema)."""
+    """The file is not a usable vlmclf store (not SQLite, corrupt, foreign or newer schema,
+    damaged, read-only for a write, or the disk is full). The message is one line naming the
+    file; ``disk_full`` tells a runner that committed rows are safe and the run can resume."""
+
+    def __init__(self, message: str, *, disk_full: bool = False) -> None:
+        super().__init__(message)
+        self.disk_full = disk_full
+
+
+class StoreMissingError(StoreError, FileNotFoundError):
+    """No store at the path, and the caller asked not to create one (``results``, ``export``)."""
 
 
 @dataclass(frozen=True)
@@ -192,18 +211,37 @@ def _now() -> str:
 class RunStore:
     """A vlmclf run store in one SQLite file. Use as a context manager or call ``close()``."""
 
-    def __init__(self, path: str | Path, *, create: bool = True, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        create: bool = True,
+        read_only: bool = False,
+        timeout_s: float = 30.0,
+    ) -> None:
+        """Open (or, unless ``create`` is False or ``read_only``, create) the store at ``path``.
+
+        ``read_only`` never writes: no schema upgrade, no journal change, so ``results`` and
+        ``export`` work on a store on a read-only filesystem, and a mistyped path is an error
+        instead of a new empty store.
+        """
         self.path = Path(path)
+        self.read_only = read_only
         if not self.path.exists():
-            if not create:
-                raise FileNotFoundError(f"no vlmclf store at {self.path}")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if read_only or not create:
+                raise StoreMissingError(f"{self.path}: no vlmclf store at this path")
+            self._make_parent()
+        elif not self.path.is_file():
+            raise StoreError(f"{self.path}: is not a file, so not a vlmclf store")
+        elif not read_only and not _writable(self.path):
+            raise StoreError(
+                f"{self.path}: the store is read-only here (its file or folder cannot be "
+                "written); `results` and `export` can read it, use another --store to run"
+            )
         self._lock = threading.RLock()
         self._class_counts: dict[str, int] = {}
         try:
-            self._conn = sqlite3.connect(
-                self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False
-            )
+            self._conn = self._connect(timeout_s)
         except sqlite3.Error as e:
             raise StoreError(f"{self.path}: cannot open as a vlmclf store: {e}") from e
         try:
@@ -211,6 +249,27 @@ class RunStore:
         except BaseException:
             self._conn.close()
             raise
+
+    def _make_parent(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"{self.path}: cannot create the store's folder: {e}") from e
+
+    def _connect(self, timeout_s: float) -> sqlite3.Connection:
+        options = dict(timeout=timeout_s, isolation_level=None, check_same_thread=False)
+        if not self.read_only:
+            return sqlite3.connect(self.path, **options)
+        uri = f"{self.path.resolve().as_uri()}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, **options)
+        try:  # a WAL store in a read-only folder has no -shm to map: read it as immutable
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError:
+            conn.close()
+            conn = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?immutable=1", uri=True, **options
+            )
+        return conn
 
     # ----- opening and schema -------------------------------------------------------------
     def _open(self, timeout_s: float) -> None:
@@ -226,6 +285,11 @@ class RunStore:
                 f"{self.path}: store schema version {version} is newer than this vlmclf "
                 f"understands ({SCHEMA_VERSION}); upgrade vlmclf"
             )
+        if self.read_only:
+            if version == 0:
+                raise StoreError(f"{self.path}: empty SQLite file, not a vlmclf store")
+            self._check_tables(version)
+            return
         with self._guard():
             if self._conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                 self._conn.execute("PRAGMA journal_mode = WAL")
@@ -233,6 +297,17 @@ class RunStore:
             self._conn.execute("PRAGMA foreign_keys = ON")
         if version < SCHEMA_VERSION:
             self._migrate()
+        self._check_tables(SCHEMA_VERSION)
+
+    def _check_tables(self, version: int) -> None:
+        """A store whose tables were dropped is damaged; say so once, at open."""
+        wanted = _TABLES_BY_VERSION.get(version, _TABLES_BY_VERSION[SCHEMA_VERSION])
+        present = {r[0] for r in self._query("SELECT name FROM sqlite_master WHERE type='table'")}
+        missing = [t for t in wanted if t not in present]
+        if missing:
+            raise StoreError(
+                f"{self.path}: damaged vlmclf store, table(s) {', '.join(missing)} missing"
+            )
 
     def _migrate(self) -> None:
         with self._transaction() as conn:
@@ -248,11 +323,11 @@ class RunStore:
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
-        """Turn SQLite errors into StoreError naming the file."""
+        """Turn SQLite errors into StoreError naming the file (and what to do, where known)."""
         try:
             yield
         except sqlite3.DatabaseError as e:
-            raise StoreError(f"{self.path}: {e}") from e
+            raise _store_error(self.path, e) from e
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -261,10 +336,11 @@ class RunStore:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:  # SQLite itself rolls back after a full disk
+                    self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock, self._guard():
@@ -472,6 +548,37 @@ class RunStore:
         else:
             raise ValueError(f"export format must be 'jsonl' or 'parquet', not {fmt!r}")
         return len(preds)
+
+
+def _writable(path: Path) -> bool:
+    """SQLite writes the file and creates -wal/-shm beside it, so both must be writable."""
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+
+
+def _is_full_disk(path: Path, code: int) -> bool:
+    """SQLITE_FULL, or an I/O error (growing -shm or -wal failed) on a filesystem with almost
+    no space left: SQLite reports ENOSPC on its memory-mapped -shm file as IOERR_SHMSIZE."""
+    if code & 0xFF == SQLITE_FULL:
+        return True
+    if code & 0xFF != SQLITE_IOERR:
+        return False
+    try:
+        return shutil.disk_usage(path.parent).free < LOW_DISK_BYTES
+    except OSError:
+        return False
+
+
+def _store_error(path: Path, error: sqlite3.DatabaseError) -> StoreError:
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None and _is_full_disk(path, code):
+        return StoreError(
+            f"{path}: disk full ({error}); committed predictions are kept, free some space and "
+            "re-run to resume",
+            disk_full=True,
+        )
+    if code is not None and code & 0xFF == SQLITE_READONLY:
+        return StoreError(f"{path}: the store is read-only here ({error}); use another --store")
+    return StoreError(f"{path}: {error}")
 
 
 def _check_index(value: Any, n_classes: int, example_id: str, name: str) -> int:

@@ -12,7 +12,7 @@ def runs_rows(store_path: Path, with_identity: bool = False) -> list[dict[str, A
     """One row per run: what was run, its status and its headline metrics; ``with_identity``
     adds what the run id hashes (the resolved prompt, fingerprints; None for a run stored
     before content identities) and the environment it ran in."""
-    with RunStore(store_path) as store:
+    with RunStore(store_path, read_only=True) as store:
         records = store.list_runs()
     rows = []
     for record in records:
