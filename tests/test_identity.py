@@ -548,3 +548,32 @@ def test_an_input_the_api_rejects_is_a_data_failure(manifest: Path, tmp_path: Pa
         sent = len(server.chat_requests)
     assert (first.summary["n_data_failed"], first.summary["n_transient"]) == (1, 0)
     assert not first.summary["provisional"] and again.newly_done == 0 and sent == 2
+
+
+def test_a_v2_store_read_only_is_listed_and_exported_without_upgrading(manifest, tmp_path):
+    """`results` and `export` open stores read-only (no upgrade): schema 2 must still read."""
+    path = tmp_path / "runs.sqlite"
+    spec = clip_spec(manifest)
+    from vlmclf.store import _SCHEMA_V1, _SCHEMA_V2, APPLICATION_ID
+
+    db = sqlite3.connect(path)
+    db.executescript(_SCHEMA_V1 + _SCHEMA_V2)
+    db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    db.execute("PRAGMA user_version = 2")
+    db.execute("INSERT INTO runs VALUES (?, ?, ?, 'done', 2, 't', 't', 1.0, '{}')",
+               (spec.run_id, spec.canonical_json(), json.dumps(["cat", "dog"])))  # fmt: skip
+    db.execute("INSERT INTO predictions (run_id, example_id, seq, label, ok, error)"
+               " VALUES (?, 'b.png', 0, 1, 0, 'bad')", (spec.run_id,))  # fmt: skip
+    db.commit()
+    db.close()
+    out = CliRunner().invoke(app, ["results", "--store", str(path), "--format", "json"])
+    assert out.exit_code == 0, out.output
+    (row,) = json.loads(out.stdout)
+    assert row["legacy_identity"] is True and row["identity"] is None and row["n_transient"] == 0
+    exported = tmp_path / "out.jsonl"
+    out = CliRunner().invoke(app, ["export", spec.run_id[:8], "--store", str(path),
+                                   "--out", str(exported)])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert json.loads(exported.read_text())["outcome"] == "data_failure"
+    with RunStore(path, read_only=True) as store:
+        assert store.schema_version == 2 and store.done_ids(spec.run_id) == {"b.png"}
