@@ -132,6 +132,9 @@ def test_probe_feature_cache_key_follows_the_examples(manifest: Path):
 
     before = key()
     assert key() == before
+    examples = load_dataset(str(manifest)).examples
+    made = make_key("random:clip", str(manifest), "test", examples, "image_embedding")
+    assert json.loads(made.preprocessing)["exif_orientation"] is True  # decoding is in the key
     manifest.write_text(manifest.read_text().replace('"cat"', '"tmp"').replace('"dog"', '"cat"')
                         .replace('"tmp"', '"dog"'))  # fmt: skip
     assert key() != before  # relabelled in place: the cached labels would be stale
