@@ -206,6 +206,12 @@ def test_examples_fingerprint_covers_labels_paths_and_prompts(tmp_path: Path):
 
     base = examples_fingerprint([example()])
     assert examples_fingerprint([example()]) == base
+    hashed = tmp_path / "a#1.png"  # a '#' in a file name is not an IDX record index
+    Image.new("RGB", (4, 4)).save(hashed)
+    twin = [example(source=str(hashed)), example(id="y", source=str(tmp_path / "a#2.png"))]
+    other = examples_fingerprint(twin)
+    Image.new("RGB", (4, 4)).save(tmp_path / "a#2.png")
+    assert examples_fingerprint(twin) != other
     for changed in ({"label": 1}, {"split": "val"}, {"id": "y"}, {"prompt": "Q?"},
                     {"source": str(tmp_path / "missing.png")}):  # fmt: skip
         assert examples_fingerprint([example(**changed)]) != base, changed
