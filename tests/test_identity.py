@@ -132,6 +132,9 @@ def test_probe_feature_cache_key_follows_the_examples(manifest: Path):
 
     before = key()
     assert key() == before
+    examples = load_dataset(str(manifest)).examples
+    made = make_key("random:clip", str(manifest), "test", examples, "image_embedding")
+    assert json.loads(made.preprocessing)["exif_orientation"] is True  # decoding is in the key
     manifest.write_text(manifest.read_text().replace('"cat"', '"tmp"').replace('"dog"', '"cat"')
                         .replace('"tmp"', '"dog"'))  # fmt: skip
     assert key() != before  # relabelled in place: the cached labels would be stale
@@ -203,6 +206,12 @@ def test_examples_fingerprint_covers_labels_paths_and_prompts(tmp_path: Path):
 
     base = examples_fingerprint([example()])
     assert examples_fingerprint([example()]) == base
+    hashed = tmp_path / "a#1.png"  # a '#' in a file name is not an IDX record index
+    Image.new("RGB", (4, 4)).save(hashed)
+    twin = [example(source=str(hashed)), example(id="y", source=str(tmp_path / "a#2.png"))]
+    other = examples_fingerprint(twin)
+    Image.new("RGB", (4, 4)).save(tmp_path / "a#2.png")
+    assert examples_fingerprint(twin) != other
     for changed in ({"label": 1}, {"split": "val"}, {"id": "y"}, {"prompt": "Q?"},
                     {"source": str(tmp_path / "missing.png")}):  # fmt: skip
         assert examples_fingerprint([example(**changed)]) != base, changed
@@ -499,3 +508,81 @@ def test_eval_table_names_the_denominator_and_marks_provisional(manifest, tmp_pa
     table = summary_table("r", clip_spec(manifest), summary, "s.sqlite")
     assert "1 answers of 2 examples" in table and "PROVISIONAL" in table
     assert "1 transient failures" in table
+
+
+def test_store_replaces_failures_but_never_an_answer(tmp_path: Path):
+    with RunStore(tmp_path / "s.sqlite") as store:
+        store.start_run("r", "{}", ["cat", "dog"], 3)
+        store.add_predictions("r", [Prediction("a", 0, pred=0),
+                                    Prediction.failed("b", 1, "unreadable"),
+                                    Prediction.transient("c", 1, "timeout")])  # fmt: skip
+        store.finish_run("r", "done", 0.0)
+        assert store.get_run("r").status == "incomplete" and store.get_run("r").n_transient == 1
+        assert store.done_ids("r") == {"a", "b"}
+        assert store.done_ids("r", retry_data_failures=True) == {"a"}
+        later = [Prediction.transient("a", 0, "oom"), Prediction.transient("b", 1, "oom"),
+                 Prediction("c", 1, pred=1)]  # fmt: skip
+        assert store.add_predictions("r", later) == 1  # only the transient c is replaced
+        assert store.add_predictions("r", [Prediction("b", 1, pred=1)]) == 1
+        by_id = {p.example_id: p for p in store.predictions("r")}
+        assert [by_id[i].outcome for i in "abc"] == ["answer", "answer", "answer"]
+        assert [p.example_id for p in store.predictions("r")] == ["a", "b", "c"]  # order kept
+        assert store.get_run("r").status == "done"
+        with pytest.raises(ValueError, match="outcome"):
+            store.add_predictions("r", [Prediction("d", 0, outcome="lost")])  # type: ignore[arg-type]
+
+
+def test_hub_revision_is_read_from_the_local_cache(tmp_path: Path, monkeypatch):
+    from huggingface_hub import constants
+
+    from vlmclf.identity import weights_fingerprint
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    assert weights_fingerprint("hf:org/model") is None
+    refs = tmp_path / "models--org--model" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text("abc123\n")
+    assert weights_fingerprint("hf:org/model") == "rev:abc123"
+    assert weights_fingerprint("random:llava") is None
+
+
+def test_an_input_the_api_rejects_is_a_data_failure(manifest: Path, tmp_path: Path):
+    """A 400 for one image (too large, invalid) is the input's failure: shown, not retried."""
+    load = _api_loader(tmp_path / "api-cache.sqlite", concurrency=1)
+    with FakeApiServer("openai", key=None, by_index={0: status(400)},
+                       answer=lambda p: "a cat") as server:  # fmt: skip
+        config = api_config(tmp_path, server, batch_size=1)
+        first = run(api_spec(manifest), config, make_method, load_model=load)
+        again = run(api_spec(manifest), config, make_method, load_model=load)
+        sent = len(server.chat_requests)
+    assert (first.summary["n_data_failed"], first.summary["n_transient"]) == (1, 0)
+    assert not first.summary["provisional"] and again.newly_done == 0 and sent == 2
+
+
+def test_a_v2_store_read_only_is_listed_and_exported_without_upgrading(manifest, tmp_path):
+    """`results` and `export` open stores read-only (no upgrade): schema 2 must still read."""
+    path = tmp_path / "runs.sqlite"
+    spec = clip_spec(manifest)
+    from vlmclf.store import _SCHEMA_V1, _SCHEMA_V2, APPLICATION_ID
+
+    db = sqlite3.connect(path)
+    db.executescript(_SCHEMA_V1 + _SCHEMA_V2)
+    db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    db.execute("PRAGMA user_version = 2")
+    db.execute("INSERT INTO runs VALUES (?, ?, ?, 'done', 2, 't', 't', 1.0, '{}')",
+               (spec.run_id, spec.canonical_json(), json.dumps(["cat", "dog"])))  # fmt: skip
+    db.execute("INSERT INTO predictions (run_id, example_id, seq, label, ok, error)"
+               " VALUES (?, 'b.png', 0, 1, 0, 'bad')", (spec.run_id,))  # fmt: skip
+    db.commit()
+    db.close()
+    out = CliRunner().invoke(app, ["results", "--store", str(path), "--format", "json"])
+    assert out.exit_code == 0, out.output
+    (row,) = json.loads(out.stdout)
+    assert row["legacy_identity"] is True and row["identity"] is None and row["n_transient"] == 0
+    exported = tmp_path / "out.jsonl"
+    out = CliRunner().invoke(app, ["export", spec.run_id[:8], "--store", str(path),
+                                   "--out", str(exported)])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert json.loads(exported.read_text())["outcome"] == "data_failure"
+    with RunStore(path, read_only=True) as store:
+        assert store.schema_version == 2 and store.done_ids(spec.run_id) == {"b.png"}

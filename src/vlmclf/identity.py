@@ -48,8 +48,7 @@ def _source_file(source: str) -> Path | None:
     return None
 
 
-def _file_facts(source: str, verify_images: bool) -> str:
-    path = _source_file(source)
+def _file_facts(path: Path | None, source: str, verify_images: bool) -> str:
     if path is None:
         return f"{source}\0missing"
     stat = path.stat()
@@ -69,9 +68,10 @@ def examples_fingerprint(examples: Sequence[Example], verify_images: bool = Fals
     digest = hashlib.sha256()
     file_facts: dict[str, str] = {}  # IDX files hold many examples: stat once
     for example in examples:
-        key = example.source.rsplit("#", 1)[0] if "#" in example.source else example.source
+        path = _source_file(example.source)
+        key = example.source if path is None else str(path)
         if key not in file_facts:
-            file_facts[key] = _file_facts(example.source, verify_images)
+            file_facts[key] = _file_facts(path, example.source, verify_images)
         row = [example.id, str(example.label), example.split, example.prompt or "",
                example.source, file_facts[key]]  # fmt: skip
         digest.update("\x1f".join(row).encode("utf-8", "surrogateescape") + b"\n")

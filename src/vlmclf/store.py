@@ -100,6 +100,9 @@ _PRED_COLUMNS = (
     "example_id, label, ok, error, text, scores_json, choices_json, pred, hit, seconds, extra_json,"
     " outcome, flag"
 )
+# What a store older than schema 3 (opened read-only, so not upgraded) reads for those columns.
+_OUTCOME_BEFORE_V3 = "CASE WHEN ok = 0 THEN 'data_failure' ELSE 'answer' END"
+_PRED_COLUMNS_BEFORE_V3 = _PRED_COLUMNS.replace(" outcome, flag", f" {_OUTCOME_BEFORE_V3}, NULL")
 # A stored answer is final; a transient failure is replaced by whatever the retry gives, and a
 # data failure by an answer (``--retry-failed``).
 _REPLACE_FAILURE = ", ".join(
@@ -289,6 +292,7 @@ class RunStore:
                 f"{self.path}: store schema version {version} is newer than this vlmclf "
                 f"understands ({SCHEMA_VERSION}); upgrade vlmclf"
             )
+        self.schema_version = version  # what the file holds; read-only stores keep theirs
         if self.read_only:
             if version == 0:
                 raise StoreError(f"{self.path}: empty SQLite file, not a vlmclf store")
@@ -301,6 +305,7 @@ class RunStore:
             self._conn.execute("PRAGMA foreign_keys = ON")
         if version < SCHEMA_VERSION:
             self._migrate()
+        self.schema_version = SCHEMA_VERSION
         self._check_tables(SCHEMA_VERSION)
 
     def _check_tables(self, version: int) -> None:
@@ -430,13 +435,17 @@ class RunStore:
         return self._run_records("", ())
 
     def _run_records(self, where: str, params: tuple[Any, ...]) -> list[RunRecord]:
+        v3 = self.schema_version >= 3
+        transient = (
+            "(SELECT count(*) FROM predictions p WHERE p.run_id = r.run_id"
+            "  AND p.outcome = 'transient_failure')" if v3 else "0"
+        )  # fmt: skip
         rows = self._query(
             "SELECT r.run_id, r.spec_json, r.class_names_json, r.status, r.n_total,"
             " (SELECT count(*) FROM predictions p WHERE p.run_id = r.run_id),"
             " (SELECT count(*) FROM predictions p WHERE p.run_id = r.run_id AND p.ok = 0),"
             " r.created_at, r.updated_at, r.elapsed_s, r.meta_json,"
-            " (SELECT count(*) FROM predictions p WHERE p.run_id = r.run_id"
-            "  AND p.outcome = 'transient_failure'), r.identity_json"
+            f" {transient}, {'r.identity_json' if v3 else 'NULL'}"
             f" FROM runs r {where} ORDER BY r.created_at, r.run_id",
             params,
         )
@@ -490,8 +499,9 @@ class RunStore:
         """Ids of examples the run need not ask again: answers and data failures (these too are
         asked again with ``retry_data_failures``); transient failures are never done."""
         final = "('answer')" if retry_data_failures else "('answer', 'data_failure')"
+        outcome = "outcome" if self.schema_version >= 3 else _OUTCOME_BEFORE_V3
         rows = self._query(
-            f"SELECT example_id FROM predictions WHERE run_id = ? AND outcome IN {final}",
+            f"SELECT example_id FROM predictions WHERE run_id = ? AND {outcome} IN {final}",
             (run_id,),
         )
         return {r[0] for r in rows}
@@ -524,8 +534,9 @@ class RunStore:
 
     def predictions(self, run_id: str) -> list[Prediction]:
         """The run's predictions in arrival order."""
+        columns = _PRED_COLUMNS if self.schema_version >= 3 else _PRED_COLUMNS_BEFORE_V3
         rows = self._query(
-            f"SELECT {_PRED_COLUMNS} FROM predictions WHERE run_id = ? ORDER BY seq", (run_id,)
+            f"SELECT {columns} FROM predictions WHERE run_id = ? ORDER BY seq", (run_id,)
         )
         return [_row_prediction(r) for r in rows]
 

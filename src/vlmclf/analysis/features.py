@@ -26,7 +26,12 @@ from tqdm import tqdm
 
 from vlmclf.cache import cache_root
 from vlmclf.data.types import Example
-from vlmclf.identity import examples_fingerprint, prompt_format_for, weights_fingerprint
+from vlmclf.identity import (
+    examples_fingerprint,
+    image_preprocessing_identity,
+    prompt_format_for,
+    weights_fingerprint,
+)
 from vlmclf.methods.base import LoadedExample
 from vlmclf.models.base import ImageTextEncoder
 from vlmclf.records import Prediction
@@ -57,6 +62,7 @@ class FeatureKey:
     split: str
     examples: str  # identity.examples_fingerprint: ids, paths, labels, sizes, mtimes
     poolings: tuple[str, ...]
+    preprocessing: str = "{}"  # identity.image_preprocessing_identity, as JSON
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "poolings": list(self.poolings), "format": CACHE_FORMAT}
@@ -112,6 +118,7 @@ def make_key(
         model=model_spec, weights=weights_fingerprint(model_spec), kind=kind, layer=layer,
         question=question, dataset=dataset, split=split, examples=examples_fingerprint(examples),
         poolings=poolings,
+        preprocessing=json.dumps(image_preprocessing_identity(None), sort_keys=True),
     )  # fmt: skip
 
 
