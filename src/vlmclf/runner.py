@@ -21,7 +21,7 @@ from vlmclf.data import load_dataset
 from vlmclf.data.types import BadExampleError, Dataset, Example
 from vlmclf.interrupts import is_interruption, mark_interrupted, sigterm_raises_terminated
 from vlmclf.loading import ModelOptions, load_any_model
-from vlmclf.methods import finalize_predictions
+from vlmclf.methods import check_label_set_size, finalize_predictions
 from vlmclf.methods.base import LoadedExample, Method
 from vlmclf.metrics import summarize
 from vlmclf.records import Prediction
@@ -138,6 +138,7 @@ def run(
         )
     examples = select_examples(dataset, config.limit)
     class_names = list(dataset.class_names)
+    check_label_set_size(spec.k, class_names)  # before the store: a bad --k leaves no run behind
     started = time.perf_counter()
     with RunStore(config.store_path) as store:
         store.start_run(spec.run_id, spec.canonical_json(), class_names, n_total=len(examples))
