@@ -214,6 +214,14 @@ def eval_command(
         int | None,
         typer.Option(callback=at_least(1), help="Examples of --val-split for --cfg-sweep."),
     ] = 200,
+    verify_images: Annotated[
+        bool,
+        typer.Option("--verify-images", help="Hash image bytes into the run's identity."),
+    ] = False,
+    retry_failed: Annotated[
+        bool,
+        typer.Option("--retry-failed", help="Ask again about unreadable inputs too."),
+    ] = False,
     store: StoreOpt = DEFAULT_STORE,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of the table.")
@@ -274,6 +282,8 @@ def eval_command(
         workers=workers,
         progress=progress,
         model=options,
+        verify_images=verify_images,
+        retry_failed=retry_failed,
     )
     if cfg_sweep and method is not MethodName.likelihood:
         fail("--cfg-sweep applies to --method likelihood")
@@ -294,6 +304,12 @@ def eval_command(
         typer.echo(json.dumps(summary_json(result.run_id, spec, result.summary, str(store))))
     else:
         typer.echo(summary_table(result.run_id, spec, result.summary, str(store)))
+    if result.summary.get("n_transient"):
+        typer.echo(
+            f"incomplete: {result.summary['n_transient']} transient failures; re-run the same "
+            "command to retry them (the headline is provisional)",
+            err=True,
+        )
     if result.summary["n"] > 0 and result.summary["n_failed"] == result.summary["n"]:
         typer.echo("error: every example failed; see `vlmclf export` for the reasons", err=True)
         raise typer.Exit(1)
@@ -347,7 +363,7 @@ def results_command(
 
     if not store.exists():
         fail(f"no store at {store} (run `vlmclf eval` first or pass --store)")
-    rows = runs_rows(store)
+    rows = runs_rows(store, with_identity=fmt is TableFormat.json)
     if fmt is TableFormat.json:
         typer.echo(json.dumps(rows, indent=2))
     elif fmt is TableFormat.csv:
