@@ -82,6 +82,7 @@ def test_k_larger_than_the_class_count_is_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, eval_args(folder, tmp_path, "--k", "50"))
     assert result.exit_code == 2, result.output
     assert "--k must be in [2, 4] (the dataset's distinct class names), got 50" in result.stderr
+    assert not (tmp_path / "s.sqlite").exists()  # refused before a run was recorded
 
 
 def test_template_with_two_slots_names_the_file(tmp_path: Path) -> None:

@@ -87,3 +87,13 @@ def test_decode_identity_names_every_setting() -> None:
     assert default["exif_orientation"] is True
     assert set(default) == {"exif_orientation", "high_bit_depth", "max_pixels"}
     assert image_decode_identity(DecodeSettings(exif_orientation=False)) != default
+
+
+def test_image_folder_lists_tiff_files(tmp_path: Path) -> None:
+    from vlmclf.data import load_dataset
+
+    (tmp_path / "cat").mkdir()
+    Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)).save(tmp_path / "cat" / "a.tif")
+    dataset = load_dataset("imagefolder", data_root=str(tmp_path))
+    assert [e.id for e in dataset.examples] == ["cat/a.tif"]
+    assert dataset.examples[0].load().getpixel((0, 0)) == (128, 128, 128)

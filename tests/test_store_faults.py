@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -209,3 +210,14 @@ def test_sigterm_marks_the_run_interrupted_and_keeps_committed_rows(tmp_path: Pa
         (record,) = runs.list_runs()
         assert record.status == "interrupted"
         assert 0 < len(runs.predictions(record.run_id)) < 48
+
+
+def test_read_only_folder_with_a_pending_wal_is_refused_not_misread(tmp_path: Path) -> None:
+    store = small_store(tmp_path / "runs.sqlite")
+    with tmpfs(tmp_path / "ro", "1m") as mount, RunStore(store) as writer:
+        writer.start_run("run2", "{}", NAMES, 1)  # committed to -wal, not yet checkpointed
+        for name in ("runs.sqlite", "runs.sqlite-wal"):
+            shutil.copy(tmp_path / name, mount / name)
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        result = cli("results", "--store", str(mount / "runs.sqlite"))
+        assert_one_line_error(result, "runs.sqlite-wal holds rows not yet in the main file")

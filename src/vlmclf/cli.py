@@ -358,6 +358,7 @@ def results_command(
     ] = TableFormat.table,
 ) -> None:
     """List stored runs with their metrics."""
+    from vlmclf.report.cells import csv_row
     from vlmclf.report.runs import runs_rows
 
     if not store.exists():
@@ -369,7 +370,7 @@ def results_command(
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["run_id"])
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(csv_row(row) for row in rows)
         sys.stdout.write(buffer.getvalue())
     else:
         from vlmclf.report.tables import text_table

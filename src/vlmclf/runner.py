@@ -37,7 +37,7 @@ from vlmclf.identity import (
 )
 from vlmclf.interrupts import is_interruption, mark_interrupted, sigterm_raises_terminated
 from vlmclf.loading import ModelOptions, load_any_model
-from vlmclf.methods import finalize_predictions
+from vlmclf.methods import check_label_set_size, finalize_predictions
 from vlmclf.methods.base import LoadedExample, Method
 from vlmclf.methods.prompts import (
     COT_MAX_NEW_TOKENS,
@@ -280,6 +280,7 @@ def run(
         )
     examples = select_examples(dataset, config.limit)
     class_names = list(dataset.class_names)
+    check_label_set_size(spec.k, class_names)  # before the store: a bad --k leaves no run behind
     # the whole dataset, not the --limit subset: a larger limit extends the run (a prefix)
     identity, shown = run_identity(spec, config, class_names, dataset.examples)
     run_id = identity_run_id(identity)

@@ -113,6 +113,7 @@ _REPLACE_FAILURE = ", ".join(
 SQLITE_FULL = 13
 SQLITE_READONLY = 8
 SQLITE_IOERR = 10
+SQLITE_CANTOPEN = 14
 LOW_DISK_BYTES = 1 << 20
 _TABLES_BY_VERSION = {
     1: ("runs", "predictions"),
@@ -271,8 +272,16 @@ class RunStore:
         conn = sqlite3.connect(uri, uri=True, **options)
         try:  # a WAL store in a read-only folder has no -shm to map: read it as immutable
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        except sqlite3.OperationalError:
+        except sqlite3.OperationalError as e:
             conn.close()
+            if getattr(e, "sqlite_errorcode", 0) & 0xFF != SQLITE_CANTOPEN:
+                raise  # busy, locked, ...: never fall back to reading without locks
+            wal = self.path.with_name(self.path.name + "-wal")
+            if wal.exists() and wal.stat().st_size > 0:  # immutable=1 would not see its rows
+                raise StoreError(
+                    f"{self.path}: the store's folder is read-only and {wal.name} holds rows not "
+                    "yet in the main file; copy both files to a writable folder to read them"
+                ) from e
             conn = sqlite3.connect(
                 f"{self.path.resolve().as_uri()}?immutable=1", uri=True, **options
             )

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from vlmclf.report.cells import csv_row
+
 Schedule = Literal["cosine", "linear"]
 LOG_FIELDS = ("step", "loss", "lr_projector", "lr_lora", "grad_norm", "tokens", "examples",
               "skipped_images", "seconds")  # fmt: skip
@@ -146,7 +148,7 @@ class LossLog:
 
     def append(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
-        self._writer.writerow({k: row.get(k) for k in LOG_FIELDS})
+        self._writer.writerow(csv_row({k: row.get(k) for k in LOG_FIELDS}))
         self._file.flush()
 
     def close(self) -> None:

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from vlmclf.report.cells import csv_cell, markdown_cell
+
 MIN_CLASSES = 3
 
 
@@ -217,10 +219,6 @@ def _table_rows(
     return sorted(rows, key=lambda row: (-row[1], row[0]))
 
 
-def _markdown_cell(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
 def write_frequency_table(
     counts: Mapping[str, int],
     per_class_accuracy: Mapping[str, float] | None,
@@ -235,8 +233,8 @@ def write_frequency_table(
         writer = csv.writer(fh)
         writer.writerow(["class", "count", "accuracy"])
         for name, c, a in rows:
-            writer.writerow([name, c, "" if a is None else f"{float(a):.6g}"])
+            writer.writerow([csv_cell(name), c, "" if a is None else f"{float(a):.6g}"])
     lines = ["| class | count | accuracy |", "|---|---:|---:|"]
     for name, c, a in rows:
-        lines.append(f"| {_markdown_cell(name)} | {c} | {'' if a is None else f'{float(a):.4f}'} |")
+        lines.append(f"| {markdown_cell(name)} | {c} | {'' if a is None else f'{float(a):.4f}'} |")
     Path(out_md).write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmclf.analysis.probe_train import CLEAN_LABEL, PAPER_LABEL
+from vlmclf.report.cells import markdown_cell
 from vlmclf.report.tables import csv_table, markdown_table
 
 FEATURE_NAMES = {
@@ -86,7 +87,8 @@ def probe_markdown(result: dict[str, Any]) -> str:
         f"Clean: {CLEAN_LABEL}.",
         "Brackets: 95% bootstrap confidence interval over evaluation examples.",
     ]
-    return "\n".join([f"**{title}**", "", markdown_table(markdown_rows(rows)), "", *notes]) + "\n"
+    heading = f"**{markdown_cell(title)}**"
+    return "\n".join([heading, "", markdown_table(markdown_rows(rows)), "", *notes]) + "\n"
 
 
 def plot_probe(result: dict[str, Any], path: Path) -> Path:

@@ -70,12 +70,18 @@ def frequency_command(
         c = result["correlation"]
         typer.echo(
             f"per-class accuracy vs frequency over {c['n_classes']} classes: "
-            f"Spearman {c['spearman']:.3f} {_ci(c['spearman_ci95'])}, "
-            f"Pearson (log 1+count) {c['pearson_log1p']:.3f} {_ci(c['pearson_log1p_ci95'])}"
+            f"Spearman {_coefficient(c['spearman'])} {_ci(c['spearman_ci95'])}, "
+            f"Pearson (log 1+count) {_coefficient(c['pearson_log1p'])} "
+            f"{_ci(c['pearson_log1p_ci95'])}"
         )
     for name, path in result["files"].items():
         if path:
             typer.echo(f"{name}: {path}")
+
+
+def _coefficient(value: float | None) -> str:
+    """None means the correlation is undefined: every count or every accuracy is the same."""
+    return "undefined (constant data)" if value is None else f"{value:.3f}"
 
 
 def _ci(ci: list[float] | None) -> str:

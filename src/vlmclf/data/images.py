@@ -24,7 +24,7 @@ from vlmclf.data.types import BadExampleError
 DEFAULT_MAX_PIXELS = 89_478_485
 """Pixel cap (PIL's own default): a larger image is treated as a decompression bomb."""
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 HIGH_BIT_DEPTH_RULE = "scale-by-range-v1"
 """How 16-/32-bit pixels become 8-bit (see ``_scale_to_8bit``); renamed if the rule changes."""

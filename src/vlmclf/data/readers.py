@@ -103,9 +103,9 @@ def _with_class_names(dataset: Dataset, classes: str) -> Dataset:
 
 
 def read_imagefolder(root: str | Path, split: str = "test", classes: str | None = None) -> Dataset:
-    """``root/<class>/*.{jpg,jpeg,png,bmp,gif,webp}``; classes = sorted folder names, or the
-    ``classes`` list (each folder must then be a name in it). There are no split folders:
-    every example gets ``split``; point ``root`` at the split you want."""
+    """``root/<class>/<image>`` (jpg, jpeg, png, bmp, gif, webp, tif, tiff); classes = sorted
+    folder names, or the ``classes`` list (each folder must then be a name in it). There are no
+    split folders: every example gets ``split``; point ``root`` at the split you want."""
     root = require_dir(Path(root), "imagefolder")
     folders = visible_subfolders(root)
     if not folders:

@@ -53,8 +53,6 @@ def latex_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = [r"\begin{tabular}{" + "l" * len(columns) + "}", r"\toprule"]
     lines.append(" & ".join(latex_cell(str(c)) for c in columns) + r" \\")
     lines.append(r"\midrule")
-    lines += [
-        " & ".join(latex_cell(_cell(row.get(c))) for c in columns) + r" \\" for row in rows
-    ]
+    lines += [" & ".join(latex_cell(_cell(row.get(c))) for c in columns) + r" \\" for row in rows]
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines)
