@@ -161,7 +161,7 @@ def eval_command(
     ] = None,
     match: Annotated[
         str,
-        typer.Option(help="How answers map to labels: contain (paper), strict, nli, embed."),
+        typer.Option(help="How answers map to labels: contain (paper), strict, exact, nli, embed."),
     ] = "contain",
     nli_model: Annotated[
         str | None, typer.Option(help="--match nli: hf:<NLI checkpoint> or random:bart_nli.")
