@@ -114,6 +114,10 @@ def eval_command(
     limit: Annotated[
         int | None, typer.Option(help="Evaluate a fixed random subset of this many examples.")
     ] = None,
+    sample: Annotated[
+        str,
+        typer.Option(help="How --limit picks: default, or paper (random.seed(1234); shuffle)."),
+    ] = "default",
     seed: Annotated[int, typer.Option(help="Seed for choice sampling (and random: models).")] = 0,
     batch_size: Annotated[int, typer.Option(help="Examples per model call.")] = 8,
     workers: Annotated[int, typer.Option(help="Threads decoding images ahead of the model.")] = 4,
@@ -192,6 +196,8 @@ def eval_command(
 
     if k is not None and k < 2:
         fail(f"--k must be at least 2, got {k}")
+    if sample not in ("default", "paper"):
+        fail(f"--sample must be 'default' or 'paper', got {sample!r}")
     if setting is Setting.closed and method is MethodName.clip:
         fail(
             "--setting closed is for generative models; for CLIP use --k to restrict the label set"
@@ -233,6 +239,7 @@ def eval_command(
         data_root=data_root,
         classes=classes,
         limit=limit,
+        sample=sample,
         batch_size=batch_size,
         workers=workers,
         progress=progress,
