@@ -2,8 +2,8 @@
 
 The sequence trained on is the one inference builds: the family's prompt with the image placed
 by the wrapper (``build_inputs`` for transformers models, ``embeddings_from_visual_tokens`` for
-the organism), then the answer's tokens as they follow that prompt
-(``continuation_tokens``, the rule the likelihood method uses) and the end-of-sequence token.
+the organism), then the answer's tokens as the model emits them after that prompt, prefilled
+as generation prefills it (``continuation_tokens``), and the end-of-sequence token.
 Labels are -100 on the prompt and the padding, so the loss is on the answer only.
 
 Trainable parts: the projector (LLaVA's ``multi_modal_projector``, Qwen2-VL's visual
