@@ -383,3 +383,59 @@ def test_organism_finetune_checkpoint_loads_with_its_language_model(tmp_path):
     assert outcome.checkpoint == f"organism:vlm@{tmp_path / 'w'}"
     tuned = load_organism("organism:vlm", weights_dir=str(tmp_path / "w"))
     assert len(tuned.generate(_images(1), [QUESTION], max_new_tokens=3)) == 1
+
+
+def test_qformer_training_moves_the_qformer_and_projection_but_not_the_vision_tower(
+    colours, tmp_path
+):
+    wrapper = load_model("random:blip2")
+    fresh = {k: v.clone() for k, v in wrapper.model.state_dict().items()}
+    trainable = make_trainable(wrapper, "projector", trainable="qformer")
+    names = {n for n, p in wrapper.model.named_parameters() if p.requires_grad}
+    assert any("qformer" in n for n in names) and any("query_tokens" in n for n in names)
+    assert any("language_projection" in n for n in names)
+    assert not any("vision_model" in n or "language_model" in n for n in names)
+    data = load_dataset("imagefolder", str(colours["train"]))
+    items = classification_items(list(data.examples)[:4], data.class_names)
+    request = request_for(colours, batch_size=4, steps=2, lr_projector=1e-2)
+    Trainer(trainable, request, FinetuneRuntime(out_dir=tmp_path)).run(
+        items, LossLog(tmp_path / "log.csv"), progress=False
+    )
+    state = wrapper.model.state_dict()
+    changed = {k for k in fresh if not torch.equal(fresh[k], state[k])}
+    assert any(k.startswith("qformer.") for k in changed) and "query_tokens" in changed
+    assert any(k.startswith("language_projection.") for k in changed)
+    assert not any(k.startswith(("vision_model.", "language_model.")) for k in changed)
+    projector_only = make_trainable(load_model("random:blip2"), "projector")
+    groups = projector_only.parameter_groups(1e-3, 1e-3)
+    assert sum(p.numel() for g in groups for p in g["params"]) < sum(
+        p.numel() for g in trainable.parameter_groups(1e-3, 1e-3) for p in g["params"]
+    )
+
+
+def test_qformer_training_is_refused_for_models_without_one():
+    with pytest.raises(ValueError, match="has no Q-Former"):
+        make_trainable(load_model("random:llava"), "projector", trainable="qformer")
+
+
+def test_lora_on_all_linear_layers_covers_the_mlp_and_stays_inside_the_language_model():
+    from vlmclf.analysis.finetune_model import lora_settings
+
+    wrapper = load_model("random:llava")
+    lm_path = wrapper.adapter.language_model_path
+    linear = {n for n, m in wrapper.model.named_modules()
+              if isinstance(m, torch.nn.Linear) and n.startswith(f"{lm_path}.")}  # fmt: skip
+    settings = lora_settings(4, 8, 0.0, "all-linear")
+    trainable = make_trainable(wrapper, "projector+lora", settings)
+    adapted = {
+        n.removeprefix("base_model.model.").removesuffix(".lora_A.default.weight")
+        for n, _ in trainable.peft_model.named_parameters() if n.endswith("lora_A.default.weight")
+    }  # fmt: skip
+    assert adapted == linear and any("mlp" in n for n in adapted)
+    attention = make_trainable(load_model("random:llava"), "projector+lora",
+                               lora_settings(4, 8, 0.0, "attention"))  # fmt: skip
+    suffixes = {n.rsplit(".", 3)[0].rsplit(".", 1)[-1]
+                for n, _ in attention.peft_model.named_parameters() if "lora_A" in n}  # fmt: skip
+    assert suffixes == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    with pytest.raises(ValueError, match="--lora-targets"):
+        lora_settings(4, 8, 0.0, "mlp")  # type: ignore[arg-type]

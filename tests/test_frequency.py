@@ -346,6 +346,52 @@ def test_run_frequency_analysis_end_to_end(tmp_path: Path) -> None:
     json.dumps(bare)
 
 
+def test_paper_bins_and_raw_pearson_follow_the_papers_notebook() -> None:
+    rng = random.Random(3)
+    counts = {f"c{i}": rng.choice([0, 5, 10, 19, 55, 99, 100, 999, 1000, 50000, 100000, 250000])
+              for i in range(60)}  # fmt: skip
+    accuracy = {name: rng.random() for name in counts}
+    bins = binned_accuracy(counts, accuracy, scheme="paper")
+    # The paper's loop (data_analysis/correlation.ipynb), written out: [lo, hi) over fixed edges.
+    edges = [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 1000, 10000, 100000]
+    members: list[list[float]] = [[] for _ in range(len(edges) - 1)]
+    for name, x in counts.items():
+        for i in range(len(edges) - 1):
+            if edges[i] <= x < edges[i + 1]:
+                members[i].append(accuracy[name])
+                break
+    want = [(i, m) for i, m in enumerate(members) if m]
+    assert [b["edges"] for b in bins] == [[edges[i], edges[i + 1]] for i, _ in want]
+    assert [b["n_classes"] for b in bins] == [len(m) for _, m in want]
+    for b, (_, m) in zip(bins, want, strict=True):
+        assert b["mean_accuracy"] == pytest.approx(sum(m) / len(m))
+    assert sum(b["n_classes"] for b in bins) < len(counts)  # 100000 and above: in no bin
+    result = correlate(counts, accuracy)
+    xs = [float(counts[n]) for n in counts]
+    ys = [accuracy[n] for n in counts]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    cov = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+    norm = (sum((x - mx) ** 2 for x in xs) * sum((y - my) ** 2 for y in ys)) ** 0.5
+    assert result["pearson_raw"] == pytest.approx(cov / norm)
+    assert result["pearson_raw"] != pytest.approx(result["pearson_log1p"])
+    lo, hi = result["pearson_raw_ci95"]
+    assert lo <= result["pearson_raw"] <= hi
+    with pytest.raises(ValueError, match="quantile, log, paper"):
+        binned_accuracy(counts, accuracy, scheme="fixed")
+
+
+def test_frequency_command_bins_option(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from vlmclf.cli import app
+
+    path = _write(tmp_path / "c.txt", "a tench\nthe goldfish\ngoldfish\n")
+    args = ["frequency", "--corpus", str(path), "--classes", "imagenet", "--out", str(tmp_path),
+            "--store", str(tmp_path / "s.sqlite")]  # fmt: skip
+    bad = CliRunner().invoke(app, [*args, "--bins", "linear"])
+    assert bad.exit_code != 0 and "--bins must be one of quantile, log, paper" in bad.output
+
+
 @pytest.mark.slow
 def test_million_captions_by_998_imagenet_names(tmp_path: Path) -> None:
     """1,000,000 captions x 998 names through the file path (one pass, must take < 60 s).

@@ -14,7 +14,11 @@ from vlmclf.data.classnames import load_class_names
 from vlmclf.data.types import Example
 from vlmclf.methods.base import LoadedExample
 from vlmclf.methods.likelihood import LikelihoodMethod
-from vlmclf.methods.likelihood_targets import continuation_tokens
+from vlmclf.methods.likelihood_targets import (
+    append_tokens,
+    continuation_tokens,
+    trim_tokens,
+)
 from vlmclf.methods.scoring_reference import full_forward_log_probs, sequential_log_probs
 from vlmclf.methods.trie import TokenTrie
 from vlmclf.models import load_model
@@ -83,9 +87,17 @@ def reference_log_probs(
 ) -> dict[str, list[float]]:
     """lmms-eval's way: for each name, prompt + name through the model's ordinary forward."""
     continuations = method.continuations_for(question, tuple(names))
-    inputs = dict(model.build_inputs([image], [question]))
+    inputs = prompt_inputs(model, method, image, question)
     values = full_forward_log_probs(model.model, inputs, [continuations[n] for n in continuations])
     return dict(zip(continuations, values, strict=True))
+
+
+def prompt_inputs(model, method: LikelihoodMethod, image, question: str) -> dict:
+    """The processor's prompt edited into the scoring context (trailing whitespace dropped,
+    answer prefix appended)."""
+    context = method.prompt_for(question)
+    inputs = trim_tokens(dict(model.build_inputs([image], [question])), context.trim)
+    return append_tokens(inputs, context.answer)
 
 
 def max_difference(got: dict[str, list[float]], want: dict[str, list[float]]) -> float:
@@ -141,7 +153,7 @@ def test_paper_sequential_way_agrees(family, models, images):
     question = method.question_for(None)
     names = NAMES[:30]
     continuations = method.continuations_for(question, tuple(names))
-    prefix = method.scorer.prefill(dict(model.build_inputs([images[1]], [question])))
+    prefix = method.scorer.prefill(prompt_inputs(model, method, images[1], question))
     got = sequential_log_probs(method.scorer, prefix, [continuations[n] for n in continuations])
     want = reference_log_probs(model, method, images[1], question, names)
     assert max_difference(dict(zip(continuations, got, strict=True)), want) < TOLERANCE
@@ -210,7 +222,9 @@ def test_mean_aggregate_and_options_are_validated(models, images):
             LikelihoodMethod(model, NAMES, spec_for("llava", options=options))
 
 
-def test_continuation_tokenization_follows_lm_eval(models):
+def test_fixed_prompt_continuations_are_what_the_model_emits_next(models):
+    """``continuation_tokens`` (fine-tuning targets, ImageWikiQA letters) keeps the prompt as it
+    is prefilled; the likelihood method's own split is tested in test_likelihood_tokenization."""
     tokenizer = models("qwen2_vl").tokenizer
 
     def ids(text: str) -> list[int]:
@@ -224,10 +238,6 @@ def test_continuation_tokenization_follows_lm_eval(models):
     )
     after_newline = continuation_tokens(tokenizer, "<|im_start|>assistant\n", ["golden eagle"])
     assert list(after_newline["golden eagle"]) == ids("golden eagle")  # no leading space
-    # A context ending in a space merges with the name ("Ġgolden"): fall back to the name alone.
-    merged = continuation_tokens(tokenizer, "Answer: ", ["golden eagle"])
-    assert ids("Answer: golden eagle")[: len(ids("Answer: "))] != ids("Answer: ")
-    assert list(merged["golden eagle"]) == ids("golden eagle")
 
 
 @pytest.mark.parametrize("family", ["llava", "blip2", "qwen2_vl"])
@@ -241,7 +251,7 @@ def test_guidance_uses_a_real_image_free_pass_once(family, models, images):
     assert len(method._image_free) == 1  # once per (prompt, class list)
     question = method.question_for(None)
     continuations = method.continuations_for(question, tuple(dict.fromkeys(NAMES)))
-    probe = dict(model.build_inputs([images[0]], [question]))
+    probe = prompt_inputs(model, method, images[0], question)
     text_ids = [t for t in probe["input_ids"][0].tolist() if t not in method.target.image_token_ids]
     assert len(text_ids) < probe["input_ids"].shape[1]
     decoder = method.scorer.decoder

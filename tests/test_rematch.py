@@ -231,3 +231,32 @@ def test_eval_with_a_matcher_equals_rematch_of_the_contain_run(tmp_path: Path) -
     for p in evaluated.predictions:
         assert p.text == originals[p.example_id].text  # same greedy answers
         assert p.hit == (p.pred == p.label)
+
+
+def test_exact_match_is_the_papers_equality_rule():
+    names = ["cat", "Cat Food", "tench", "tench"]
+    answers = ["cat", " CAT FOOD\n", "a cat", "Tench.", "tench", "", "dog"]
+    labels = [0, 1, 0, 2, 3, 0, 0]
+    predictions = [
+        Prediction(example_id=f"e{i}", label=label, text=text)
+        for i, (text, label) in enumerate(zip(answers, labels, strict=True))
+    ]
+    mapped = apply_matcher(predictions, names, "exact")
+    # The paper's evaluation of fine-tuned models: outputs stripped, then label == answer.
+    want = [names[p.label].lower() == p.text.strip().lower() for p in predictions]
+    assert [p.hit for p in mapped] == want == [True, True, False, False, True, False, False]
+    assert [p.pred for p in mapped] == [0, 1, None, None, 2, None, None]
+    assert all(p.extra["match"] == "exact" for p in mapped)
+    closed = Prediction(example_id="c", label=2, text="tench", choices=[3, 0])
+    assert apply_matcher([closed], names, "exact")[0].pred == 3  # only among the offered
+    assert match_id("exact") == "exact"
+    with pytest.raises(ValueError, match="takes no model"):
+        match_id("exact:hf:x")
+
+
+def test_finetune_rejects_an_unknown_evaluation_rule(tmp_path):
+    from vlmclf.analysis.finetune import FinetuneRequest, FinetuneRuntime, run_finetune
+
+    request = FinetuneRequest(model="random:llava", dataset="fashion_mnist", match="fuzzy")
+    with pytest.raises(ValueError, match="unknown matcher 'fuzzy'"):
+        run_finetune(request, FinetuneRuntime(out_dir=tmp_path))

@@ -129,6 +129,10 @@ def eval_command(
             callback=at_least(1), help="Evaluate a fixed random subset of this many examples."
         ),
     ] = None,
+    sample: Annotated[
+        str,
+        typer.Option(help="How --limit picks: default, or paper (random.seed(1234); shuffle)."),
+    ] = "default",
     seed: Annotated[
         int,
         typer.Option(
@@ -197,7 +201,7 @@ def eval_command(
     ] = None,
     match: Annotated[
         str,
-        typer.Option(help="How answers map to labels: contain (paper), strict, nli, embed."),
+        typer.Option(help="How answers map to labels: contain (paper), strict, exact, nli, embed."),
     ] = "contain",
     nli_model: Annotated[
         str | None, typer.Option(help="--match nli: hf:<NLI checkpoint> or random:bart_nli.")
@@ -237,6 +241,8 @@ def eval_command(
 
     if k is not None and k < 2:
         fail(f"--k must be at least 2, got {k}")
+    if sample not in ("default", "paper"):
+        fail(f"--sample must be 'default' or 'paper', got {sample!r}")
     if setting is Setting.closed and method is MethodName.clip:
         fail(
             "--setting closed is for generative models; for CLIP use --k to restrict the label set"
@@ -278,6 +284,7 @@ def eval_command(
         data_root=data_root,
         classes=classes,
         limit=limit,
+        sample=sample,
         batch_size=batch_size,
         workers=workers,
         progress=progress,

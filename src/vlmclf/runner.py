@@ -12,6 +12,7 @@ done: the next run of the same command retries them. On CUDA out-of-memory the b
 
 from __future__ import annotations
 
+import random
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -52,6 +53,8 @@ from vlmclf.store import RunStore
 
 PREFETCH_BATCHES = 2
 SUBSET_SEED = 0
+PAPER_SUBSET_SEED = 1234
+SAMPLES = ("default", "paper")
 
 
 @dataclass
@@ -62,6 +65,7 @@ class RunConfig:
     data_root: str | None = None
     classes: str | None = None
     limit: int | None = None
+    sample: str = "default"
     batch_size: int = 8
     workers: int = 4
     progress: bool = True
@@ -82,14 +86,21 @@ class RunResult:
     elapsed_s: float
 
 
-def select_examples(dataset: Dataset, limit: int | None) -> list[Example]:
+def select_examples(dataset: Dataset, limit: int | None, sample: str = "default") -> list[Example]:
     """All examples, or a fixed pseudo-random subset of ``limit`` of them.
 
-    The subset comes from one permutation seeded independently of the run, so ``--limit 20`` is
-    a prefix of ``--limit 100`` (a larger limit extends a run instead of starting over) and a
-    folder sorted by class does not yield the first class only.
+    ``default``: the subset comes from one permutation seeded independently of the run, so
+    ``--limit 20`` is a prefix of ``--limit 100`` (a larger limit extends a run instead of
+    starting over) and a folder sorted by class does not yield the first class only.
+    ``paper``: the paper's code, ``random.seed(1234); random.shuffle(rows); rows[:limit]`` on
+    the examples in reading order (a manifest's lines of the split), kept in shuffled order.
     """
     examples = list(dataset.examples)
+    if sample not in SAMPLES:
+        raise ValueError(f"--sample must be one of {', '.join(SAMPLES)}, got {sample!r}")
+    if sample == "paper":
+        random.Random(PAPER_SUBSET_SEED).shuffle(examples)  # = random.seed(1234); shuffle
+        return examples if limit is None else examples[:limit]
     if limit is None or limit >= len(examples):
         return examples
     order = np.random.RandomState(SUBSET_SEED).permutation(len(examples))[:limit]
@@ -278,7 +289,7 @@ def run(
         dataset = load_dataset(
             spec.dataset, data_root=config.data_root, split=spec.split, classes=config.classes
         )
-    examples = select_examples(dataset, config.limit)
+    examples = select_examples(dataset, config.limit, config.sample)
     class_names = list(dataset.class_names)
     check_label_set_size(spec.k, class_names)  # before the store: a bad --k leaves no run behind
     # the whole dataset, not the --limit subset: a larger limit extends the run (a prefix)

@@ -42,7 +42,15 @@ from vlmclf.analysis.finetune_log import (
     warmup_steps,
     write_divergence_report,
 )
-from vlmclf.analysis.finetune_model import LoraSettings, Trainable, TrainParts, make_trainable
+from vlmclf.analysis.finetune_model import (
+    LoraSettings,
+    LoraTargets,
+    Trainable,
+    Trainables,
+    TrainParts,
+    lora_settings,
+    make_trainable,
+)
 from vlmclf.data import load_dataset
 from vlmclf.data.readers import parse_dataset_spec
 from vlmclf.data.types import BadExampleError
@@ -67,9 +75,12 @@ class FinetuneRequest:
     train_data_root: str | None = None
     classes: str | None = None
     train: TrainParts = "projector"
+    trainable: Trainables = "projector"
     lora_rank: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
+    lora_targets: LoraTargets = "attention"
+    match: str = "contain"
     lr_projector: float = 2e-5
     lr_lora: float = 2e-4
     weight_decay: float = 0.0
@@ -272,8 +283,8 @@ class Trainer:
 def generation_accuracy(
     model_spec: str, request: FinetuneRequest, runtime: FinetuneRuntime
 ) -> dict[str, Any]:
-    """Open-world generation accuracy (the paper's containment rule) on the evaluation split,
-    through the same runner and store as ``vlmclf eval``."""
+    """Open-world generation accuracy on the evaluation split (``request.match``: containment,
+    or the paper's exact match for fine-tuned models), through the runner of ``vlmclf eval``."""
     from vlmclf.methods import make_method
     from vlmclf.runner import RunConfig, run
     from vlmclf.spec import RunSpec
@@ -282,7 +293,7 @@ def generation_accuracy(
     fingerprint = weights_fingerprint(model_spec)
     spec = RunSpec(
         model=model_spec, dataset=name, split=request.eval_split or spec_split, method="generate",
-        seed=request.seed, dtype=runtime.model_options.dtype,
+        seed=request.seed, dtype=runtime.model_options.dtype, match=request.match,
         options={"weights": fingerprint} if fingerprint else {},
     )  # fmt: skip
     config = RunConfig(
@@ -313,7 +324,9 @@ def run_finetune(
     if runtime.eval_limit:
         result["before"] = generation_accuracy(request.model, request, runtime)
     files = {"log": out_dir / "train_log.csv", "figure": out_dir / "loss_curve.png"}
-    trainable = make_trainable(loader(request.model), request.train, _lora(request))
+    trainable = make_trainable(
+        loader(request.model), request.train, _lora(request), request.trainable
+    )
     trainer = Trainer(trainable, request, runtime)
     log = LossLog(files["log"])
     started = time.perf_counter()
@@ -357,10 +370,15 @@ def _check(request: FinetuneRequest) -> None:
         raise ValueError(f"--epochs must be positive, got {request.epochs}")
     if request.mix_instructions is None and request.image_folder is not None:
         raise ValueError("--image-folder is for --mix-instructions data")
+    from vlmclf.methods.answer_mapping import parse_match_id
+
+    parse_match_id(request.match)
 
 
 def _lora(request: FinetuneRequest) -> LoraSettings:
-    return LoraSettings(request.lora_rank, request.lora_alpha, request.lora_dropout)
+    return lora_settings(
+        request.lora_rank, request.lora_alpha, request.lora_dropout, request.lora_targets
+    )
 
 
 def _loss_summary(log: LossLog, seconds: float, status: str) -> dict[str, Any]:

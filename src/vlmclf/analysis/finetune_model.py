@@ -2,13 +2,16 @@
 
 The sequence trained on is the one inference builds: the family's prompt with the image placed
 by the wrapper (``build_inputs`` for transformers models, ``embeddings_from_visual_tokens`` for
-the organism), then the answer's tokens as they follow that prompt
-(``continuation_tokens``, the rule the likelihood method uses) and the end-of-sequence token.
+the organism), then the answer's tokens as the model emits them after that prompt, prefilled
+as generation prefills it (``continuation_tokens``), and the end-of-sequence token.
 Labels are -100 on the prompt and the padding, so the loss is on the answer only.
 
 Trainable parts: the projector (LLaVA's ``multi_modal_projector``, Qwen2-VL's visual
-``merger``, the organism's MLP), and with ``projector+lora`` also LoRA adapters on the language
-model's attention projections (peft), merged into the weights when the checkpoint is saved.
+``merger``, the organism's MLP), with ``trainable="qformer"`` also BLIP-2's / InstructBLIP's
+Q-Former and its query tokens (the vision tower stays frozen, as in the paper's BLIP-2 run), and
+with ``projector+lora`` also LoRA adapters on the language model (its attention projections, or
+with ``targets="all-linear"`` every linear layer, the paper's setting), merged into the weights
+when the checkpoint is saved.
 """
 
 from __future__ import annotations
@@ -27,11 +30,15 @@ from torch import nn
 from vlmclf.methods.likelihood_targets import continuation_tokens
 
 TrainParts = Literal["projector", "projector+lora"]
+Trainables = Literal["projector", "qformer"]
+LoraTargets = Literal["attention", "all-linear"]
 IGNORE = -100
 PROJECTOR_PATHS = ("model.multi_modal_projector", "multi_modal_projector", "model.visual.merger",
                    "visual.merger", "model.language_projection", "language_projection")  # fmt: skip
 """Where transformers VLMs keep the vision-to-language projector (first match wins)."""
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+QFORMER_PATHS = ("model.qformer", "qformer")
+QUERY_TOKEN_PATHS = ("model.query_tokens", "query_tokens")
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,14 @@ class LoraSettings:
     alpha: int = 16
     dropout: float = 0.05
     targets: tuple[str, ...] = LORA_TARGETS
+    """Module-name suffixes adapted; empty: every ``nn.Linear`` of the language model."""
+
+
+def lora_settings(rank: int, alpha: int, dropout: float, targets: LoraTargets) -> LoraSettings:
+    """``attention``: q, k, v, o projections; ``all-linear``: every linear layer of the LM."""
+    if targets not in ("attention", "all-linear"):
+        raise ValueError(f"--lora-targets must be 'attention' or 'all-linear', got {targets!r}")
+    return LoraSettings(rank, alpha, dropout, LORA_TARGETS if targets == "attention" else ())
 
 
 class Trainable(Protocol):
@@ -97,6 +112,15 @@ def _eos_id(generation_config: Any, tokenizer: Any) -> int:
     return int(eos)
 
 
+def _attribute(root: Any, dotted: str) -> Any:
+    node = root
+    for part in dotted.split("."):
+        node = getattr(node, part, None)
+        if node is None:
+            return None
+    return node
+
+
 def _resolve(root: nn.Module, candidates: tuple[str, ...]) -> tuple[str, nn.Module]:
     for dotted in candidates:
         node: Any = root
@@ -114,26 +138,55 @@ def _resolve(root: nn.Module, candidates: tuple[str, ...]) -> tuple[str, nn.Modu
 class HFTrainable:
     """A transformers VLM wrapper (``HFVisionLanguageModel``) being fine-tuned."""
 
-    def __init__(self, wrapper: Any, parts: TrainParts, lora: LoraSettings | None = None):
+    def __init__(
+        self, wrapper: Any, parts: TrainParts, lora: LoraSettings | None = None,
+        trainable: Trainables = "projector",
+    ):  # fmt: skip
         self.wrapper = wrapper
         self.name = wrapper.name
         self.parts = parts
         model = wrapper.model
         model.requires_grad_(False)
         self.projector_path, self.projector = _resolve(model, PROJECTOR_PATHS)
-        self.projector.requires_grad_(True)
+        self.extra_parameters = self._qformer_parameters(model) if trainable == "qformer" else []
+        self._unfreeze()
         self.peft_model: Any = None
         if parts == "projector+lora":
             self.peft_model = self._add_lora(model, lora or LoraSettings())
-            self.projector.requires_grad_(True)  # peft freezes everything it did not add
+            self._unfreeze()  # peft freezes everything it did not add
         self.eos_id = _eos_id(model.generation_config, wrapper.tokenizer)
         self.pad_id = int(wrapper.tokenizer.pad_token_id)
+
+    def _qformer_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """The Q-Former's weights and its learned query tokens (BLIP-2, InstructBLIP)."""
+        try:
+            _, qformer = _resolve(model, QFORMER_PATHS)
+        except ValueError:
+            raise ValueError(
+                f"--trainable qformer: {self.name} has no Q-Former (BLIP-2 and InstructBLIP do)"
+            ) from None
+        queries = [
+            node for dotted in QUERY_TOKEN_PATHS
+            if isinstance(node := _attribute(model, dotted), nn.Parameter)
+        ][:1]  # fmt: skip
+        return [*qformer.parameters(), *queries]
+
+    def _unfreeze(self) -> None:
+        self.projector.requires_grad_(True)
+        for parameter in self.extra_parameters:
+            parameter.requires_grad_(True)
 
     def _add_lora(self, model: nn.Module, lora: LoraSettings) -> Any:
         from peft import LoraConfig, get_peft_model
 
         lm_path = self.wrapper.adapter.language_model_path
-        pattern = rf"^{re.escape(lm_path)}\..*\.({'|'.join(map(re.escape, lora.targets))})$"
+        if lora.targets:
+            suffixes = "|".join(map(re.escape, lora.targets))
+            pattern = rf"^{re.escape(lm_path)}\..*\.({suffixes})$"
+        else:  # every linear layer of the language model (lm_head lies outside it)
+            names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)
+                     and n.startswith(f"{lm_path}.")]  # fmt: skip
+            pattern = rf"^({'|'.join(map(re.escape, names))})$"
         config = LoraConfig(
             r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
             target_modules=pattern, bias="none",
@@ -149,7 +202,7 @@ class HFTrainable:
         return [p for n, p in named if "lora_" in n and p.requires_grad]
 
     def parameter_groups(self, lr_projector: float, lr_lora: float) -> list[dict[str, Any]]:
-        projector = list(self.projector.parameters())
+        projector = [*self.projector.parameters(), *self.extra_parameters]
         groups = [{"name": "projector", "params": projector, "lr": lr_projector}]
         if self.peft_model is not None:
             groups.append({"name": "lora", "params": self.lora_parameters(), "lr": lr_lora})
@@ -249,17 +302,24 @@ class OrganismTrainable:
         return f"organism:vlm@{out_dir}"
 
 
-def make_trainable(model: Any, parts: TrainParts, lora: LoraSettings | None = None) -> Trainable:
+def make_trainable(
+    model: Any, parts: TrainParts, lora: LoraSettings | None = None,
+    trainable: Trainables = "projector",
+) -> Trainable:  # fmt: skip
     """The trainable view of a loaded model, or a clear error for models that cannot be tuned."""
     if parts not in ("projector", "projector+lora"):
         raise ValueError(f"--train must be 'projector' or 'projector+lora', got {parts!r}")
+    if trainable not in ("projector", "qformer"):
+        raise ValueError(f"--trainable must be 'projector' or 'qformer', got {trainable!r}")
     embeds_prompt = callable(getattr(model, "embeddings_from_visual_tokens", None))
     if hasattr(model, "projector") and embeds_prompt:
+        if trainable == "qformer":
+            raise ValueError("--trainable qformer: organism:vlm has no Q-Former")
         return OrganismTrainable(model, parts)
     if callable(getattr(model, "build_inputs", None)) and hasattr(model, "model"):
         if getattr(model, "is_encoder_decoder", False):
             raise ValueError(f"{model.name}: fine-tuning needs a decoder-only language model")
-        return HFTrainable(model, parts, lora)
+        return HFTrainable(model, parts, lora, trainable)
     name = getattr(model, "name", type(model).__name__)
     raise ValueError(
         f"{name} cannot be fine-tuned here: use an open-weight VLM (hf:, random:, organism:vlm)"

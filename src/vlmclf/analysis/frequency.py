@@ -251,8 +251,11 @@ def run_frequency_analysis(
     field: str | None = None,
     fmt: str | None = None,
     per_class_accuracy: Mapping[str, float] | None = None,
+    bins_scheme: str = "quantile",
 ) -> dict[str, Any]:
     """Count, tabulate and (given per-class accuracy) correlate and plot; JSON-serialisable.
+
+    ``bins_scheme``: ``quantile`` (default), ``log`` or ``paper`` (Figure 3's fixed edges).
 
     Writes ``frequency.md``, ``frequency.csv``, ``frequency.json`` and, with accuracies,
     ``frequency_vs_accuracy.png`` into ``out_dir``.
@@ -272,7 +275,7 @@ def run_frequency_analysis(
     correlation, bins = None, None
     if per_class_accuracy is not None:
         correlation = correlate(result.counts, per_class_accuracy)
-        bins = binned_accuracy(result.counts, per_class_accuracy)
+        bins = binned_accuracy(result.counts, per_class_accuracy, scheme=bins_scheme)
         title = f"Class-name frequency vs accuracy ({correlation['n_classes']} classes)"
         png = plot_frequency_vs_accuracy(bins, out / "frequency_vs_accuracy.png", title)
         files["plot_png"] = str(png)
@@ -282,6 +285,7 @@ def run_frequency_analysis(
         "sources": result.sources,
         "correlation": correlation,
         "bins": bins,
+        "bins_scheme": bins_scheme,
         "files": files,
     }
     Path(files["json"]).write_text(json.dumps(summary, indent=2), encoding="utf-8")

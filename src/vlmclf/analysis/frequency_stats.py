@@ -6,7 +6,8 @@ Confidence intervals come from a bootstrap over classes. For the paper's Figure 
 put in frequency bins and the mean accuracy per bin is plotted; the bins are *quantile* bins
 (about the same number of classes each) by default because log-spaced bins on such data leave most
 bins nearly empty (ties never straddle two bins); ``scheme="log"`` gives log-spaced bins on
-1 + count instead.
+1 + count instead, and ``scheme="paper"`` the paper's fixed edges (``PAPER_BIN_EDGES``). The
+paper's own correlation is Pearson on raw counts, reported beside the log one (``pearson_raw``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from scipy import stats
 from vlmclf.report.cells import csv_cell, markdown_cell
 
 MIN_CLASSES = 3
+BIN_SCHEMES = ("quantile", "log", "paper")
+PAPER_BIN_EDGES = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 1000, 10000, 100000)
+"""Figure 3's bins, each [lo, hi); the paper's code leaves counts of 100000 or more out."""
 
 
 def _aligned(
@@ -72,7 +76,8 @@ def correlate(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Spearman (count) and Pearson (log(1+count)) against accuracy, p-values, bootstrap 95% CIs.
+    """Spearman (count), Pearson on log(1+count) and Pearson on raw counts (the paper's) against
+    accuracy, with p-values and bootstrap 95% CIs.
 
     Classes in only one of the two mappings are left out; ``n_classes`` says how many were used.
     A correlation that is undefined (all counts or all accuracies equal) is reported as None.
@@ -81,13 +86,15 @@ def correlate(
     log_cnt = np.log1p(cnt)
     constant = np.ptp(cnt) == 0 or np.ptp(acc) == 0
     if constant:
-        rho = p_rho = r = p_r = math.nan
+        rho = p_rho = r = p_r = raw = p_raw = math.nan
     else:
         rho, p_rho = stats.spearmanr(cnt, acc)
         r, p_r = stats.pearsonr(log_cnt, acc)
+        raw, p_raw = stats.pearsonr(cnt, acc)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, cnt.size, size=(n_boot, cnt.size))
     boot_r = _rowwise_pearson(log_cnt[idx], acc[idx])
+    boot_raw = _rowwise_pearson(cnt[idx], acc[idx])
     boot_rho = _rowwise_pearson(stats.rankdata(cnt[idx], axis=1), stats.rankdata(acc[idx], axis=1))
     return {
         "n_classes": int(cnt.size),
@@ -97,6 +104,9 @@ def correlate(
         "pearson_log1p": _finite_or_none(r),
         "pearson_log1p_p": _finite_or_none(p_r),
         "pearson_log1p_ci95": None if constant else _ci(boot_r),
+        "pearson_raw": _finite_or_none(raw),
+        "pearson_raw_p": _finite_or_none(p_raw),
+        "pearson_raw_ci95": None if constant else _ci(boot_raw),
         "n_boot": int(n_boot),
         "seed": int(seed),
     }
@@ -120,6 +130,13 @@ def _log_bin_ids(cnt: np.ndarray, n_bins: int) -> np.ndarray:
     return np.clip(which, 0, max(len(edges) - 2, 0))
 
 
+def _paper_bin_ids(cnt: np.ndarray) -> np.ndarray:
+    """Index of the [lo, hi) paper bin holding each count; -1 beyond the last edge."""
+    edges = np.asarray(PAPER_BIN_EDGES)
+    which = np.searchsorted(edges, cnt, side="right") - 1
+    return np.where((cnt >= edges[0]) & (cnt < edges[-1]), which, -1)
+
+
 def binned_accuracy(
     counts: Mapping[str, int],
     per_class_accuracy: Mapping[str, float],
@@ -132,7 +149,9 @@ def binned_accuracy(
     ``quantile``: classes sorted by count are cut into ``n_bins`` equal shares, and a run of equal
     counts stays whole in the bin where it starts, so that (say) all never-mentioned classes form
     one bin; fewer than ``n_bins`` bins come back when ties swallow a share. ``log``: equal widths
-    on log(1 + count); empty bins are left out.
+    on log(1 + count). ``paper``: Figure 3's fixed edges (``n_bins`` unused), each bin with its
+    ``edges`` [lo, hi); counts of 100000 or more fall in no bin, as in the paper's code. Empty
+    bins are left out.
     Each bin: lo/hi (the smallest and largest count in it), n_classes, median_count,
     mean_accuracy and sem_accuracy (standard error of the mean; 0 for a single class).
     """
@@ -143,10 +162,12 @@ def binned_accuracy(
         which = _quantile_bin_ids(cnt, n_bins)
     elif scheme == "log":
         which = _log_bin_ids(cnt, n_bins)
+    elif scheme == "paper":
+        which = _paper_bin_ids(cnt)
     else:
-        raise ValueError(f"unknown binning scheme {scheme!r}; use 'quantile' or 'log'")
+        raise ValueError(f"unknown binning scheme {scheme!r}; use one of {', '.join(BIN_SCHEMES)}")
     bins = []
-    for b in np.unique(which):
+    for b in np.unique(which[which >= 0]):
         member = which == b
         a = acc[member]
         sem = float(a.std(ddof=1) / math.sqrt(a.size)) if a.size > 1 else 0.0
@@ -161,6 +182,8 @@ def binned_accuracy(
                 "sem_accuracy": sem,
             }
         )
+        if scheme == "paper":
+            bins[-1]["edges"] = [PAPER_BIN_EDGES[b], PAPER_BIN_EDGES[b + 1]]
     return bins
 
 

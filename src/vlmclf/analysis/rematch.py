@@ -29,7 +29,7 @@ from vlmclf.report.tables import csv_table, markdown_table
 from vlmclf.spec import RunSpec
 from vlmclf.store import RunRecord, RunStore
 
-_ORDER = {"contain": 0, "strict": 1, "nli": 2, "embed": 3}
+_ORDER = {"contain": 0, "strict": 1, "exact": 2, "nli": 3, "embed": 4}
 _METRICS = ("accuracy", "strict_accuracy", "macro_precision", "macro_recall", "macro_f1")
 
 

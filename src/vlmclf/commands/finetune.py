@@ -20,6 +20,16 @@ class TrainParts(StrEnum):
     projector_lora = "projector+lora"
 
 
+class Trainables(StrEnum):
+    projector = "projector"
+    qformer = "qformer"
+
+
+class LoraTargets(StrEnum):
+    attention = "attention"
+    all_linear = "all-linear"
+
+
 class Schedule(StrEnum):
     cosine = "cosine"
     linear = "linear"
@@ -44,6 +54,17 @@ def finetune_command(
     train: Annotated[
         TrainParts, Opt(help="projector, or projector+lora (LoRA on the LM's attention).")
     ] = TrainParts.projector,
+    trainable: Annotated[
+        Trainables,
+        Opt(
+            help="projector, or qformer: BLIP-2/InstructBLIP's Q-Former + projection (vision "
+            "tower frozen)."
+        ),
+    ] = Trainables.projector,
+    lora_targets: Annotated[
+        LoraTargets,
+        Opt(help="attention (q,k,v,o) or all-linear (every linear layer of the LM, the paper's)."),
+    ] = LoraTargets.attention,
     lora_rank: Annotated[int, Opt(callback=at_least(1), help="LoRA rank.")] = 8,
     lora_alpha: Annotated[int, Opt(callback=at_least(1), help="LoRA alpha.")] = 16,
     lora_dropout: Annotated[float, Opt(callback=number_in(0, 1), help="LoRA dropout.")] = 0.05,
@@ -118,6 +139,13 @@ def finetune_command(
             help="Score generation before and after on this many eval examples.",
         ),
     ] = None,
+    match: Annotated[
+        str,
+        Opt(
+            help="How --eval-limit answers map to labels: contain, exact (the paper's rule "
+            "for fine-tuned models), strict, nli, embed."
+        ),
+    ] = "contain",
     device: Annotated[str, Opt(help="cpu, cuda, cuda:N, mps.")] = "cpu",
     dtype: Annotated[str, Opt(help="float32, float16, bfloat16.")] = "float32",
     store: Annotated[Path, Opt("--store", help="The run and analysis store.")] = DEFAULT_STORE,
@@ -139,6 +167,7 @@ def finetune_command(
     request = FinetuneRequest(
         model=model, dataset=dataset, train_split=train_split, eval_split=eval_split,
         data_root=data_root, train_data_root=train_data_root, classes=classes, train=train.value,
+        trainable=trainable.value, lora_targets=lora_targets.value, match=match,
         lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
         lr_projector=lr_projector, lr_lora=lr_lora, weight_decay=weight_decay,
         warmup_ratio=warmup_ratio, schedule=schedule.value, batch_size=batch_size, epochs=epochs,

@@ -21,17 +21,27 @@ def frequency_command(
     ] = None,
     field: Annotated[str | None, typer.Option(help="JSONL/CSV field holding the text.")] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="txt, jsonl, json, csv.")] = None,
+    bins: Annotated[
+        str,
+        typer.Option(
+            help="Figure bins: quantile (equal shares), log, or paper (0, 10, ..., "
+            "100, 1000, 10000, 100000)."
+        ),
+    ] = "quantile",
     out: Annotated[Path | None, typer.Option(help="Folder for the table, plot and JSON.")] = None,
     store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Count, per class, the text units that mention it; with --run, correlate with accuracy."""
     from vlmclf.analysis.frequency import run_frequency_analysis
+    from vlmclf.analysis.frequency_stats import BIN_SCHEMES
     from vlmclf.data import load_class_names
     from vlmclf.metrics import per_class_accuracy
     from vlmclf.report.runs import resolve_run_id
     from vlmclf.store import RunStore
 
+    if bins not in BIN_SCHEMES:
+        fail(f"--bins must be one of {', '.join(BIN_SCHEMES)}, got {bins!r}")
     for path in corpus:
         if not path.exists():
             fail(f"--corpus: no such file {path}")
@@ -50,10 +60,18 @@ def frequency_command(
                 runs.predictions(record.run_id), record.class_names, rule="contain"
             )
         spec = {"corpus": [str(p) for p in corpus], "classes": classes, "run": run, "field": field}
+        if bins != "quantile":  # the default is left out, so earlier analyses keep their ids
+            spec["bins"] = bins
         folder = out or out_dir_for("frequency", spec)
         try:
             result = run_frequency_analysis(
-                corpus, class_names, folder, field=field, fmt=fmt, per_class_accuracy=accuracy
+                corpus,
+                class_names,
+                folder,
+                field=field,
+                fmt=fmt,
+                per_class_accuracy=accuracy,
+                bins_scheme=bins,
             )
         except ValueError as err:
             fail(str(err))
@@ -72,7 +90,9 @@ def frequency_command(
             f"per-class accuracy vs frequency over {c['n_classes']} classes: "
             f"Spearman {_coefficient(c['spearman'])} {_ci(c['spearman_ci95'])}, "
             f"Pearson (log 1+count) {_coefficient(c['pearson_log1p'])} "
-            f"{_ci(c['pearson_log1p_ci95'])}"
+            f"{_ci(c['pearson_log1p_ci95'])}, "
+            f"Pearson (raw counts, the paper's) {_coefficient(c['pearson_raw'])} "
+            f"{_ci(c['pearson_raw_ci95'])}"
         )
     for name, path in result["files"].items():
         if path:

@@ -13,7 +13,7 @@ from vlmclf.commands.common import DEFAULT_STORE, fail, out_dir_for
 
 def rematch_command(
     run_id: Annotated[str, typer.Argument(help="A generation run (id or unique prefix).")],
-    match: Annotated[str, typer.Option(help="contain, strict, nli or embed.")] = "strict",
+    match: Annotated[str, typer.Option(help="contain, strict, exact, nli or embed.")] = "strict",
     nli_model: Annotated[
         str | None,
         typer.Option(help="hf:<NLI checkpoint> (default: hf:facebook/bart-large-mnli)."),

@@ -2,10 +2,17 @@
 
 Each maps the dataset's own labels onto the shipped class list (``data/classnames``), so label
 index ``i`` always means ``load_class_names(<name>)[i]``.
+
+Flowers-102 and Caltech-101 also have the paper's splits, ``paper_train`` and ``paper_test``:
+read from the paper's released manifest (``flowers.jsonl`` / ``caltech.jsonl`` from
+yuhui-zh15/VLMClassifier's ``data/``, put in the data root) when it is there, else built from the
+layout (Flowers: the official split files; Caltech: see ``_caltech_paper_split``).
 """
 
 from __future__ import annotations
 
+import json
+import random
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -119,24 +126,34 @@ def _read_wnid_file(path: Path) -> list[str]:
 # ---------------------------------------------------------------- Flowers-102
 
 FLOWERS_SPLIT_KEYS = {"train": "trnid", "val": "valid", "test": "tstid"}
+FLOWERS_PAPER_SPLITS = {"paper_train": ("trnid", "valid"), "paper_test": ("tstid",)}
+"""The paper's Flowers-102 manifest: train = official train + val (2,040), test = official test
+(6,149), each in image-number order."""
+PAPER_SPLITS = ("paper_train", "paper_test")
+PAPER_MANIFESTS = {"flowers102": "flowers.jsonl", "caltech101": "caltech.jsonl"}
 
 
 def read_flowers102(root: str | Path, split: str = "test") -> Dataset:
     """Oxford Flowers-102: ``root/jpg/image_XXXXX.jpg``, ``root/imagelabels.mat`` (key
     ``labels``, 1-based) and ``root/setid.mat`` (``trnid``/``valid``/``tstid``, 1-based image
     numbers). ``root/flowers-102`` (torchvision's folder) is accepted too."""
-    if split not in FLOWERS_SPLIT_KEYS:
-        raise ValueError(
-            f"flowers102: unknown split {split!r}; use one of {list(FLOWERS_SPLIT_KEYS)}"
-        )
+    if split not in FLOWERS_SPLIT_KEYS and split not in FLOWERS_PAPER_SPLITS:
+        known = [*FLOWERS_SPLIT_KEYS, *FLOWERS_PAPER_SPLITS]
+        raise ValueError(f"flowers102: unknown split {split!r}; use one of {known}")
     root = Path(root)
     base = root / "flowers-102" if (root / "flowers-102" / "jpg").is_dir() else root
     images = require_dir(base / "jpg", "flowers102")
-    labels = _mat_integers(base / "imagelabels.mat", "labels")
-    numbers = _mat_integers(base / "setid.mat", FLOWERS_SPLIT_KEYS[split])
     class_names = load_class_names("flowers102")
+    if split in FLOWERS_PAPER_SPLITS and (manifest := _paper_manifest(root, base, "flowers102")):
+        return _paper_manifest_dataset("flowers102", manifest, split, images, class_names)
+    labels = _mat_integers(base / "imagelabels.mat", "labels")
+    keys = FLOWERS_PAPER_SPLITS.get(split) or (FLOWERS_SPLIT_KEYS[split],)
+    parts = [_mat_integers(base / "setid.mat", key) for key in keys]
+    paper = split in FLOWERS_PAPER_SPLITS  # the paper's manifest lists images by number
+    numbers = np.sort(np.concatenate(parts)) if paper else parts[0]
     _check_range(labels, 1, len(class_names), base / "imagelabels.mat", "labels")
-    _check_range(numbers, 1, len(labels), base / "setid.mat", FLOWERS_SPLIT_KEYS[split])
+    for key, part in zip(keys, parts, strict=True):
+        _check_range(part, 1, len(labels), base / "setid.mat", key)
     examples = [
         file_example(name, int(labels[n - 1]) - 1, split, images / name)
         for n in numbers
@@ -225,6 +242,7 @@ CALTECH_SKIPPED = ("BACKGROUND_Google", "Faces_easy")
 background clutter class, and Faces_easy (the same faces as Faces, cropped tighter)."""
 CALTECH_RENAMED = {
     "Faces": "face",
+    "Faces_easy": "face",  # the paper's manifest keeps this folder, under the same name
     "Leopards": "leopard",
     "Motorbikes": "motorbike",
     "airplanes": "airplane",
@@ -242,10 +260,10 @@ def read_caltech101(root: str | Path, split: str = "test") -> Dataset:
     ``root/caltech101/101_ObjectCategories``). There is no official split: every image is
     returned as split ``test``. Folders map to the 100 shipped names via ``caltech_class_name``;
     a folder that maps to no name is an error."""
-    if split != "test":
+    if split != "test" and split not in PAPER_SPLITS:
         raise ValueError(
-            "caltech101 has no official split: all images form split 'test' "
-            f"(got {split!r}); write a manifest with your own split instead"
+            "caltech101 has no official split: all images form split 'test', and the paper's "
+            f"halves are 'paper_train' / 'paper_test' (got {split!r})"
         )
     root = Path(root)
     candidates = [root / "101_ObjectCategories", root / "caltech101" / "101_ObjectCategories"]
@@ -253,6 +271,11 @@ def read_caltech101(root: str | Path, split: str = "test") -> Dataset:
     if base is None:
         raise ValueError(f"caltech101: none of {[str(c) for c in candidates]} exists")
     class_names = load_class_names("caltech101")
+    if split in PAPER_SPLITS:
+        manifest = _paper_manifest(root, base.parent, "caltech101")
+        if manifest is not None:
+            return _paper_manifest_dataset("caltech101", manifest, split, base, class_names)
+        return _caltech_paper_split(base, split, class_names)
     index = {name: i for i, name in enumerate(class_names)}
     folders = [f for f in visible_subfolders(base) if f.name not in CALTECH_SKIPPED]
     unmapped = [f.name for f in folders if caltech_class_name(f.name) not in index]
@@ -264,3 +287,65 @@ def read_caltech101(root: str | Path, split: str = "test") -> Dataset:
         for path in list_image_files(folder)
     ]
     return Dataset("caltech101", split, class_names, examples)
+
+
+def _caltech_paper_split(base: Path, split: str, class_names: list[str]) -> Dataset:
+    """The paper's split rebuilt from the layout (no manifest given).
+
+    Its composition, as read from the released manifest: every folder but BACKGROUND_Google
+    (``Faces`` and ``Faces_easy`` both labelled ``face``: 8,677 images), each folder cut into
+    halves. The manifest's halves were drawn at random by code that was not published, so this
+    cut (per folder: sorted files shuffled by ``random.Random("<folder>")``, the first ceil(n/2)
+    to train) has the same sizes up to one image per folder, not the same images.
+    """
+    index = {name: i for i, name in enumerate(class_names)}
+    folders = [f for f in visible_subfolders(base) if f.name != "BACKGROUND_Google"]
+    unmapped = [f.name for f in folders if caltech_class_name(f.name) not in index]
+    if unmapped:
+        raise ValueError(f"caltech101: folders in {base} match no shipped class name: {unmapped}")
+    examples: list[Example] = []
+    for folder in folders:
+        files = list_image_files(folder)
+        random.Random(folder.name).shuffle(files)
+        half = (len(files) + 1) // 2
+        chosen = files[:half] if split == "paper_train" else files[half:]
+        label = index[caltech_class_name(folder.name)]
+        examples.extend(file_example(relative_id(p, base), label, split, p) for p in chosen)
+    return Dataset("caltech101", split, class_names, examples)
+
+
+def _paper_manifest(root: Path, base: Path, dataset: str) -> Path | None:
+    """The paper's released manifest for ``dataset`` in the data root, if it was put there."""
+    name = PAPER_MANIFESTS[dataset]
+    return next((p for p in (root / name, base / name) if p.is_file()), None)
+
+
+def _paper_manifest_dataset(
+    dataset: str, manifest: Path, split: str, images: Path, class_names: list[str]
+) -> Dataset:
+    """Lines of the paper's manifest whose split is ``split`` minus its ``paper_`` prefix, in
+    file order. Its image paths (``./data/Caltech101/101_ObjectCategories/<folder>/<file>``,
+    ``./data/Flowers102/jpg/<file>``) are resolved under ``images`` by their last parts."""
+    wanted = split.removeprefix("paper_")
+    depth = 2 if dataset == "caltech101" else 1
+    index = {name: i for i, name in enumerate(class_names)}
+    examples: list[Example] = []
+    for number, text in enumerate(manifest.read_text(encoding="utf-8").splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+            image, label, row_split = str(row["image"]), str(row["label"]), row["split"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(
+                f"{manifest} line {number}: not a paper manifest line ({err})"
+            ) from err
+        if row_split != wanted:
+            continue
+        if label not in index:
+            raise ValueError(f"{manifest} line {number}: label {label!r} is not a {dataset} name")
+        relative = "/".join(Path(image).parts[-depth:])
+        examples.append(file_example(relative, index[label], split, images / relative))
+    if not examples:
+        raise ValueError(f"{manifest}: no lines with split {wanted!r}")
+    return Dataset(dataset, split, class_names, examples)

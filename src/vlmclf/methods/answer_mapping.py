@@ -1,9 +1,11 @@
-"""Mapping a free-form answer to one label, four ways (``RunSpec.match``).
+"""Mapping a free-form answer to one label, five ways (``RunSpec.match``).
 
 * ``contain`` (the paper): ``hit`` is "the true name occurs in the answer"; ``pred`` is the
   strict match below (so accuracy and strict accuracy can differ).
 * ``strict``: the longest candidate name found at word boundaries is ``pred``; ``hit`` is
   ``pred`` naming the true class.
+* ``exact`` (the paper's rule for fine-tuned models): the whole answer, stripped, equals a
+  candidate name ignoring case (``label.lower() == answer.lower()``); anything else is no label.
 * ``nli`` (the thesis's zero-shot NLI): premise = the answer, hypothesis = "This is a photo of a
   {label}." for every candidate; ``pred`` = the candidate with the highest P(entailment)
   (softmax over the NLI model's labels). Candidates are the offered choices in the closed
@@ -39,7 +41,7 @@ import numpy as np
 from vlmclf.methods.matching import contains_name, match_label
 from vlmclf.records import Prediction
 
-MATCHERS = ("contain", "strict", "nli", "embed")
+MATCHERS = ("contain", "strict", "exact", "nli", "embed")
 DEFAULT_NLI_MODEL = "hf:facebook/bart-large-mnli"
 DEFAULT_NLI_HYPOTHESIS = "This is a photo of a {}."
 DEFAULT_EMBED_TEMPLATE = "a photo of a {}."
@@ -82,7 +84,7 @@ def parse_match_id(match: str) -> MatchId:
     if name not in MATCHERS:
         raise ValueError(f"--match: unknown matcher {name!r}; accepted: {', '.join(MATCHERS)}")
     model, _, template = rest.partition("|")
-    if name in ("contain", "strict") and (model or template):
+    if name in ("contain", "strict", "exact") and (model or template):
         raise ValueError(f"--match {name} takes no model or template, got {match!r}")
     if template and "{}" not in template:
         raise ValueError(f"--match: template {template!r} must contain '{{}}' for the label")
@@ -122,6 +124,29 @@ class ContainMatcher:
 
 class StrictMatcher(ContainMatcher):
     name = "strict"
+
+
+def exact_answer(text: str, name: str) -> bool:
+    """The paper's fine-tuned-model test: the stripped answer is the name, ignoring case."""
+    return text.strip().lower() == name.lower()
+
+
+class ExactMatcher:
+    """The candidate whose name is the whole answer (case ignored); None when there is none."""
+
+    name = "exact"
+
+    def map(
+        self, texts: Sequence[str], candidate_lists: Sequence[Sequence[int] | None],
+        class_names: Sequence[str],
+    ) -> list[int | None]:  # fmt: skip
+        out: list[int | None] = []
+        for text, choices in zip(texts, candidate_lists, strict=True):
+            found = [
+                i for i in _candidates(choices, class_names) if exact_answer(text, class_names[i])
+            ]
+            out.append(found[0] if found else None)
+        return out
 
 
 def _candidates(choices: Sequence[int] | None, class_names: Sequence[str]) -> list[int]:
@@ -238,6 +263,8 @@ def make_matcher(match: str, *, device: str = "cpu", batch_size: int = 64) -> Ma
         return ContainMatcher()
     if parsed.name == "strict":
         return StrictMatcher()
+    if parsed.name == "exact":
+        return ExactMatcher()
     if parsed.name == "nli":
         from vlmclf.models.nli import load_nli
 
@@ -258,8 +285,9 @@ def apply_matcher(
     """Copies of ``predictions`` with ``pred`` and ``hit`` recomputed from their text.
 
     Predictions without text (failed, or from likelihood / CLIP) are returned unchanged.
-    ``hit`` follows the paper's containment for ``contain`` and "pred names the true class"
-    otherwise; ``extra["match"]`` records the matcher (``label``, default its id or name).
+    ``hit`` follows the paper's containment for ``contain``, its equality for ``exact`` and
+    "pred names the true class" otherwise; ``extra["match"]`` records the matcher (``label``,
+    default its id or name).
     """
     matcher = make_matcher(match, device=device) if isinstance(match, str) else match
     label = label or (match if isinstance(match, str) else matcher.name)
@@ -272,6 +300,8 @@ def apply_matcher(
         truth = class_names[p.label]
         if matcher.name == "contain":
             hit = contains_name(p.text or "", truth)
+        elif matcher.name == "exact":
+            hit = exact_answer(p.text or "", truth)
         else:
             hit = pred is not None and class_names[pred] == truth
         out[i] = replace(p, pred=pred, hit=hit, extra={**p.extra, "match": label})

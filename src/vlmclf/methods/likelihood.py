@@ -27,7 +27,12 @@ from typing import Any
 
 from vlmclf.methods.base import LoadedExample, PromptedMethod
 from vlmclf.methods.likelihood_scores import Aggregate, best_index, class_scores, guided, rescore
-from vlmclf.methods.likelihood_targets import continuation_tokens, make_target
+from vlmclf.methods.likelihood_targets import (
+    ScoringContext,
+    make_target,
+    name_continuations,
+    scoring_context,
+)
 from vlmclf.methods.scoring import Strategy
 from vlmclf.methods.trie import TokenSequence
 from vlmclf.records import Prediction
@@ -96,7 +101,7 @@ class LikelihoodMethod(PromptedMethod):
         self.target = make_target(model, strategy, max_pass_tokens)
         self.scorer = self.target.scorer
         self.unique_names = list(dict.fromkeys(class_names))
-        self._prompts: dict[str, tuple[TokenSequence, str]] = {}
+        self._prompts: dict[str, ScoringContext] = {}
         self._continuations: dict[tuple[str, tuple[str, ...]], dict[str, TokenSequence]] = {}
         self._image_free: dict[tuple[str, tuple[str, ...]], dict[str, list[float]]] = {}
         self._images_per_pass: dict[tuple[str, tuple[str, ...]], int] = {}
@@ -108,27 +113,26 @@ class LikelihoodMethod(PromptedMethod):
             return tuple(self.unique_names)
         return tuple(dict.fromkeys(self.class_names[i] for i in choices))
 
-    def prompt_for(self, question: str) -> tuple[TokenSequence, str]:
-        """(answer-prefix tokens, the text class names follow) for a question."""
+    def prompt_for(self, question: str) -> ScoringContext:
+        """The context class names follow for a question: its prompt and the answer prefix,
+        trailing whitespace moved into the names (lm-evaluation-harness's rule)."""
         if question not in self._prompts:
             if len(self._prompts) > 64:  # closed world: one question per example, keep few
                 self._prompts.clear()
-            context = self.target.context_text(question)
-            answer: TokenSequence = ()
-            if self.options.answer_prefix:
-                prefix = self.options.answer_prefix
-                answer = continuation_tokens(self.target.tokenizer, context, [prefix])[prefix]
-                context = context + ("" if context[-1:].isspace() else " ") + prefix
-            self._prompts[question] = (answer, context)
+            self._prompts[question] = scoring_context(
+                self.target.tokenizer,
+                self.target.context_text(question),
+                self.options.answer_prefix,
+            )
         return self._prompts[question]
 
     def continuations_for(self, question: str, names: tuple[str, ...]) -> dict[str, TokenSequence]:
         key = (question, names)
         if key not in self._continuations:
-            _, context = self.prompt_for(question)
+            context = self.prompt_for(question)
             if len(self._continuations) > 64:  # closed world: one entry per example, keep few
                 self._continuations.clear()
-            self._continuations[key] = continuation_tokens(self.target.tokenizer, context, names)
+            self._continuations[key] = name_continuations(self.target.tokenizer, context, names)
         return self._continuations[key]
 
     # ------------------------------------------------------------------ method protocol
@@ -150,11 +154,11 @@ class LikelihoodMethod(PromptedMethod):
             return []
         choices = None if self.spec.setting == "open" else self.choices_for("preflight", 0)
         question = self.question_for(choices)
-        answer, _ = self.prompt_for(question)
+        scoring = self.prompt_for(question)
         longest = max(
             len(s) for s in self.continuations_for(question, self.names_for(choices)).values()
         )
-        needed = prompt_length(question) + len(answer) + longest
+        needed = prompt_length(question) - scoring.trim + len(scoring.answer) + longest
         if needed <= context:
             return []
         return [
@@ -192,12 +196,13 @@ class LikelihoodMethod(PromptedMethod):
         continuations = self.continuations_for(question, names)
         ordered = list(continuations)
         sequences = [continuations[name] for name in ordered]
-        answer, _ = self.prompt_for(question)
+        context = self.prompt_for(question)
         per_pass = self._per_pass(question, names, sequences)
         out: list[dict[str, list[float]] | None] = [None] * len(images)
         for start in range(0, len(images), per_pass):
             chunk = images[start : start + per_pass]
-            for rows, prefix in self.target.image_prefixes(chunk, question, answer):
+            prefixes = self.target.image_prefixes(chunk, question, context.answer, context.trim)
+            for rows, prefix in prefixes:
                 values = self.scorer.score(prefix, sequences)
                 for row, per_name in zip(rows, values, strict=True):
                     out[start + row] = dict(zip(ordered, per_name, strict=True))
@@ -219,8 +224,8 @@ class LikelihoodMethod(PromptedMethod):
                 self._image_free.clear()
             continuations = self.continuations_for(question, names)
             ordered = list(continuations)
-            answer, _ = self.prompt_for(question)
-            prefix = self.target.text_prefix(question, answer)
+            context = self.prompt_for(question)
+            prefix = self.target.text_prefix(question, context.answer, context.trim)
             values = self.scorer.score(prefix, [continuations[n] for n in ordered])[0]
             self._image_free[key] = dict(zip(ordered, values, strict=True))
         return self._image_free[key]

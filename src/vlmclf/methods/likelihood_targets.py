@@ -9,6 +9,7 @@ and models that build their prompt as embeddings (the organism: ``prompt_embeddi
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -31,10 +32,10 @@ class ScoringTarget(Protocol):
     def context_text(self, question: str) -> str: ...
 
     def image_prefixes(
-        self, images: Sequence[Image.Image], question: str, answer: TokenSequence
+        self, images: Sequence[Image.Image], question: str, answer: TokenSequence, trim: int = 0
     ) -> Iterator[tuple[list[int], Prefix]]: ...
 
-    def text_prefix(self, question: str, answer: TokenSequence) -> Prefix: ...
+    def text_prefix(self, question: str, answer: TokenSequence, trim: int = 0) -> Prefix: ...
 
 
 def make_target(
@@ -56,15 +57,81 @@ def make_target(
     )
 
 
+@dataclass(frozen=True)
+class ScoringContext:
+    """The text class names follow, split at the boundary lm-evaluation-harness uses.
+
+    ``text`` is the whole context (prompt, then the answer prefix) with its trailing whitespace
+    removed: that is what gets prefilled. ``delimiter`` starts every continuation: the removed
+    whitespace, or one space where there was none. The model's own formatted prompt is turned
+    into ``text`` by dropping its last ``trim`` tokens and appending ``answer``.
+    """
+
+    text: str
+    text_ids: TokenSequence
+    delimiter: str
+    trim: int
+    answer: TokenSequence
+
+
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def scoring_context(
+    tokenizer: Any, prompt: str, answer_prefix: str | None = None
+) -> ScoringContext:
+    """Where names are scored after ``prompt`` (the model's formatted prompt) + ``answer_prefix``.
+
+    lm-evaluation-harness's rule: trailing whitespace of the context moves into the
+    continuation before tokenizing, so ``"... a "`` + ``"Dress"`` scores ``" Dress"`` (one
+    token) after ``"... a"`` instead of ``"D", "ress"`` after a lone space token.
+    """
+    full = prompt
+    if answer_prefix:
+        full = prompt + ("" if not prompt or prompt[-1].isspace() else " ") + answer_prefix
+    text = full.rstrip()
+    if not text:
+        raise ValueError("likelihood: the prompt before the class names is empty")
+    prompt_ids, text_ids = _ids(tokenizer, prompt), _ids(tokenizer, text)
+    common = 0
+    for a, b in zip(prompt_ids, text_ids, strict=False):
+        if a != b:
+            break
+        common += 1
+    return ScoringContext(
+        text=text, text_ids=tuple(text_ids), delimiter=full[len(text) :] or " ",
+        trim=len(prompt_ids) - common, answer=tuple(text_ids[common:]),
+    )  # fmt: skip
+
+
+def name_continuations(
+    tokenizer: Any, context: ScoringContext, names: Sequence[str]
+) -> dict[str, TokenSequence]:
+    """Each name's tokens after ``context``: ``text + delimiter + name`` tokenized as one text,
+    split at the length of ``text``'s tokens (lm-evaluation-harness's ``_encode_pair``)."""
+    unique = list(dict.fromkeys(names))
+    joint = tokenizer(
+        [context.text + context.delimiter + name for name in unique], add_special_tokens=False
+    )["input_ids"]
+    out: dict[str, TokenSequence] = {}
+    for name, ids in zip(unique, joint, strict=True):
+        out[name] = tuple(ids[len(context.text_ids) :])
+        if not out[name]:
+            raise ValueError(f"class name {name!r} tokenizes to nothing")
+    return out
+
+
 def continuation_tokens(
     tokenizer: Any, context: str, names: Sequence[str]
 ) -> dict[str, TokenSequence]:
-    """Each name's tokens as they follow ``context``, by lm-evaluation-harness's rule.
+    """Each name's tokens as the model would emit them after the fixed prompt ``context``.
 
-    The name gets a leading space unless the context ends in whitespace; context + name is
-    tokenized as one text and split at the context's token count, so the first token is the one
-    the model would emit after the prompt. Where a merge crosses the boundary (the context's
-    tokens are not a prefix of the joint tokens) the name is tokenized on its own instead.
+    For callers whose prompt is prefilled as it is (fine-tuning targets, ImageWikiQA letters);
+    the likelihood method moves trailing whitespace instead (``scoring_context``). The name
+    gets a leading space unless the context ends in whitespace; context + name is tokenized as
+    one text and split at the context's token count. Where a merge crosses the boundary (the
+    context's tokens are not a prefix of the joint tokens) the name is tokenized on its own.
     """
     joiner = "" if not context or context[-1].isspace() else " "
     context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
@@ -106,13 +173,15 @@ class HFTarget:
         return self.wrapper.format_prompt(question)
 
     def image_prefixes(
-        self, images: Sequence[Image.Image], question: str, answer: TokenSequence
+        self, images: Sequence[Image.Image], question: str, answer: TokenSequence, trim: int = 0
     ) -> Iterator[tuple[list[int], Prefix]]:
-        """Prefilled prompts, one batch per group of images whose prompts have equal length
-        (LLaVA-NeXT and Qwen2-VL give images of different sizes different token counts)."""
+        """Prefilled prompts (last ``trim`` tokens dropped, ``answer`` appended), one batch per
+        group of images whose prompts have equal length (LLaVA-NeXT and Qwen2-VL give images
+        of different sizes different token counts)."""
         inputs = dict(self.wrapper.build_inputs(list(images), [question] * len(images)))
         mask = inputs["attention_mask"]
         if bool(mask.bool().all()):
+            inputs = self._trimmed(inputs, question, trim)
             yield list(range(len(images))), self.scorer.prefill(append_tokens(inputs, answer))
             return
         groups: dict[int, list[int]] = {}
@@ -122,14 +191,30 @@ class HFTarget:
             inputs = dict(
                 self.wrapper.build_inputs([images[i] for i in rows], [question] * len(rows))
             )
+            inputs = self._trimmed(inputs, question, trim)
             yield rows, self.scorer.prefill(append_tokens(inputs, answer))
 
-    def text_prefix(self, question: str, answer: TokenSequence) -> Prefix:
+    def text_prefix(self, question: str, answer: TokenSequence, trim: int = 0) -> Prefix:
         """The same prompt with every image token removed, run through the language model only."""
         probe = Image.new("RGB", (64, 64), (128, 128, 128))
-        ids = self.wrapper.build_inputs([probe], [question])["input_ids"][0].tolist()
+        inputs = self._trimmed(dict(self.wrapper.build_inputs([probe], [question])), question, trim)
+        ids = inputs["input_ids"][0].tolist()
         text_ids = [t for t in ids if t not in self.image_token_ids] + list(answer)
         return self.scorer.prefill_text(torch.tensor([text_ids], device=self.scorer.device))
+
+    def _trimmed(self, inputs: dict[str, Any], question: str, trim: int) -> dict[str, Any]:
+        """Processor outputs without the prompt's last ``trim`` tokens, once they are checked to
+        be the formatted prompt's own last tokens (not image tokens or padding)."""
+        if not trim:
+            return inputs
+        expected = _ids(self.tokenizer, self.context_text(question))[-trim:]
+        tails = inputs["input_ids"][:, -trim:].tolist()
+        if any(tail != expected for tail in tails):
+            raise ValueError(
+                f"{self.wrapper.name}: the processor's prompt does not end with the tokens of "
+                "format_prompt(); cannot move its trailing whitespace into the class names"
+            )
+        return trim_tokens(inputs, trim)
 
 
 class EmbeddingTarget:
@@ -147,16 +232,16 @@ class EmbeddingTarget:
         )
 
     def image_prefixes(
-        self, images: Sequence[Image.Image], question: str, answer: TokenSequence
+        self, images: Sequence[Image.Image], question: str, answer: TokenSequence, trim: int = 0
     ) -> Iterator[tuple[list[int], Prefix]]:
         embeds, mask = self.model.prompt_embeddings(list(images), [question] * len(images))
         for rows, group in _unpadded_groups(embeds, mask):
-            yield rows, self.scorer.prefill_embeds(self._append(group, answer))
+            yield rows, self.scorer.prefill_embeds(self._append(_drop_last(group, trim), answer))
 
-    def text_prefix(self, question: str, answer: TokenSequence) -> Prefix:
+    def text_prefix(self, question: str, answer: TokenSequence, trim: int = 0) -> Prefix:
         embeds, mask = self.model.text_prompt_embeddings([question])
         ((_, group),) = _unpadded_groups(embeds, mask)
-        return self.scorer.prefill_embeds(self._append(group, answer))
+        return self.scorer.prefill_embeds(self._append(_drop_last(group, trim), answer))
 
     def _append(self, embeds: torch.Tensor, answer: TokenSequence) -> torch.Tensor:
         if not answer:
@@ -165,6 +250,12 @@ class EmbeddingTarget:
         ids = torch.tensor([list(answer)], device=table.weight.device)
         extra = table(ids).to(embeds.device, embeds.dtype).expand(embeds.shape[0], -1, -1)
         return torch.cat([embeds, extra], dim=1)
+
+
+def _drop_last(embeds: torch.Tensor, count: int) -> torch.Tensor:
+    """Unpadded prompt embeddings (B, T, D) without their last ``count`` positions (the text
+    prompt ends every row, so these are its last tokens)."""
+    return embeds[:, : embeds.shape[1] - count] if count else embeds
 
 
 def _unpadded_groups(
@@ -183,6 +274,18 @@ def _unpadded_groups(
 
 
 _ZERO_EXTENDED_KEYS = ("mm_token_type_ids", "token_type_ids")
+
+
+def trim_tokens(inputs: dict[str, Any], count: int) -> dict[str, Any]:
+    """Unpadded processor outputs without the last ``count`` tokens of every row."""
+    if not count:
+        return inputs
+    ids = inputs["input_ids"]
+    out = dict(inputs)
+    for key in ("input_ids", "attention_mask", *_ZERO_EXTENDED_KEYS):
+        if key in inputs and inputs[key].shape == ids.shape:
+            out[key] = inputs[key][:, : ids.shape[1] - count]
+    return out
 
 
 def append_tokens(inputs: dict[str, Any], tokens: TokenSequence) -> dict[str, Any]:
