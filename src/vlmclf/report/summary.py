@@ -21,7 +21,7 @@ def accuracy_rule(spec: RunSpec) -> str:
     if spec.method != "generate":
         return "top-1 over the class scores"
     if spec.match == "contain":
-        return "paper's rule: answer contains the true name"
+        return "the paper's rule: answer contains the true name"
     return f"answers mapped to labels by {spec.match}"
 
 
@@ -41,11 +41,38 @@ def describe_spec(spec: RunSpec, split: str | None = None) -> str:
     return f"{spec.model} on {spec.dataset} ({split or spec.split or 'default split'}), {what}"
 
 
+def protocol_settings(spec: RunSpec) -> dict[str, Any]:
+    """Every setting a protocol resolves for this run, as it was used (shown in every report)."""
+    settings: dict[str, Any] = {"prompt": spec.prompt, "dtype": spec.dtype}
+    if spec.method == "clip":
+        settings["templates"] = spec.templates
+        return settings
+    settings["prompt_template"] = spec.prompt_template or "the family's own format"
+    if spec.method == "generate":
+        settings.update(
+            order=spec.order, max_new_tokens=spec.max_new_tokens or "method default",
+            match=spec.match,
+        )  # fmt: skip
+    settings.update(spec.options)
+    return settings
+
+
+def protocol_line(spec: RunSpec) -> str:
+    """``paper: prompt=base dtype=bfloat16 ...`` with strings quoted so whitespace shows."""
+    parts = []
+    for key, value in protocol_settings(spec).items():
+        parts.append(
+            f"{key}={value!r}" if isinstance(value, str) and " " in value else f"{key}={value}"
+        )
+    return f"{spec.protocol}: " + " ".join(parts)
+
+
 def summary_table(run_id: str, spec: RunSpec, summary: dict[str, Any], store_path: str) -> str:
     """The summary a person reads after a run: metrics with 95% bootstrap intervals."""
     rows = [
         ("run", run_id),
         ("what", describe_spec(spec, summary.get("split"))),
+        ("protocol", protocol_line(spec)),
         ("examples", f"{summary['n']} ({summary['n_failed']} failed)"),
         (
             "accuracy",
@@ -85,5 +112,6 @@ def summary_json(
         "run_id": run_id,
         **summary,
         "spec": spec.model_dump(exclude_defaults=True),
+        "protocol": {"name": spec.protocol, **protocol_settings(spec)},
         "store": store_path,
     }
