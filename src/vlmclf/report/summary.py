@@ -21,7 +21,7 @@ def accuracy_rule(spec: RunSpec) -> str:
     if spec.method != "generate":
         return "top-1 over the class scores"
     if spec.match == "contain":
-        return "the paper's rule: answer contains the true name"
+        return "paper's rule: answer contains the true name"
     return f"answers mapped to labels by {spec.match}"
 
 
