@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -68,9 +69,11 @@ def reproduce_command(
         store=str(store) if store else None, device=device, dtype=dtype,
         corpus=tuple(corpus or ()), wikiqa_images=wikiqa_images, finetuned_model=finetuned_model,
     )  # fmt: skip
+    if item.protocol:
+        ctx = replace(ctx, protocol=item.protocol)
     steps = item.build(ctx)
     if not run:
-        typer.echo(f"# {item.name}: {item.title} (protocol {protocol})")
+        typer.echo(f"# {item.name}: {item.title} (protocol {ctx.protocol})")
         for step in steps:
             typer.echo(step.shell() + (f"  # {step.note}" if step.note else ""))
         for note in item.notes:
