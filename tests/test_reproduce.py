@@ -93,8 +93,13 @@ def in_process(argv: list[str]) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def in_process_short(argv: list[str]) -> dict:
+    """The command as reproduce wrote it, with a 2-token answer budget to keep the test fast."""
+    return in_process([*argv, "--max-new-tokens", "2"] if "generate" in argv else argv)
+
+
 def test_run_writes_the_table_in_the_paper_layout(folder, tmp_path, monkeypatch):
-    monkeypatch.setattr(reproduce, "_run_json", in_process)
+    monkeypatch.setattr(reproduce, "_run_json", in_process_short)
     monkeypatch.setattr(
         reproduce, "published_numbers",
         lambda: {"cells": [{"table": "table1", "model": "random:llava",
