@@ -138,8 +138,11 @@ def resolve_eval(
     ``given`` holds the parsed option values (defaults included), ``explicit`` the names the
     user typed. Returns the same keys, plus ``prompt_template`` and ``family``.
     """
-    family = model_family(model)
-    settings = resolve(protocol, EVAL_EXPERIMENTS[method], family)
+    experiment = EVAL_EXPERIMENTS[method]
+    # only a protocol with family rows needs the family (reading an hf: config costs a lookup)
+    rows = load_protocol(protocol)["experiments"].get(experiment, {}).get("families")
+    family = model_family(model) if rows else None
+    settings = resolve(protocol, experiment, family)
     chosen = dict(given)
     cot = bool(given.get("cot"))
     budget = settings.get("cot_max_new_tokens" if cot else "max_new_tokens")
