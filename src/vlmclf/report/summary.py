@@ -72,7 +72,6 @@ def summary_table(run_id: str, spec: RunSpec, summary: dict[str, Any], store_pat
     rows = [
         ("run", run_id),
         ("what", describe_spec(spec, summary.get("split"))),
-        ("protocol", protocol_line(spec)),
         ("examples", f"{summary['n']} ({summary['n_failed']} failed)"),
         (
             "accuracy",
@@ -99,6 +98,7 @@ def summary_table(run_id: str, spec: RunSpec, summary: dict[str, Any], store_pat
                 + ("unknown" if cost is None else f"${cost:.4f}"),
             )
         )
+    rows.insert(2, ("protocol", protocol_line(spec)))  # right after "what"
     rows.append(("store", store_path))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
