@@ -41,32 +41,6 @@ def describe_spec(spec: RunSpec, split: str | None = None) -> str:
     return f"{spec.model} on {spec.dataset} ({split or spec.split or 'default split'}), {what}"
 
 
-def protocol_settings(spec: RunSpec) -> dict[str, Any]:
-    """Every setting a protocol resolves for this run, as it was used (shown in every report)."""
-    settings: dict[str, Any] = {"prompt": spec.prompt, "dtype": spec.dtype}
-    if spec.method == "clip":
-        settings["templates"] = spec.templates
-        return settings
-    settings["prompt_template"] = spec.prompt_template or "the family's own format"
-    if spec.method == "generate":
-        settings.update(
-            order=spec.order, max_new_tokens=spec.max_new_tokens or "method default",
-            match=spec.match,
-        )  # fmt: skip
-    settings.update(spec.options)
-    return settings
-
-
-def protocol_line(spec: RunSpec) -> str:
-    """``paper: prompt=base dtype=bfloat16 ...`` with strings quoted so whitespace shows."""
-    parts = []
-    for key, value in protocol_settings(spec).items():
-        parts.append(
-            f"{key}={value!r}" if isinstance(value, str) and " " in value else f"{key}={value}"
-        )
-    return f"{spec.protocol}: " + " ".join(parts)
-
-
 def summary_table(run_id: str, spec: RunSpec, summary: dict[str, Any], store_path: str) -> str:
     """The summary a person reads after a run: metrics with 95% bootstrap intervals."""
     rows = [
@@ -115,3 +89,29 @@ def summary_json(
         "protocol": {"name": spec.protocol, **protocol_settings(spec)},
         "store": store_path,
     }
+
+
+def protocol_settings(spec: RunSpec) -> dict[str, Any]:
+    """Every setting a protocol resolves for this run, as it was used (shown in every report)."""
+    settings: dict[str, Any] = {"prompt": spec.prompt, "dtype": spec.dtype}
+    if spec.method == "clip":
+        settings["templates"] = spec.templates
+        return settings
+    settings["prompt_template"] = spec.prompt_template or "the family's own format"
+    if spec.method == "generate":
+        settings.update(
+            order=spec.order, max_new_tokens=spec.max_new_tokens or "method default",
+            match=spec.match,
+        )  # fmt: skip
+    settings.update(spec.options)
+    return settings
+
+
+def protocol_line(spec: RunSpec) -> str:
+    """``paper: prompt=base dtype=bfloat16 ...`` with strings quoted so whitespace shows."""
+    parts = []
+    for key, value in protocol_settings(spec).items():
+        parts.append(
+            f"{key}={value!r}" if isinstance(value, str) and " " in value else f"{key}={value}"
+        )
+    return f"{spec.protocol}: " + " ".join(parts)
