@@ -31,6 +31,7 @@ from vlmclf.commands.frequency import frequency_command
 from vlmclf.commands.organism import organism_app
 from vlmclf.commands.probe import probe_command
 from vlmclf.commands.rematch import rematch_command
+from vlmclf.commands.reproduce import reproduce_command
 from vlmclf.commands.serve import serve_command
 from vlmclf.commands.sweep import sweep_command
 from vlmclf.commands.wikiqa import wikiqa_app
@@ -89,6 +90,7 @@ StoreOpt = Annotated[
 
 @app.command("eval")
 def eval_command(
+    ctx: typer.Context,
     model: Annotated[
         str,
         typer.Option(
@@ -112,8 +114,21 @@ def eval_command(
         typer.Option("--k", help="Label-set size for the closed world (default: all classes)."),
     ] = None,
     order: Annotated[Order, typer.Option(help="Order of the offered labels.")] = Order.fixed,
-    prompt: Annotated[str, typer.Option(help="base, alt1, alt2, or the question itself.")] = "base",
-    cot: Annotated[bool, typer.Option("--cot", help='Append "Let\'s think step by step."')] = False,
+    prompt: Annotated[
+        str, typer.Option(help="base, alt1, alt2, alt3, thesis, or the question itself.")
+    ] = "base",
+    cot: Annotated[bool, typer.Option("--cot", help='Add "Let\'s think step by step."')] = False,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            help="clean (ours), paper (the paper's code) or thesis: the defaults of every "
+            "option below; options given explicitly still win."
+        ),
+    ] = "clean",
+    prompt_template: Annotated[
+        str | None,
+        typer.Option(help="Replace the family's prompt format: text with {image} and {question}."),
+    ] = None,
     templates: Annotated[
         str, typer.Option(help="CLIP templates: paper, imagenet80, or a JSON file.")
     ] = "paper",
@@ -201,7 +216,9 @@ def eval_command(
     ] = None,
     match: Annotated[
         str,
-        typer.Option(help="How answers map to labels: contain (paper), strict, exact, nli, embed."),
+        typer.Option(
+            help="How answers map to labels: contain (the paper's), strict, exact, nli, embed."
+        ),
     ] = "contain",
     nli_model: Annotated[
         str | None, typer.Option(help="--match nli: hf:<NLI checkpoint> or random:bart_nli.")
@@ -250,6 +267,11 @@ def eval_command(
     name, _, spec_split = (
         dataset.partition(":") if not dataset.endswith(".jsonl") else (dataset, "", "")
     )
+    resolved = _protocol_options(ctx, protocol, method, model)
+    setting, order = Setting(resolved["setting"]), Order(resolved["order"])
+    prompt, max_new_tokens = resolved["prompt"], resolved["max_new_tokens"]
+    templates, dtype, match = resolved["templates"], resolved["dtype"], resolved["match"]
+    answer_prefix, calibration = resolved["answer_prefix"], Calibration(resolved["calibration"])
     spec = RunSpec(
         model=model,
         dataset=name,
@@ -266,6 +288,8 @@ def eval_command(
         match=_match_id(method, match, nli_model, embed_model),
         max_new_tokens=max_new_tokens,
         dtype=dtype,
+        protocol=protocol,
+        prompt_template=resolved["prompt_template"],
     )
     options = ModelOptions(
         device=device,
@@ -320,6 +344,31 @@ def eval_command(
     if result.summary["n"] > 0 and result.summary["n_failed"] == result.summary["n"]:
         typer.echo("error: every example failed; see `vlmclf export` for the reasons", err=True)
         raise typer.Exit(1)
+
+
+PROTOCOL_OPTIONS = (
+    "setting", "order", "prompt", "cot", "max_new_tokens", "templates", "dtype", "match",
+    "answer_prefix", "cfg", "calibration", "prompt_template",
+)  # fmt: skip
+
+
+def _protocol_options(
+    ctx: typer.Context, protocol: str, method: MethodName, model: str
+) -> dict[str, object]:
+    """The option values after the protocol's defaults: explicit options win."""
+    from vlmclf.protocols import resolve_eval
+
+    given = {name: ctx.params[name] for name in PROTOCOL_OPTIONS}
+    given = {k: v.value if isinstance(v, StrEnum) else v for k, v in given.items()}
+    explicit = {  # typer ships its own click: compare the source by name
+        name
+        for name in PROTOCOL_OPTIONS
+        if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"
+    }
+    try:
+        return resolve_eval(protocol, method.value, model, given, explicit)
+    except ValueError as err:
+        fail(str(err))
 
 
 def _match_id(
@@ -442,6 +491,7 @@ app.command("probe")(probe_command)
 app.command("finetune")(finetune_command)
 app.command("sweep")(sweep_command)
 app.command("rematch")(rematch_command)
+app.command("reproduce")(reproduce_command)
 app.add_typer(wikiqa_app, name="wikiqa")
 app.command("serve")(serve_command)
 app.add_typer(organism_app, name="organism")

@@ -39,6 +39,8 @@ class RunSpec(BaseModel):
     max_new_tokens: int | None = None
     dtype: str = "float32"
     match: str = "contain"
+    protocol: str = "clean"  # the table the settings were resolved from (vlmclf.protocols)
+    prompt_template: str | None = None  # None: the family's own format; else {image}, {question}
     options: dict[str, str | int | float | bool | None] = {}
 
     def canonical_json(self) -> str:

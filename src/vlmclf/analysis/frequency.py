@@ -1,7 +1,8 @@
 """How often does each class name appear in a model's training data? (paper, Section 4.3, Fig. 3)
 
 A class *occurs* in a text unit (a caption, a conversation turn) when its normalised token
-sequence is a contiguous sub-sequence of the unit's tokens: the paper's sub-list match, so
+sequence is a contiguous sub-sequence of the unit's tokens: the paper's sub-list match, made
+boundary-safe (the paper's helper never matches at a unit's first or last token), so
 "tiger cat" in a caption counts for the class "tiger cat" and also for a class "cat". We count
 UNITS that mention a class (at most once per unit), not occurrences.
 

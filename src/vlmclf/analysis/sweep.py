@@ -12,7 +12,8 @@ Axes and their values (defaults in brackets, used when an axis is not swept):
 
 * ``k``: label-set size: integers >= 2, ``all`` (closed world, every class offered) or ``open``
   (the open-world question) [open]. A K at least the number of distinct classes is ``all``.
-* ``prompt``: ``base``, ``alt1``, ``alt2`` (the paper's three wordings) or any question [base].
+* ``prompt``: ``base``, ``alt1``, ``alt2``, ``alt3`` (the paper's four wordings) or any question
+  [base].
 * ``order``: ``fixed`` or ``random`` order of the offered labels [fixed].
 * ``cot``: ``false`` / ``true``: append "Let's think step by step." [false].
 * ``strategy``: ``generate`` (method generate), ``likelihood-sum`` / ``likelihood-mean``

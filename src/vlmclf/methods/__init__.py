@@ -44,6 +44,7 @@ def make_method(model: object, class_names: list[str], spec: RunSpec) -> Method:
             f"--method {spec.method} needs a generative VLM; {spec.model} is {_kind(model)} "
             "(use --method clip)"
         )
+    use_prompt_template(model, spec)
     if spec.method == "generate":
         from vlmclf.methods.answer_mapping import with_answer_mapping
         from vlmclf.methods.generate import GenerateMethod
@@ -56,6 +57,17 @@ def make_method(model: object, class_names: list[str], spec: RunSpec) -> Method:
     raise ValueError(
         f"--method: unknown method {spec.method!r}; accepted: clip, generate, likelihood"
     )
+
+
+def use_prompt_template(model: object, spec: RunSpec) -> None:
+    """Give the model the run's prompt template (the one hook where prompts are formatted)."""
+    if not hasattr(model, "prompt_template"):
+        if spec.prompt_template is not None:
+            raise ValueError(
+                f"--prompt-template: {spec.model} formats its own prompts and takes no template"
+            )
+        return
+    model.prompt_template = spec.prompt_template  # type: ignore[attr-defined]
 
 
 def finalize_predictions(

@@ -54,6 +54,8 @@ class PromptedMethod:
         )
 
     def question_for(self, choices: list[int] | None) -> str:
-        """The user text: the question, the offered names when closed-world, CoT if asked."""
+        """The user text: the question, the offered names when closed-world, CoT if asked
+        (unless the run's prompt template carries the CoT cue as an assistant prefix)."""
         names = None if choices is None else [self.class_names[i] for i in choices]
-        return build_question(self.spec.prompt, names, self.spec.cot)
+        cot_in_question = self.spec.cot and self.spec.prompt_template is None
+        return build_question(self.spec.prompt, names, cot_in_question)

@@ -21,7 +21,7 @@ from vlmclf.spec import RunSpec
 
 
 class GenerateMethod(PromptedMethod):
-    """Open- or closed-world generation with the paper's prompts."""
+    """Open- or closed-world generation with the paper's wordings, in the run's prompt format."""
 
     def __init__(self, model: VisionLanguageModel, class_names: list[str], spec: RunSpec):
         self.model = model

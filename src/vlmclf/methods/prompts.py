@@ -1,7 +1,12 @@
 """The paper's prompts and CLIP templates, as data.
 
-The wordings are the paper's (Section 3, Table 7): three ways to ask the open-world question, a
-closed-world suffix that lists the label set, and a chain-of-thought suffix.
+The wordings are the four of the paper's code (``main_results/analyze_prompt.sh``), in its order
+base, alt3, alt1, alt2 (``alt1`` and ``alt2`` kept their meaning when ``alt3`` was added).
+``thesis`` is the companion thesis's closed-world question, which carries the label list itself
+(``{labels}``). The closed-world suffix and the CoT cue are the paper's strings; where the cue
+goes (user turn, or the assistant prefix of the paper's templates) is the protocol's business
+(``vlmclf.protocols``). The token budgets here are vlmclf's (clean) defaults, not the paper's
+64 / 512.
 """
 
 from __future__ import annotations
@@ -14,12 +19,23 @@ QUESTIONS: dict[str, str] = {
     "base": "What type of object is in this photo?",
     "alt1": "Identify the object in this image.",
     "alt2": "What is the main object depicted in this photograph?",
+    "alt3": "Can you name the specific item pictured here?",
+    "thesis": (
+        "This image represents an object that belongs to one of the following classes: "
+        "{labels}. What is the most probable class that the object in the image belongs to, "
+        "given the provided classes?"
+    ),
 }
+PAPER_WORDINGS = ("base", "alt3", "alt1", "alt2")
+"""The four wordings in the order of the paper's code (prompt1 ... prompt4)."""
 COT_SUFFIX = "Let's think step by step."
 DEFAULT_MAX_NEW_TOKENS = 32
 COT_MAX_NEW_TOKENS = 256
 
 PAPER_TEMPLATES = ["a photo of a {}."]
+"""Named ``paper`` for existing run ids: CLIP's single template. The paper's code uses
+``PAPER_CODE_TEMPLATES`` (capital A, no period)."""
+PAPER_CODE_TEMPLATES = ["A photo of a {}"]
 # CLIP's 80 prompt templates for ImageNet (Radford et al., 2021, the notebook "Prompt_Engineering").
 IMAGENET80_TEMPLATES = [
     "a bad photo of a {}.",
@@ -106,7 +122,7 @@ IMAGENET80_TEMPLATES = [
 
 
 def open_question(prompt: str) -> str:
-    """The question for a named wording (base, alt1, alt2) or the free text given."""
+    """The question for a named wording (base, alt1, alt2, alt3, thesis) or the free text given."""
     return QUESTIONS.get(prompt, prompt)
 
 
@@ -116,10 +132,22 @@ def closed_world_suffix(choice_names: list[str]) -> str:
 
 
 def build_question(prompt: str, choice_names: list[str] | None = None, cot: bool = False) -> str:
-    """The full user text: the question, the label set when closed-world, then CoT if asked."""
-    parts = [open_question(prompt)]
-    if choice_names is not None:
-        parts.append(closed_world_suffix(choice_names))
+    """The full user text: the question, the label set when closed-world, then CoT if asked.
+
+    A wording holding ``{labels}`` (the thesis's) gets the names joined by ", " in place of
+    the closed-world suffix.
+    """
+    question = open_question(prompt)
+    if "{labels}" in question:
+        if choice_names is None:
+            raise ValueError(
+                f"--prompt {prompt}: this wording lists the labels; use --setting closed"
+            )
+        parts = [question.replace("{labels}", ", ".join(choice_names))]
+    else:
+        parts = [question]
+        if choice_names is not None:
+            parts.append(closed_world_suffix(choice_names))
     if cot:
         parts.append(COT_SUFFIX)
     return " ".join(parts)
@@ -144,9 +172,11 @@ def _check_template(path: Path, index: int, template: object) -> None:
 
 
 def load_templates(name: str) -> list[str]:
-    """CLIP templates by name (paper, imagenet80) or from a JSON list of strings with '{}'."""
+    """CLIP templates by name (paper, paper_code, imagenet80) or a JSON list of '{}' strings."""
     if name == "paper":
         return list(PAPER_TEMPLATES)
+    if name == "paper_code":
+        return list(PAPER_CODE_TEMPLATES)
     if name == "imagenet80":
         return list(IMAGENET80_TEMPLATES)
     path = Path(name)

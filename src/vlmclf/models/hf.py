@@ -16,7 +16,7 @@ from transformers import BatchFeature, GenerationConfig
 
 from vlmclf.models import compat
 from vlmclf.models.base import HiddenFeatures
-from vlmclf.models.families import FamilyAdapter
+from vlmclf.models.families import FamilyAdapter, image_token
 
 PROBE_IMAGE_SIZE = (448, 448)
 """(width, height) of the blank image ``prompt_length`` counts with by default. LLaVA-NeXT and
@@ -72,9 +72,15 @@ class HFVisionLanguageModel:
         self.text_config = model.config.get_text_config()
         self.context_length = int(getattr(self.text_config, "max_position_embeddings", 0) or 0)
         self.is_encoder_decoder = bool(getattr(self.text_config, "is_encoder_decoder", False))
+        self.prompt_template: str | None = None  # a protocol's override of the family format
 
     def format_prompt(self, question: str) -> str:
-        """The family's full prompt for a bare question, with the image placeholder."""
+        """The family's full prompt for a bare question, with the image placeholder; a run's
+        ``prompt_template`` (``{image}``, ``{question}``) replaces the family's format."""
+        if self.prompt_template is not None:
+            from vlmclf.protocols import fill_template
+
+            return fill_template(self.prompt_template, image_token(self.processor), question)
         return self.adapter.prompt(question, self.processor, self.model.config)
 
     def build_inputs(self, images: Sequence[Image.Image], questions: Sequence[str]) -> BatchFeature:

@@ -95,6 +95,7 @@ def summary_table(run_id: str, spec: RunSpec, summary: dict[str, Any], store_pat
                 + ("unknown" if cost is None else f"${cost:.4f}"),
             )
         )
+    rows.insert(2, ("protocol", protocol_line(spec)))  # right after "what"
     rows.append(("store", store_path))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
@@ -108,5 +109,32 @@ def summary_json(
         "run_id": run_id,
         **summary,
         "spec": spec.model_dump(exclude_defaults=True),
+        "protocol": {"name": spec.protocol, **protocol_settings(spec)},
         "store": store_path,
     }
+
+
+def protocol_settings(spec: RunSpec) -> dict[str, Any]:
+    """Every setting a protocol resolves for this run, as it was used (shown in every report)."""
+    settings: dict[str, Any] = {"prompt": spec.prompt, "dtype": spec.dtype}
+    if spec.method == "clip":
+        settings["templates"] = spec.templates
+        return settings
+    settings["prompt_template"] = spec.prompt_template or "the family's own format"
+    if spec.method == "generate":
+        settings.update(
+            order=spec.order, max_new_tokens=spec.max_new_tokens or "method default",
+            match=spec.match,
+        )  # fmt: skip
+    settings.update(spec.options)
+    return settings
+
+
+def protocol_line(spec: RunSpec) -> str:
+    """``paper: prompt=base dtype=bfloat16 ...`` with strings quoted so whitespace shows."""
+    parts = []
+    for key, value in protocol_settings(spec).items():
+        parts.append(
+            f"{key}={value!r}" if isinstance(value, str) and " " in value else f"{key}={value}"
+        )
+    return f"{spec.protocol}: " + " ".join(parts)
