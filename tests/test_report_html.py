@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from html_dom import Element, parse_html
+from pydantic import BaseModel
 from report_fixtures import (
     CLASS_NAMES,
     CLIP,
@@ -22,6 +23,7 @@ from report_fixtures import (
 from typer.testing import CliRunner
 
 from vlmclf.cli import app
+from vlmclf.report import html as report_html
 from vlmclf.report.html import protocol_label, render_report, setting_label
 from vlmclf.report.html_figures import MAX_BARS, bars_to_draw
 from vlmclf.store import RunStore
@@ -48,7 +50,7 @@ def test_table1_cells_are_plain_counts_with_protocols(built) -> None:
     assert [r[:3] for r in rows] == [
         [EVIL_MODEL, "generation, open world", "paper"],
         [EVIL_MODEL, "generation, closed world, K=2 (random order)", "paper"],
-        ["random:clip", "CLIP zero-shot", "clean"],  # CLIP rows last; no protocol: clean
+        ["random:clip", "CLIP zero-shot", report_html.default_protocol()],  # CLIP rows last
     ]
     assert rows[0][3].startswith(f"{generation:.1f} [") and rows[0][4] == ""
     assert rows[2][3].startswith(f"{clip:.1f} [")
@@ -150,8 +152,20 @@ def test_report_command(built, tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "--store: no store at" in missing.output
 
 
+def test_a_spec_without_protocol_has_runspecs_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    class WithProtocol(BaseModel):
+        protocol: str = "thesis"
+
+    class WithoutProtocol(BaseModel):
+        model: str = "m"
+
+    monkeypatch.setattr(report_html, "RunSpec", WithProtocol)
+    assert protocol_label({}) == "thesis" and protocol_label({"protocol": "paper"}) == "paper"
+    monkeypatch.setattr(report_html, "RunSpec", WithoutProtocol)
+    assert protocol_label({}) == "clean"
+
+
 def test_labels_of_runs() -> None:
-    assert protocol_label({}) == "clean" and protocol_label({"protocol": "paper"}) == "paper"
     spec = {"method": "likelihood", "options": {"cfg": 1.5}, "prompt": "alt1", "cot": True}
     assert setting_label(spec) == "likelihood, open world, prompt=alt1, CoT, cfg=1.5"
 

@@ -30,9 +30,10 @@ from vlmclf.report.html_figures import (
     per_class_figure,
 )
 from vlmclf.report.runs import resolve_run_id
+from vlmclf.spec import RunSpec
 from vlmclf.store import AnalysisRecord, RunRecord, RunStore
 
-DEFAULT_PROTOCOL = "clean"  # what a run stored before specs named their protocol was
+FALLBACK_PROTOCOL = "clean"  # what a run stored before specs named their protocol was
 SAMPLE_ANSWERS = 3  # wrong answers shown per class
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
@@ -93,11 +94,19 @@ def _plain_cell(value: Any) -> str:
 
 
 # ----- what a run is ---------------------------------------------------------------------------
+def default_protocol() -> str:
+    """The protocol a stored spec means when it names none. Stored specs leave default values
+    out, so this is RunSpec's default where RunSpec has a ``protocol`` field, else clean."""
+    field = RunSpec.model_fields.get("protocol")
+    default = getattr(field, "default", None)
+    return default if isinstance(default, str) and default else FALLBACK_PROTOCOL
+
+
 def protocol_label(spec: Mapping[str, Any]) -> str:
-    """The run's protocol (``paper``, ``thesis``, ``clean``); runs stored without one are clean."""
+    """The run's protocol (``paper``, ``thesis``, ``clean``), as stored in its spec."""
     protocol = spec.get("protocol")
     if protocol is None or protocol == "":
-        return DEFAULT_PROTOCOL
+        return default_protocol()
     return protocol if isinstance(protocol, str) else json.dumps(protocol, sort_keys=True)
 
 
