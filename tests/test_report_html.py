@@ -73,6 +73,21 @@ def test_per_class_view_matches_plain_counts(built) -> None:
     assert EVIL_ANSWER in shown[SCRIPT_NAME][4]  # the wrong answer, as text
 
 
+def test_per_class_comparison_has_a_column_per_run_of_the_dataset(built) -> None:
+    _, ids, dom = built
+    tables = [t for t in dom.iter("table") if t.attrs.get("class") == "per-class-comparison"]
+    assert len(tables) == 2  # toy (generation, CLIP) and toy2:test
+    links = [a.attrs["href"] for a in tables[0].iter("a")]
+    assert links == [f"#run-{ids['generation']}", f"#run-{ids['clip']}"]
+    rows = {r[0]: r[1:] for r in ([td.text() for td in tr.iter("td")]
+                                  for tr in list(tables[0].iter("tr"))[1:])}  # fmt: skip
+    for label, name in enumerate(CLASS_NAMES):
+        hits = [hit for lab, hit in GENERATION if lab == label]
+        right = [lab == pred for lab, pred in CLIP if lab == label]
+        assert rows[name] == [f"{100 * sum(hits) / len(hits):.1f}",
+                              f"{100 * sum(right) / len(right):.1f}"]  # fmt: skip
+
+
 def test_injected_markup_stays_text(built) -> None:
     _, _, dom = built
     assert list(dom.iter("script")) == []

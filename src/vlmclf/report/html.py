@@ -3,12 +3,12 @@
 The page is one file a researcher can mail or archive: styles inline, figures inline as base64
 PNG, no script, and a Content-Security-Policy that forbids loading anything (so it opens the
 same offline). Every string that comes from a model, a dataset or a user (class names, answers,
-prompts, model ids, specs) goes through :func:`esc` on its way in; nothing else builds markup.
+prompts, model ids, specs) goes through ``html_parts.esc`` on its way in.
 
 Layout: the paper's Table 1 (rows: model x setting x protocol, columns: datasets, cells:
-accuracy with its 95% bootstrap interval), the figures (per-class accuracy of every run, then
-each stored analysis), and one section per run with its identity (spec, meta) and its
-per-class view (collapsible).
+accuracy with its 95% bootstrap interval), per-class accuracy (a collapsible table per dataset,
+classes x runs, and a bar chart per run), each stored analysis with its figures, and one section
+per run with its identity (spec, meta) and its per-class view (collapsible).
 """
 
 from __future__ import annotations
@@ -17,24 +17,27 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from html import escape
 from pathlib import Path
 from typing import Any
 
-from vlmclf.metrics import canonical_indices, per_class_accuracy, summarize
-from vlmclf.records import Prediction
-from vlmclf.report.html_figures import (
-    analysis_figures,
-    analysis_table,
-    column_union,
-    per_class_figure,
+from vlmclf.metrics import per_class_accuracy, summarize
+from vlmclf.report.html_figures import analysis_figures, analysis_table, per_class_figure
+from vlmclf.report.html_parts import (
+    ClassRow,
+    class_rows,
+    class_table_html,
+    comparison_table_html,
+    esc,
+    html_table,
+    json_block,
+    pct,
+    pct_ci,
 )
 from vlmclf.report.runs import resolve_run_id
 from vlmclf.spec import RunSpec
 from vlmclf.store import AnalysisRecord, RunRecord, RunStore
 
 FALLBACK_PROTOCOL = "clean"  # what a run stored before specs named their protocol was
-SAMPLE_ANSWERS = 3  # wrong answers shown per class
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 STYLE = """
@@ -50,47 +53,6 @@ figcaption{font-size:.85em;color:#444;max-width:40em}img{max-width:100%}
 .note{color:#666;font-size:.9em}.warn{color:#a33}
 details{margin:.4em 0}summary{cursor:pointer}
 """
-
-
-def esc(value: Any) -> str:
-    """Text made safe for HTML content and attribute values (None shows as a dash)."""
-    return "-" if value is None else escape(str(value), quote=True)
-
-
-def json_block(obj: Any) -> str:
-    """Pretty JSON in a ``<pre>``, escaped."""
-    return f"<pre>{esc(json.dumps(obj, indent=2, ensure_ascii=False, default=str))}</pre>"
-
-
-def pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
-
-
-def pct_ci(ci: Sequence[float | None] | None) -> str:
-    if not ci or ci[0] is None or ci[1] is None:
-        return ""
-    return f'<span class="ci">[{pct(ci[0])}, {pct(ci[1])}]</span>'
-
-
-def html_table(rows: Sequence[Mapping[str, Any]], css_id: str | None = None) -> str:
-    """Rows of plain values as an escaped table; floats in [0, 1] are shown to 3 decimals."""
-    if not rows:
-        return '<p class="note">no rows</p>'
-    columns = column_union(rows)
-    head = "".join(f"<th>{esc(c)}</th>" for c in columns)
-    body = "".join(
-        "<tr>" + "".join(_plain_cell(row.get(c)) for c in columns) + "</tr>" for row in rows
-    )
-    ident = f' id="{esc(css_id)}"' if css_id else ""
-    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _plain_cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f'<td class="num">{value:.3f}</td>'
-    if isinstance(value, (dict, list)):
-        value = json.dumps(value, ensure_ascii=False, default=str)
-    return f"<td>{esc(value)}</td>"
 
 
 # ----- what a run is ---------------------------------------------------------------------------
@@ -139,17 +101,6 @@ def setting_label(spec: Mapping[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
-class ClassRow:
-    """One class of one run: how many labelled examples, accuracy, a few wrong answers."""
-
-    name: str
-    n: int
-    n_failed: int
-    accuracy: float | None
-    wrong_answers: tuple[str, ...]
-
-
-@dataclass(frozen=True)
 class RunView:
     """A stored run with what the page shows of it."""
 
@@ -157,42 +108,6 @@ class RunView:
     summary: dict[str, Any]
     per_class: dict[str, float]
     classes: list[ClassRow]
-
-
-def _answer_text(p: Prediction, class_names: Sequence[str]) -> str:
-    if p.text is not None:
-        return p.text
-    return class_names[p.pred] if p.pred is not None else "(no prediction)"
-
-
-def class_rows(
-    preds: Sequence[Prediction], class_names: Sequence[str], per_class: Mapping[str, float]
-) -> list[ClassRow]:
-    """Per class name in class-list order: counts, accuracy and up to SAMPLE_ANSWERS answers
-    that were judged wrong (the model's own text where it wrote one)."""
-    canon = canonical_indices(class_names)
-    n_ok: dict[int, int] = {}
-    n_failed: dict[int, int] = {}
-    wrong: dict[int, list[str]] = {}
-    for p in preds:
-        c = canon[p.label]
-        if not p.ok:
-            n_failed[c] = n_failed.get(c, 0) + 1
-            continue
-        n_ok[c] = n_ok.get(c, 0) + 1
-        correct = p.hit if p.hit is not None else (p.pred is not None and canon[p.pred] == c)
-        if not correct and len(wrong.setdefault(c, [])) < SAMPLE_ANSWERS:
-            wrong[c].append(_answer_text(p, class_names))
-    return [
-        ClassRow(
-            class_names[c],
-            n_ok.get(c, 0),
-            n_failed.get(c, 0),
-            per_class.get(class_names[c]),
-            tuple(wrong.get(c, [])),
-        )  # fmt: skip
-        for c in sorted(set(n_ok) | set(n_failed))
-    ]
 
 
 def load_run_view(store: RunStore, record: RunRecord) -> RunView:
@@ -257,6 +172,26 @@ def _run_caption(record: RunRecord) -> str:
     return f"{spec.get('model')} on {dataset_label(spec)}, {setting_label(spec)}"
 
 
+def per_class_comparisons_html(views: Sequence[RunView]) -> str:
+    """One collapsible table per dataset: its classes down, its runs across."""
+    by_dataset: dict[str, list[RunView]] = {}
+    for view in views:
+        by_dataset.setdefault(dataset_label(view.record.spec), []).append(view)
+    parts = []
+    for dataset, group in by_dataset.items():
+        names = [name for view in group for name in view.record.class_names]
+        columns = [
+            (v.record.run_id, f"{v.record.spec.get('model')}, {setting_label(v.record.spec)}",
+             v.per_class)
+            for v in group
+        ]  # fmt: skip
+        parts.append(
+            f"<details><summary>{esc(dataset)}: per-class accuracy (%) of {len(group)} runs"
+            f"</summary>{comparison_table_html(names, columns)}</details>"
+        )
+    return "".join(parts)
+
+
 def per_class_figures_html(views: Sequence[RunView]) -> str:
     figures = []
     for view in views:
@@ -277,17 +212,6 @@ def summary_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     row = {name: summary.get(name) for name in names}
     row["ci95"] = summary.get("ci95")
     return [row]
-
-
-def class_table_html(classes: Sequence[ClassRow]) -> str:
-    head = "<th>class</th><th>n</th><th>failed</th><th>accuracy (%)</th><th>wrong answers</th>"
-    body = "".join(
-        f"<tr><td>{esc(c.name)}</td><td class='num'>{c.n}</td><td class='num'>{c.n_failed}</td>"
-        f"<td class='num'>{pct(c.accuracy)}</td>"
-        f"<td>{'<br>'.join(esc(a) for a in c.wrong_answers)}</td></tr>"
-        for c in classes
-    )
-    return f'<table class="per-class"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def run_section_html(view: RunView) -> str:
@@ -385,7 +309,8 @@ def page_html(
         f'<p class="note">store {esc(store_path)}; {len(views)} runs, {len(analyses)} analyses; '
         f"generated {generated} by vlmclf {esc(__version__)}</p>"
         f'<h2 id="results">Results (Table 1 layout)</h2>{table1_html(views) if views else ""}'
-        f'<h2 id="figures">Per-class accuracy</h2>{per_class_figures_html(views)}'
+        f'<h2 id="figures">Per-class accuracy</h2>{per_class_comparisons_html(views)}'
+        f"{per_class_figures_html(views)}"
         f'<h2 id="analyses">Analyses</h2>'
         f"{analyses_html or '<p class=note>no stored analyses</p>'}"
         f'<h2 id="runs">Runs</h2>{runs_html}'
