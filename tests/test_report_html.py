@@ -151,16 +151,42 @@ def test_an_unreadable_analysis_costs_its_figure_only(tmp_path: Path) -> None:
     assert len(warn) == 1 and warn[0].startswith("figure not drawn: KeyError")
 
 
+def probe_block(acc: float) -> dict:
+    def protocol(a: float, epoch: int) -> dict:
+        return {"accuracy": a, "ci95": [a - 0.05, a + 0.05],
+                "chosen": {"epoch": epoch, "weight_decay": 1e-4}}  # fmt: skip
+
+    return {"dim": 8, "n_train": 40, "n_eval": 20,
+            "protocols": {"paper": protocol(acc, 9), "clean": protocol(acc - 0.1, 4)}}  # fmt: skip
+
+
+def test_probe_and_rematch_analyses_are_drawn_with_their_tables(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite"
+    probe = {"model": EVIL_MODEL, "dataset": "toy", "layer": -1, "head": "linear",
+             "train_split": "train", "eval_split": "test",
+             "features": {"last_token": probe_block(0.8), "mean": probe_block(0.7)}}  # fmt: skip
+    metrics = {"accuracy": 0.5, "strict_accuracy": 0.4, "macro_precision": 0.3,
+               "macro_recall": 0.2, "macro_f1": 0.1}  # fmt: skip
+    rematch = {"rows": [{"match": m, "run_id": "r", "n": 4, **metrics} for m in ("contain", "nli")]}
+    with RunStore(path) as store:
+        store.save_analysis("probe", {"p": 1}, probe)
+        store.save_analysis("rematch", {"r": 1}, rematch)
+    dom = parse_html(render_report(path))
+    sections = [s for s in dom.iter("section") if s.attrs.get("class") == "analysis"]
+    assert [len(list(s.iter("img"))) for s in sections] == [1, 1]
+    probe_cells = [td.text() for td in next(sections[0].iter("table")).iter("td")]
+    assert probe_cells[:3] == [EVIL_MODEL, "last token probing", "80.0 [75.0, 85.0]"]
+    assert [p for p in dom.iter("p") if p.attrs.get("class") == "warn"] == []
+
+
 def test_report_command(built, tmp_path: Path) -> None:
     path, ids, _ = built
     out = tmp_path / "sub" / "report.html"
     args = ["report", "--store", str(path), "--out", str(out)]
-    result = CliRunner().invoke(
-        app, [*args, "--runs", ids["generation"][:5], "--runs", ids["other"]]
-    )
+    result = CliRunner().invoke(app, [*args, "--runs", ids["other"][:5], "--runs", ids["other"]])
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"wrote {out} (")
-    assert len(table_rows(parse_html(out.read_text()))) == 2
+    assert len(table_rows(parse_html(out.read_text()))) == 1  # one run named twice
     bad = CliRunner().invoke(app, ["report", "--store", str(path), "--runs", "zzzz"])
     assert bad.exit_code == 2 and "no run id starts with 'zzzz'" in bad.output
     missing = CliRunner().invoke(app, ["report", "--store", str(tmp_path / "none.sqlite")])

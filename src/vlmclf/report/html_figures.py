@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -155,8 +155,3 @@ def analysis_table(kind: str, result: dict[str, Any]) -> list[dict[str, Any]]:
     except (KeyError, TypeError, ValueError, IndexError):
         return []
     return []
-
-
-def column_union(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Every key of the rows, in first-seen order."""
-    return list(dict.fromkeys(key for row in rows for key in row))

@@ -12,7 +12,6 @@ from typing import Any
 
 from vlmclf.metrics import canonical_indices
 from vlmclf.records import Prediction
-from vlmclf.report.html_figures import column_union
 
 SAMPLE_ANSWERS = 3  # wrong answers shown per class
 
@@ -35,6 +34,11 @@ def pct_ci(ci: Sequence[float | None] | None) -> str:
     if not ci or ci[0] is None or ci[1] is None:
         return ""
     return f'<span class="ci">[{pct(ci[0])}, {pct(ci[1])}]</span>'
+
+
+def column_union(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every key of the rows, in first-seen order."""
+    return list(dict.fromkeys(key for row in rows for key in row))
 
 
 def html_table(rows: Sequence[Mapping[str, Any]], css_id: str | None = None) -> str:
