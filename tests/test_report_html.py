@@ -191,6 +191,10 @@ def test_report_command(built, tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "no run id starts with 'zzzz'" in bad.output
     missing = CliRunner().invoke(app, ["report", "--store", str(tmp_path / "none.sqlite")])
     assert missing.exit_code == 2 and "--store: no store at" in missing.output
+    not_a_store = tmp_path / "notes.txt"
+    not_a_store.write_text("hello")
+    foreign = CliRunner().invoke(app, ["report", "--store", str(not_a_store)])
+    assert foreign.exit_code == 2 and f"error: {not_a_store}: " in foreign.output
 
 
 def test_a_spec_without_protocol_has_runspecs_default(monkeypatch: pytest.MonkeyPatch) -> None:
