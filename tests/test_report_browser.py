@@ -36,8 +36,9 @@ def find_browser() -> str:
 def headless(browser: str, page: Path, profile: Path, *flags: str) -> str:
     """Run the browser headless on a local file; return its stdout."""
     command = [
-        browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-        "--hide-scrollbars", f"--user-data-dir={profile}", *flags, page.as_uri(),
+        browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--no-first-run", "--hide-scrollbars", f"--user-data-dir={profile}", *flags,
+        page.as_uri(),
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
