@@ -221,13 +221,13 @@ def test_eval_with_a_matcher_equals_rematch_of_the_contain_run(tmp_path: Path) -
     def build(model, class_names, spec):  # noqa: ANN001, ANN202
         return with_answer_mapping(make_method(model, class_names, spec), class_names, spec)
 
-    run(contain, config, build)
+    contained = run(contain, config, build)
     evaluated = run(strict, config, build)
     assert all(p.extra.get("match") == "strict" for p in evaluated.predictions)
     with RunStore(store_path) as store:
-        report = rematch(store, contain.run_id, "strict")
-        assert report["derived_run_id"] == strict.run_id and report["n_new"] == 0
-        originals = {p.example_id: p for p in store.predictions(contain.run_id)}
+        report = rematch(store, contained.run_id, "strict")
+        assert report["derived_run_id"] == evaluated.run_id and report["n_new"] == 0
+        originals = {p.example_id: p for p in store.predictions(contained.run_id)}
     for p in evaluated.predictions:
         assert p.text == originals[p.example_id].text  # same greedy answers
         assert p.hit == (p.pred == p.label)

@@ -191,7 +191,7 @@ def test_likelihood_through_an_api_model_uses_letter_logprobs(
         report = evaluate_wikiqa(spec, root, tmp_path / "s.sqlite", questions=questions,
                                  progress=False, model_options=options)  # fmt: skip
     with RunStore(tmp_path / "s.sqlite") as runs:
-        preds = {p.example_id[:4]: p for p in runs.predictions(spec.run_id)}
+        preds = {p.example_id[:4]: p for p in runs.predictions(report["run_id"])}
     assert preds["0001"].scores == [-0.1, -2.5, -4.0, None] and preds["0001"].pred == 0
     assert preds["0002"].pred == 1 and preds["0002"].scores[0] is None
     assert report["summary"]["n_unparsed"] == 0
@@ -211,7 +211,7 @@ def test_likelihood_scores_letters_like_a_full_forward(
                              progress=False, workers=1)  # fmt: skip
     assert report["summary"]["n_unparsed"] == 0 and report["summary"]["n_failed"] == 1
     with RunStore(tmp_path / "s.sqlite") as runs:
-        first = runs.predictions(spec.run_id)[0]
+        first = runs.predictions(report["run_id"])[0]
     model = load_model("random:llava")
     example = load_imagewikiqa(root, questions).examples[0]
     method = WikiQALikelihoodMethod(model, list(LETTERS), spec)

@@ -16,7 +16,15 @@ import typer
 # Our own progress bars say what is happening; transformers' weight-loading bars are noise.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from vlmclf.commands.common import DEFAULT_STORE, fail
+from vlmclf.commands.common import (
+    DEFAULT_STORE,
+    SEED_MAX,
+    CleanErrorsGroup,
+    at_least,
+    fail,
+    finite_number,
+    number_in,
+)
 from vlmclf.commands.demo import demo_command
 from vlmclf.commands.finetune import finetune_command
 from vlmclf.commands.frequency import frequency_command
@@ -29,6 +37,7 @@ from vlmclf.commands.sweep import sweep_command
 from vlmclf.commands.wikiqa import wikiqa_app
 
 app = typer.Typer(
+    cls=CleanErrorsGroup,
     no_args_is_help=True,
     add_completion=False,
     help="Evaluate vision-language models as image classifiers, side by side with CLIP.",
@@ -110,14 +119,29 @@ def eval_command(
         str, typer.Option(help="CLIP templates: paper, imagenet80, or a JSON file.")
     ] = "paper",
     max_new_tokens: Annotated[
-        int | None, typer.Option(help="Answer length budget (default 32, 256 with --cot).")
+        int | None,
+        typer.Option(
+            callback=at_least(1), help="Answer length budget (default 32, 256 with --cot)."
+        ),
     ] = None,
     limit: Annotated[
-        int | None, typer.Option(help="Evaluate a fixed random subset of this many examples.")
+        int | None,
+        typer.Option(
+            callback=at_least(1), help="Evaluate a fixed random subset of this many examples."
+        ),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed for choice sampling (and random: models).")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Examples per model call.")] = 8,
-    workers: Annotated[int, typer.Option(help="Threads decoding images ahead of the model.")] = 4,
+    seed: Annotated[
+        int,
+        typer.Option(
+            callback=number_in(0, SEED_MAX), help="Seed for choice sampling (and random: models)."
+        ),
+    ] = 0,
+    batch_size: Annotated[
+        int, typer.Option(callback=at_least(1), help="Examples per model call.")
+    ] = 8,
+    workers: Annotated[
+        int, typer.Option(callback=at_least(1), help="Threads decoding images ahead of the model.")
+    ] = 4,
     split: Annotated[
         str | None, typer.Option(help="Dataset split (default: the layout's test/val split).")
     ] = None,
@@ -136,22 +160,34 @@ def eval_command(
     base_url: Annotated[
         str | None, typer.Option(help="API base URL (any OpenAI-compatible server).")
     ] = None,
-    concurrency: Annotated[int, typer.Option(help="Parallel API requests.")] = 4,
+    concurrency: Annotated[
+        int, typer.Option(callback=at_least(1), help="Parallel API requests.")
+    ] = 4,
     max_requests: Annotated[
-        int | None, typer.Option(help="Stop after this many API requests.")
+        int | None, typer.Option(callback=at_least(1), help="Stop after this many API requests.")
     ] = None,
     max_cost: Annotated[
-        float | None, typer.Option(help="Stop when the estimated API cost (USD) reaches this.")
+        float | None,
+        typer.Option(
+            callback=number_in(0, low_open=True),
+            help="Stop when the estimated API cost (USD) reaches this.",
+        ),
     ] = None,
     image_max_side: Annotated[
-        int | None, typer.Option(help="Downscale images sent to APIs to this longest side.")
+        int | None,
+        typer.Option(
+            callback=at_least(1), help="Downscale images sent to APIs to this longest side."
+        ),
     ] = None,
     agg: Annotated[
         Aggregate, typer.Option(help="Likelihood: sum or mean of the class-name token log-probs.")
     ] = Aggregate.sum,
     cfg: Annotated[
         float | None,
-        typer.Option(help="Likelihood: classifier-free guidance t·logp(c|img) + (1-t)·logp(c)."),
+        typer.Option(
+            callback=finite_number,
+            help="Likelihood: classifier-free guidance t·logp(c|img) + (1-t)·logp(c).",
+        ),
     ] = None,
     calibration: Annotated[
         Calibration,
@@ -176,8 +212,17 @@ def eval_command(
     ] = False,
     val_split: Annotated[str, typer.Option(help="Split that --cfg-sweep tunes t on.")] = "train",
     val_limit: Annotated[
-        int | None, typer.Option(help="Examples of --val-split for --cfg-sweep.")
+        int | None,
+        typer.Option(callback=at_least(1), help="Examples of --val-split for --cfg-sweep."),
     ] = 200,
+    verify_images: Annotated[
+        bool,
+        typer.Option("--verify-images", help="Hash image bytes into the run's identity."),
+    ] = False,
+    retry_failed: Annotated[
+        bool,
+        typer.Option("--retry-failed", help="Ask again about unreadable inputs too."),
+    ] = False,
     store: StoreOpt = DEFAULT_STORE,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of the table.")
@@ -238,6 +283,8 @@ def eval_command(
         workers=workers,
         progress=progress,
         model=options,
+        verify_images=verify_images,
+        retry_failed=retry_failed,
     )
     if cfg_sweep and method is not MethodName.likelihood:
         fail("--cfg-sweep applies to --method likelihood")
@@ -258,6 +305,12 @@ def eval_command(
         typer.echo(json.dumps(summary_json(result.run_id, spec, result.summary, str(store))))
     else:
         typer.echo(summary_table(result.run_id, spec, result.summary, str(store)))
+    if result.summary.get("n_transient"):
+        typer.echo(
+            f"incomplete: {result.summary['n_transient']} transient failures; re-run the same "
+            "command to retry them (the headline is provisional)",
+            err=True,
+        )
     if result.summary["n"] > 0 and result.summary["n_failed"] == result.summary["n"]:
         typer.echo("error: every example failed; see `vlmclf export` for the reasons", err=True)
         raise typer.Exit(1)
@@ -310,7 +363,7 @@ def results_command(
 
     if not store.exists():
         fail(f"no store at {store} (run `vlmclf eval` first or pass --store)")
-    rows = runs_rows(store)
+    rows = runs_rows(store, with_identity=fmt is TableFormat.json)
     if fmt is TableFormat.json:
         typer.echo(json.dumps(rows, indent=2))
     elif fmt is TableFormat.csv:
@@ -342,7 +395,7 @@ def export_command(
     from vlmclf.report.runs import resolve_run_id
     from vlmclf.store import RunStore
 
-    with RunStore(store) as runs:
+    with RunStore(store, read_only=True) as runs:
         try:
             full_id = resolve_run_id(runs, run_id)
         except ValueError as err:

@@ -5,9 +5,13 @@ Conventions that hold for every function here:
 * **A class is its name.** Class lists can repeat a name (ImageNet has "missile" at 657 and 744,
   "sunglasses" at 836 and 837); every index is mapped to the first index with its name, so
   predicting 744 for a 657 image is correct and per-class results are keyed by unique names.
-* **Failures are counted, not hidden.** Predictions with ``ok=False`` (bad image, model error)
-  are left out of every denominator (they say nothing about the classifier) and reported as
-  ``n_failed``; ``accuracy_all`` / ``strict_accuracy_all`` count them as wrong.
+* **Every answer counts.** An answer is ``ok=True`` even when it is empty, refused, truncated or
+  unparseable; it is in every denominator and wrong unless it names the label. Only examples the
+  model never answered have ``ok=False``: *data failures* (unreadable image) and *transient
+  failures* (the machine's; retried by the next run). They are left out of the headline
+  denominators, reported as ``n_data_failed`` / ``n_transient`` (``n_failed`` is both), and
+  counted as wrong in ``accuracy_all`` / ``strict_accuracy_all``. While any transient failure
+  remains the headline is ``provisional``.
 * **No evidence is None, not 0.** With no successful prediction, accuracies, balanced accuracy,
   macro P/R/F1 and CIs are ``None``; ``accuracy_all`` is 0.0 if there were any (failed)
   predictions and ``None`` for empty input.
@@ -315,6 +319,42 @@ def paired_correctness(
     return [a[i] for i in shared], [b[i] for i in shared]
 
 
+def outcome_counts(preds: Sequence[Prediction]) -> dict[str, int]:
+    """How many answers (and which odd ones), data failures and transient failures there are.
+    ``n_unparsed``: a non-empty, non-refused answer that maps to no label."""
+    answers = [p for p in preds if p.ok]
+    flags = [p.flag for p in answers]
+    return {
+        "n_answers": len(answers),
+        "n_empty": flags.count("empty"),
+        "n_refused": flags.count("refused"),
+        "n_truncated": flags.count("truncated"),
+        "n_unparsed": sum(
+            1 for p in answers if p.pred is None and p.flag not in ("empty", "refused")
+        ),
+        "n_data_failed": sum(1 for p in preds if p.outcome == "data_failure"),
+        "n_transient": sum(1 for p in preds if p.outcome == "transient_failure"),
+    }
+
+
+def denominator_text(kinds: dict[str, int], n: int) -> str:
+    """The headline's denominator in words: what it counts and what it leaves out, and why."""
+    odd = [f"{kinds[key]} {word}" for key, word in (("n_empty", "empty"),
+           ("n_refused", "refused"), ("n_truncated", "truncated"), ("n_unparsed", "unparsed"))
+           if kinds[key]]  # fmt: skip
+    text = f"{kinds['n_answers']} answers of {n} examples"
+    if odd:
+        text += f" ({', '.join(odd)}: counted, as wrong unless they name the label)"
+    left_out = []
+    if kinds["n_data_failed"]:
+        left_out.append(f"{kinds['n_data_failed']} unreadable inputs (never seen by the model)")
+    if kinds["n_transient"]:
+        left_out.append(f"{kinds['n_transient']} transient failures (retried by the next run)")
+    if left_out:
+        text += "; left out: " + ", ".join(left_out) + "; accuracy_all counts them as wrong"
+    return text
+
+
 def summarize(
     preds: Sequence[Prediction], class_names: Sequence[str], seed: int = 0
 ) -> dict[str, Any]:
@@ -323,10 +363,14 @@ def summarize(
     strict = correctness(preds, class_names, "strict")
     n = len(preds)
     prf = precision_recall_f1(preds, class_names)
+    kinds = outcome_counts(preds)
     return {
         "n": n,
         "n_ok": len(contain),
         "n_failed": n - len(contain),
+        **kinds,
+        "provisional": kinds["n_transient"] > 0,
+        "denominator": denominator_text(kinds, n),
         "n_no_pred": sum(1 for p in preds if p.ok and p.pred is None),
         "n_scored": sum(1 for p in preds if p.ok and p.scores is not None),
         "n_classes": len(set(class_names)),

@@ -1,8 +1,13 @@
 """Run a RunSpec to completion: select examples, skip what is stored, classify, persist.
 
 Every batch is written to the store as soon as it is classified, so a run killed at any moment
-resumes where it stopped: the same spec gives the same run id and the examples already stored
-are skipped. Images are decoded in a thread pool a few batches ahead of the model.
+resumes where it stopped: the same content gives the same run id (``vlmclf.identity``, computed
+without loading the model) and the examples already done are skipped. Images are decoded in a
+thread pool a few batches ahead of the model.
+
+Transient failures (out-of-memory, a model runtime error, an API that gave up) are stored but not
+done: the next run of the same command retries them. On CUDA out-of-memory the batch is halved
+(and stays halved for the rest of the run) until one example alone does not fit.
 """
 
 from __future__ import annotations
@@ -19,9 +24,27 @@ from tqdm import tqdm
 
 from vlmclf.data import load_dataset
 from vlmclf.data.types import BadExampleError, Dataset, Example
+from vlmclf.identity import (
+    content_identity,
+    environment_changes,
+    environment_facts,
+    examples_fingerprint,
+    identity_run_id,
+    image_preprocessing_identity,
+    prompt_format_for,
+    resolved_prompts,
+    weights_fingerprint,
+)
+from vlmclf.interrupts import is_interruption, mark_interrupted, sigterm_raises_terminated
 from vlmclf.loading import ModelOptions, load_any_model
 from vlmclf.methods import finalize_predictions
 from vlmclf.methods.base import LoadedExample, Method
+from vlmclf.methods.prompts import (
+    COT_MAX_NEW_TOKENS,
+    DEFAULT_MAX_NEW_TOKENS,
+    build_question,
+    load_templates,
+)
 from vlmclf.metrics import summarize
 from vlmclf.records import Prediction
 from vlmclf.spec import RunSpec
@@ -43,6 +66,8 @@ class RunConfig:
     workers: int = 4
     progress: bool = True
     model: ModelOptions = field(default_factory=ModelOptions)
+    verify_images: bool = False  # hash image bytes into the identity, not just size and mtime
+    retry_failed: bool = False  # ask again about data failures too (transient ones always are)
 
 
 @dataclass
@@ -103,11 +128,129 @@ def decoded_batches(
             yield [f.result() for f in pending.pop(0)]
 
 
-def classify_batch(method: Method, items: list[LoadedExample | Prediction]) -> list[Prediction]:
+class BatchSizer:
+    """The largest batch that fits: starts at the configured size, halves on out-of-memory."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+
+    def halve(self, failed_size: int) -> bool:
+        """Shrink below ``failed_size``; False when one example alone did not fit."""
+        if failed_size <= 1:
+            return False
+        self.size = min(self.size, max(1, failed_size // 2))
+        return True
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    import torch
+
+    return isinstance(err, torch.cuda.OutOfMemoryError)
+
+
+def _is_run_stopping(err: BaseException) -> bool:
+    """Errors that say every further call is pointless (bad key, spent budget, unsupported)."""
+    from vlmclf.models.api.errors import ApiError
+
+    return isinstance(err, (ApiError, NotImplementedError))
+
+
+def predict_with_fallback(
+    method: Method, loaded: list[LoadedExample], sizer: BatchSizer
+) -> list[Prediction]:
+    """``method.predict`` in chunks of ``sizer.size``; out-of-memory halves the chunk and tries
+    again, and what still fails (OOM at one example, a model runtime error) is transient."""
+    out: list[Prediction] = []
+    start = 0
+    while start < len(loaded):
+        chunk = loaded[start : start + sizer.size]
+        try:
+            out.extend(method.predict(chunk))
+        except RuntimeError as err:
+            if _is_run_stopping(err):
+                raise
+            if _is_out_of_memory(err):
+                _free_accelerator_memory()
+                if sizer.halve(len(chunk)):
+                    continue
+                reason = f"CUDA out of memory at batch size 1: {err}"
+            else:
+                reason = f"model runtime error: {type(err).__name__}: {err}"
+            out.extend(Prediction.transient(i.example.id, i.example.label, reason) for i in chunk)
+        start += len(chunk)
+    return out
+
+
+def _free_accelerator_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def classify_batch(
+    method: Method, items: list[LoadedExample | Prediction], sizer: BatchSizer | None = None
+) -> list[Prediction]:
     """Predictions for a batch: failed decodes as they are, the rest from the method."""
     loaded = [item for item in items if isinstance(item, LoadedExample)]
-    predicted = iter(method.predict(loaded)) if loaded else iter(())
+    sizer = sizer or BatchSizer(len(loaded))
+    predicted = iter(predict_with_fallback(method, loaded, sizer)) if loaded else iter(())
     return [next(predicted) if isinstance(item, LoadedExample) else item for item in items]
+
+
+def _questions_sent(spec: RunSpec) -> list[str] | None:
+    """The user text of a prompting method, with placeholders where it varies per example
+    (the offered choices follow from the seed, K and class list, all in the identity)."""
+    if spec.method == "clip":
+        return None
+    choices = None if spec.setting == "open" else ["{choices}"]
+    return [build_question(spec.prompt, choices, spec.cot), "{question}"]
+
+
+def _max_new_tokens(spec: RunSpec) -> int | None:
+    if spec.method != "generate":
+        return spec.max_new_tokens
+    default = COT_MAX_NEW_TOKENS if spec.cot else DEFAULT_MAX_NEW_TOKENS
+    return spec.max_new_tokens or default
+
+
+def _server_url(spec: RunSpec, options: ModelOptions) -> str | None:
+    from vlmclf.loading import is_api_spec
+
+    if not is_api_spec(spec.model) or options.base_url is None:
+        return None
+    from vlmclf.models.api.keys import strip_credentials
+
+    return strip_credentials(options.base_url)
+
+
+def run_identity(spec: RunSpec, config: RunConfig, class_names: list[str],
+                 examples: Sequence[Example]) -> tuple[dict, dict]:  # fmt: skip
+    """(identity, what to show of it): everything that can change a prediction, without
+    loading the model. ``examples`` is the whole dataset, not the ``--limit`` subset (a prefix
+    of any larger one), so a larger limit extends the run. The second dict keeps the resolved
+    prompt text for `vlmclf results`."""
+    questions = _questions_sent(spec)
+    prompts = None
+    if questions is not None:
+        prompt_format = prompt_format_for(spec.model, config.model.trust_remote_code)
+        prompts = resolved_prompts(questions, prompt_format)
+    identity = content_identity(
+        spec.canonical_json(),
+        class_names=class_names,
+        templates=load_templates(spec.templates) if spec.method == "clip" else None,
+        prompts=prompts,
+        max_new_tokens=_max_new_tokens(spec),
+        preprocessing=image_preprocessing_identity(config.model.image_max_side),
+        base_url=_server_url(spec, config.model),
+        weights=weights_fingerprint(spec.model),
+        examples=examples_fingerprint(examples, config.verify_images),
+    )
+    shown = {
+        "resolved_prompt": prompts[0] if prompts else None,
+        "verify_images": config.verify_images,
+    }
+    return identity, shown
 
 
 ModelLoader = Callable[[str, ModelOptions], object]
@@ -137,35 +280,46 @@ def run(
         )
     examples = select_examples(dataset, config.limit)
     class_names = list(dataset.class_names)
+    # the whole dataset, not the --limit subset: a larger limit extends the run (a prefix)
+    identity, shown = run_identity(spec, config, class_names, dataset.examples)
+    run_id = identity_run_id(identity)
     started = time.perf_counter()
     with RunStore(config.store_path) as store:
-        store.start_run(spec.run_id, spec.canonical_json(), class_names, n_total=len(examples))
-        done = store.done_ids(spec.run_id)
+        environment = _check_environment(store, run_id, config, warn)
+        store.start_run(
+            run_id, spec.canonical_json(), class_names, n_total=len(examples), identity=identity
+        )
+        done = store.done_ids(run_id, retry_data_failures=config.retry_failed)
         todo = [e for e in examples if e.id not in done]
+
+        def build() -> tuple[object, Method]:
+            model = load_model(spec.model, config.model)
+            return model, build_method(model, class_names, spec)
+
+        def interrupted() -> None:
+            store.finish_run(run_id, "interrupted", time.perf_counter() - started)
+
         try:
-
-            def build() -> tuple[object, Method]:
-                model = load_model(spec.model, config.model)
-                return model, build_method(model, class_names, spec)
-
-            outcome = _execute(store, spec.run_id, config, build, todo, len(done), warn)
-        except KeyboardInterrupt:
-            store.finish_run(spec.run_id, "interrupted", time.perf_counter() - started)
-            raise
-        except BaseException:
-            store.finish_run(spec.run_id, "failed", time.perf_counter() - started)
+            with sigterm_raises_terminated():
+                outcome = _execute(store, run_id, config, build, todo, len(done), warn)
+        except BaseException as err:
+            if is_interruption(err):  # Ctrl-C, SIGTERM, a full disk: committed rows resume
+                mark_interrupted(interrupted, warn)
+            else:
+                store.finish_run(run_id, "failed", time.perf_counter() - started)
             raise
         selected = {e.id for e in examples}
-        predictions = [p for p in store.predictions(spec.run_id) if p.example_id in selected]
+        predictions = [p for p in store.predictions(run_id) if p.example_id in selected]
         predictions = finalize_predictions(spec, predictions, class_names)
         summary = summarize_run(predictions, class_names)
         summary["split"] = dataset.split
         if outcome.usage is not None:
             summary["usage"] = outcome.usage
         elapsed = time.perf_counter() - started
-        store.finish_run(spec.run_id, "done", elapsed, meta={"summary": summary})
+        meta = {"summary": summary, **shown, **environment}
+        store.finish_run(run_id, "done", elapsed, meta=meta)
     return RunResult(
-        spec.run_id,
+        run_id,
         spec,
         summary,
         class_names,
@@ -174,6 +328,23 @@ def run(
         outcome.written,
         elapsed,
     )
+
+
+def _check_environment(
+    store: RunStore, run_id: str, config: RunConfig, warn: Callable[[str], None]
+) -> dict:
+    """Meta recording the environment; one warning when a resume runs under a different one.
+    The first session's facts stay under ``environment``, the latest under ``environment_last``."""
+    now = environment_facts(config.model.device)
+    record = store.get_run(run_id)
+    before = (record.meta or {}).get("environment") if record is not None else None
+    if before is None:
+        return {"environment": now, "environment_last": now}
+    changes = environment_changes(before, now)
+    if changes:
+        warn(f"run {run_id} resumes in a different environment ({'; '.join(changes)}); "
+             "stored predictions were made under the first")  # fmt: skip
+    return {"environment_last": now}
 
 
 @dataclass
@@ -215,6 +386,7 @@ def _classify_all(
     """Classify ``todo`` batch by batch, storing each batch before the next one starts."""
     failures = 0
     written = 0
+    sizer = BatchSizer(config.batch_size)
     bar = tqdm(
         total=len(todo) + already,
         initial=already,
@@ -226,7 +398,7 @@ def _classify_all(
     )
     with bar:
         for items in decoded_batches(todo, config.batch_size, config.workers):
-            predictions = classify_batch(method, items)
+            predictions = classify_batch(method, items, sizer)
             written += store.add_predictions(run_id, predictions)
             failures += sum(not p.ok for p in predictions)
             bar.update(len(predictions))

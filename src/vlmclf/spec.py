@@ -1,8 +1,10 @@
-"""RunSpec: everything that decides a result, and nothing that does not.
+"""RunSpec: what the user asked for, and nothing that changes only speed or how much is done.
 
-The run id is a hash of the spec with default-valued fields left out, so adding a new option
-with a default later keeps every existing run id (and its stored predictions) valid. Things that
-change only speed or how much is done (batch size, device, --limit, --store) are not part of it.
+The spec is hashed with default-valued fields left out, so adding a new option with a default
+later keeps the hash. A run's id is not this hash alone: ``vlmclf.identity`` adds the content the
+spec resolved to (prompts, classes, templates, examples, weights, server) and hashes it all;
+``RunSpec.run_id`` is the id of runs stored before content identities (schema 2). Things that
+change only speed or how much is done (batch size, device, --limit, --store) are in neither.
 """
 
 from __future__ import annotations
@@ -45,4 +47,5 @@ class RunSpec(BaseModel):
 
     @property
     def run_id(self) -> str:
+        """The hash of the spec alone (the run id of stores before schema 3)."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]

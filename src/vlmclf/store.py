@@ -20,6 +20,8 @@ import hashlib
 import json
 import math
 import operator
+import os
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
@@ -29,11 +31,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from vlmclf.records import Prediction
+from vlmclf.records import ANSWER_FLAGS, OUTCOMES, Prediction
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 APPLICATION_ID = 0x766C6D63  # "vlmc": marks an SQLite file as a vlmclf store
 RUN_STATUSES = ("running", "done", "failed", "interrupted")
+INCOMPLETE = "incomplete"
+"""Read-only status: a run that finished with transient failures left, which the next run of the
+same command retries. Stored as 'done' (the column's CHECK predates it) and derived on reading."""
 FINAL_STATUSES = ("done", "failed", "interrupted")
 
 _SCHEMA_V1 = """
@@ -78,16 +83,53 @@ CREATE TABLE analyses (
 );
 """
 
+# Outcome kinds and content identities. A v2 failure cannot say whether it was the data's or the
+# machine's, so it stays a data failure (done, as it was); v2 runs keep their spec-hash ids and a
+# NULL identity, and new runs are keyed by a content hash, so they never match a v2 run.
+_SCHEMA_V3 = """
+ALTER TABLE predictions ADD COLUMN outcome TEXT NOT NULL DEFAULT 'answer';
+UPDATE predictions SET outcome = 'data_failure' WHERE ok = 0;
+ALTER TABLE predictions ADD COLUMN flag TEXT;
+ALTER TABLE runs ADD COLUMN identity_json TEXT;
+"""
+
 # Migrations from version v to v+1, applied in order when an older store is opened.
-_MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2}
+_MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3}
 
 _PRED_COLUMNS = (
-    "example_id, label, ok, error, text, scores_json, choices_json, pred, hit, seconds, extra_json"
+    "example_id, label, ok, error, text, scores_json, choices_json, pred, hit, seconds, extra_json,"
+    " outcome, flag"
+)
+# A stored answer is final; a transient failure is replaced by whatever the retry gives, and a
+# data failure by an answer (``--retry-failed``).
+_REPLACE_FAILURE = ", ".join(
+    f"{c.strip()} = excluded.{c.strip()}" for c in _PRED_COLUMNS.split(",")[1:]
 )
 
 
+SQLITE_FULL = 13
+SQLITE_READONLY = 8
+SQLITE_IOERR = 10
+LOW_DISK_BYTES = 1 << 20
+_TABLES_BY_VERSION = {
+    1: ("runs", "predictions"),
+    2: ("runs", "predictions", "analyses"),
+    3: ("runs", "predictions", "analyses"),
+}
+
+
 class StoreError(RuntimeError):
-    """The file is not a usable vlmclf store (not SQLite, corrupt, foreign or newer schema)."""
+    """The file is not a usable vlmclf store (not SQLite, corrupt, foreign or newer schema,
+    damaged, read-only for a write, or the disk is full). The message is one line naming the
+    file; ``disk_full`` tells a runner that committed rows are safe and the run can resume."""
+
+    def __init__(self, message: str, *, disk_full: bool = False) -> None:
+        super().__init__(message)
+        self.disk_full = disk_full
+
+
+class StoreMissingError(StoreError, FileNotFoundError):
+    """No store at the path, and the caller asked not to create one (``results``, ``export``)."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +148,9 @@ class RunRecord:
     updated_at: str
     elapsed_s: float
     meta: dict[str, Any] = field(default_factory=dict)
+    n_transient: int = 0
+    identity: dict[str, Any] | None = None
+    """What the run id hashes (see ``vlmclf.identity``); None for a run stored before schema 3."""
 
 
 @dataclass(frozen=True)
@@ -170,18 +215,37 @@ def _now() -> str:
 class RunStore:
     """A vlmclf run store in one SQLite file. Use as a context manager or call ``close()``."""
 
-    def __init__(self, path: str | Path, *, create: bool = True, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        create: bool = True,
+        read_only: bool = False,
+        timeout_s: float = 30.0,
+    ) -> None:
+        """Open (or, unless ``create`` is False or ``read_only``, create) the store at ``path``.
+
+        ``read_only`` never writes: no schema upgrade, no journal change, so ``results`` and
+        ``export`` work on a store on a read-only filesystem, and a mistyped path is an error
+        instead of a new empty store.
+        """
         self.path = Path(path)
+        self.read_only = read_only
         if not self.path.exists():
-            if not create:
-                raise FileNotFoundError(f"no vlmclf store at {self.path}")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if read_only or not create:
+                raise StoreMissingError(f"{self.path}: no vlmclf store at this path")
+            self._make_parent()
+        elif not self.path.is_file():
+            raise StoreError(f"{self.path}: is not a file, so not a vlmclf store")
+        elif not read_only and not _writable(self.path):
+            raise StoreError(
+                f"{self.path}: the store is read-only here (its file or folder cannot be "
+                "written); `results` and `export` can read it, use another --store to run"
+            )
         self._lock = threading.RLock()
         self._class_counts: dict[str, int] = {}
         try:
-            self._conn = sqlite3.connect(
-                self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False
-            )
+            self._conn = self._connect(timeout_s)
         except sqlite3.Error as e:
             raise StoreError(f"{self.path}: cannot open as a vlmclf store: {e}") from e
         try:
@@ -189,6 +253,27 @@ class RunStore:
         except BaseException:
             self._conn.close()
             raise
+
+    def _make_parent(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"{self.path}: cannot create the store's folder: {e}") from e
+
+    def _connect(self, timeout_s: float) -> sqlite3.Connection:
+        options = dict(timeout=timeout_s, isolation_level=None, check_same_thread=False)
+        if not self.read_only:
+            return sqlite3.connect(self.path, **options)
+        uri = f"{self.path.resolve().as_uri()}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, **options)
+        try:  # a WAL store in a read-only folder has no -shm to map: read it as immutable
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError:
+            conn.close()
+            conn = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?immutable=1", uri=True, **options
+            )
+        return conn
 
     # ----- opening and schema -------------------------------------------------------------
     def _open(self, timeout_s: float) -> None:
@@ -204,6 +289,11 @@ class RunStore:
                 f"{self.path}: store schema version {version} is newer than this vlmclf "
                 f"understands ({SCHEMA_VERSION}); upgrade vlmclf"
             )
+        if self.read_only:
+            if version == 0:
+                raise StoreError(f"{self.path}: empty SQLite file, not a vlmclf store")
+            self._check_tables(version)
+            return
         with self._guard():
             if self._conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                 self._conn.execute("PRAGMA journal_mode = WAL")
@@ -211,6 +301,17 @@ class RunStore:
             self._conn.execute("PRAGMA foreign_keys = ON")
         if version < SCHEMA_VERSION:
             self._migrate()
+        self._check_tables(SCHEMA_VERSION)
+
+    def _check_tables(self, version: int) -> None:
+        """A store whose tables were dropped is damaged; say so once, at open."""
+        wanted = _TABLES_BY_VERSION.get(version, _TABLES_BY_VERSION[SCHEMA_VERSION])
+        present = {r[0] for r in self._query("SELECT name FROM sqlite_master WHERE type='table'")}
+        missing = [t for t in wanted if t not in present]
+        if missing:
+            raise StoreError(
+                f"{self.path}: damaged vlmclf store, table(s) {', '.join(missing)} missing"
+            )
 
     def _migrate(self) -> None:
         with self._transaction() as conn:
@@ -226,11 +327,11 @@ class RunStore:
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
-        """Turn SQLite errors into StoreError naming the file."""
+        """Turn SQLite errors into StoreError naming the file (and what to do, where known)."""
         try:
             yield
         except sqlite3.DatabaseError as e:
-            raise StoreError(f"{self.path}: {e}") from e
+            raise _store_error(self.path, e) from e
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -239,10 +340,11 @@ class RunStore:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:  # SQLite itself rolls back after a full disk
+                    self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock, self._guard():
@@ -259,8 +361,16 @@ class RunStore:
         self.close()
 
     # ----- runs ---------------------------------------------------------------------------
-    def start_run(self, run_id: str, spec_json: str, class_names: list[str], n_total: int) -> None:
-        """Create the run, or mark an existing one running again; predictions are kept."""
+    def start_run(
+        self,
+        run_id: str,
+        spec_json: str,
+        class_names: list[str],
+        n_total: int,
+        identity: dict[str, Any] | None = None,
+    ) -> None:
+        """Create the run, or mark an existing one running again; predictions are kept.
+        ``identity`` is what the id hashes, kept so that `results` can show it."""
         try:
             if not isinstance(json.loads(spec_json), dict):
                 raise ValueError("not a JSON object")
@@ -268,6 +378,7 @@ class RunStore:
             raise ValueError(f"run {run_id}: spec_json is not a JSON object: {e}") from e
         names = [str(n) for n in class_names]
         now = _now()
+        identity_json = None if identity is None else _dumps(identity)
         with self._transaction() as conn:
             row = conn.execute(
                 "SELECT class_names_json FROM runs WHERE run_id = ?", (run_id,)
@@ -275,8 +386,9 @@ class RunStore:
             if row is None:
                 conn.execute(
                     "INSERT INTO runs (run_id, spec_json, class_names_json, status, n_total,"
-                    " created_at, updated_at) VALUES (?, ?, ?, 'running', ?, ?, ?)",
-                    (run_id, spec_json, json.dumps(names), int(n_total), now, now),
+                    " created_at, updated_at, identity_json)"
+                    " VALUES (?, ?, ?, 'running', ?, ?, ?, ?)",
+                    (run_id, spec_json, json.dumps(names), int(n_total), now, now, identity_json),
                 )
             elif json.loads(row[0]) != names:
                 raise ValueError(
@@ -286,8 +398,8 @@ class RunStore:
             else:
                 conn.execute(
                     "UPDATE runs SET status = 'running', n_total = ?, spec_json = ?,"
-                    " updated_at = ? WHERE run_id = ?",
-                    (int(n_total), spec_json, now, run_id),
+                    " updated_at = ?, identity_json = coalesce(?, identity_json) WHERE run_id = ?",
+                    (int(n_total), spec_json, now, identity_json, run_id),
                 )
         self._class_counts[run_id] = len(names)
 
@@ -322,15 +434,19 @@ class RunStore:
             "SELECT r.run_id, r.spec_json, r.class_names_json, r.status, r.n_total,"
             " (SELECT count(*) FROM predictions p WHERE p.run_id = r.run_id),"
             " (SELECT count(*) FROM predictions p WHERE p.run_id = r.run_id AND p.ok = 0),"
-            " r.created_at, r.updated_at, r.elapsed_s, r.meta_json"
+            " r.created_at, r.updated_at, r.elapsed_s, r.meta_json,"
+            " (SELECT count(*) FROM predictions p WHERE p.run_id = r.run_id"
+            "  AND p.outcome = 'transient_failure'), r.identity_json"
             f" FROM runs r {where} ORDER BY r.created_at, r.run_id",
             params,
         )
         # Columns are in RunRecord's field order; spec and class names are parsed.
         return [
-            RunRecord(r[0], json.loads(r[1]), r[1], json.loads(r[2]), *r[3:10], _loads(r[10]))
+            RunRecord(r[0], json.loads(r[1]), r[1], json.loads(r[2]),
+                      INCOMPLETE if r[3] == "done" and r[11] else r[3], *r[4:10], _loads(r[10]),
+                      r[11], _loads(r[12]))
             for r in rows
-        ]
+        ]  # fmt: skip
 
     def delete_run(self, run_id: str) -> None:
         """Remove the run and all its predictions (a no-op for an unknown run)."""
@@ -370,15 +486,22 @@ class RunStore:
         return [AnalysisRecord(r[0], r[1], _loads(r[2]), _loads(r[3]), r[4]) for r in rows]
 
     # ----- predictions --------------------------------------------------------------------
-    def done_ids(self, run_id: str) -> set[str]:
-        """Ids of examples already stored for the run, succeeded or failed."""
-        rows = self._query("SELECT example_id FROM predictions WHERE run_id = ?", (run_id,))
+    def done_ids(self, run_id: str, retry_data_failures: bool = False) -> set[str]:
+        """Ids of examples the run need not ask again: answers and data failures (these too are
+        asked again with ``retry_data_failures``); transient failures are never done."""
+        final = "('answer')" if retry_data_failures else "('answer', 'data_failure')"
+        rows = self._query(
+            f"SELECT example_id FROM predictions WHERE run_id = ? AND outcome IN {final}",
+            (run_id,),
+        )
         return {r[0] for r in rows}
 
     def add_predictions(self, run_id: str, preds: Iterable[Prediction]) -> int:
-        """Store a batch in one transaction; an example id already stored is ignored.
+        """Store a batch in one transaction. A stored answer is kept (the new record ignored);
+        a stored transient failure is replaced by the new record, a data failure only by an
+        answer; a replaced row keeps its place in the order.
 
-        Returns the number of rows inserted. ``seq`` numbers inserted rows in arrival order.
+        Returns the number of rows inserted or replaced. ``seq`` numbers rows in arrival order.
         """
         n_classes = self._n_classes(run_id)
         rows = [_prediction_row(p, n_classes) for p in preds]
@@ -389,8 +512,11 @@ class RunStore:
             ).fetchone()[0]
             for row in rows:
                 cur = conn.execute(
-                    f"INSERT OR IGNORE INTO predictions (run_id, seq, {_PRED_COLUMNS})"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO predictions (run_id, seq, {_PRED_COLUMNS})"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    f" ON CONFLICT (run_id, example_id) DO UPDATE SET {_REPLACE_FAILURE}"
+                    " WHERE predictions.outcome = 'transient_failure' OR (excluded.outcome ="
+                    " 'answer' AND predictions.outcome != 'answer')",
                     (run_id, seq + inserted, *row),
                 )
                 inserted += cur.rowcount
@@ -428,6 +554,37 @@ class RunStore:
         return len(preds)
 
 
+def _writable(path: Path) -> bool:
+    """SQLite writes the file and creates -wal/-shm beside it, so both must be writable."""
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+
+
+def _is_full_disk(path: Path, code: int) -> bool:
+    """SQLITE_FULL, or an I/O error (growing -shm or -wal failed) on a filesystem with almost
+    no space left: SQLite reports ENOSPC on its memory-mapped -shm file as IOERR_SHMSIZE."""
+    if code & 0xFF == SQLITE_FULL:
+        return True
+    if code & 0xFF != SQLITE_IOERR:
+        return False
+    try:
+        return shutil.disk_usage(path.parent).free < LOW_DISK_BYTES
+    except OSError:
+        return False
+
+
+def _store_error(path: Path, error: sqlite3.DatabaseError) -> StoreError:
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None and _is_full_disk(path, code):
+        return StoreError(
+            f"{path}: disk full ({error}); committed predictions are kept, free some space and "
+            "re-run to resume",
+            disk_full=True,
+        )
+    if code is not None and code & 0xFF == SQLITE_READONLY:
+        return StoreError(f"{path}: the store is read-only here ({error}); use another --store")
+    return StoreError(f"{path}: {error}")
+
+
 def _check_index(value: Any, n_classes: int, example_id: str, name: str) -> int:
     try:
         index = operator.index(value)
@@ -462,8 +619,12 @@ def _prediction_row(p: Prediction, n_classes: int) -> tuple[Any, ...]:
     error = None if p.error is None else str(p.error)
     text = None if p.text is None else str(p.text)
     extra = _dumps(p.extra or {})
+    if p.outcome not in OUTCOMES:
+        raise ValueError(f"prediction {eid!r}: outcome {p.outcome!r} is not one of {OUTCOMES}")
+    if p.flag is not None and p.flag not in ANSWER_FLAGS:
+        raise ValueError(f"prediction {eid!r}: flag {p.flag!r} is not one of {ANSWER_FLAGS}")
     return (eid, label, int(bool(p.ok)), error, text, scores_json, choices_json, pred, hit,
-            seconds, extra)  # fmt: skip
+            seconds, extra, p.outcome, p.flag)  # fmt: skip
 
 
 def _row_prediction(r: tuple[Any, ...]) -> Prediction:
@@ -479,6 +640,8 @@ def _row_prediction(r: tuple[Any, ...]) -> Prediction:
         hit=None if r[8] is None else bool(r[8]),
         seconds=math.nan if r[9] is None else r[9],
         extra=_loads(r[10]),
+        outcome=r[11],
+        flag=r[12],
     )
 
 
@@ -503,7 +666,7 @@ def _write_parquet(out: Path, run_id: str, preds: list[Prediction]) -> None:
         [("run_id", string), ("example_id", string), ("label", int64), ("ok", boolean),
          ("error", string), ("text", string), ("scores", pa.list_(float64)),
          ("choices", pa.list_(int64)), ("pred", int64), ("hit", boolean), ("seconds", float64),
-         ("extra", string)]
+         ("extra", string), ("outcome", string), ("flag", string)]
     )  # fmt: skip
     rows = [_export_dict(run_id, p) | {"extra": _dumps(p.extra)} for p in preds]
     table = pa.Table.from_pylist(rows, schema=schema)

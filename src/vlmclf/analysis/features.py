@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from vlmclf.cache import cache_root
 from vlmclf.data.types import Example
+from vlmclf.identity import examples_fingerprint, prompt_format_for, weights_fingerprint
 from vlmclf.methods.base import LoadedExample
 from vlmclf.models.base import ImageTextEncoder
 from vlmclf.records import Prediction
@@ -33,7 +34,7 @@ from vlmclf.records import Prediction
 FeatureKind = Literal["hidden", "image_embedding"]
 HIDDEN_POOLINGS = ("last_token", "mean")
 EMBEDDING_POOLING = "embedding"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 """Bump when the file layout or the meaning of a cached tensor changes: old files are ignored."""
 _LABELS = "labels"
 
@@ -54,7 +55,7 @@ class FeatureKey:
     question: str | None
     dataset: str
     split: str
-    ids_hash: str
+    examples: str  # identity.examples_fingerprint: ids, paths, labels, sizes, mtimes
     poolings: tuple[str, ...]
 
     def as_dict(self) -> dict[str, Any]:
@@ -92,46 +93,6 @@ class FeatureSet:
         return int(next(iter(self.features.values())).shape[1])
 
 
-def ids_hash(examples: Sequence[Example]) -> str:
-    """Hash of the selected example ids in order (rows of the file follow that order)."""
-    digest = hashlib.sha256()
-    for example in examples:
-        digest.update(example.id.encode())
-        digest.update(b"\0")
-    return digest.hexdigest()[:20]
-
-
-def weights_fingerprint(model_spec: str) -> str | None:
-    """A fingerprint of local weights a spec points at (``hf:<dir>``, ``organism:vlm@<dir>``,
-    the organism's shipped weights), so a retrained checkpoint in the same folder misses the
-    cache; None for specs whose weights cannot change under the same name."""
-    _, _, name = model_spec.partition(":")
-    folder = _weights_folder(model_spec, name)
-    if folder is None or not folder.is_dir():
-        return None
-    digest = hashlib.sha256()
-    for path in sorted(folder.iterdir()):
-        if path.is_file():
-            stat = path.stat()
-            digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
-
-
-def _weights_folder(model_spec: str, name: str) -> Path | None:
-    if model_spec.startswith("organism:"):
-        kind, _, folder = name.partition("@")
-        if folder:
-            return Path(folder)
-        try:
-            from vlmclf.organism.load import default_weights_dir
-        except ImportError:
-            return None
-        return default_weights_dir(kind) if kind in ("vlm", "clip") else None  # type: ignore[arg-type]
-    if model_spec.startswith("hf:") and Path(name).exists():
-        return Path(name)
-    return None
-
-
 def make_key(
     model_spec: str,
     dataset: str,
@@ -144,9 +105,12 @@ def make_key(
     poolings = HIDDEN_POOLINGS if kind == "hidden" else (EMBEDDING_POOLING,)
     if kind == "image_embedding":
         layer, question = None, None
+    elif question is not None:  # key on the text sent, after the family's chat template
+        prompt_format = prompt_format_for(model_spec)
+        question = question if prompt_format is None else prompt_format(question)
     return FeatureKey(
         model=model_spec, weights=weights_fingerprint(model_spec), kind=kind, layer=layer,
-        question=question, dataset=dataset, split=split, ids_hash=ids_hash(examples),
+        question=question, dataset=dataset, split=split, examples=examples_fingerprint(examples),
         poolings=poolings,
     )  # fmt: skip
 

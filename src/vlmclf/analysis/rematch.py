@@ -16,10 +16,12 @@ paper's containment rule.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
+from vlmclf.identity import identity_run_id
 from vlmclf.methods.answer_mapping import Matcher, apply_matcher, match_id, parse_match_id
 from vlmclf.metrics import summarize
 from vlmclf.records import Prediction
@@ -52,13 +54,16 @@ def rematch(
     spec = RunSpec.model_validate(record.spec)
     mid = match_id(match, nli_model=nli_model, embed_model=embed_model, hypothesis=hypothesis)
     derived = spec.model_copy(update={"match": mid})
+    derived_id, derived_identity = derived_run_identity(record, derived)
     source = store.predictions(run_id)
     n_new = 0
-    if derived.run_id != run_id:
-        n_new = _store_derived(store, derived, record, source, matcher or mid, device)
+    if derived_id != run_id:
+        n_new = _store_derived(
+            store, derived, derived_id, derived_identity, record, source, matcher or mid, device
+        )
     rows = comparison_rows(store, spec, {p.example_id for p in source})
     result: dict[str, Any] = {
-        "run_id": run_id, "derived_run_id": derived.run_id, "match": mid, "n_new": n_new,
+        "run_id": run_id, "derived_run_id": derived_id, "match": mid, "n_new": n_new,
         "rows": rows, "files": write_rematch_report(rows, Path(out_dir)) if out_dir else {},
     }  # fmt: skip
     key = {"runs": spec.model_copy(update={"match": "*"}).canonical_json(), "match": mid}
@@ -78,23 +83,35 @@ def _generation_run(store: RunStore, run_id: str) -> RunRecord:
     return record
 
 
+def derived_run_identity(
+    record: RunRecord, derived: RunSpec
+) -> tuple[str, dict[str, Any] | None]:
+    """The id (and identity) `eval` gives the derived spec: the source run's content identity
+    with the spec replaced; a run stored before content identities keeps its spec-hash id."""
+    if record.identity is None:
+        return derived.run_id, None
+    identity = {**record.identity, "spec": json.loads(derived.canonical_json())}
+    return identity_run_id(identity), identity
+
+
 def _store_derived(
-    store: RunStore, derived: RunSpec, record: RunRecord, source: list[Prediction],
-    matcher: Matcher | str, device: str,
+    store: RunStore, derived: RunSpec, run_id: str, identity: dict[str, Any] | None,
+    record: RunRecord, source: list[Prediction], matcher: Matcher | str, device: str,
 ) -> int:  # fmt: skip
     """Map the source predictions the derived run lacks; return how many were added."""
     started = time.perf_counter()
-    store.start_run(derived.run_id, derived.canonical_json(), record.class_names, record.n_total)
-    done = store.done_ids(derived.run_id)
+    store.start_run(run_id, derived.canonical_json(), record.class_names, record.n_total,
+                    identity=identity)  # fmt: skip
+    done = store.done_ids(run_id)
     todo = [p for p in source if p.example_id not in done]
     added = 0
     if todo:
         names = record.class_names
         mapped = apply_matcher(todo, names, matcher, device=device, label=derived.match)
-        added = store.add_predictions(derived.run_id, mapped)
-    summary = summarize(store.predictions(derived.run_id), record.class_names)
+        added = store.add_predictions(run_id, mapped)
+    summary = summarize(store.predictions(run_id), record.class_names)
     meta = {"summary": summary, "derived_from": record.run_id, "match": derived.match}
-    store.finish_run(derived.run_id, "done", time.perf_counter() - started, meta=meta)
+    store.finish_run(run_id, "done", time.perf_counter() - started, meta=meta)
     return added
 
 

@@ -233,10 +233,11 @@ def run_cell(
     warnings: list[str] = []
     try:
         spec = cell_spec(cell, n_distinct, seed, max_new_tokens)
-        row["run_id"] = spec.run_id
+        row["run_id"] = None  # the content identity's id, known once the run has started
         result = run(
             spec, config, build_sweep_method, on_warning=warnings.append, load_model=loader
         )
+        row["run_id"] = result.run_id
     except KeyboardInterrupt:
         raise
     except Exception as err:  # noqa: BLE001 - one cell's failure is data for the sweep table

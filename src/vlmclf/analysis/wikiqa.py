@@ -30,6 +30,7 @@ from vlmclf.analysis.wikiqa_parse import parse_choice
 from vlmclf.data.imagewikiqa import LETTERS, load_imagewikiqa, split_question_text
 from vlmclf.loading import ModelOptions
 from vlmclf.methods.base import LoadedExample
+from vlmclf.methods.outcomes import flag_of_text, record_without_text
 from vlmclf.methods.prompts import COT_MAX_NEW_TOKENS, COT_SUFFIX
 from vlmclf.metrics import summarize
 from vlmclf.records import Prediction
@@ -76,13 +77,14 @@ class WikiQAGenerateMethod:
 
     def _record(self, item: LoadedExample, answer: object, seconds: float) -> Prediction:
         example = item.example
-        if not isinstance(answer, str):  # an API call that failed for this example only
-            return Prediction.failed(example.id, example.label, str(answer))
+        if not isinstance(answer, str):  # an API call that gave no text for this example
+            return record_without_text(example.id, example.label, answer)
         letter = parse_choice(answer, _options(example.prompt or ""))
         pred = None if letter is None else LETTERS.index(letter)
         return Prediction(
             example_id=example.id, label=example.label, text=answer, pred=pred,
             hit=pred == example.label, seconds=seconds, extra={"parsed": letter is not None},
+            flag=flag_of_text(answer),
         )  # fmt: skip
 
 
@@ -140,7 +142,7 @@ class WikiQALikelihoodMethod:
     def _record(self, item: LoadedExample, scored: object, seconds: float) -> Prediction:
         example = item.example
         if not isinstance(scored, dict):
-            return Prediction.failed(example.id, example.label, str(scored))
+            return record_without_text(example.id, example.label, scored)
         scores = [scored.get(letter) for letter in LETTERS]
         known = [(s, i) for i, s in enumerate(scores) if s is not None]
         pred = max(known, key=lambda pair: (pair[0], -pair[1]))[1] if known else None
@@ -296,6 +298,6 @@ def run_wikiqa(
     with RunStore(store_path) as store:
         result["table"] = wikiqa_rows(store)
         result["files"] = write_wikiqa_report(result["table"], Path(out_dir)) if out_dir else {}
-        key = {"run_id": spec.run_id, "limit": options.get("limit")}
+        key = {"run_id": result["run_id"], "limit": options.get("limit")}
         result["analysis_id"] = store.save_analysis("wikiqa", key, result)
     return result

@@ -1,13 +1,18 @@
-"""What every command shares: the default store, error exit, output folders."""
+"""What every command shares: the default store, error exit, output folders, and the one
+place where store problems and data warnings become a line on stderr."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
+from typer.core import TyperGroup
 
 DEFAULT_STORE = Path("vlmclf-runs.sqlite")
 REPORTS_DIR = Path("reports")
@@ -19,7 +24,91 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+SEED_MAX = 2**32 - 1
+"""numpy's RandomState takes seeds in [0, 2**32 - 1]."""
+
+
+def number_in(
+    low: float | None = None, high: float | None = None, *, low_open: bool = False
+) -> Callable[[float | None], float | None]:
+    """An option callback: the value (None passes) must be finite and within [low, high]
+    (``low_open``: strictly above ``low``). Typer reports it as "Invalid value for '--x': ..."
+    with exit 2, naming the option; the message names the accepted range."""
+    accepted = _range_words(low, high, low_open)
+
+    def check(value: float | None) -> float | None:
+        if value is None:
+            return None
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and value > high
+        if not math.isfinite(value) or too_low or too_high:
+            raise typer.BadParameter(f"must be {accepted}, got {value}")
+        return value
+
+    return check
+
+
+def at_least(low: float) -> Callable[[float | None], float | None]:
+    return number_in(low)
+
+
+def finite_number(value: float | None) -> float | None:
+    """An option callback for a float with no bounds: NaN and infinities are refused."""
+    return number_in()(value)
+
+
+def _range_words(low: float | None, high: float | None, low_open: bool) -> str:
+    if low is None and high is None:
+        return "a finite number"
+    if high is None:
+        return f"{'>' if low_open else '>='} {_number(low)}"
+    if low is None:
+        return f"<= {_number(high)}"
+    return f"in {'(' if low_open else '['}{_number(low)}, {_number(high)}]"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 def out_dir_for(command: str, spec: dict[str, Any]) -> Path:
     """``reports/<command>-<hash of spec>``: the same analysis writes to the same folder."""
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
     return REPORTS_DIR / f"{command}-{digest[:10]}"
+
+
+class CleanErrorsGroup(TyperGroup):
+    """The root command group: a store problem in any command (not a store, corrupt, newer
+    schema, damaged, read-only, disk full, missing) is one ``error:`` line and exit 2, and a
+    DataWarning is one ``warning:`` line, instead of a traceback or Python's warning format."""
+
+    def invoke(self, ctx: Any) -> Any:
+        from vlmclf.interrupts import SIGTERM_EXIT_CODE, Terminated
+        from vlmclf.store import StoreError
+
+        with warnings.catch_warnings():
+            _print_data_warnings_plainly()
+            try:
+                return super().invoke(ctx)
+            except StoreError as err:
+                fail(str(err))
+            except Terminated:
+                fail(
+                    "terminated (SIGTERM); stored rows are kept, re-run to resume",
+                    SIGTERM_EXIT_CODE,
+                )
+
+
+def _print_data_warnings_plainly() -> None:
+    from vlmclf.data.label_check import DataWarning
+
+    shown = warnings.showwarning
+
+    def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, DataWarning):
+            typer.echo(f"warning: {message}", err=True)
+        else:
+            shown(message, category, *args, **kwargs)
+
+    warnings.showwarning = show
+    warnings.simplefilter("always", DataWarning)

@@ -8,14 +8,22 @@ from typing import Annotated
 
 import typer
 
-from vlmclf.commands.common import DEFAULT_STORE, REPORTS_DIR
+from vlmclf.commands.common import DEFAULT_STORE, REPORTS_DIR, at_least
 
 
 def demo_command(
-    n_clip: Annotated[int, typer.Option(help="Test images for CLIP and the probes.")] = 500,
-    n_vlm: Annotated[int, typer.Option(help="Test images for each VLM method.")] = 200,
-    n_probe_train: Annotated[int, typer.Option(help="Training images for the probe.")] = 1000,
-    batch_size: Annotated[int, typer.Option(help="Examples per model call.")] = 16,
+    n_clip: Annotated[
+        int, typer.Option(callback=at_least(1), help="Test images for CLIP and the probes.")
+    ] = 500,
+    n_vlm: Annotated[
+        int, typer.Option(callback=at_least(1), help="Test images for each VLM method.")
+    ] = 200,
+    n_probe_train: Annotated[
+        int, typer.Option(callback=at_least(1), help="Training images for the probe.")
+    ] = 1000,
+    batch_size: Annotated[
+        int, typer.Option(callback=at_least(1), help="Examples per model call.")
+    ] = 16,
     out: Annotated[Path, typer.Option(help="Folder for the report.")] = REPORTS_DIR / "demo",
     store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from vlmclf.commands.common import DEFAULT_STORE, REPORTS_DIR, fail
+from vlmclf.commands.common import DEFAULT_STORE, REPORTS_DIR, SEED_MAX, at_least, fail, number_in
 
 Opt = typer.Option
 EXIT_DIVERGED = 3
@@ -44,30 +44,52 @@ def finetune_command(
     train: Annotated[
         TrainParts, Opt(help="projector, or projector+lora (LoRA on the LM's attention).")
     ] = TrainParts.projector,
-    lora_rank: Annotated[int, Opt(help="LoRA rank.")] = 8,
-    lora_alpha: Annotated[int, Opt(help="LoRA alpha.")] = 16,
-    lora_dropout: Annotated[float, Opt(help="LoRA dropout.")] = 0.05,
-    lr_projector: Annotated[float, Opt(help="Projector peak learning rate.")] = 2e-5,
-    lr_lora: Annotated[float, Opt(help="LoRA peak learning rate.")] = 2e-4,
-    weight_decay: Annotated[float, Opt(help="AdamW weight decay.")] = 0.0,
-    warmup_ratio: Annotated[float, Opt(help="Share of steps with linear warm-up.")] = 0.03,
+    lora_rank: Annotated[int, Opt(callback=at_least(1), help="LoRA rank.")] = 8,
+    lora_alpha: Annotated[int, Opt(callback=at_least(1), help="LoRA alpha.")] = 16,
+    lora_dropout: Annotated[float, Opt(callback=number_in(0, 1), help="LoRA dropout.")] = 0.05,
+    lr_projector: Annotated[
+        float, Opt(callback=at_least(0), help="Projector peak learning rate.")
+    ] = 2e-5,
+    lr_lora: Annotated[float, Opt(callback=at_least(0), help="LoRA peak learning rate.")] = 2e-4,
+    weight_decay: Annotated[float, Opt(callback=at_least(0), help="AdamW weight decay.")] = 0.0,
+    warmup_ratio: Annotated[
+        float, Opt(callback=number_in(0, 1), help="Share of steps with linear warm-up.")
+    ] = 0.03,
     schedule: Annotated[Schedule, Opt(help="Decay after warm-up.")] = Schedule.cosine,
-    batch_size: Annotated[int, Opt(help="Examples per optimiser step.")] = 64,
+    batch_size: Annotated[int, Opt(callback=at_least(1), help="Examples per optimiser step.")] = 64,
     micro_batch: Annotated[
-        int | None, Opt(help="Examples per forward pass (gradients accumulate).")
+        int | None,
+        Opt(callback=at_least(1), help="Examples per forward pass (gradients accumulate)."),
     ] = None,
-    epochs: Annotated[float, Opt(help="Passes over the training items.")] = 1.0,
-    steps: Annotated[int | None, Opt(help="Optimiser steps (overrides --epochs).")] = None,
+    epochs: Annotated[
+        float, Opt(callback=number_in(0, low_open=True), help="Passes over the training items.")
+    ] = 1.0,
+    steps: Annotated[
+        int | None, Opt(callback=at_least(1), help="Optimiser steps (overrides --epochs).")
+    ] = None,
     train_limit: Annotated[
-        int | None, Opt(help="Train on a fixed random subset of this many examples.")
+        int | None,
+        Opt(callback=at_least(1), help="Train on a fixed random subset of this many examples."),
     ] = None,
-    max_grad_norm: Annotated[float, Opt(help="Gradient clipping norm.")] = 1.0,
+    max_grad_norm: Annotated[
+        float, Opt(callback=number_in(0, low_open=True), help="Gradient clipping norm.")
+    ] = 1.0,
     spike_factor: Annotated[
-        float, Opt(help="Stop when the loss exceeds this x its running median (0: off).")
+        float,
+        Opt(
+            callback=at_least(0),
+            help="Stop when the loss exceeds this x its running median (0: off).",
+        ),
     ] = 5.0,
-    spike_window: Annotated[int, Opt(help="Steps in the running median.")] = 50,
+    spike_window: Annotated[
+        int, Opt(callback=at_least(1), help="Steps in the running median.")
+    ] = 50,
     grad_spike_factor: Annotated[
-        float, Opt(help="Stop when the gradient norm exceeds this x its running median (0: off).")
+        float,
+        Opt(
+            callback=at_least(0),
+            help="Stop when the gradient norm exceeds this x its running median (0: off).",
+        ),
     ] = 100.0,
     caption_data: Annotated[
         bool, Opt("--caption-data", help="Answer with a caption instead of the bare name.")
@@ -76,14 +98,25 @@ def finetune_command(
     mix_instructions: Annotated[
         Path | None, Opt(help="LLaVA-format instruction data (.json/.jsonl) to mix in.")
     ] = None,
-    mix_ratio: Annotated[float, Opt(help="Share of instruction items in the mix.")] = 0.5,
+    mix_ratio: Annotated[
+        float, Opt(callback=number_in(0, 1), help="Share of instruction items in the mix.")
+    ] = 0.5,
     image_folder: Annotated[
         str | None, Opt(help="Folder the instruction data's image paths are relative to.")
     ] = None,
-    seed: Annotated[int, Opt(help="Seed of the data order (and random: weights).")] = 0,
-    workers: Annotated[int, Opt(help="Threads decoding the next batch's images.")] = 4,
+    seed: Annotated[
+        int,
+        Opt(callback=number_in(0, SEED_MAX), help="Seed of the data order (and random: weights)."),
+    ] = 0,
+    workers: Annotated[
+        int, Opt(callback=at_least(1), help="Threads decoding the next batch's images.")
+    ] = 4,
     eval_limit: Annotated[
-        int | None, Opt(help="Score generation before and after on this many eval examples.")
+        int | None,
+        Opt(
+            callback=at_least(1),
+            help="Score generation before and after on this many eval examples.",
+        ),
     ] = None,
     device: Annotated[str, Opt(help="cpu, cuda, cuda:N, mps.")] = "cpu",
     dtype: Annotated[str, Opt(help="float32, float16, bfloat16.")] = "float32",

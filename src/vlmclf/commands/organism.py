@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from vlmclf.commands.common import SEED_MAX, at_least, number_in
+
 organism_app = typer.Typer(no_args_is_help=True, help="The offline organism: train its parts.")
 
 
@@ -21,8 +23,15 @@ class Kind(StrEnum):
 def train_command(
     kind: Annotated[Kind, typer.Argument(help="vlm (the projector) or clip (the LiT heads).")],
     out: Annotated[Path, typer.Option(help="Folder for the weights and training record.")],
-    seed: Annotated[int, typer.Option(help="Seed for data order and initialisation.")] = 0,
-    steps: Annotated[int | None, typer.Option(help="Optimiser steps (default: shipped).")] = None,
+    seed: Annotated[
+        int,
+        typer.Option(
+            callback=number_in(0, SEED_MAX), help="Seed for data order and initialisation."
+        ),
+    ] = 0,
+    steps: Annotated[
+        int | None, typer.Option(callback=at_least(1), help="Optimiser steps (default: shipped).")
+    ] = None,
     freq: Annotated[
         str | None,
         typer.Option(help="Caption class frequencies: zipf, uniform or a JSON {class: weight}."),

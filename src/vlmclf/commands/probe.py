@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from vlmclf.commands.common import DEFAULT_STORE, fail, out_dir_for
+from vlmclf.commands.common import DEFAULT_STORE, SEED_MAX, at_least, fail, number_in, out_dir_for
 
 Opt = typer.Option
 
@@ -44,27 +44,46 @@ def probe_command(
     layer: Annotated[int, Opt(help="Language-model layer (0 = embeddings, -1 = last).")] = -1,
     prompt: Annotated[str, Opt(help="base, alt1, alt2, or the question itself.")] = "base",
     train_limit: Annotated[
-        int | None, Opt(help="Train on a fixed random subset of this many examples.")
+        int | None,
+        Opt(callback=at_least(1), help="Train on a fixed random subset of this many examples."),
     ] = None,
-    limit: Annotated[int | None, Opt(help="Score a fixed random subset of this size.")] = None,
+    limit: Annotated[
+        int | None, Opt(callback=at_least(1), help="Score a fixed random subset of this size.")
+    ] = None,
     clip_model: Annotated[
         str | None, Opt(help="Also probe this CLIP model's image embeddings (baseline).")
     ] = None,
-    epochs: Annotated[int, Opt(help="Epochs per probe.")] = 50,
-    lr: Annotated[float, Opt(help="Adam learning rate.")] = 1e-3,
-    probe_batch_size: Annotated[int, Opt(help="Probe training batch size.")] = 512,
+    epochs: Annotated[int, Opt(callback=at_least(1), help="Epochs per probe.")] = 50,
+    lr: Annotated[
+        float, Opt(callback=number_in(0, low_open=True), help="Adam learning rate.")
+    ] = 1e-3,
+    probe_batch_size: Annotated[
+        int, Opt(callback=at_least(1), help="Probe training batch size.")
+    ] = 512,
     weight_decays: Annotated[
         str, Opt(help="Clean protocol's weight-decay grid, comma-separated.")
     ] = "0,1e-4,1e-3,1e-2",
     val_fraction: Annotated[
-        float, Opt(help="Clean protocol: share of train held out for validation.")
+        float,
+        Opt(
+            callback=number_in(0, 1, low_open=True),
+            help="Clean protocol: share of train held out for validation.",
+        ),
     ] = 0.2,
     mlp: Annotated[
-        int | None, Opt("--mlp", help="Hidden width of a one-hidden-layer MLP probe.")
+        int | None,
+        Opt("--mlp", callback=at_least(1), help="Hidden width of a one-hidden-layer MLP probe."),
     ] = None,
-    seed: Annotated[int, Opt(help="Seed of the probes and the validation split.")] = 0,
-    batch_size: Annotated[int, Opt(help="Images per model call when extracting.")] = 16,
-    workers: Annotated[int, Opt(help="Threads decoding images ahead of the model.")] = 2,
+    seed: Annotated[
+        int,
+        Opt(callback=number_in(0, SEED_MAX), help="Seed of the probes and the validation split."),
+    ] = 0,
+    batch_size: Annotated[
+        int, Opt(callback=at_least(1), help="Images per model call when extracting.")
+    ] = 16,
+    workers: Annotated[
+        int, Opt(callback=at_least(1), help="Threads decoding images ahead of the model.")
+    ] = 2,
     cache_dir: Annotated[
         Path | None, Opt(help="Feature cache (default $VLMCLF_CACHE_DIR/features).")
     ] = None,

@@ -6,12 +6,14 @@ from typing import Annotated
 
 import typer
 
+from vlmclf.commands.common import number_in
+
 
 def serve_command(
     model: Annotated[
         str, typer.Option(help="Any generative model spec (hf:, random:, organism:vlm).")
     ],
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(callback=number_in(0, 65535), help="TCP port.")] = 8000,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     served_name: Annotated[
         str | None, typer.Option(help="Model name clients ask for (default: the spec).")

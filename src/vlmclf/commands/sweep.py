@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from vlmclf.commands.common import DEFAULT_STORE, fail, out_dir_for
+from vlmclf.commands.common import DEFAULT_STORE, SEED_MAX, at_least, fail, number_in, out_dir_for
 
 
 def sweep_command(
@@ -20,13 +20,26 @@ def sweep_command(
         list[str] | None,
         typer.Option(help="NAME=V1,V2 with NAME in k, prompt, order, cot, strategy; repeatable."),
     ] = None,
-    limit: Annotated[int | None, typer.Option(help="A fixed random subset of this size.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the sampled choices (all models).")] = 0,
-    max_new_tokens: Annotated[int | None, typer.Option(help="Answer length budget.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(callback=at_least(1), help="A fixed random subset of this size.")
+    ] = None,
+    seed: Annotated[
+        int,
+        typer.Option(
+            callback=number_in(0, SEED_MAX), help="Seed of the sampled choices (all models)."
+        ),
+    ] = 0,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(callback=at_least(1), help="Answer length budget.")
+    ] = None,
     data_root: Annotated[str | None, typer.Option(help="Where the dataset lives.")] = None,
     classes: Annotated[str | None, typer.Option(help="Class-name list for the dataset.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Examples per model call.")] = 8,
-    workers: Annotated[int, typer.Option(help="Threads decoding images.")] = 4,
+    batch_size: Annotated[
+        int, typer.Option(callback=at_least(1), help="Examples per model call.")
+    ] = 8,
+    workers: Annotated[
+        int, typer.Option(callback=at_least(1), help="Threads decoding images.")
+    ] = 4,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, mps.")] = "cpu",
     dtype: Annotated[str, typer.Option(help="float32, float16, bfloat16.")] = "float32",
     out: Annotated[Path | None, typer.Option(help="Folder for the tables and figures.")] = None,

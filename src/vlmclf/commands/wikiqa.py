@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from vlmclf.commands.common import DEFAULT_STORE, fail, out_dir_for
+from vlmclf.commands.common import DEFAULT_STORE, SEED_MAX, at_least, fail, number_in, out_dir_for
 
 wikiqa_app = typer.Typer(
     help="ImageWikiQA: multiple-choice questions about the object in an ImageNet photo.",
@@ -30,15 +30,25 @@ def wikiqa_command(
     questions: Annotated[
         Path | None, typer.Option(help="Question JSONL (default: the shipped 2,000).")
     ] = None,
-    limit: Annotated[int | None, typer.Option(help="A fixed random subset of questions.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(callback=at_least(1), help="A fixed random subset of questions.")
+    ] = None,
     cot: Annotated[bool, typer.Option("--cot", help="Append a chain-of-thought cue.")] = False,
-    max_new_tokens: Annotated[int | None, typer.Option(help="Default 16, 256 with --cot.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Questions per model call.")] = 8,
-    workers: Annotated[int, typer.Option(help="Threads decoding images.")] = 4,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(callback=at_least(1), help="Default 16, 256 with --cot.")
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(callback=at_least(1), help="Questions per model call.")
+    ] = 8,
+    workers: Annotated[
+        int, typer.Option(callback=at_least(1), help="Threads decoding images.")
+    ] = 4,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, mps.")] = "cpu",
     dtype: Annotated[str, typer.Option(help="float32, float16, bfloat16.")] = "float32",
     base_url: Annotated[str | None, typer.Option(help="API base URL (OpenAI-compatible).")] = None,
-    concurrency: Annotated[int, typer.Option(help="Parallel API requests.")] = 4,
+    concurrency: Annotated[
+        int, typer.Option(callback=at_least(1), help="Parallel API requests.")
+    ] = 4,
     out: Annotated[Path | None, typer.Option(help="Folder for the table and figure.")] = None,
     store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -96,15 +106,26 @@ def wikiqa_build_command(
     filter_model: Annotated[
         str | None, typer.Option(help="Model for the with/without-name filter (default --model).")
     ] = None,
-    per_class: Annotated[int, typer.Option(help="Questions asked for per class.")] = 5,
-    seed: Annotated[int, typer.Option(help="Seed for shuffling options and images.")] = 1234,
+    per_class: Annotated[
+        int, typer.Option(callback=at_least(1), help="Questions asked for per class.")
+    ] = 5,
+    seed: Annotated[
+        int,
+        typer.Option(
+            callback=number_in(0, SEED_MAX), help="Seed for shuffling options and images."
+        ),
+    ] = 1234,
     images_dataset: Annotated[
         str | None, typer.Option(help="Pair questions with images of their class from it.")
     ] = None,
     data_root: Annotated[str | None, typer.Option(help="Where --images-dataset lives.")] = None,
-    images_per_question: Annotated[int, typer.Option(help="Images per question (paper: 10).")] = 10,
+    images_per_question: Annotated[
+        int, typer.Option(callback=at_least(1), help="Images per question (paper: 10).")
+    ] = 10,
     base_url: Annotated[str | None, typer.Option(help="API base URL (OpenAI-compatible).")] = None,
-    concurrency: Annotated[int, typer.Option(help="Parallel API requests.")] = 4,
+    concurrency: Annotated[
+        int, typer.Option(callback=at_least(1), help="Parallel API requests.")
+    ] = 4,
     device: Annotated[str, typer.Option(help="cpu, cuda, mps (local models).")] = "cpu",
     report_dir: Annotated[Path | None, typer.Option(help="Folder for the report.")] = None,
     store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,

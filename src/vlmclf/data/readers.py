@@ -8,11 +8,13 @@ undecodable images only fail later, one example at a time, in ``Example.load()``
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from vlmclf.data.classnames import load_class_names
 from vlmclf.data.idx import FASHION_MNIST_ROOT, read_fashion_mnist
+from vlmclf.data.label_check import warn_near_duplicate_labels
 from vlmclf.data.layouts import read_caltech101, read_flowers102, read_imagenet, read_stanford_cars
 from vlmclf.data.listing import (
     file_example,
@@ -109,6 +111,8 @@ def read_imagefolder(root: str | Path, split: str = "test", classes: str | None 
     if not folders:
         raise ValueError(f"imagefolder: no class folders in {root}")
     class_names = load_class_names(classes) if classes else [f.name for f in folders]
+    if not classes:
+        warn_near_duplicate_labels(class_names, f"imagefolder {root}")
     index: dict[str, int] = {}
     for i, name in enumerate(class_names):
         index.setdefault(name, i)
@@ -143,15 +147,19 @@ def read_manifest(
     """A JSONL manifest: one ``{"image": path, "label": class name, "split": ...}`` per line.
 
     Relative image paths resolve against ``data_root`` if given, else the manifest's folder;
-    the id of an example is its image path as written. The class list is ``classes`` (shipped
-    name or file), else the sorted unique labels of the whole manifest (all splits, so indices
-    do not depend on the split). ``split`` keeps only lines with that split.
+    the id of an example is its image path as written. One file may appear once, however its
+    path is spelt (``imgs/x.png``, ``./imgs/x.png``, absolute). The class list is ``classes``
+    (shipped name or file), else the sorted unique labels of the whole manifest (all splits, so
+    indices do not depend on the split); labels that look like one class spelt two ways are
+    then reported as a DataWarning. ``split`` keeps only lines with that split.
     """
     manifest = Path(path)
     if not manifest.is_file():
         raise ValueError(f"manifest {manifest} does not exist")
     rows = _parse_manifest(manifest)
     class_names = load_class_names(classes) if classes else sorted({r.label for r in rows})
+    if not classes:
+        warn_near_duplicate_labels(class_names, str(manifest))
     index: dict[str, int] = {}
     for i, name in enumerate(class_names):
         index.setdefault(name, i)
@@ -171,30 +179,53 @@ def read_manifest(
 def _manifest_examples(
     manifest: Path, rows: list[ManifestRow], index: dict[str, int], base: Path
 ) -> list[Example]:
-    first_line: dict[str, int] = {}
+    first_row: dict[str, ManifestRow] = {}
     examples = []
     for row in rows:
-        if row.image in first_line:
-            raise ValueError(
-                f"{manifest} line {row.line}: image {row.image!r} already listed at line "
-                f"{first_line[row.image]}"
-            )
-        first_line[row.image] = row.line
         image = Path(row.image)
         path = image if image.is_absolute() else base / image
+        same_file = os.path.realpath(path)
+        if same_file in first_row:
+            raise ValueError(_duplicate_image_message(manifest, row, first_row[same_file]))
+        first_row[same_file] = row
         examples.append(file_example(row.image, index[row.label], row.split or ALL_SPLITS, path))
     return examples
 
 
+def _duplicate_image_message(manifest: Path, row: ManifestRow, first: ManifestRow) -> str:
+    where = f"{manifest} line {row.line}: image {row.image!r}"
+    if row.image == first.image:
+        message = f"{where} already listed at line {first.line}"
+    else:
+        message = f"{where} is the same file as {first.image!r} at line {first.line}"
+    if row.label != first.label:
+        message += (
+            f", which has label {first.label!r} where this line says {row.label!r}; "
+            "one file cannot have two labels"
+        )
+    return message
+
+
 def _parse_manifest(manifest: Path) -> list[ManifestRow]:
     rows = []
-    with manifest.open(encoding="utf-8") as lines:
-        for number, text in enumerate(lines, start=1):
+    with manifest.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            text = _decode_manifest_line(manifest, number, raw)
             if text.strip():
                 rows.append(_parse_manifest_line(manifest, number, text))
     if not rows:
         raise ValueError(f"manifest {manifest} has no examples")
     return rows
+
+
+def _decode_manifest_line(manifest: Path, number: int, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8-sig" if number == 1 else "utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{manifest} line {number}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column "
+            f"{err.start + 1}); save the manifest as UTF-8"
+        ) from err
 
 
 def _parse_manifest_line(manifest: Path, number: int, text: str) -> ManifestRow:

@@ -14,8 +14,21 @@ def _kind(model: object) -> str:
     return "a CLIP-style encoder" if isinstance(model, ImageTextEncoder) else "a generative model"
 
 
+def check_label_set_size(k: int | None, class_names: list[str]) -> None:
+    """``--k`` must leave a choice: between 2 and the number of distinct class names."""
+    from vlmclf.data import unique_class_indices
+
+    n_distinct = len(unique_class_indices(class_names))
+    if k is not None and not 2 <= k <= n_distinct:
+        raise ValueError(
+            f"--k must be in [2, {n_distinct}] (the dataset's distinct class names), got {k}; "
+            "leave --k out to offer every class"
+        )
+
+
 def make_method(model: object, class_names: list[str], spec: RunSpec) -> Method:
     """The method object for ``spec.method``, checked against what the model can do."""
+    check_label_set_size(spec.k, class_names)
     if spec.method == "clip":
         if not isinstance(model, ImageTextEncoder):
             raise ValueError(

@@ -2,7 +2,8 @@
 
 Open world asks the question alone; closed world appends the label set (the true label plus K-1
 other names, sampled per example so every model sees the same choices). Success is the paper's
-containment rule; the strict label is the longest class name found at word boundaries.
+containment rule; the strict label is the longest class name found at word boundaries. An empty,
+refused or truncated answer is an answer: it is stored with a ``flag`` and counts as wrong.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from vlmclf.data.choices import sample_choices
 from vlmclf.methods.base import LoadedExample, PromptedMethod
 from vlmclf.methods.matching import contains_name, match_label
+from vlmclf.methods.outcomes import flag_of_text, record_without_text
 from vlmclf.methods.prompts import COT_MAX_NEW_TOKENS, DEFAULT_MAX_NEW_TOKENS
 from vlmclf.models.base import VisionLanguageModel
 from vlmclf.records import Prediction
@@ -65,10 +67,8 @@ class GenerateMethod(PromptedMethod):
         self, item: LoadedExample, answer: object, choices: list[int] | None, seconds: float
     ) -> Prediction:
         example = item.example
-        if not isinstance(answer, str):  # an API call that failed for this example only
-            failed = Prediction.failed(example.id, example.label, str(answer))
-            failed.choices = choices
-            return failed
+        if not isinstance(answer, str):  # an API call that gave no text for this example
+            return record_without_text(example.id, example.label, answer, choices)
         truth = self.class_names[example.label]
         return Prediction(
             example_id=example.id,
@@ -78,4 +78,5 @@ class GenerateMethod(PromptedMethod):
             pred=match_label(answer, self.class_names, choices),
             hit=contains_name(answer, truth),
             seconds=seconds,
+            flag=flag_of_text(answer),
         )

@@ -7,6 +7,7 @@ closed-world suffix that lists the label set, and a chain-of-thought suffix.
 from __future__ import annotations
 
 import json
+import string
 from pathlib import Path
 
 QUESTIONS: dict[str, str] = {
@@ -124,6 +125,24 @@ def build_question(prompt: str, choice_names: list[str] | None = None, cot: bool
     return " ".join(parts)
 
 
+def _check_template(path: Path, index: int, template: object) -> None:
+    """A template is a string with exactly one ``{}`` (literal braces written ``{{ }}``)."""
+    where = f"--templates {path}: template {index}"
+    if not isinstance(template, str):
+        raise ValueError(f"{where} must be a string, got {template!r}")
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as err:
+        raise ValueError(
+            f"{where} {template!r}: {err} (write a literal brace as {{{{ or }}}})"
+        ) from err
+    if fields != [""]:
+        raise ValueError(
+            f"{where} {template!r} must contain exactly one '{{}}' for the class name, "
+            f"found {['{' + f + '}' for f in fields]}"
+        )
+
+
 def load_templates(name: str) -> list[str]:
     """CLIP templates by name (paper, imagenet80) or from a JSON list of strings with '{}'."""
     if name == "paper":
@@ -135,10 +154,16 @@ def load_templates(name: str) -> list[str]:
         raise ValueError(
             f"--templates: expected 'paper', 'imagenet80' or a JSON file, got {name!r}"
         )
-    templates = json.loads(path.read_text())
+    try:
+        templates = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--templates {path}: not UTF-8 text ({err.reason})") from err
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"--templates {path} line {err.lineno} column {err.colno}: invalid JSON ({err.msg})"
+        ) from err
     if not isinstance(templates, list) or not templates:
-        raise ValueError(f"{path}: expected a non-empty JSON list of template strings")
+        raise ValueError(f"--templates {path}: expected a non-empty JSON list of template strings")
     for i, template in enumerate(templates):
-        if not isinstance(template, str) or "{}" not in template:
-            raise ValueError(f"{path}: template {i} must be a string containing '{{}}'")
+        _check_template(path, i, template)
     return templates

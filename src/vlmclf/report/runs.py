@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vlmclf.store import RunStore
+from vlmclf.store import RunRecord, RunStore
 
 
-def runs_rows(store_path: Path) -> list[dict[str, Any]]:
-    """One row per run: what was run, its status and its headline metrics."""
-    with RunStore(store_path) as store:
+def runs_rows(store_path: Path, with_identity: bool = False) -> list[dict[str, Any]]:
+    """One row per run: what was run, its status and its headline metrics; ``with_identity``
+    adds what the run id hashes (the resolved prompt, fingerprints; None for a run stored
+    before content identities) and the environment it ran in."""
+    with RunStore(store_path, read_only=True) as store:
         records = store.list_runs()
     rows = []
     for record in records:
@@ -36,7 +38,23 @@ def runs_rows(store_path: Path) -> list[dict[str, Any]]:
                 "seconds": round(record.elapsed_s or 0.0, 1),
             }
         )
+        if with_identity:
+            rows[-1].update(_identity_fields(record))
     return rows
+
+
+def _identity_fields(record: RunRecord) -> dict[str, Any]:
+    meta = record.meta or {}
+    return {
+        "n_transient": record.n_transient,
+        "provisional": bool(record.n_transient),
+        "denominator": meta.get("summary", {}).get("denominator"),
+        "resolved_prompt": meta.get("resolved_prompt"),
+        "identity": record.identity,
+        "legacy_identity": record.identity is None,
+        "environment": meta.get("environment"),
+        "environment_last": meta.get("environment_last"),
+    }
 
 
 def resolve_run_id(store: RunStore, prefix: str) -> str:

@@ -41,16 +41,39 @@ def describe_spec(spec: RunSpec, split: str | None = None) -> str:
     return f"{spec.model} on {spec.dataset} ({split or spec.split or 'default split'}), {what}"
 
 
+def _examples_line(summary: dict[str, Any]) -> str:
+    """Counts of the three outcome kinds (older summaries only know ``n_failed``)."""
+    if "n_answers" not in summary:
+        return f"{summary['n']} ({summary['n_failed']} failed)"
+    return (
+        f"{summary['n']}: {summary['n_answers']} answered, {summary['n_data_failed']} data "
+        f"failures, {summary['n_transient']} transient failures"
+    )
+
+
+def _provisional_note(summary: dict[str, Any]) -> str:
+    if not summary.get("provisional"):
+        return ""
+    return (
+        f"   PROVISIONAL: {summary['n_transient']} transient failures left; "
+        "re-run the same command to retry them"
+    )
+
+
 def summary_table(run_id: str, spec: RunSpec, summary: dict[str, Any], store_path: str) -> str:
     """The summary a person reads after a run: metrics with 95% bootstrap intervals."""
     rows = [
         ("run", run_id),
         ("what", describe_spec(spec, summary.get("split"))),
-        ("examples", f"{summary['n']} ({summary['n_failed']} failed)"),
+        ("examples", _examples_line(summary)),
+        ("denominator", summary.get("denominator", "")),
         (
             "accuracy",
-            _fmt(summary.get("accuracy"), summary.get("ci95")) + f"   {accuracy_rule(spec)}",
+            _fmt(summary.get("accuracy"), summary.get("ci95"))
+            + f"   {accuracy_rule(spec)}"
+            + _provisional_note(summary),
         ),
+        ("accuracy (all)", _fmt(summary.get("accuracy_all")) + "   failures counted as wrong"),
         ("strict top-1", _fmt(summary.get("strict_accuracy"), summary.get("strict_ci95"))),
         ("top-5", _fmt(summary.get("top5"))),
         ("balanced acc.", _fmt(summary.get("balanced_accuracy"))),

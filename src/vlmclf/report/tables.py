@@ -7,6 +7,8 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
+from vlmclf.report.cells import csv_cell, csv_row, latex_cell, markdown_cell
+
 
 def _cell(value: Any) -> str:
     if value is None:
@@ -27,28 +29,32 @@ def text_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table; every header and cell escaped (``report.cells.markdown_cell``)."""
     columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
+    header = "| " + " | ".join(markdown_cell(str(c)) for c in columns) + " |"
+    lines = [header, "|" + "|".join("---" for _ in columns) + "|"]
+    lines += [
+        "| " + " | ".join(markdown_cell(_cell(row.get(c))) for c in columns) + " |" for row in rows
+    ]
     return "\n".join(lines)
 
 
 def csv_table(rows: Sequence[dict[str, Any]]) -> str:
+    """CSV with formula-like cells neutralised (``report.cells.csv_cell``)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(buffer, fieldnames=[csv_cell(str(c)) for c in rows[0]])
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(csv_row({csv_cell(str(k)): v for k, v in row.items()}) for row in rows)
     return buffer.getvalue()
 
 
 def latex_table(rows: Sequence[dict[str, Any]]) -> str:
     columns = list(rows[0])
-    escape = str.maketrans({"_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#"})
     lines = [r"\begin{tabular}{" + "l" * len(columns) + "}", r"\toprule"]
-    lines.append(" & ".join(c.translate(escape) for c in columns) + r" \\")
+    lines.append(" & ".join(latex_cell(str(c)) for c in columns) + r" \\")
     lines.append(r"\midrule")
     lines += [
-        " & ".join(_cell(row.get(c)).translate(escape) for c in columns) + r" \\" for row in rows
+        " & ".join(latex_cell(_cell(row.get(c))) for c in columns) + r" \\" for row in rows
     ]
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines)

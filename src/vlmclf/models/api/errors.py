@@ -87,3 +87,19 @@ class MalformedResponse(Exception):
 
 class BlockedResponse(Exception):
     """The provider refused to answer this item (safety filter); retrying will not change it."""
+
+
+FailureOutcome = Literal["refused", "empty", "data_failure", "transient_failure"]
+_FAILURE_OUTCOMES: dict[str, FailureOutcome] = {
+    "blocked": "refused",  # the model's (or provider's) answer: counted, as wrong
+    "empty": "empty",  # an answer with no text, truncated or not: counted, as wrong
+    "http_error": "data_failure",  # a 4xx for this item (image too large, invalid): the input's
+    "retries_exhausted": "transient_failure",  # the server or network: retried next run
+    "malformed": "transient_failure",
+}
+
+
+def failure_outcome(failure: ApiFailure) -> FailureOutcome:
+    """What a per-item API failure means for the run: an answer that counts as wrong
+    ("refused", "empty"), a failure of the input, or a transient one the next run retries."""
+    return _FAILURE_OUTCOMES.get(failure.kind, "transient_failure")
