@@ -1,5 +1,6 @@
 """A small store for the HTML report's tests: three runs written through RunStore from
-synthetic predictions (no model), class names and answers full of markup, two analyses."""
+synthetic predictions (no model), class names and answers full of markup, three analyses.
+The CLIP run keeps one transient failure, so its headline is provisional."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ CLASS_NAMES = ["cat", SCRIPT_NAME, IMG_NAME, PIPE_NAME, "$x$ tabby"]
 EVIL_ANSWER = "it is a <script>document.title='pwned-answer'</script> <b>bold</b> | x"
 EVIL_MODEL = "random:llava<i>x</i>"
 EVIL_PROMPT = "<img src=x onerror=\"document.title='pwned-meta'\">What is this?"
+IDENTITY = {"prompt": "USER: <image>\nWhat is in this photo?</script>", "examples": "sha256:e1"}
 
 # (label, hit) of the generation run: 9 of 12 right.
 GENERATION = [(0, True), (0, True), (0, False), (1, True), (1, True), (1, False),
@@ -37,7 +39,7 @@ OTHER_SPEC = {"model": EVIL_MODEL, "dataset": "toy2", "split": "test", "method":
               "setting": "closed", "k": 2, "order": "random", "protocol": "paper"}  # fmt: skip
 
 
-def _generation_preds() -> list[Prediction]:
+def generation_preds() -> list[Prediction]:
     preds = []
     for i, (label, hit) in enumerate(GENERATION):
         text = CLASS_NAMES[label] if hit else EVIL_ANSWER
@@ -52,13 +54,14 @@ def _clip_preds() -> list[Prediction]:
         scores = [0.0] * len(CLASS_NAMES)
         scores[pred] = 1.0
         preds.append(Prediction(f"c{i}", label, scores=scores, pred=pred))
+    preds.append(Prediction.failed("c-timeout", 0, "timed out", outcome="transient_failure"))
     return preds
 
 
 def _store_run(store: RunStore, spec: dict[str, Any], preds: list[Prediction],
-               meta: dict[str, Any]) -> str:  # fmt: skip
+               meta: dict[str, Any], identity: dict[str, Any] | None = None) -> str:  # fmt: skip
     run_id = run_id_of(spec)
-    store.start_run(run_id, json.dumps(spec), CLASS_NAMES, len(preds))
+    store.start_run(run_id, json.dumps(spec), CLASS_NAMES, len(preds), identity=identity)
     store.add_predictions(run_id, preds)
     store.finish_run(run_id, "done", 1.5, meta=meta)
     return run_id
@@ -69,7 +72,7 @@ def build_report_store(path: Path) -> dict[str, str]:
     from vlmclf.metrics import summarize
 
     with RunStore(path) as store:
-        gen = _generation_preds()
+        gen = generation_preds()
         ids = {
             "generation": _store_run(
                 store,
@@ -80,6 +83,7 @@ def build_report_store(path: Path) -> dict[str, str]:
                     "resolved_prompt": EVIL_PROMPT,
                     "data_fingerprint": "sha256:abc123",
                 },
+                IDENTITY,
             ),  # fmt: skip
             "clip": _store_run(
                 store, CLIP_SPEC, _clip_preds(), {"summary": summarize(_clip_preds(), CLASS_NAMES)}

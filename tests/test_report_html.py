@@ -15,14 +15,17 @@ from report_fixtures import (
     EVIL_MODEL,
     EVIL_PROMPT,
     GENERATION,
+    IDENTITY,
     IMG_NAME,
     PIPE_NAME,
     SCRIPT_NAME,
     build_report_store,
+    generation_preds,
 )
 from typer.testing import CliRunner
 
 from vlmclf.cli import app
+from vlmclf.metrics import summarize
 from vlmclf.report import html as report_html
 from vlmclf.report.html import protocol_label, render_report, setting_label
 from vlmclf.report.html_figures import MAX_BARS, bars_to_draw
@@ -53,7 +56,8 @@ def test_table1_cells_are_plain_counts_with_protocols(built) -> None:
         ["random:clip", "CLIP zero-shot", report_html.default_protocol()],  # CLIP rows last
     ]
     assert rows[0][3].startswith(f"{generation:.1f} [") and rows[0][4] == ""
-    assert rows[2][3].startswith(f"{clip:.1f} [")
+    assert rows[2][3].startswith(f"{clip:.1f} [") and "(provisional)" in rows[2][3]
+    assert "provisional" not in rows[0][3]
     assert rows[1][4].startswith("100.0") and "(running)" in rows[1][4]
     headers = [th.text() for th in dom.find_id("table1").iter("th")]
     assert headers[3:] == ["toy", "toy2:test"]
@@ -121,6 +125,10 @@ def test_run_identity_shows_spec_and_meta_but_not_summary(built) -> None:
     assert meta == {"resolved_prompt": EVIL_PROMPT, "data_fingerprint": "sha256:abc123"}
     spec = json.loads(blocks["stored spec"].iter("pre").__next__().text())
     assert spec["model"] == EVIL_MODEL and spec["protocol"] == "paper"
+    identity = blocks["run identity (what the run id hashes)"].iter("pre").__next__().text()
+    assert json.loads(identity) == IDENTITY
+    notes = [p.text() for p in section.iter("p") if p.attrs.get("class") == "note"]
+    assert notes == [summarize(generation_preds(), CLASS_NAMES)["denominator"]]
 
 
 def test_analyses_are_drawn_and_unknown_kinds_listed(built) -> None:

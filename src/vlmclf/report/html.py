@@ -128,6 +128,8 @@ def _cell_html(view: RunView) -> str:
     s = view.summary
     record = view.record
     status = "" if record.status == "done" else f' <span class="warn">({esc(record.status)})</span>'
+    if s.get("provisional"):  # transient failures left: the next run retries them
+        status += ' <span class="warn">(provisional)</span>'
     title = f"run {record.run_id}, n={s.get('n')}, failed={s.get('n_failed')}"
     return (
         f'<a href="#run-{esc(record.run_id)}" title="{esc(title)}">{pct(s.get("accuracy"))}</a> '
@@ -206,33 +208,45 @@ def per_class_figures_html(views: Sequence[RunView]) -> str:
     return "".join(figures) or '<p class="note">no run has labelled predictions</p>'
 
 
+SUMMARY_COLUMNS = ("n", "n_failed", "n_data_failed", "n_transient", "accuracy", "ci95",
+                   "strict_accuracy", "top5", "balanced_accuracy", "macro_f1")  # fmt: skip
+
+
 def summary_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
-    names = ("n", "n_failed", "accuracy", "strict_accuracy", "top5", "balanced_accuracy",
-             "macro_f1")  # fmt: skip
-    row = {name: summary.get(name) for name in names}
-    row["ci95"] = summary.get("ci95")
-    return [row]
+    """The headline numbers, in one row; counts a summary does not hold are left out."""
+    return [{name: summary.get(name) for name in SUMMARY_COLUMNS if name in summary}]
 
 
 def run_section_html(view: RunView) -> str:
-    """The run's identity (id, status, stored spec, meta other than the summary), its headline
-    numbers and its per-class table (collapsed)."""
+    """The run's identity (id, status, stored spec, what the id hashes, meta other than the
+    summary), its headline numbers with what their denominator counts, and its per-class table
+    (collapsed)."""
     record = view.record
     meta = {k: v for k, v in (record.meta or {}).items() if k != "summary"}
-    return (
-        f'<section class="run" id="run-{esc(record.run_id)}">'
-        f"<h3>run {esc(record.run_id)}</h3>"
+    denominator = view.summary.get("denominator")
+    parts = [
+        f'<section class="run" id="run-{esc(record.run_id)}">',
+        f"<h3>run {esc(record.run_id)}</h3>",
         f"<p>{esc(_run_caption(record))}; protocol "
         f'<span class="proto">{esc(protocol_label(record.spec))}</span>; status '
         f"{esc(record.status)}; {record.n_done} of {record.n_total} examples stored; "
-        f"{record.elapsed_s:.1f} s; created {esc(record.created_at)}</p>"
-        f"{html_table(summary_rows(view.summary))}"
-        f"<details><summary>per-class accuracy ({len(view.classes)} classes)</summary>"
-        f"{class_table_html(view.classes)}</details>"
-        f"<details><summary>stored spec</summary>{json_block(record.spec)}</details>"
-        f"<details><summary>run record meta</summary>{json_block(meta)}</details>"
-        "</section>"
-    )
+        f"{record.elapsed_s:.1f} s; created {esc(record.created_at)}</p>",
+        html_table(summary_rows(view.summary)),
+        f'<p class="note">{esc(denominator)}</p>' if denominator else "",
+        _details(
+            f"per-class accuracy ({len(view.classes)} classes)", class_table_html(view.classes)
+        ),
+        _details("stored spec", json_block(record.spec)),
+    ]
+    if record.identity is not None:
+        parts.append(_details("run identity (what the run id hashes)", json_block(record.identity)))
+    parts += [_details("run record meta", json_block(meta)), "</section>"]
+    return "".join(parts)
+
+
+def _details(summary_text: str, content_html: str) -> str:
+    """A collapsed block; ``summary_text`` is plain text, ``content_html`` markup."""
+    return f"<details><summary>{esc(summary_text)}</summary>{content_html}</details>"
 
 
 def analysis_section_html(analysis: AnalysisRecord) -> str:
@@ -284,7 +298,7 @@ def select_runs(store: RunStore, prefixes: Sequence[str] | None) -> list[RunReco
 def render_report(store_path: Path, run_prefixes: Sequence[str] | None = None) -> str:
     """The whole page as a string. With ``run_prefixes``, only those runs and the analyses that
     refer to them."""
-    with RunStore(store_path, create=False) as store:
+    with RunStore(store_path, read_only=True) as store:
         records = select_runs(store, run_prefixes)
         views = [load_run_view(store, record) for record in records]
         analyses = store.list_analyses()
