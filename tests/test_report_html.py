@@ -127,6 +127,11 @@ def test_run_identity_shows_spec_and_meta_but_not_summary(built) -> None:
     assert spec["model"] == EVIL_MODEL and spec["protocol"] == "paper"
     identity = blocks["run identity (what the run id hashes)"].iter("pre").__next__().text()
     assert json.loads(identity) == IDENTITY
+    first = next(section.iter("table"))
+    cells = zip(first.iter("th"), first.iter("td"), strict=True)
+    headline = {th.text(): td.text() for th, td in cells}
+    ci = summarize(generation_preds(), CLASS_NAMES)["ci95"]
+    assert headline["ci95"] == f"[{ci[0]:.3f}, {ci[1]:.3f}]"
     notes = [p.text() for p in section.iter("p") if p.attrs.get("class") == "note"]
     assert notes == [summarize(generation_preds(), CLASS_NAMES)["denominator"]]
 

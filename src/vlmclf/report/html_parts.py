@@ -57,6 +57,8 @@ def html_table(rows: Sequence[Mapping[str, Any]], css_id: str | None = None) -> 
 def _plain_cell(value: Any) -> str:
     if isinstance(value, float):
         return f'<td class="num">{value:.3f}</td>'
+    if isinstance(value, list) and value and all(isinstance(v, float) for v in value):
+        return f'<td class="num">[{", ".join(f"{v:.3f}" for v in value)}]</td>'  # an interval
     if isinstance(value, (dict, list)):
         value = json.dumps(value, ensure_ascii=False, default=str)
     return f"<td>{esc(value)}</td>"
