@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	@command -v apt-get >/dev/null && [ ! -d /usr/share/datasets/fashion-mnist ] && \
 	  { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; } || true
+	# Chromium for the report's browser test (skipped, saying why, where it cannot be installed).
+	@command -v apt-get >/dev/null && ! command -v chromium >/dev/null && \
+	  { apt-get update -qq && apt-get install -y -qq chromium; } || true
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# The CPU build of torch first, so nothing pulls a multi-GB CUDA build.

@@ -32,6 +32,7 @@ from vlmclf.commands.organism import organism_app
 from vlmclf.commands.probe import probe_command
 from vlmclf.commands.rematch import rematch_command
 from vlmclf.commands.reproduce import reproduce_command
+from vlmclf.commands.report import report_command
 from vlmclf.commands.serve import serve_command
 from vlmclf.commands.sweep import sweep_command
 from vlmclf.commands.wikiqa import wikiqa_app
@@ -492,6 +493,7 @@ app.command("finetune")(finetune_command)
 app.command("sweep")(sweep_command)
 app.command("rematch")(rematch_command)
 app.command("reproduce")(reproduce_command)
+app.command("report")(report_command)
 app.add_typer(wikiqa_app, name="wikiqa")
 app.command("serve")(serve_command)
 app.add_typer(organism_app, name="organism")

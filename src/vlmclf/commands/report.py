@@ -1,0 +1,35 @@
+"""``vlmclf report --store S [--runs ID ...] --out report.html``: the results as one HTML page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vlmclf.commands.common import DEFAULT_STORE, fail
+
+
+def report_command(
+    store: Annotated[Path, typer.Option("--store", help="The run store.")] = DEFAULT_STORE,
+    runs: Annotated[
+        list[str] | None,
+        typer.Option("--runs", help="Only these runs (id or unique prefix; repeat the option)."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="The HTML file to write.")] = Path(
+        "report.html"
+    ),
+) -> None:
+    """Write one self-contained HTML page: Table 1, per-class views, figures, run identities."""
+    from vlmclf.report.html import write_report
+    from vlmclf.store import StoreError
+
+    if not store.exists():
+        fail(f"--store: no store at {store} (run `vlmclf eval` first or pass --store)")
+    try:
+        path = write_report(out, store, runs)
+    except (ValueError, StoreError) as err:
+        fail(str(err))
+    except OSError as err:
+        fail(f"--out {out}: {err.strerror or err}")
+    typer.echo(f"wrote {path} ({path.stat().st_size // 1024} KiB)")
