@@ -74,21 +74,22 @@ class SuiteSizes:
     max_new_tokens: int
     closed_k: int
     clip_files: int
-    clip_batch: int
+    clip_batch: int  # images per forward of the image tower
+    decode_batch: int  # crops per hand-over from a decoding worker
     tower_repeats: int
 
 
 REAL = SuiteSizes(
-    budgets_s={"likelihood": 220.0, "generation": 120.0, "clip": 80.0}, total_budget_s=450.0,
-    max_classes=None, score_images=8, compare_images=2, sample_classes=48, reference_images=2,
-    self_check_classes=8, batch_sizes=(8, 16, 32, 64, 128), max_new_tokens=32, closed_k=100,
-    clip_files=4096, clip_batch=256, tower_repeats=8,
+    budgets_s={"likelihood": 200.0, "generation": 130.0, "clip": 90.0}, total_budget_s=450.0,
+    max_classes=None, score_images=16, compare_images=2, sample_classes=64, reference_images=2,
+    self_check_classes=8, batch_sizes=(8, 16, 32, 64, 128, 256), max_new_tokens=32,
+    closed_k=100, clip_files=4096, clip_batch=256, decode_batch=32, tower_repeats=8,
 )  # fmt: skip
 TINY = SuiteSizes(
     budgets_s={"likelihood": 60.0, "generation": 30.0, "clip": 30.0}, total_budget_s=150.0,
     max_classes=24, score_images=2, compare_images=1, sample_classes=4, reference_images=2,
     self_check_classes=4, batch_sizes=(1, 2, 4), max_new_tokens=3, closed_k=10,
-    clip_files=16, clip_batch=8, tower_repeats=2,
+    clip_files=16, clip_batch=8, decode_batch=4, tower_repeats=2,
 )  # fmt: skip
 
 
@@ -425,6 +426,7 @@ def clip_part_run(run: PartSetting, out: dict, flush: Callable) -> None:
     out.update({
         "model": encoder.name, "dtype": str(dtype).replace("torch.", ""), "classes": len(names),
         "template": "A photo of a {}", "files": sizes.clip_files, "batch": sizes.clip_batch,
+        "decode_batch": sizes.decode_batch,
         "workers": workers, "photo_size": list(clip_part.PHOTO_SIZE),
     })  # fmt: skip
     start = time.perf_counter()
@@ -434,8 +436,9 @@ def clip_part_run(run: PartSetting, out: dict, flush: Callable) -> None:
     with clip_part.jpeg_folder(sizes.clip_files, workers) as paths:
         clock.check("the zero-shot pass")
         warm = paths[: sizes.clip_batch]  # kernel selection and worker start-up, untimed
-        clip_part.zero_shot_from_files(encoder, text, warm, sizes.clip_batch, workers)
-        result = clip_part.zero_shot_from_files(encoder, text, paths, sizes.clip_batch, workers)
+        batches = (sizes.clip_batch, workers, sizes.decode_batch)
+        clip_part.zero_shot_from_files(encoder, text, warm, *batches)
+        result = clip_part.zero_shot_from_files(encoder, text, paths, *batches)
         out.update({
             "images_per_s": result["images_per_s"],
             "steady_images_per_s": result["steady_images_per_s"],
@@ -449,7 +452,7 @@ def clip_part_run(run: PartSetting, out: dict, flush: Callable) -> None:
         flush()
         clock.check("the decoding alone")
         out["decode_images_per_s"] = clip_part.decode_images_per_s(
-            paths, encoder.processor.image_processor, sizes.clip_batch, workers
+            paths, encoder.processor.image_processor, sizes.decode_batch, workers
         )
         flush()
 

@@ -183,31 +183,43 @@ def _sync(device: torch.device) -> None:
 
 
 def zero_shot_from_files(
-    encoder: Any, text: torch.Tensor, paths: list[str], batch: int, workers: int
+    encoder: Any, text: torch.Tensor, paths: list[str], batch: int, workers: int, decode_batch: int
 ) -> dict[str, Any]:
     """Files -> predicted class for every file; images/s over the whole pass and after the
-    first batch (worker start-up excluded). ``text``: (C, D) normalised, on the device."""
+    first forward (worker start-up excluded). Workers hand over small batches of crops (so the
+    first arrive soon and all workers stay busy); the device gathers them into batches of
+    ``batch`` for the tower. ``text``: (C, D) normalised, on the device."""
     device, dtype = encoder.device, encoder.dtype
     normalize = normalizer(encoder.processor.image_processor, device, dtype)
     loader = crop_loader(
-        paths, encoder.processor.image_processor, batch, workers, device.type == "cuda"
+        paths, encoder.processor.image_processor, decode_batch, workers, device.type == "cuda"
     )
-    predictions = []
+    predictions: list[torch.Tensor] = []
+    pending: list[torch.Tensor] = []
     start = time.perf_counter()
-    first_batch_at, first_count = None, 0
+    first_at, first_count = None, 0
+
+    def classify() -> None:
+        pixels = normalize(torch.cat(pending)) if len(pending) > 1 else normalize(pending[0])
+        pending.clear()
+        features = _features(encoder.model.get_image_features(pixel_values=pixels))
+        similarity = torch.nn.functional.normalize(features.float(), dim=-1) @ text.T
+        predictions.append(similarity.argmax(dim=-1))
+
     with torch.inference_mode():
         for crops in loader:
-            features = encoder.model.get_image_features(pixel_values=normalize(crops))
-            features = _features(features)
-            similarity = torch.nn.functional.normalize(features.float(), dim=-1) @ text.T
-            predictions.append(similarity.argmax(dim=-1))
-            if first_batch_at is None:
-                _sync(device)
-                first_batch_at, first_count = time.perf_counter(), len(crops)
+            pending.append(crops.to(device, non_blocking=True))
+            if sum(len(c) for c in pending) >= batch:
+                classify()
+                if first_at is None:
+                    _sync(device)
+                    first_at, first_count = time.perf_counter(), len(predictions[0])
+        if pending:
+            classify()
     _sync(device)
     seconds = time.perf_counter() - start
     predicted = torch.cat(predictions).cpu()
-    steady = seconds - (first_batch_at - start) if first_batch_at is not None else 0.0
+    steady = seconds - (first_at - start) if first_at is not None else 0.0
     rest = len(paths) - first_count
     return {
         "images": int(predicted.numel()),
