@@ -70,6 +70,7 @@ class SuiteSizes:
     sample_classes: int  # classes timed for the two slow ways
     reference_images: int  # images scored in bf16 and fp32
     self_check_classes: int  # classes on which fp32 ours is checked against fp32 full forwards
+    pass_tokens_tried: tuple[int, ...]  # other max_pass_tokens settings ours is timed with
     batch_sizes: tuple[int, ...]
     max_new_tokens: int
     closed_k: int
@@ -82,13 +83,15 @@ class SuiteSizes:
 REAL = SuiteSizes(
     budgets_s={"likelihood": 200.0, "generation": 130.0, "clip": 90.0}, total_budget_s=450.0,
     max_classes=None, score_images=16, compare_images=2, sample_classes=64, reference_images=2,
-    self_check_classes=8, batch_sizes=(8, 16, 32, 64, 128, 256), max_new_tokens=32,
+    self_check_classes=8, pass_tokens_tried=(4096, 16384, 32768),
+    batch_sizes=(8, 16, 32, 64, 128, 256), max_new_tokens=32,
     closed_k=100, clip_files=4096, clip_batch=256, decode_batch=32, tower_repeats=8,
 )  # fmt: skip
 TINY = SuiteSizes(
     budgets_s={"likelihood": 60.0, "generation": 30.0, "clip": 30.0}, total_budget_s=150.0,
     max_classes=24, score_images=2, compare_images=1, sample_classes=4, reference_images=2,
-    self_check_classes=4, batch_sizes=(1, 2, 4), max_new_tokens=3, closed_k=10,
+    self_check_classes=4, pass_tokens_tried=(256,), batch_sizes=(1, 2, 4), max_new_tokens=3,
+    closed_k=10,
     clip_files=16, clip_batch=8, decode_batch=4, tower_repeats=2,
 )  # fmt: skip
 
@@ -291,11 +294,13 @@ def likelihood_part(run: PartSetting, out: dict, flush: Callable) -> None:
     flush()
     images = suite_images(sizes.score_images)
     clock.check("ours")
-    scoring.score_images(target, question, sequences, images[: min(2, len(images))])  # warm-up
+    per_pass = target.scorer.images_per_pass(sequences)
+    scoring.score_images(target, question, sequences, images[:per_pass])  # warm-up
     seconds, bf16_scores = scoring.timed(
         target.scorer.device, lambda: scoring.score_images(target, question, sequences, images)
     )
-    out["s_per_image"] = {"ours": seconds / len(images)}
+    ours_s = seconds / len(images)
+    out["s_per_image"] = {"ours": ours_s}
     out["images"] = len(images)
     flush()
 
@@ -345,6 +350,25 @@ def likelihood_part(run: PartSetting, out: dict, flush: Callable) -> None:
         ),
     }  # fmt: skip
     flush()
+    del reference, ref_target
+    _free(target.scorer.device)
+    out["ours_s_per_image_by_max_pass_tokens"] = {str(target.scorer.max_pass_tokens): ours_s}
+    for tokens in sizes.pass_tokens_tried:
+        clock.check(f"ours with max_pass_tokens {tokens}")
+        other = make_target(model, max_pass_tokens=tokens)
+        seconds = _time_ours(other, question, sequences, images)
+        out["ours_s_per_image_by_max_pass_tokens"][str(tokens)] = seconds / len(images)
+        flush()
+
+
+def _time_ours(target: Any, question: str, sequences: list, images: list) -> float:
+    """Seconds for ours on ``images`` after a warm-up on the first pass's worth of them."""
+    per_pass = target.scorer.images_per_pass(sequences)
+    scoring.score_images(target, question, sequences, images[:per_pass])
+    seconds, _ = scoring.timed(
+        target.scorer.device, lambda: scoring.score_images(target, question, sequences, images)
+    )
+    return seconds
 
 
 # ------------------------------------------------------------------ generation

@@ -69,6 +69,8 @@ def test_tiny_suite_scores_are_exact_and_bf16_close_to_fp32(tiny_result):
     assert ref["fp32_ours_vs_fp32_full_nats"] < 1e-4  # the reference itself is exact
     assert 0 < ref["max_abs_diff_nats"] < 0.05  # bf16 differs from fp32, but little
     assert ref["top1_preserved"] and ref["spearman_min"] > 0.99
+    tried = like["ours_s_per_image_by_max_pass_tokens"]
+    assert set(tried) == {"256", "512"} and all(v > 0 for v in tried.values())
 
 
 def test_generation_tries_every_batch_size_until_past_the_peak(tiny_result):
