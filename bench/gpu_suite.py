@@ -449,6 +449,7 @@ def clip_part_run(run: PartSetting, out: dict, flush: Callable) -> None:
     workers = min(cpu_workers(), 2) if run.tiny else cpu_workers()
     out.update({
         "model": encoder.name, "dtype": str(dtype).replace("torch.", ""), "classes": len(names),
+        "attn_implementation": encoder.model.config._attn_implementation,
         "template": "A photo of a {}", "files": sizes.clip_files, "batch": sizes.clip_batch,
         "decode_batch": sizes.decode_batch,
         "workers": workers, "photo_size": list(clip_part.PHOTO_SIZE),

@@ -82,6 +82,24 @@ def test_generation_tries_every_batch_size_until_past_the_peak(tiny_result):
         assert rates[str(found["best_batch"])] == found["images_per_s"]
 
 
+def test_generation_stops_at_the_first_out_of_memory_batch(monkeypatch):
+    from vlmclf.models.hf import HFVisionLanguageModel
+
+    def generate(self, images, questions, max_new_tokens):
+        if len(images) >= 4:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80 GiB")
+        time.sleep(0.02)  # a fixed time per call: larger batches are faster per image
+        return ["a"] * len(images)
+
+    monkeypatch.setattr(HFVisionLanguageModel, "generate", generate)
+    run = suite.PartSetting(suite.TINY, "cpu", "float32", True, suite.PartClock(60))
+    out: dict = {}
+    suite.generation_part(run, out, lambda: None)
+    for setting in ("open", "closed"):
+        assert out[setting]["out_of_memory_at_batch"] == 4
+        assert set(out[setting]["images_per_s_by_batch"]) == {"1", "2"}
+
+
 def test_uint8_crops_normalised_on_device_equal_the_processor_pixels(tmp_path):
     encoder = clip_part.build_clip_arch("cpu", torch.float32, tiny=True)
     processor = encoder.processor.image_processor
