@@ -21,6 +21,10 @@ if ! "$python" -c "import pydantic" 2>/dev/null; then
     --target "$site" .whl/*.whl || exit 2
   export PYTHONPATH="$PYTHONPATH:$site"
 fi
+# For the log only: which card and driver (a query; nothing about the card is changed).
+if command -v nvidia-smi >/dev/null 2>&1; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+fi
 limit=${SUITE_LIMIT_S:-480}
 if [[ " $* " == *" --tiny "* ]]; then limit=${SUITE_LIMIT_S:-300}; fi
 # The suite writes its JSON after every step, so even a kill at the limit leaves the figures so far.
