@@ -33,7 +33,7 @@ from vlmclf.data.classnames import load_class_names  # noqa: E402
 from vlmclf.methods.likelihood_targets import continuation_tokens, make_target  # noqa: E402
 from vlmclf.methods.prompts import build_question  # noqa: E402
 from vlmclf.methods.scoring_reference import full_forward_log_probs, sequential_log_probs  # noqa: E402
-from vlmclf.methods.trie import TokenTrie  # noqa: E402
+from vlmclf.methods.trie import TokenSequence, TokenTrie  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--arch", choices=["llava-1.5-7b"], help="real-size architecture, random weights"
     )
     parser.add_argument("--classes", default="imagenet", help="shipped class list or a file")
+    parser.add_argument(
+        "--max-classes", type=int, default=None, help="first N distinct names only (default all)"
+    )
     parser.add_argument("--images", type=int, default=2, help="images to score (default 2)")
     parser.add_argument("--sample", type=int, default=None, help="classes timed for the slow ways")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda for --arch)")
@@ -65,6 +68,9 @@ LLAVA_TINY = {
     "image_size": 28, "vision_hidden": 32, "vision_ffn": 64, "vision_layers": 2,
     "vision_heads": 2, "text_hidden": 64, "text_ffn": 128, "text_layers": 2, "text_heads": 4,
 }  # fmt: skip
+
+
+ARCH_NAME = "arch:llava-1.5-7b"
 
 
 def build_llava_arch(device: str, dtype: str, tiny: bool = False) -> Any:
@@ -111,7 +117,11 @@ def build_llava_arch(device: str, dtype: str, tiny: bool = False) -> Any:
     with torch.device(device):
         model = tf.LlavaForConditionalGeneration._from_config(config, dtype=torch_dtype[dtype])
     return wrap_model(
-        model.eval(), processor, adapter_by_name("llava"), "arch:llava-1.5-7b", placed=True
+        model.eval(),
+        processor,
+        adapter_by_name("llava"),
+        ARCH_NAME + ("-tiny" if tiny else ""),
+        placed=True,
     )
 
 
@@ -149,23 +159,44 @@ def timed(device: torch.device, fn: Callable[[], Any]) -> tuple[float, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
-    model = load(args)
-    target = make_target(model, max_pass_tokens=args.max_pass_tokens)
-    scorer = target.scorer
-    names = list(dict.fromkeys(load_class_names(args.classes)))
+    return measure(load(args), args)
+
+
+def class_sequences(
+    target: Any, classes: str, max_classes: int | None = None
+) -> tuple[list[str], str, list[TokenSequence]]:
+    """The distinct names of ``classes`` (the first ``max_classes``), the base question, and
+    each name's tokens after it."""
+    names = list(dict.fromkeys(load_class_names(classes)))[:max_classes]
     question = build_question("base")
     continuations = continuation_tokens(target.tokenizer, target.context_text(question), names)
-    sequences = [continuations[n] for n in names]
+    return names, question, [continuations[n] for n in names]
+
+
+def score_images(
+    target: Any, question: str, sequences: list[TokenSequence], images: list[Image.Image]
+) -> list[list[list[float]]]:
+    """Ours: images in groups of as many as one pass holds; ``[image][class][token]``."""
+    scorer = target.scorer
+    per_pass = scorer.images_per_pass(sequences)
+    out: list[list[list[float]]] = []
+    for start in range(0, len(images), per_pass):
+        for _, prefix in target.image_prefixes(images[start : start + per_pass], question, ()):
+            out.extend(scorer.score(prefix, sequences))
+    return out
+
+
+def measure(model: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The three ways on an already built ``model`` (``bench/gpu_suite.py`` builds its own)."""
+    target = make_target(model, max_pass_tokens=args.max_pass_tokens)
+    scorer = target.scorer
+    names, question, sequences = class_sequences(target, args.classes, args.max_classes)
     images = bench_images(args.images)
     device = scorer.device
     per_pass = scorer.images_per_pass(sequences)
 
     def ours() -> list[list[list[float]]]:
-        out: list[list[list[float]]] = []
-        for start in range(0, len(images), per_pass):
-            for _, prefix in target.image_prefixes(images[start : start + per_pass], question, ()):
-                out.extend(scorer.score(prefix, sequences))
-        return out
+        return score_images(target, question, sequences, images)
 
     ours()  # warm-up: first-call allocations and kernel selection are not the method's cost
     ours_s, ours_scores = timed(device, ours)
@@ -191,7 +222,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     n = len(images)
     per_image = {"ours": ours_s / n, "paper": paper_s / n, "full": full_s / n}
     return {
-        "model": "arch:llava-1.5-7b" if args.arch else args.model,
+        "model": getattr(model, "name", args.model),
         "device": str(device), "dtype": str(scorer.dtype).replace("torch.", ""),
         "strategy": scorer.strategy, "classes": args.classes, "distinct_names": len(names),
         "class_tokens": sum(len(s) for s in sequences),
@@ -236,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.images < 1:
         print("error: --images must be at least 1", file=sys.stderr)
+        return 2
+    if args.max_classes is not None and args.max_classes < 1:
+        print("error: --max-classes must be at least 1", file=sys.stderr)
         return 2
     if not args.arch and (args.device or "cpu") == "cpu":
         torch.set_num_threads(1)  # a shared CPU: one thread, the same for all three ways
