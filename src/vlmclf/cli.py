@@ -31,8 +31,8 @@ from vlmclf.commands.frequency import frequency_command
 from vlmclf.commands.organism import organism_app
 from vlmclf.commands.probe import probe_command
 from vlmclf.commands.rematch import rematch_command
-from vlmclf.commands.reproduce import reproduce_command
 from vlmclf.commands.report import report_command
+from vlmclf.commands.reproduce import reproduce_command
 from vlmclf.commands.serve import serve_command
 from vlmclf.commands.sweep import sweep_command
 from vlmclf.commands.wikiqa import wikiqa_app
