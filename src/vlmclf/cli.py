@@ -273,6 +273,7 @@ def eval_command(
     prompt, max_new_tokens = resolved["prompt"], resolved["max_new_tokens"]
     templates, dtype, match = resolved["templates"], resolved["dtype"], resolved["match"]
     answer_prefix, calibration = resolved["answer_prefix"], Calibration(resolved["calibration"])
+    sample = resolved["sample"]
     spec = RunSpec(
         model=model,
         dataset=name,
@@ -349,7 +350,7 @@ def eval_command(
 
 PROTOCOL_OPTIONS = (
     "setting", "order", "prompt", "cot", "max_new_tokens", "templates", "dtype", "match",
-    "answer_prefix", "cfg", "calibration", "prompt_template",
+    "answer_prefix", "cfg", "calibration", "prompt_template", "sample",
 )  # fmt: skip
 
 

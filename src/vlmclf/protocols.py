@@ -155,6 +155,7 @@ def resolve_eval(
         "templates": settings.get("templates"),
         "answer_prefix": settings.get("answer_prefix"),
         "setting": settings.get("setting"),
+        "sample": settings.get("sample"),
     }
     for key, value in proposed.items():
         if key in given and key not in explicit and (value is not None or key in _NULLABLE):

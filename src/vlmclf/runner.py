@@ -47,6 +47,7 @@ from vlmclf.methods.prompts import (
     load_templates,
 )
 from vlmclf.metrics import summarize
+from vlmclf.protocols import fill_template
 from vlmclf.records import Prediction
 from vlmclf.spec import RunSpec
 from vlmclf.store import RunStore
@@ -215,7 +216,8 @@ def _questions_sent(spec: RunSpec) -> list[str] | None:
     if spec.method == "clip":
         return None
     choices = None if spec.setting == "open" else ["{choices}"]
-    return [build_question(spec.prompt, choices, spec.cot), "{question}"]
+    cot_in_question = spec.cot and spec.prompt_template is None  # a template places CoT itself
+    return [build_question(spec.prompt, choices, cot_in_question), "{question}"]
 
 
 def _max_new_tokens(spec: RunSpec) -> int | None:
@@ -243,7 +245,10 @@ def run_identity(spec: RunSpec, config: RunConfig, class_names: list[str],
     prompt text for `vlmclf results`."""
     questions = _questions_sent(spec)
     prompts = None
-    if questions is not None:
+    if questions is not None and spec.prompt_template is not None:
+        # a protocol's template replaces the family format (the image token aside)
+        prompts = [fill_template(spec.prompt_template, "<image>", q) for q in questions]
+    elif questions is not None:
         prompt_format = prompt_format_for(spec.model, config.model.trust_remote_code)
         prompts = resolved_prompts(questions, prompt_format)
     identity = content_identity(
