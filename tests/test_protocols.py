@@ -107,6 +107,12 @@ def test_paper_protocol_sends_the_paper_strings_open_world(
     run_generate(family, folder, tmp_path / "runs.sqlite", monkeypatch)
     expected = PAPER_FORMATS[family][0].replace("{q}", BASE)
     assert sent and set(sent) == {expected}
+    # the run's identity hashes the same text, image placeholder aside
+    from vlmclf.store import RunStore
+
+    with RunStore(tmp_path / "runs.sqlite", read_only=True) as store:
+        (record,) = store.list_runs()
+    assert record.meta["resolved_prompt"] == expected
 
 
 @pytest.mark.parametrize("family", ["llava", "blip2", "instructblip"])
