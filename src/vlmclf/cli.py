@@ -40,6 +40,7 @@ class MethodName(StrEnum):
     clip = "clip"
     generate = "generate"
     likelihood = "likelihood"
+    classifier = "classifier"
 
 
 class Setting(StrEnum):
@@ -192,9 +193,10 @@ def eval_command(
 
     if k is not None and k < 2:
         fail(f"--k must be at least 2, got {k}")
-    if setting is Setting.closed and method is MethodName.clip:
+    if setting is Setting.closed and method in (MethodName.clip, MethodName.classifier):
         fail(
-            "--setting closed is for generative models; for CLIP use --k to restrict the label set"
+            "--setting closed is for generative models; for CLIP and classifiers use --k to "
+            "restrict the label set"
         )
     name, _, spec_split = (
         dataset.partition(":") if not dataset.endswith(".jsonl") else (dataset, "", "")

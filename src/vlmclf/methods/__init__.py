@@ -11,11 +11,37 @@ __all__ = ["LoadedExample", "Method", "finalize_predictions", "make_method"]
 
 
 def _kind(model: object) -> str:
+    from vlmclf.models.image_classifier import ImageClassifier
+
+    if isinstance(model, ImageClassifier):
+        return "a supervised image classifier"
     return "a CLIP-style encoder" if isinstance(model, ImageTextEncoder) else "a generative model"
+
+
+def _make_classifier_method(model: object, class_names: list[str], spec: RunSpec) -> Method:
+    from vlmclf.methods.classifier import ClassifierMethod
+    from vlmclf.models.image_classifier import ImageClassifier
+
+    if not isinstance(model, ImageClassifier):
+        raise ValueError(
+            f"--method classifier needs a supervised image classifier (an hf: "
+            f"*ForImageClassification checkpoint, random:resnet, random:vit); {spec.model} is "
+            f"{_kind(model)}"
+        )
+    return ClassifierMethod(model, class_names, spec)
 
 
 def make_method(model: object, class_names: list[str], spec: RunSpec) -> Method:
     """The method object for ``spec.method``, checked against what the model can do."""
+    from vlmclf.models.image_classifier import ImageClassifier
+
+    if spec.method == "classifier":
+        return _make_classifier_method(model, class_names, spec)
+    if isinstance(model, ImageClassifier):
+        raise ValueError(
+            f"--method {spec.method}: {spec.model} is a supervised image classifier "
+            "(use --method classifier)"
+        )
     if spec.method == "clip":
         if not isinstance(model, ImageTextEncoder):
             raise ValueError(
@@ -41,7 +67,8 @@ def make_method(model: object, class_names: list[str], spec: RunSpec) -> Method:
 
         return LikelihoodMethod(model, class_names, spec)
     raise ValueError(
-        f"--method: unknown method {spec.method!r}; accepted: clip, generate, likelihood"
+        f"--method: unknown method {spec.method!r}; "
+        "accepted: clip, generate, likelihood, classifier"
     )
 
 

@@ -8,6 +8,11 @@ from typing import Any
 from vlmclf.models import compat
 from vlmclf.models.families import FamilyAdapter, adapter_for_config
 from vlmclf.models.hf import HFImageTextEncoder, HFVisionLanguageModel, wrap_model
+from vlmclf.models.image_classifier import (
+    HFImageClassifier,
+    is_image_classifier_config,
+    load_hf_image_classifier,
+)
 
 
 def _describe(ident: str) -> str:
@@ -59,10 +64,16 @@ def load_hf_model(
     device_map: str | None = None,
     trust_remote_code: bool = False,
     **_: Any,
-) -> HFVisionLanguageModel | HFImageTextEncoder:
-    """Load a transformers checkpoint as an encoder (CLIP, SigLIP) or a VLM, by its config."""
+) -> HFVisionLanguageModel | HFImageTextEncoder | HFImageClassifier:
+    """Load a transformers checkpoint as an encoder (CLIP, SigLIP), a VLM or a supervised
+    image classifier (ResNet, ViT, ...), by its config."""
     compat.torch_device(device)  # fail on a bad device before reading gigabytes
     config = load_config(ident, trust_remote_code)
+    if is_image_classifier_config(config):
+        return load_hf_image_classifier(
+            ident, config, device=device, dtype=dtype, device_map=device_map,
+            trust_remote_code=trust_remote_code,
+        )  # fmt: skip
     adapter = adapter_for_config(config)
     processor = load_processor(ident, adapter, trust_remote_code)
     model = adapter.model_cls().from_pretrained(
