@@ -84,7 +84,8 @@ def eval_command(
     model: Annotated[
         str,
         typer.Option(
-            help="hf:<id|path>, random:<family>, organism:vlm|clip, open_clip:<arch>:<weights>, "
+            help="hf:<id|path>, random:<family>, organism:vlm|clip, open_clip:<arch>:<weights> "
+            "(or open_clip:hf-hub:<id>, open_clip:local-dir:<dir>, then ?tokenizer=DIR...), "
             "openai:|anthropic:|gemini:<model>."
         ),
     ],
