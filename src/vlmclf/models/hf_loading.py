@@ -47,8 +47,16 @@ def load_processor(ident: str, adapter: FamilyAdapter, trust_remote_code: bool =
 
 
 def _image_only_processor(ident: str, adapter: FamilyAdapter, trust_remote_code: bool) -> Any:
-    """The family's processor without its video half, from the saved parts."""
+    """The family's processor without its video half, from the saved parts: the real class
+    minus its video slot, else (Qwen2-VL on transformers releases where that fails) rebuilt
+    from the saved image processor and tokenizer."""
     from transformers import AutoTokenizer
+
+    try:
+        image_only = compat.without_video_processor(adapter.processor_cls())
+        return image_only.from_pretrained(ident, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError, ImportError, AttributeError):
+        pass
 
     image_processor = compat.load_image_processor(ident, trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(ident, trust_remote_code=trust_remote_code)

@@ -329,3 +329,13 @@ def load_random_model(
 
     model, processor, adapter = build_random(family, seed)
     return wrap_model(model, processor, adapter, f"random:{family}", device=device, dtype=dtype)
+
+
+def _register_recent_families() -> None:
+    """Today's families live in ``random_recent`` (which builds on the helpers above)."""
+    from vlmclf.models.random_recent import RECENT_FAMILIES
+
+    RANDOM_FAMILIES.update(RECENT_FAMILIES)
+
+
+_register_recent_families()
