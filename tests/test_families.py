@@ -6,6 +6,8 @@ test_models.py; projector fine-tuning in test_finetune.py."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -149,3 +151,16 @@ def test_saved_recent_family_loads_back_through_hf(family, tmp_path, image):
     )
     assert torch.equal(ours["input_ids"], theirs["input_ids"])
     assert reloaded.generate([image], questions, 4) == original.generate([image], questions, 4)
+
+
+def test_remote_code_checkpoint_without_the_flag_says_which_flag(tmp_path):
+    config = {
+        "model_type": "phi3_v",
+        "auto_map": {"AutoConfig": "configuration_phi3_v.Phi3VConfig"},
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        ValueError, match="ships its own model code .*--trust-remote-code"
+    ) as caught:
+        load_model(f"hf:{tmp_path}")
+    assert "\n" not in str(caught.value)

@@ -26,6 +26,11 @@ def load_config(ident: str, trust_remote_code: bool = False) -> Any:
     try:
         return AutoConfig.from_pretrained(ident, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
+        if not trust_remote_code and "trust_remote_code" in str(err):
+            raise ValueError(
+                f"{_describe(ident)} ships its own model code (as Phi-3-Vision does); pass "
+                "--trust-remote-code to run it, only if you trust its source"
+            ) from err
         raise ValueError(f"cannot read a model config from {_describe(ident)}: {err}") from err
 
 
