@@ -60,7 +60,11 @@ def _images(n: int) -> list[Image.Image]:
     return [Image.new("RGB", (32 + 8 * i, 32), tuple(COLOURS.values())[i % 3]) for i in range(n)]
 
 
-@pytest.mark.parametrize("family", ["llava", "llava_next", "qwen2_vl"])
+@pytest.mark.parametrize(
+    "family",
+    ["llava", "llava_next", "qwen2_vl", "llava_onevision", "gemma3", "qwen3_vl", "internvl",
+     "idefics3", "smolvlm", "paligemma"],
+)  # fmt: skip
 def test_loss_is_on_the_answer_only_and_matches_the_model_s_own(family):
     wrapper = load_model(f"random:{family}")
     trainable = make_trainable(wrapper, "projector")
@@ -84,11 +88,17 @@ def test_loss_is_on_the_answer_only_and_matches_the_model_s_own(family):
     if "mm_token_type_ids" in inputs:
         types = inputs["mm_token_type_ids"]
         inputs["mm_token_type_ids"] = torch.cat([types, torch.zeros_like(tail)], 1)
+    if "token_type_ids" in inputs:  # Gemma 3: 0 is text; PaliGemma: 1 is the causal answer
+        answer_type = 1 if family == "paligemma" else 0
+        types = inputs["token_type_ids"]
+        inputs["token_type_ids"] = torch.cat([types, torch.full_like(tail, answer_type)], 1)
     with torch.no_grad():
         reference = wrapper.model(**wrapper.forward_inputs(inputs), labels=labels).loss
     assert float(summed / n_tokens) == pytest.approx(float(reference), rel=1e-4)
     trainable_names = {n for n, p in wrapper.model.named_parameters() if p.requires_grad}
-    assert trainable_names and all(("projector" in n or "merger" in n) for n in trainable_names)
+    assert trainable_names and all(
+        any(part in n for part in ("projector", "merger", "connector")) for n in trainable_names
+    )
 
 
 def test_projector_only_lowers_the_loss_and_leaves_the_language_model_alone(colours, tmp_path):

@@ -24,7 +24,10 @@ from vlmclf.methods.trie import TokenTrie
 from vlmclf.models import load_model
 from vlmclf.spec import RunSpec
 
-FAMILIES = ["llava", "llava_next", "blip2", "instructblip", "qwen2_vl"]
+FAMILIES = [
+    "llava", "llava_next", "blip2", "instructblip", "qwen2_vl", "qwen2_5_vl", "llava_onevision",
+    "gemma3", "qwen3_vl", "internvl", "idefics3", "smolvlm", "paligemma",
+]  # fmt: skip
 TOLERANCE = 1e-4
 HAND_PICKED = [
     "cat", "cat food", "catamaran", "tench", "tench", "a", "x", "gold", "goldfish",

@@ -13,12 +13,23 @@ from vlmclf.models.families import GENERIC_VLM, adapter_for_config
 from vlmclf.models.hf import HFVisionLanguageModel
 from vlmclf.models.random_models import RANDOM_FAMILIES, build_random, save_random_model
 
-VLM_FAMILIES = ["llava", "llava_next", "blip2", "instructblip", "qwen2_vl", "qwen2_5_vl"]
+RECENT_FAMILIES = [
+    "llava_onevision", "gemma3", "qwen3_vl", "internvl", "idefics3", "smolvlm", "paligemma",
+]  # fmt: skip
+VLM_FAMILIES = [
+    "llava", "llava_next", "blip2", "instructblip", "qwen2_vl", "qwen2_5_vl", *RECENT_FAMILIES,
+]  # fmt: skip
 ENCODER_FAMILIES = ["clip", "siglip"]
 QUESTIONS = ["What type of object is in this photo?", "Identify the object."]
 # Image tokens for the default 448x448 probe: fixed by the configs in random_models.py.
 IMAGE_TOKENS = {
     "llava": 16, "llava_next": 24, "blip2": 8, "instructblip": 8, "qwen2_vl": 16, "qwen2_5_vl": 16,
+    # Where the processor writes more than image tokens for the placeholder, all of it counts:
+    # OneVision 4 base + 4 tile + newline tokens; Gemma 3 "\n\n" <boi> 4 <eoi> "\n\n" around
+    # its <boi> placeholder; InternVL <img> 4 x (tiles + thumbnail) </img>; Idefics3/SmolVLM
+    # 4 tiles + a global view of 4 tokens with their markers; PaliGemma 16 + BOS + "\n".
+    "llava_onevision": 24, "gemma3": 9, "qwen3_vl": 16, "internvl": 22, "idefics3": 34,
+    "smolvlm": 34, "paligemma": 18,
 }  # fmt: skip
 
 
@@ -134,8 +145,11 @@ def test_hidden_features_equal_a_manual_language_model_forward(family, layer, lo
     assert features.last_token.shape == (2, hidden_size) == features.mean.shape
     assert features.last_token.dtype == torch.float32 and features.mean.dtype == torch.float32
 
-    inputs = model.language_model_inputs(model.build_inputs(images, QUESTIONS))
+    batch = model.build_inputs(images, QUESTIONS)
+    inputs = model.language_model_inputs(batch)
     mask = inputs["attention_mask"]
+    if isinstance(mask, dict) or mask.dim() != 2:  # Gemma 3, PaliGemma build 4-D masks first
+        mask = batch["attention_mask"]
     assert not bool(mask.all()), "the two prompts should differ in length (padding is tested)"
     with torch.inference_mode():
         output = model.language_model(**inputs, output_hidden_states=True)

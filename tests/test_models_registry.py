@@ -103,7 +103,14 @@ def test_open_clip_without_the_package_says_how_to_install(monkeypatch):
         ("instructblip", "instructblip"),
         ("qwen2_vl", "qwen2_vl"),
         ("qwen2_5_vl", "qwen2_5_vl"),
-        ("idefics3", "generic"),
+        ("idefics3", "idefics3"),
+        ("smolvlm", "smolvlm"),
+        ("gemma3", "gemma3"),
+        ("paligemma", "paligemma"),
+        ("qwen3_vl", "qwen3_vl"),
+        ("internvl", "internvl"),
+        ("llava_onevision", "llava_onevision"),
+        ("mllama", "generic"),
     ],
 )
 def test_family_lookup_by_model_type(model_type, family):
@@ -113,7 +120,8 @@ def test_family_lookup_by_model_type(model_type, family):
 def test_family_detection_from_real_config_classes():
     assert adapter_for_config(tf.Qwen2_5_VLConfig()).name == "qwen2_5_vl"
     assert adapter_for_config(tf.SiglipConfig()).name == "siglip"
-    assert adapter_for_config(tf.PaliGemmaConfig()) is GENERIC_VLM
+    assert adapter_for_config(tf.PaliGemmaConfig()).name == "paligemma"
+    assert adapter_for_config(tf.MllamaConfig()) is GENERIC_VLM  # no adapter row: the fallback
     with pytest.raises(ValueError, match="unknown model family"):
         adapter_by_name("gpt2")
 

@@ -51,6 +51,7 @@ class MethodName(StrEnum):
     clip = "clip"
     generate = "generate"
     likelihood = "likelihood"
+    classifier = "classifier"
 
 
 class Setting(StrEnum):
@@ -95,7 +96,8 @@ def eval_command(
     model: Annotated[
         str,
         typer.Option(
-            help="hf:<id|path>, random:<family>, organism:vlm|clip, open_clip:<arch>:<weights>, "
+            help="hf:<id|path>, random:<family>, organism:vlm|clip, open_clip:<arch>:<weights> "
+            "(or open_clip:hf-hub:<id>, open_clip:local-dir:<dir>, then ?tokenizer=DIR...), "
             "openai:|anthropic:|gemini:<model>."
         ),
     ],
@@ -261,9 +263,10 @@ def eval_command(
         fail(f"--k must be at least 2, got {k}")
     if sample not in ("default", "paper"):
         fail(f"--sample must be 'default' or 'paper', got {sample!r}")
-    if setting is Setting.closed and method is MethodName.clip:
+    if setting is Setting.closed and method in (MethodName.clip, MethodName.classifier):
         fail(
-            "--setting closed is for generative models; for CLIP use --k to restrict the label set"
+            "--setting closed is for generative models; for CLIP and classifiers use --k to "
+            "restrict the label set"
         )
     name, _, spec_split = (
         dataset.partition(":") if not dataset.endswith(".jsonl") else (dataset, "", "")

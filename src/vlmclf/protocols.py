@@ -123,7 +123,12 @@ def model_family(model: str) -> str | None:
 
 # ---------------------------------------------------------------------------- eval options
 
-EVAL_EXPERIMENTS = {"generate": "generate", "likelihood": "likelihood", "clip": "clip"}
+EVAL_EXPERIMENTS = {
+    "generate": "generate",
+    "likelihood": "likelihood",
+    "clip": "clip",
+    "classifier": "classifier",
+}
 
 
 def resolve_eval(
@@ -166,7 +171,7 @@ def resolve_eval(
         )
     if "prompt_template" in explicit:
         chosen["prompt_template"] = given.get("prompt_template")
-    elif method == "clip":
+    elif method in ("clip", "classifier"):  # no prompt
         chosen["prompt_template"] = None
     else:
         chosen["prompt_template"] = prompt_template(settings, family, cot, protocol)

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-Method = Literal["clip", "generate", "likelihood"]
+Method = Literal["clip", "generate", "likelihood", "classifier"]
 Setting = Literal["open", "closed"]
 Order = Literal["fixed", "random"]
 

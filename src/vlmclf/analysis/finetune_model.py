@@ -28,13 +28,15 @@ from PIL import Image
 from torch import nn
 
 from vlmclf.methods.likelihood_targets import continuation_tokens
+from vlmclf.methods.scoring_compat import answer_token_type
 
 TrainParts = Literal["projector", "projector+lora"]
 Trainables = Literal["projector", "qformer"]
 LoraTargets = Literal["attention", "all-linear"]
 IGNORE = -100
 PROJECTOR_PATHS = ("model.multi_modal_projector", "multi_modal_projector", "model.visual.merger",
-                   "visual.merger", "model.language_projection", "language_projection")  # fmt: skip
+                   "visual.merger", "model.language_projection", "language_projection",
+                   "model.connector")  # fmt: skip
 """Where transformers VLMs keep the vision-to-language projector (first match wins)."""
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 QFORMER_PATHS = ("model.qformer", "qformer")
@@ -223,9 +225,11 @@ class HFTrainable:
         labels = torch.cat([torch.full_like(ids, IGNORE), answer_labels(tail, tail_mask)], dim=1)
         inputs["input_ids"] = torch.cat([ids, tail], dim=1)
         inputs["attention_mask"] = torch.cat([mask, tail_mask], dim=1)
+        answer_type = answer_token_type(self.wrapper.model)  # PaliGemma: 1, the causal part
         for key in ("mm_token_type_ids", "token_type_ids"):
             if key in inputs and inputs[key].shape == ids.shape:
-                inputs[key] = torch.cat([inputs[key], torch.zeros_like(tail)], dim=1)
+                typed = torch.zeros_like(tail) + (answer_type if key == "token_type_ids" else 0)
+                inputs[key] = torch.cat([inputs[key], typed], dim=1)
         kwargs = self.wrapper.forward_inputs(inputs)
         output = self.wrapper.model(**kwargs, use_cache=False)
         return token_loss_sum(output.logits, labels)

@@ -11,6 +11,10 @@ __all__ = ["LoadedExample", "Method", "finalize_predictions", "make_method"]
 
 
 def _kind(model: object) -> str:
+    from vlmclf.models.image_classifier import ImageClassifier
+
+    if isinstance(model, ImageClassifier):
+        return "a supervised image classifier"
     return "a CLIP-style encoder" if isinstance(model, ImageTextEncoder) else "a generative model"
 
 
@@ -26,9 +30,31 @@ def check_label_set_size(k: int | None, class_names: list[str]) -> None:
         )
 
 
+def _make_classifier_method(model: object, class_names: list[str], spec: RunSpec) -> Method:
+    from vlmclf.methods.classifier import ClassifierMethod
+    from vlmclf.models.image_classifier import ImageClassifier
+
+    if not isinstance(model, ImageClassifier):
+        raise ValueError(
+            f"--method classifier needs a supervised image classifier (an hf: "
+            f"*ForImageClassification checkpoint, random:resnet, random:vit); {spec.model} is "
+            f"{_kind(model)}"
+        )
+    return ClassifierMethod(model, class_names, spec)
+
+
 def make_method(model: object, class_names: list[str], spec: RunSpec) -> Method:
     """The method object for ``spec.method``, checked against what the model can do."""
     check_label_set_size(spec.k, class_names)
+    from vlmclf.models.image_classifier import ImageClassifier
+
+    if spec.method == "classifier":
+        return _make_classifier_method(model, class_names, spec)
+    if isinstance(model, ImageClassifier):
+        raise ValueError(
+            f"--method {spec.method}: {spec.model} is a supervised image classifier "
+            "(use --method classifier)"
+        )
     if spec.method == "clip":
         if not isinstance(model, ImageTextEncoder):
             raise ValueError(
@@ -55,7 +81,8 @@ def make_method(model: object, class_names: list[str], spec: RunSpec) -> Method:
 
         return LikelihoodMethod(model, class_names, spec)
     raise ValueError(
-        f"--method: unknown method {spec.method!r}; accepted: clip, generate, likelihood"
+        f"--method: unknown method {spec.method!r}; "
+        "accepted: clip, generate, likelihood, classifier"
     )
 
 

@@ -12,6 +12,12 @@ Two strategies, chosen per model (``strategy="auto"``):
   a chunk of names and the chunk runs as a right-padded batch. Exact as well, just more work.
 
 Both split the work into passes of at most ``max_pass_tokens`` query tokens (images x nodes).
+
+Decoders with sliding-window layers (Gemma 3, Mistral) ignore their window under a custom 4D
+mask, so the tree runs only where the window covers every scored token's whole context
+(prompt + name); elsewhere that prompt is scored by replication, where the model builds its own
+sliding masks. Attention that is not causal over the prompt (Gemma 3's and PaliGemma's image
+tokens) lives in the prefill, which is the model's own forward, so neither strategy alters it.
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ class PrefixScorer:
         self.strategy: Strategy = (
             ("tree" if tree_ok else "replicate") if strategy == "auto" else strategy
         )
+        self.sliding_window = compat.sliding_window(self.decoder)
 
     # ---------------------------------------------------------------- prefill
 
@@ -84,20 +91,21 @@ class PrefixScorer:
             if compat.uses_mrope(self.model)
             else torch.zeros(batch, dtype=torch.long, device=self.device)
         )
-        return self._prefix(output, length, offsets)
+        return self._prefix(output, length, offsets + compat.first_position(self.model))
 
     @torch.no_grad()
     def prefill_text(self, input_ids: torch.Tensor) -> Prefix:
         """Run the language model alone on token ids (the image-free prompt of guidance)."""
         batch, length = input_ids.shape
+        first = compat.first_position(self.model)
         kwargs: dict[str, object] = {}
         if self.explicit_positions:
-            positions = torch.arange(length, device=self.device).expand(batch, -1)
+            positions = torch.arange(length, device=self.device).expand(batch, -1) + first
             kwargs["position_ids"] = compat.text_position_ids(self.model, positions)
         kwargs.update(compat.logits_kwargs(self.decoder, 1))
         output = self.decoder(input_ids=input_ids.to(self.device), use_cache=True, **kwargs)
         return self._prefix(
-            output, length, torch.zeros(batch, dtype=torch.long, device=self.device)
+            output, length, torch.full((batch,), first, dtype=torch.long, device=self.device)
         )
 
     @torch.no_grad()
@@ -141,11 +149,12 @@ class PrefixScorer:
         result: list[list[list[float] | None]] = [
             [None] * len(sequences) for _ in range(prefix.batch)
         ]
-        for group in self._chunks(sequences, prefix):
+        strategy = self.strategy_for(prefix, sequences)
+        for group in self._chunks(sequences, prefix, strategy):
             chunk = [tuple(sequences[i]) for i in group]
             per_token = (
                 self._score_tree(prefix, chunk)
-                if self.strategy == "tree"
+                if strategy == "tree"
                 else self._score_replicated(prefix, chunk)
             )
             for b in range(prefix.batch):
@@ -153,10 +162,21 @@ class PrefixScorer:
                     result[b][i] = values
         return result  # type: ignore[return-value]
 
-    def _chunks(self, sequences: Sequence[TokenSequence], prefix: Prefix) -> list[list[int]]:
+    def strategy_for(self, prefix: Prefix, sequences: Sequence[TokenSequence]) -> Strategy:
+        """The tree, unless a sliding window is shorter than the prompt plus the longest name
+        (the tree mask would let a token see past its window): then replication, which is exact."""
+        if self.strategy != "tree" or self.sliding_window is None or not sequences:
+            return self.strategy
+        longest = max(len(s) for s in sequences)
+        # the window's cache keeps window - 1 past tokens; the newest query sees those and itself
+        return "tree" if prefix.length + longest < self.sliding_window else "replicate"
+
+    def _chunks(
+        self, sequences: Sequence[TokenSequence], prefix: Prefix, strategy: Strategy
+    ) -> list[list[int]]:
         """Tree: tries of at most ``max_pass_tokens`` nodes. Replicate: as many rows as fit when
         each row holds a copy of the prompt as well as its name (the cache copy dominates)."""
-        if self.strategy == "tree":
+        if strategy == "tree":
             return chunk_sequences(sequences, self.max_pass_tokens)
         longest = max(len(s) for s in sequences)
         rows = max(1, self.max_pass_tokens // (prefix.batch * (prefix.length + longest)))
@@ -228,12 +248,13 @@ class PrefixScorer:
         if self.explicit_positions:
             kwargs["position_ids"] = compat.text_position_ids(self.model, positions)
         kwargs.update(compat.logits_kwargs(self.decoder, keep))
+        saved = compat.snapshot_cache(prefix.cache)
         try:
             output = self.decoder(
                 input_ids=ids, past_key_values=prefix.cache, use_cache=True, **kwargs
             )
         finally:
-            compat.truncate_cache(prefix.cache, prefix.length)
+            compat.restore_cache(prefix.cache, saved)
         logits = output.logits
         return logits if logits.shape[1] == keep.numel() else logits[:, keep]
 

@@ -15,7 +15,11 @@ from torch import nn
 # Families whose top-level forward requires pixel values: text-only passes go to the inner LM.
 _INNER_LM_FAMILIES = {"blip-2", "instructblip", "instructblipvideo"}
 # Families whose text positions are 3D multimodal rotary positions offset by a per-image delta.
-_MROPE_FAMILIES = {"qwen2_vl", "qwen2_5_vl"}
+_MROPE_FAMILIES = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
+# Families whose first token is at position 1, not 0.
+_ONE_BASED_POSITION_FAMILIES = {"paligemma"}
+# Prefix LMs: the prompt (token type 0) attends both ways, the answer (token type 1) causally.
+_PREFIX_LM_FAMILIES = {"paligemma"}
 # Attention implementations that take an arbitrary additive 4D mask.
 _CUSTOM_MASK_ATTENTION = {"eager", "sdpa"}
 
@@ -133,3 +137,49 @@ def logits_kwargs(decoder: nn.Module, keep: torch.Tensor | int | None) -> dict[s
     if keep is not None and accepts(decoder, "logits_to_keep"):
         return {"logits_to_keep": keep}
     return {}
+
+
+def first_position(model: nn.Module) -> int:
+    """The position of a prompt's first token (PaliGemma numbers from 1)."""
+    return 1 if model_type(model) in _ONE_BASED_POSITION_FAMILIES else 0
+
+
+def answer_token_type(model: nn.Module) -> int:
+    """The ``token_type_ids`` value of answer tokens: 1 in prefix LMs (PaliGemma), where 0
+    would put them in the bidirectional prefix; 0 (plain text) elsewhere."""
+    return 1 if model_type(model) in _PREFIX_LM_FAMILIES else 0
+
+
+def sliding_window(decoder: nn.Module) -> int | None:
+    """The smallest attention window of the decoder's layers, None when all attend globally
+    (``layer_types`` says which layers slide where the config has it)."""
+    config = getattr(decoder.config, "text_config", None) or decoder.config
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if not window:
+        return None
+    if layer_types is not None and "sliding_attention" not in layer_types:
+        return None
+    return int(window)
+
+
+def snapshot_cache(cache: object) -> list[tuple[object, object, dict[str, object]]]:
+    """The cache's tensors and counters as they are (references, no copies): a forward that
+    extends the cache replaces them, so ``restore_cache`` can put these back. Unlike slicing,
+    this also undoes a sliding-window layer that dropped its oldest entries."""
+    return [
+        (getattr(layer, "keys", None), getattr(layer, "values", None), _counters(layer))
+        for layer in cache_layers(cache)
+    ]
+
+
+def _counters(layer: object) -> dict[str, object]:
+    return {name: getattr(layer, name) for name in ("cumulative_length",) if hasattr(layer, name)}
+
+
+def restore_cache(cache: object, saved: list[tuple[object, object, dict[str, object]]]) -> None:
+    """Put back what ``snapshot_cache`` saw."""
+    for layer, (keys, values, counters) in zip(cache_layers(cache), saved, strict=True):
+        layer.keys, layer.values = keys, values
+        for name, value in counters.items():
+            setattr(layer, name, value)

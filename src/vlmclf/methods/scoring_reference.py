@@ -27,8 +27,12 @@ def full_forward_log_probs(
         raise ValueError("full_forward_log_probs scores one example at a time")
     length = inputs["input_ids"].shape[1]
     out = []
+    answer_type = compat.answer_token_type(model)
     for seq in sequences:
         extended = append_tokens(inputs, seq)
+        if answer_type and "token_type_ids" in extended:  # the name is answer, not prefix
+            extended["token_type_ids"] = extended["token_type_ids"].clone()
+            extended["token_type_ids"][:, length:] = answer_type
         logits = model(**extended).logits[0, length - 1 : length - 1 + len(seq)].float()
         picked = torch.log_softmax(logits, -1)[torch.arange(len(seq)), torch.tensor(seq)]
         out.append(picked.tolist())

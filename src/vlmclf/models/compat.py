@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -133,3 +134,49 @@ def image_only_processor_class(processor_class: type) -> type:
 
     name = f"ImageOnly{processor_class.__name__}"
     return type(name, (processor_class,), {"__init__": __init__, "__module__": __name__})
+
+
+@functools.cache
+def without_video_processor(processor_class: type) -> type:
+    """A subclass of any image+video processor that runs the real ``__init__`` but has no
+    video slot (LLaVA-OneVision, Qwen3-VL, InternVL, SmolVLM need torchvision for theirs).
+
+    ``ProcessorMixin`` reads a processor's parts from its ``__init__`` signature; this one's
+    names only the image processor and the tokenizer, so the real ``__init__``'s ``None`` video
+    processor is dropped, and ``from_pretrained`` restores the saved settings of the two.
+    """
+    real_init = processor_class.__init__
+    real_signature = inspect.signature(real_init)
+    wants_video = "video_processor" in real_signature.parameters
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        if wants_video:
+            kwargs["video_processor"] = None
+        real_init(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+    # the real settings (image_seq_len, ...) stay in the signature, so they are saved and loaded
+    __init__.__signature__ = real_signature.replace(
+        parameters=[p for name, p in real_signature.parameters.items() if name != "video_processor"]
+    )
+    parts = ("self", "image_processor", "tokenizer", "video_processor")
+    settings = {name for name in real_signature.parameters if name not in parts} | {"chat_template"}
+
+    @classmethod
+    def from_args_and_dict(cls, args, processor_dict, **kwargs):
+        """``ProcessorMixin`` keeps only the saved settings its ``__init__``'s code names; this
+        one's code names none, so they are passed on here."""
+        given = {**processor_dict, **kwargs}
+        return cls(*args, **{name: given[name] for name in settings if name in given})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Saved under the real class's name, so a folder it writes loads anywhere."""
+        return {**processor_class.to_dict(self), "processor_class": processor_class.__name__}
+
+    name = f"ImageOnly{processor_class.__name__}"
+    namespace = {
+        "__init__": __init__,
+        "to_dict": to_dict,
+        "from_args_and_dict": from_args_and_dict,
+        "__module__": __name__,
+    }
+    return type(name, (processor_class,), namespace)

@@ -42,6 +42,8 @@ class FamilyAdapter:
     its position table.
     ``video_processor_optional``: the real processor also wants a video processor, which
     transformers builds only with torchvision; without one, an image-only subclass is used.
+    ``nest_images``: the processor takes one list of images per prompt (Gemma 3, Idefics3).
+    ``first_position``: the position of a row's first real token (PaliGemma counts from 1).
     """
 
     name: str
@@ -57,6 +59,8 @@ class FamilyAdapter:
     qformer_reads_prompt: bool = False
     video_processor_optional: bool = False
     pad_text_to_max_length: bool = False
+    nest_images: bool = False
+    first_position: int = 0
 
     def prompt(self, question: str, processor: Any, config: Any) -> str:
         """The full prompt text for a bare question, image placeholder included."""
@@ -152,6 +156,23 @@ def _instructblip_prompt(question: str, processor: Any, config: Any) -> str:
     return question
 
 
+def _rendered_chat_prompt(question: str, processor: Any, config: Any) -> str:
+    """The processor's chat template rendered by its tokenizer: SmolVLM's processor-level
+    ``apply_chat_template`` reads video settings, which an image-only processor lacks."""
+    conversation = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+    ]
+    return processor.tokenizer.apply_chat_template(
+        conversation, chat_template=chat_template_of(processor), add_generation_prompt=True,
+        tokenize=False,
+    )  # fmt: skip
+
+
+def _paligemma_prompt(question: str, processor: Any, config: Any) -> str:
+    """The image, then the task; the processor puts BOS after the image and "\\n" at the end."""
+    return f"{image_token(processor)}{question}"
+
+
 def _chat_prompt(question: str, processor: Any, config: Any) -> str:
     return apply_image_chat_template(question, processor)
 
@@ -233,6 +254,78 @@ FAMILIES: tuple[FamilyAdapter, ...] = (
         video_processor_optional=True,
     ),
 )
+
+RECENT_FAMILIES: tuple[FamilyAdapter, ...] = (
+    FamilyAdapter(
+        name="llava_onevision",
+        kind="vlm",
+        model_types=("llava_onevision",),
+        model_class="LlavaOnevisionForConditionalGeneration",
+        processor_class="LlavaOnevisionProcessor",
+        format_prompt=_chat_prompt,
+        video_processor_optional=True,
+    ),
+    FamilyAdapter(
+        name="gemma3",
+        kind="vlm",
+        model_types=("gemma3",),
+        model_class="Gemma3ForConditionalGeneration",
+        processor_class="Gemma3Processor",
+        format_prompt=_chat_prompt,
+        nest_images=True,
+    ),
+    FamilyAdapter(
+        name="qwen3_vl",
+        kind="vlm",
+        model_types=("qwen3_vl",),
+        model_class="Qwen3VLForConditionalGeneration",
+        processor_class="Qwen3VLProcessor",
+        format_prompt=_chat_prompt,
+        position_ids="internal",  # interleaved M-RoPE from input_ids + image grid + mask
+        video_processor_optional=True,
+    ),
+    FamilyAdapter(
+        name="internvl",
+        kind="vlm",
+        model_types=("internvl",),
+        model_class="InternVLForConditionalGeneration",
+        processor_class="InternVLProcessor",
+        format_prompt=_chat_prompt,
+        video_processor_optional=True,
+    ),
+    FamilyAdapter(
+        name="idefics3",
+        kind="vlm",
+        model_types=("idefics3",),
+        model_class="Idefics3ForConditionalGeneration",
+        processor_class="Idefics3Processor",
+        format_prompt=_chat_prompt,
+        language_model_path="model.text_model",
+        nest_images=True,
+    ),
+    FamilyAdapter(
+        name="smolvlm",
+        kind="vlm",
+        model_types=("smolvlm",),
+        model_class="SmolVLMForConditionalGeneration",
+        processor_class="SmolVLMProcessor",
+        format_prompt=_rendered_chat_prompt,
+        language_model_path="model.text_model",
+        video_processor_optional=True,
+        nest_images=True,
+    ),
+    FamilyAdapter(
+        name="paligemma",
+        kind="vlm",
+        model_types=("paligemma",),
+        model_class="PaliGemmaForConditionalGeneration",
+        processor_class="PaliGemmaProcessor",
+        format_prompt=_paligemma_prompt,
+        first_position=1,
+    ),
+)
+"""Today's open families, each with its processor's chat template as the clean prompt."""
+FAMILIES = (*FAMILIES, *RECENT_FAMILIES)
 
 GENERIC_VLM = FamilyAdapter(
     name="generic",

@@ -91,11 +91,16 @@ class HFVisionLanguageModel:
         """
         _check_pairs(images, questions)
         prompts = [self.format_prompt(question) for question in questions]
-        batch = self.processor(images=_rgb(images), text=prompts, return_tensors="pt", padding=True)
+        pictures: list[Any] = _rgb(images)
+        if self.adapter.nest_images:
+            pictures = [[picture] for picture in pictures]
+        batch = self.processor(images=pictures, text=prompts, return_tensors="pt", padding=True)
         if self.adapter.qformer_reads_prompt:
             batch.update(self._qformer_inputs(prompts))
         moved = {}
         for key, value in batch.items():
+            if key == "labels":  # PaliGemma's processor adds training labels; inference has none
+                continue
             if isinstance(value, torch.Tensor):
                 value = value.to(self.device)
                 if value.is_floating_point():
@@ -119,7 +124,8 @@ class HFVisionLanguageModel:
         ones (explicit position ids for families that would otherwise count the pads)."""
         kwargs = dict(batch)
         if self.adapter.position_ids == "from_mask" and "attention_mask" in batch:
-            kwargs["position_ids"] = positions_from_mask(batch["attention_mask"])
+            positions = positions_from_mask(batch["attention_mask"])
+            kwargs["position_ids"] = positions + self.adapter.first_position
         return kwargs
 
     def language_model_inputs(self, batch: BatchFeature) -> dict[str, Any]:

@@ -8,6 +8,11 @@ from typing import Any
 from vlmclf.models import compat
 from vlmclf.models.families import FamilyAdapter, adapter_for_config
 from vlmclf.models.hf import HFImageTextEncoder, HFVisionLanguageModel, wrap_model
+from vlmclf.models.image_classifier import (
+    HFImageClassifier,
+    is_image_classifier_config,
+    load_hf_image_classifier,
+)
 
 
 def _describe(ident: str) -> str:
@@ -21,6 +26,11 @@ def load_config(ident: str, trust_remote_code: bool = False) -> Any:
     try:
         return AutoConfig.from_pretrained(ident, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
+        if not trust_remote_code and "trust_remote_code" in str(err):
+            raise ValueError(
+                f"{_describe(ident)} ships its own model code (as Phi-3-Vision does); pass "
+                "--trust-remote-code to run it, only if you trust its source"
+            ) from err
         raise ValueError(f"cannot read a model config from {_describe(ident)}: {err}") from err
 
 
@@ -42,8 +52,16 @@ def load_processor(ident: str, adapter: FamilyAdapter, trust_remote_code: bool =
 
 
 def _image_only_processor(ident: str, adapter: FamilyAdapter, trust_remote_code: bool) -> Any:
-    """The family's processor without its video half, from the saved parts."""
+    """The family's processor without its video half, from the saved parts: the real class
+    minus its video slot, else (Qwen2-VL on transformers releases where that fails) rebuilt
+    from the saved image processor and tokenizer."""
     from transformers import AutoTokenizer
+
+    try:
+        image_only = compat.without_video_processor(adapter.processor_cls())
+        return image_only.from_pretrained(ident, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError, ImportError, AttributeError):
+        pass
 
     image_processor = compat.load_image_processor(ident, trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(ident, trust_remote_code=trust_remote_code)
@@ -59,10 +77,16 @@ def load_hf_model(
     device_map: str | None = None,
     trust_remote_code: bool = False,
     **_: Any,
-) -> HFVisionLanguageModel | HFImageTextEncoder:
-    """Load a transformers checkpoint as an encoder (CLIP, SigLIP) or a VLM, by its config."""
+) -> HFVisionLanguageModel | HFImageTextEncoder | HFImageClassifier:
+    """Load a transformers checkpoint as an encoder (CLIP, SigLIP), a VLM or a supervised
+    image classifier (ResNet, ViT, ...), by its config."""
     compat.torch_device(device)  # fail on a bad device before reading gigabytes
     config = load_config(ident, trust_remote_code)
+    if is_image_classifier_config(config):
+        return load_hf_image_classifier(
+            ident, config, device=device, dtype=dtype, device_map=device_map,
+            trust_remote_code=trust_remote_code,
+        )  # fmt: skip
     adapter = adapter_for_config(config)
     processor = load_processor(ident, adapter, trust_remote_code)
     model = adapter.model_cls().from_pretrained(

@@ -322,6 +322,20 @@ def load_random_model(
 ) -> Any:
     """The ``random:<family>`` loader: a wrapped tiny model on ``device`` in ``dtype``."""
     from vlmclf.models.hf import wrap_model
+    from vlmclf.models.image_classifier import RANDOM_CLASSIFIERS, load_random_classifier
+
+    if family in RANDOM_CLASSIFIERS:
+        return load_random_classifier(family, device=device, dtype=dtype, seed=seed)
 
     model, processor, adapter = build_random(family, seed)
     return wrap_model(model, processor, adapter, f"random:{family}", device=device, dtype=dtype)
+
+
+def _register_recent_families() -> None:
+    """Today's families live in ``random_recent`` (which builds on the helpers above)."""
+    from vlmclf.models.random_recent import RECENT_FAMILIES
+
+    RANDOM_FAMILIES.update(RECENT_FAMILIES)
+
+
+_register_recent_families()

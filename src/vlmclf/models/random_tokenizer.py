@@ -89,6 +89,42 @@ MISTRAL_CHAT_TEMPLATE = (
 )
 
 
+def _turns_template(user: str, assistant: str, end: str, image: str, start: str = "") -> str:
+    """A chat template of ``{start}{user}<content>{end}`` turns ending in the assistant cue,
+    the image item written as ``image``: the shape of most VLM chat templates."""
+    return (
+        start + "{% for message in messages %}"
+        "{% if message['role'] == 'user' %}" + user + "{% else %}" + assistant + "{% endif %}"
+        "{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}{% for item in message['content'] %}"
+        "{% if item['type'] == 'image' %}" + image + ""
+        "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+        "{% endfor %}{% endif %}" + end + "{% endfor %}"
+        "{% if add_generation_prompt %}" + assistant + "{% endif %}"
+    )
+
+
+# Shapes of the real templates (LLaVA-OneVision and InternVL are Qwen2 chats, Gemma 3 opens with
+# BOS and names the assistant "model", Idefics3/SmolVLM and Pixtral write no system turn).
+ONEVISION_CHAT_TEMPLATE = _turns_template(
+    "<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>\n", "<image>\n"
+)
+INTERNVL_CHAT_TEMPLATE = _turns_template(
+    "<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>\n", "<IMG_CONTEXT>\n"
+)
+GEMMA_CHAT_TEMPLATE = _turns_template(
+    "<start_of_turn>user\n",
+    "<start_of_turn>model\n",
+    "<end_of_turn>\n",
+    "<start_of_image>",
+    start="{{ bos_token }}",
+)
+IDEFICS_CHAT_TEMPLATE = _turns_template(
+    "<|im_start|>User:", "Assistant:", "<end_of_utterance>\n", "<image>", start=""
+)
+PIXTRAL_CHAT_TEMPLATE = _turns_template("[INST]", "", "[/INST]", "[IMG]")
+
+
 @dataclass(frozen=True)
 class TokenizerProfile:
     """How one family's real tokenizer frames text: special tokens, BOS/EOS, padding side."""
@@ -102,6 +138,7 @@ class TokenizerProfile:
     model_max_length: int = 8192
     chat_template: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    added: tuple[str, ...] = ()  # family-only special tokens, appended after the shared vocab
 
 
 IMAGE = {"image_token": "<image>"}
@@ -133,6 +170,87 @@ PROFILES: dict[str, TokenizerProfile] = {
             "vision_end_token": "<|vision_end|>",
         },
     ),
+    "onevision": TokenizerProfile(
+        bos=None,
+        eos="<|im_end|>",
+        pad="<|endoftext|>",
+        chat_template=ONEVISION_CHAT_TEMPLATE,
+        extra=IMAGE,
+        added=("<video>",),
+    ),
+    "qwen3": TokenizerProfile(
+        bos=None,
+        eos="<|im_end|>",
+        pad="<|endoftext|>",
+        chat_template=QWEN_CHAT_TEMPLATE,
+        extra={
+            "image_token": "<|image_pad|>",
+            "video_token": "<|video_pad|>",
+            "vision_start_token": "<|vision_start|>",
+            "vision_end_token": "<|vision_end|>",
+        },
+    ),
+    "internvl": TokenizerProfile(
+        bos=None,
+        eos="<|im_end|>",
+        pad="<|endoftext|>",
+        chat_template=INTERNVL_CHAT_TEMPLATE,
+        extra={
+            "start_image_token": "<img>",
+            "end_image_token": "</img>",
+            "context_image_token": "<IMG_CONTEXT>",
+            "video_token": "<video>",
+        },
+        added=("<img>", "</img>", "<IMG_CONTEXT>", "<video>"),
+    ),
+    "gemma": TokenizerProfile(
+        bos="<s>",
+        eos="<end_of_turn>",
+        pad="<pad>",
+        chat_template=GEMMA_CHAT_TEMPLATE,
+        extra={
+            "boi_token": "<start_of_image>",
+            "eoi_token": "<end_of_image>",
+            "image_token": "<image_soft_token>",
+        },
+        added=(
+            "<start_of_turn>",
+            "<end_of_turn>",
+            "<start_of_image>",
+            "<end_of_image>",
+            "<image_soft_token>",
+        ),
+    ),
+    "idefics": TokenizerProfile(
+        bos="<s>",
+        eos="<end_of_utterance>",
+        pad="<pad>",
+        prefix=("<s>",),
+        chat_template=IDEFICS_CHAT_TEMPLATE,
+        extra={
+            "image_token": "<image>",
+            "fake_image_token": "<fake_token_around_image>",
+            "global_image_token": "<global-img>",
+            "end_of_utterance_token": "<end_of_utterance>",
+        },
+        added=(
+            "<fake_token_around_image>",
+            "<global-img>",
+            "<end_of_utterance>",
+            *(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)),
+        ),
+    ),
+    "pixtral": TokenizerProfile(
+        bos="<s>",
+        eos="</s>",
+        pad="<pad>",
+        prefix=("<s>",),
+        chat_template=PIXTRAL_CHAT_TEMPLATE,
+        extra={"image_token": "[IMG]"},
+        added=("[IMG]", "[IMG_BREAK]", "[IMG_END]", "[INST]", "[/INST]"),
+    ),
+    # PaliGemma's processor writes BOS itself, after the image tokens.
+    "paligemma": TokenizerProfile(bos="<s>", eos="</s>", pad="<pad>", extra=IMAGE),
     # CLIP pools the text at its first end-of-text token.
     "clip": TokenizerProfile(
         bos="<|startoftext|>",
@@ -248,6 +366,8 @@ def build_tokenizer(profile_name: str) -> PreTrainedTokenizerFast:
     """A fresh transformers tokenizer over the shared tiny BPE, framed like ``profile_name``."""
     profile = PROFILES[profile_name]
     backend = Tokenizer.from_str(base_bpe_json())
+    if profile.added:
+        backend.add_special_tokens(list(profile.added))
     backend.post_processor = _post_processor(backend, profile)
     specials = {"eos_token": profile.eos, "pad_token": profile.pad}
     if profile.bos is not None:

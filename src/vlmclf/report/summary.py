@@ -28,7 +28,7 @@ def accuracy_rule(spec: RunSpec) -> str:
 def describe_spec(spec: RunSpec, split: str | None = None) -> str:
     """One line saying what was run."""
     what = spec.method
-    if spec.method != "clip":
+    if spec.method not in ("clip", "classifier"):
         what += f" {spec.setting}-world"
     if spec.k is not None:
         what += f" K={spec.k} ({spec.order} order)"
