@@ -134,6 +134,7 @@ class ChatModelServer:
         self.decoder = ImageDecoder(self.limits.max_pixels, self.limits.decode_slots)
         self.engine: ModelEngine | None = None
         self.batcher: MicroBatcher | None = None
+        self._serving = False
         try:
             self.httpd = _Server((host, port), _handler_class(self), self.limits.max_connections)
         except OSError as err:
@@ -157,15 +158,18 @@ class ChatModelServer:
         return f"http://{shown}:{port}/v1"
 
     def serve_forever(self) -> None:
+        self._serving = True
         self.httpd.serve_forever(poll_interval=0.2)
 
     def start_in_thread(self) -> threading.Thread:
+        self._serving = True
         thread = threading.Thread(target=self.serve_forever, daemon=True)
         thread.start()
         return thread
 
     def shutdown(self) -> None:
-        self.httpd.shutdown()
+        if self._serving:  # httpd.shutdown() waits for a serve_forever loop that must exist
+            self.httpd.shutdown()
         self.httpd.server_close()
         if self.batcher is not None:
             self.batcher.close()
@@ -358,6 +362,8 @@ def _handler_class(server: ChatModelServer) -> type[BaseHTTPRequestHandler]:
             self, code: int, message: str | None = None, explain: str | None = None
         ) -> None:
             """The stdlib's own errors (bad request line, unknown method) as JSON too."""
+            if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+                self.request_version = "HTTP/1.0"  # an unparsable line still gets a status line
             text = message or self.responses.get(code, ("error",))[0]
             kind = "method_not_allowed" if code == 501 else "invalid_request_error"
             status = 405 if code == 501 else code
