@@ -37,6 +37,9 @@ def serve_command(
     batch_window_ms: Annotated[
         float, typer.Option(help="How long to wait for requests to batch with the first.")
     ] = 5.0,
+    batch_max_wait_ms: Annotated[
+        float, typer.Option(help="Longest wait for requests already being received.")
+    ] = 100.0,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body accepted.")] = 32.0,
     max_pixels: Annotated[
         int, typer.Option(help="Largest image accepted (width x height), checked before decoding.")
@@ -64,6 +67,7 @@ def serve_command(
             max_connections=max_connections,
             max_tokens_limit=max_tokens_limit,
             batch_window_ms=batch_window_ms,
+            batch_max_wait_ms=batch_max_wait_ms,
             max_batch=max_batch,
         )
         _check_limits(limits)
@@ -101,5 +105,5 @@ def _check_limits(limits: ServeLimits) -> None:
     for field, option in options.items():
         if not getattr(limits, field) > 0:
             raise ValueError(f"{option} must be positive, got {getattr(limits, field)}")
-    if limits.batch_window_ms < 0:
-        raise ValueError("--batch-window-ms must be 0 or more")
+    if not 0 <= limits.batch_window_ms <= limits.batch_max_wait_ms:
+        raise ValueError("--batch-window-ms must be 0 or more and at most --batch-max-wait-ms")

@@ -4,6 +4,16 @@ One worker thread owns the model. It takes the first waiting request, collects w
 arrives within ``window_s`` (up to ``max_batch``), drops the requests whose clients have gone,
 and hands each group of compatible requests (same kind, same token budget) to the engine as one
 batch. While a batch runs, new requests queue, so under load batches fill without waiting.
+
+The window alone splits batches on a busy machine: when a batch of 8 is answered, its 8 clients
+send their next requests at once, but reading and decoding them takes longer than a few
+milliseconds when the CPU is shared, so the first would start alone. The handlers therefore say
+when a request is on its way (``arriving``), and while any is, the batcher waits for it, up to
+``max_wait_s``. It also expects the clients it has just answered to come back: until as many
+requests as the last batch answered have arrived (or ``max_wait_s`` after that batch ended), it
+waits for them, so two cohorts of clients that once fell out of step merge again instead of
+alternating half-full batches forever. A lone sequential client is never waited for: its own
+next request is the one expected.
 """
 
 from __future__ import annotations
@@ -12,7 +22,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -51,23 +62,61 @@ class MicroBatcher:
     """Collects jobs for a few milliseconds and runs them in groups on one worker thread."""
 
     def __init__(
-        self, run_group: Callable[[list[Job]], None], *, window_s: float = 0.005, max_batch: int = 8
+        self,
+        run_group: Callable[[list[Job]], None],
+        *,
+        window_s: float = 0.005,
+        max_batch: int = 8,
+        max_wait_s: float = 0.1,
     ):
-        if window_s < 0 or max_batch < 1:
+        if window_s < 0 or max_batch < 1 or max_wait_s < window_s:
             raise ValueError(
-                f"window_s must be >= 0 and max_batch >= 1, got {window_s}, {max_batch}"
+                "need window_s >= 0, max_batch >= 1 and max_wait_s >= window_s, got "
+                f"{window_s}, {max_batch}, {max_wait_s}"
             )
         self.window_s = window_s
         self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self._arriving = 0
+        self._returning = 0  # clients answered by the last batch that have not come back yet
+        self._returning_until = 0.0  # when that expectation lapses
+        self._arriving_lock = threading.Lock()
         self.batch_sizes: list[int] = []  # what each model call got (for tests and the bench)
         self._run_group = run_group
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="vlmclf-serve-model", daemon=True)
         self._thread.start()
 
+    @contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Held by a handler while it reads and decodes a request it will submit."""
+        with self._arriving_lock:
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._arriving_lock:
+                self._arriving -= 1
+
     def submit(self, job: Job) -> Job:
+        with self._arriving_lock:
+            self._returning = max(0, self._returning - 1)
         self._queue.put(job)
         return job
+
+    def _expect_back(self, answered: int) -> None:
+        with self._arriving_lock:
+            self._returning = answered
+            self._returning_until = time.monotonic() + self.max_wait_s
+
+    def _deadline(self, start: float) -> float:
+        """Until when to keep collecting: longer while requests are known to be on their way."""
+        deadline = start + self.window_s
+        if self._arriving > 0:
+            deadline = max(deadline, start + self.max_wait_s)
+        if self._returning > 0:
+            deadline = max(deadline, self._returning_until)
+        return deadline
 
     def close(self) -> None:
         self._queue.put(None)
@@ -85,18 +134,22 @@ class MicroBatcher:
             for group in groups.values():
                 self.batch_sizes.append(len(group))
                 self._run_safely(group)
+            self._expect_back(sum(job.error is None for job in live))
 
     def _collect(self) -> list[Job] | None:
         first = self._queue.get()
         if first is None:
             return None
         batch = [first]
-        deadline = time.monotonic() + self.window_s
+        start = time.monotonic()
         while len(batch) < self.max_batch:
-            try:
-                job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
+            remaining = self._deadline(start) - time.monotonic()
+            if remaining <= 0:
                 break
+            try:  # short slices, so a request that starts arriving meanwhile is waited for
+                job = self._queue.get(timeout=min(remaining, 0.002))
+            except queue.Empty:
+                continue
             if job is None:
                 self._queue.put(None)  # stop after this batch
                 break

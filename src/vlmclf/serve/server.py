@@ -8,6 +8,7 @@ the image header, then pixels are decoded (a few at a time), then the model is a
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -24,7 +25,6 @@ from vlmclf.serve.batching import CLIENT_GONE, Job, MicroBatcher
 from vlmclf.serve.engine import ModelEngine
 from vlmclf.serve.images import ImageDecoder
 from vlmclf.serve.protocol import (
-    ChatRequest,
     RequestError,
     completion_body,
     error_body,
@@ -49,6 +49,7 @@ class ServeLimits:
     max_tokens_limit: int = 1024
     batch_window_ms: float = 5.0
     max_batch: int = 8
+    batch_max_wait_ms: float = 100.0  # waiting for requests already on their way
 
 
 class ServeError(Exception):
@@ -185,19 +186,26 @@ class ChatModelServer:
     def models_payload(self) -> dict[str, Any]:
         return {"object": "list", "data": [model_object(self.served_name)]}
 
-    def answer(self, body: dict[str, Any], client_gone: Any) -> tuple[ChatRequest, Any]:
-        """Check, decode and queue one request; wait for its answer (or for the client to go)."""
+    def submit(self, body: dict[str, Any]) -> Job:
+        """Check and decode one request and queue it for the model."""
         request = parse_chat_request(body, self.served_name, self.limits.max_tokens_limit)
         if self.batcher is None:
             raise RequestError(503, "the model is still loading", "server_busy")
-        image = self.decoder.decode(request.image_bytes)
-        job = self.batcher.submit(Job(request, image))
+        return self.batcher.submit(Job(request, self.decoder.decode(request.image_bytes)))
+
+    def arriving(self) -> Any:
+        """While held, the batcher waits for this request before starting a batch without it."""
+        return self.batcher.arriving() if self.batcher is not None else contextlib.nullcontext()
+
+    @staticmethod
+    def wait(job: Job, client_gone: Any) -> Any:
+        """The job's answer; a client that disconnects meanwhile cancels it."""
         while not job.done.wait(0.05):
             if client_gone():
                 job.cancelled.set()
         if job.error is not None:
             raise job.error
-        return request, job.answer
+        return job.answer
 
 
 def _handler_class(server: ChatModelServer) -> type[BaseHTTPRequestHandler]:
@@ -272,7 +280,9 @@ def _handler_class(server: ChatModelServer) -> type[BaseHTTPRequestHandler]:
             path = urllib.parse.urlsplit(self.path).path.rstrip("/")
             if path != "/v1/chat/completions":
                 raise RequestError(404, f"no route POST {path}", "not_found")
-            request, answer = server.answer(self._read_json(), self._client_gone)
+            with server.arriving():
+                job = server.submit(self._read_json())
+            request, answer = job.request, server.wait(job, self._client_gone)
             if request.stream:
                 self._send_stream(stream_chunks(answer, server.served_name, request.include_usage))
             else:
