@@ -250,3 +250,35 @@ def test_decoding_is_bounded_by_the_semaphore(monkeypatch):
     for thread in threads:
         thread.join()
     assert max(peak) == 2
+
+
+def _job():
+    from vlmclf.serve.batching import Job
+    from vlmclf.serve.protocol import ChatRequest
+
+    return Job(ChatRequest(b"", "q", 2), Image.new("RGB", (4, 4)))
+
+
+def test_the_batcher_waits_for_the_clients_it_just_answered_but_not_for_a_lone_one():
+    from vlmclf.serve.batching import MicroBatcher
+
+    batcher = MicroBatcher(lambda jobs: [j.finish(None) for j in jobs], window_s=0.005,
+                           max_batch=8, max_wait_s=1.0)  # fmt: skip
+    try:
+        start = time.monotonic()
+        for _ in range(5):  # one sequential client: its own next request is the one expected
+            batcher.submit(_job()).done.wait(5)
+        assert time.monotonic() - start < 0.5
+        cohort = [batcher.submit(_job()) for _ in range(8)]
+        for job in cohort:
+            job.done.wait(5)
+        assert batcher.batch_sizes[-1:] == [8], batcher.batch_sizes
+        del batcher.batch_sizes[:]
+        batcher.submit(_job())  # one client is quick; the other seven come back 50 ms later
+        time.sleep(0.05)
+        late = [batcher.submit(_job()) for _ in range(7)]
+        for job in late:
+            job.done.wait(5)
+        assert batcher.batch_sizes == [8]
+    finally:
+        batcher.close()

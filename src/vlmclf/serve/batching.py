@@ -45,10 +45,18 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     answer: Answer | None = None
     error: RequestError | None = None
+    finished: bool = False
+    held: bool = False  # while True, the outcome is kept back from the waiting handler
 
     def finish(self, answer: Answer | None = None, error: RequestError | None = None) -> None:
-        if not self.done.is_set():
-            self.answer, self.error = answer, error
+        if not self.finished:
+            self.answer, self.error, self.finished = answer, error, True
+            if not self.held:
+                self.done.set()
+
+    def release(self) -> None:
+        self.held = False
+        if self.finished:
             self.done.set()
 
     def group_key(self) -> Hashable:
@@ -131,10 +139,14 @@ class MicroBatcher:
             groups: dict[Hashable, list[Job]] = {}
             for job in live:
                 groups.setdefault(job.group_key(), []).append(job)
+            for job in live:  # answers go out only once the batcher expects their clients back
+                job.held = True
             for group in groups.values():
                 self.batch_sizes.append(len(group))
                 self._run_safely(group)
             self._expect_back(sum(job.error is None for job in live))
+            for job in live:
+                job.release()
 
     def _collect(self) -> list[Job] | None:
         first = self._queue.get()
@@ -144,11 +156,15 @@ class MicroBatcher:
         start = time.monotonic()
         while len(batch) < self.max_batch:
             remaining = self._deadline(start) - time.monotonic()
-            if remaining <= 0:
-                break
-            try:  # short slices, so a request that starts arriving meanwhile is waited for
-                job = self._queue.get(timeout=min(remaining, 0.002))
+            try:  # what is queued is always taken; short slices while waiting for more
+                job = (
+                    self._queue.get_nowait()
+                    if remaining <= 0
+                    else self._queue.get(timeout=min(remaining, 0.002))
+                )
             except queue.Empty:
+                if remaining <= 0:
+                    break
                 continue
             if job is None:
                 self._queue.put(None)  # stop after this batch
