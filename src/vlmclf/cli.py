@@ -194,6 +194,10 @@ def eval_command(
             help="Stop when the estimated API cost (USD) reaches this.",
         ),
     ] = None,
+    price_file: Annotated[
+        Path | None,
+        typer.Option(help='API prices, JSON {"model": {"input": USD/1M, "output": USD/1M}}.'),
+    ] = None,
     image_max_side: Annotated[
         int | None,
         typer.Option(
@@ -307,6 +311,7 @@ def eval_command(
         max_requests=max_requests,
         max_cost_usd=max_cost,
         image_max_side=image_max_side,
+        price_file=None if price_file is None else str(price_file),
     )
     config = RunConfig(
         store_path=store,

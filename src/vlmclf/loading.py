@@ -26,6 +26,7 @@ class ModelOptions:
     max_cost_usd: float | None = None
     image_max_side: int | None = None
     api_timeout_s: float = 60.0
+    price_file: str | None = None  # JSON prices for --max-cost and cost estimates
 
 
 def is_api_spec(spec: str) -> bool:
@@ -45,6 +46,7 @@ def load_any_model(spec: str, options: ModelOptions) -> object:
             max_cost_usd=options.max_cost_usd,
             image_max_side=options.image_max_side,
             timeout_s=options.api_timeout_s,
+            price_file=options.price_file,
         )
     from vlmclf.models import load_model
 

@@ -81,8 +81,29 @@ def wikiqa_command(
         _print_wikiqa(result, model, method)
     summary = result["summary"]
     if summary["n"] and summary["n_failed"] == summary["n"]:
-        typer.echo(f"error: every question failed; are the images under {images}?", err=True)
+        hint = _failure_hint(store, result["run_id"], images)
+        typer.echo(f"error: every question failed; {hint}", err=True)
         raise typer.Exit(1)
+
+
+_MISSING_IMAGE_WORDS = ("image not found", "no such file", "not an image", "cannot open")
+
+
+def _failure_hint(store: Path, run_id: str, images: Path) -> str:
+    """The commonest stored failure reason; the image folder is named only when it is the cause."""
+    from collections import Counter
+
+    from vlmclf.store import RunStore
+
+    with RunStore(store) as runs:
+        reasons = Counter(p.error or "" for p in runs.predictions(run_id) if not p.ok)
+    if not reasons:
+        return "see `vlmclf export` for the reasons"
+    reason, count = reasons.most_common(1)[0]
+    hint = f"the commonest reason ({count} of {sum(reasons.values())}): {reason[:300]}"
+    if any(words in reason.lower() for words in _MISSING_IMAGE_WORDS):
+        hint += f"; are the images under {images}?"
+    return hint
 
 
 def _print_wikiqa(result: dict, model: str, method: str) -> None:

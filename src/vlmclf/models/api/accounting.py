@@ -32,6 +32,7 @@ class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
     responses_without_usage: int = 0
+    implausible_input_tokens: int = 0  # answers whose input count cannot cover image + question
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -77,6 +78,7 @@ class Usage:
                 "malformed": self.malformed, "truncated": self.truncated,
                 "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
                 "responses_without_usage": self.responses_without_usage,
+                "implausible_input_tokens": self.implausible_input_tokens,
                 "estimated_cost_usd": self.cost_usd,
                 "max_requests": self.max_requests, "max_cost_usd": self.max_cost_usd,
             }

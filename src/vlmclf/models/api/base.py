@@ -59,6 +59,13 @@ class _Retry:
     reason: str
     retry_after: float | None = None
     malformed: bool = False
+    repeatable: tuple[int, bytes] | None = None  # (status, body) of an error that may be fixed
+
+
+# A 500 with the same body twice in a row is the server's answer to this item, not a passing
+# state: retrying it five more times only multiplies requests. 429/502/503/504 are load and
+# gateway states whose bodies repeat while they pass, so they keep the normal retries.
+DETERMINISTIC_STATUS = frozenset({500})
 
 
 class ApiChatModel:
@@ -100,12 +107,15 @@ class ApiChatModel:
         price = prices.lookup(self.model)
         if max_cost_usd is not None and price is None:
             raise ValueError(f"max_cost_usd needs a price for {self.model}, and the price table "
-                             "has none: add it with a price file or drop the spend cap")
+                             "has none: add it with --price-file (a JSON file of USD per 1M "
+                             'tokens, e.g. {"my-model": {"input": 0.1, "output": 0.2}}) or drop '
+                             "the spend cap")
         self._usage = Usage(price=price, max_requests=max_requests, max_cost_usd=max_cost_usd)
         self._rng = random.Random(self.retry.seed)
         self._served_lock = threading.Lock()
         self._served_checked = False
         self._not_served: ApiModelNotFound | None = None
+        self._warned_input_tokens = False
 
     def __repr__(self) -> str:
         return f"ApiChatModel({self.name!r}, base_url={self.base_url!r})"
@@ -222,6 +232,7 @@ class ApiChatModel:
                    **self._adapter.auth_headers(self._key)}
         safe_url = strip_credentials(request.url)
         attempts = 0
+        previous_error: tuple[int, bytes] | None = None
         while not stop.is_set():
             self._usage.reserve_request(self._cache.path)
             attempts += 1
@@ -233,6 +244,11 @@ class ApiChatModel:
                 return self._accept(job, verdict, mode, attempts)
             if isinstance(verdict, ApiFailure):
                 return self._fail(replace(verdict, attempts=attempts))
+            if verdict.repeatable is not None and verdict.repeatable == previous_error:
+                return self._fail(ApiFailure(
+                    f"{verdict.reason} (the same error twice in a row: the server fails on this "
+                    "item every time, so it is not retried further)", "http_error", attempts))
+            previous_error = verdict.repeatable
             delay_or_failure = self._retry_delay(verdict, attempts)
             if isinstance(delay_or_failure, ApiFailure):
                 return self._fail(delay_or_failure)
@@ -258,7 +274,10 @@ class ApiChatModel:
         payload = _json_or_none(result.body)
         message = _server_message(result, payload)
         if result.status in RETRYABLE_STATUS:
-            return _Retry(f"HTTP {result.status}: {message}", retry_after_seconds(result.headers))
+            after = retry_after_seconds(result.headers)
+            repeatable = (result.status, result.body) if (
+                result.status in DETERMINISTIC_STATUS and after is None) else None
+            return _Retry(f"HTTP {result.status}: {message}", after, repeatable=repeatable)
         if self._adapter.is_model_not_found(result.status, payload):
             self._ensure_model_served()
         return ApiFailure(f"HTTP {result.status} from {self.base_url}: {message}", "http_error")
@@ -293,6 +312,7 @@ class ApiChatModel:
         self._usage.add(input_tokens=parsed.input_tokens, output_tokens=parsed.output_tokens,
                         truncated=int(parsed.truncated and mode == "generate"),
                         responses_without_usage=int(not parsed.usage_reported))
+        self._check_input_tokens(job, parsed)
         if mode == "generate" and not parsed.text.strip():
             why = ": the token limit was reached before any text" if parsed.truncated else ""
             return self._fail(ApiFailure(
@@ -303,6 +323,27 @@ class ApiChatModel:
         logger.debug("%s: item %s answered after %d attempt(s), %d+%d tokens", self.name,
                      job.key[:12], attempts, parsed.input_tokens, parsed.output_tokens)
         return {**value, "cached": False, "attempts": attempts}
+
+    def _check_input_tokens(self, job: _Job, parsed: ParsedAnswer) -> None:
+        """Warn (once per model) when the server counts fewer input tokens than the request has.
+
+        Every word of the question is at least one token and the image at least one more, so a
+        count below that means the server dropped the image or the question (a chat template
+        that ignores image parts does this silently, and the answers are then guesses).
+        """
+        floor = len(job.prompt.split()) + 1
+        if not parsed.usage_reported or parsed.input_tokens >= floor:
+            return
+        self._usage.add(implausible_input_tokens=1)
+        with self._served_lock:
+            if self._warned_input_tokens:
+                return
+            self._warned_input_tokens = True
+        logger.warning(
+            "%s: the server reports %d input tokens for a request with an image and a %d-word "
+            "question (at least %d expected): it may be dropping the image or the question; "
+            "check its chat template and image support", self.name, parsed.input_tokens,
+            floor - 1, floor)
 
     def _fail(self, failure: ApiFailure) -> ApiFailure:
         self._usage.add(failures=1)
