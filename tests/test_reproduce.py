@@ -15,6 +15,7 @@ from vlmclf import reproduce
 from vlmclf.cli import app
 from vlmclf.store import RunStore
 
+
 # Options the protocol names that exist only once branch protocol-core is merged.
 def invoke(*args: str) -> str:
     result = CliRunner().invoke(app, list(args))
