@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from vlmclf.analysis.corpus import synthetic_captions
-from vlmclf.analysis.frequency import ClassMatcher, naive_count
+from vlmclf.analysis.frequency.corpus import synthetic_captions
+from vlmclf.analysis.frequency.run import ClassMatcher, naive_count
 
 CLASSNAMES = Path(__file__).resolve().parents[1] / "src/vlmclf/data/classnames/imagenet.json"
 

@@ -272,8 +272,8 @@ class PartSetting:
 
 def likelihood_part(run: PartSetting, out: dict, flush: Callable) -> None:
     """Ours timed on ``score_images``; the three ways compared; bf16 against fp32 weights."""
-    from vlmclf.methods.likelihood_targets import make_target
-    from vlmclf.methods.scoring_reference import full_forward_log_probs
+    from vlmclf.methods.likelihood.reference import full_forward_log_probs
+    from vlmclf.methods.likelihood.targets import make_target
     from vlmclf.models.hf import wrap_model
 
     sizes, clock, dtype = run.sizes, run.clock, run.dtype

@@ -30,10 +30,10 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from vlmclf.data.classnames import load_class_names  # noqa: E402
-from vlmclf.methods.likelihood_targets import continuation_tokens, make_target  # noqa: E402
+from vlmclf.methods.likelihood.reference import full_forward_log_probs, sequential_log_probs  # noqa: E402
+from vlmclf.methods.likelihood.targets import continuation_tokens, make_target  # noqa: E402
+from vlmclf.methods.likelihood.trie import TokenSequence, TokenTrie  # noqa: E402
 from vlmclf.methods.prompts import build_question  # noqa: E402
-from vlmclf.methods.scoring_reference import full_forward_log_probs, sequential_log_probs  # noqa: E402
-from vlmclf.methods.trie import TokenSequence, TokenTrie  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -16,10 +16,10 @@ from PIL import Image
 from vlmclf.data.types import Example
 from vlmclf.methods import make_method
 from vlmclf.methods.base import LoadedExample
-from vlmclf.methods.likelihood import LikelihoodMethod
-from vlmclf.methods.likelihood_targets import append_tokens
-from vlmclf.methods.scoring_compat import cache_layers
-from vlmclf.methods.scoring_reference import full_forward_log_probs
+from vlmclf.methods.likelihood.compat import cache_layers
+from vlmclf.methods.likelihood.method import LikelihoodMethod
+from vlmclf.methods.likelihood.reference import full_forward_log_probs
+from vlmclf.methods.likelihood.targets import append_tokens
 from vlmclf.models import load_model
 from vlmclf.models.families import adapter_by_name
 from vlmclf.models.hf import wrap_model

@@ -13,21 +13,21 @@ from fixtures_data import COLOURS, write_noisy_colour_folder
 from PIL import Image
 from typer.testing import CliRunner
 
-from vlmclf.analysis.finetune import (
+from vlmclf.analysis.finetune.data import (
+    batches_forever,
+    classification_items,
+    mix_in,
+    read_llava_conversations,
+)
+from vlmclf.analysis.finetune.log import DivergenceGuard, LossLog, lr_factor, warmup_steps
+from vlmclf.analysis.finetune.model import HFTrainable, LoraSettings, make_trainable
+from vlmclf.analysis.finetune.run import (
     FinetuneRequest,
     FinetuneRuntime,
     Trainer,
     TrainingDiverged,
     run_finetune,
 )
-from vlmclf.analysis.finetune_data import (
-    batches_forever,
-    classification_items,
-    mix_in,
-    read_llava_conversations,
-)
-from vlmclf.analysis.finetune_log import DivergenceGuard, LossLog, lr_factor, warmup_steps
-from vlmclf.analysis.finetune_model import HFTrainable, LoraSettings, make_trainable
 from vlmclf.commands.finetune import EXIT_DIVERGED, finetune_command
 from vlmclf.data import load_dataset
 from vlmclf.models import load_model
@@ -358,7 +358,7 @@ def test_organism_projector_training_masks_the_prompt_and_saves_its_weights_fold
         make_trainable(tiny_organism(), "projector+lora")
     # a few steps on one repeated batch: the loss goes down, only the projector moves
     lm_before = {k: v.clone() for k, v in organism.lm.state_dict().items()}
-    from vlmclf.analysis.finetune_data import TrainItem
+    from vlmclf.analysis.finetune.data import TrainItem
 
     items = [TrainItem(str(i), "classification", QUESTION, name, lambda i=i: _images(3)[i])
              for i, name in enumerate(COLOURS)]  # fmt: skip
@@ -429,7 +429,7 @@ def test_qformer_training_is_refused_for_models_without_one():
 
 
 def test_lora_on_all_linear_layers_covers_the_mlp_and_stays_inside_the_language_model():
-    from vlmclf.analysis.finetune_model import lora_settings
+    from vlmclf.analysis.finetune.model import lora_settings
 
     wrapper = load_model("random:llava")
     lm_path = wrapper.adapter.language_model_path

@@ -10,9 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from vlmclf.analysis import corpus
-from vlmclf.analysis.corpus import ReadStats, detect_format, iter_units, synthetic_captions
-from vlmclf.analysis.frequency import (
+from vlmclf.analysis.frequency import corpus
+from vlmclf.analysis.frequency.corpus import (
+    ReadStats,
+    detect_format,
+    iter_units,
+    synthetic_captions,
+)
+from vlmclf.analysis.frequency.run import (
     ClassMatcher,
     binned_accuracy,
     class_name_variants,

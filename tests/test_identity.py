@@ -123,7 +123,7 @@ def test_a_larger_limit_extends_the_same_run(tmp_path: Path):
 
 
 def test_probe_feature_cache_key_follows_the_examples(manifest: Path):
-    from vlmclf.analysis.features import make_key
+    from vlmclf.analysis.probe.features import make_key
     from vlmclf.data import load_dataset
 
     def key() -> str:

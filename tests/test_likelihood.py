@@ -13,14 +13,14 @@ from PIL import Image
 from vlmclf.data.classnames import load_class_names
 from vlmclf.data.types import Example
 from vlmclf.methods.base import LoadedExample
-from vlmclf.methods.likelihood import LikelihoodMethod
-from vlmclf.methods.likelihood_targets import (
+from vlmclf.methods.likelihood.method import LikelihoodMethod
+from vlmclf.methods.likelihood.reference import full_forward_log_probs, sequential_log_probs
+from vlmclf.methods.likelihood.targets import (
     append_tokens,
     continuation_tokens,
     trim_tokens,
 )
-from vlmclf.methods.scoring_reference import full_forward_log_probs, sequential_log_probs
-from vlmclf.methods.trie import TokenTrie
+from vlmclf.methods.likelihood.trie import TokenTrie
 from vlmclf.models import load_model
 from vlmclf.spec import RunSpec
 

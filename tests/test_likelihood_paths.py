@@ -14,8 +14,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from vlmclf.data.types import Example
 from vlmclf.methods.base import LoadedExample
-from vlmclf.methods.likelihood import LikelihoodMethod
-from vlmclf.methods.scoring_reference import (
+from vlmclf.methods.likelihood.method import LikelihoodMethod
+from vlmclf.methods.likelihood.reference import (
     full_forward_log_probs,
     full_forward_log_probs_from_embeds,
 )

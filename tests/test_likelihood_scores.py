@@ -9,8 +9,8 @@ from PIL import Image
 
 from vlmclf.data.types import Example
 from vlmclf.methods.base import LoadedExample
-from vlmclf.methods.likelihood import LikelihoodMethod, finalize_predictions
-from vlmclf.methods.likelihood_scores import (
+from vlmclf.methods.likelihood.method import LikelihoodMethod, finalize_predictions
+from vlmclf.methods.likelihood.scores import (
     aggregate,
     dataset_mean_prior,
     rescore,

@@ -12,8 +12,8 @@ import torch
 from vlmclf.data.idx import read_fashion_mnist
 from vlmclf.data.types import Example
 from vlmclf.methods.base import LoadedExample
-from vlmclf.methods.likelihood import LikelihoodMethod
-from vlmclf.methods.likelihood_targets import continuation_tokens
+from vlmclf.methods.likelihood.method import LikelihoodMethod
+from vlmclf.methods.likelihood.targets import continuation_tokens
 from vlmclf.organism import load_organism
 from vlmclf.organism.vlm import IMAGE_PLACEHOLDER
 from vlmclf.spec import RunSpec

@@ -12,14 +12,20 @@ import typer
 from fixtures_data import write_noisy_colour_folder
 from typer.testing import CliRunner
 
-from vlmclf.analysis.features import (
+from vlmclf.analysis.probe.features import (
     cached_features,
     extract_features,
     feature_cache_dir,
     load_feature_file,
 )
-from vlmclf.analysis.probe import PAPER_LABEL, ProbeConfig, ProbeRequest, ProbeRuntime, run_probe
-from vlmclf.analysis.probe_train import (
+from vlmclf.analysis.probe.run import (
+    PAPER_LABEL,
+    ProbeConfig,
+    ProbeRequest,
+    ProbeRuntime,
+    run_probe,
+)
+from vlmclf.analysis.probe.train import (
     CLEAN_LABEL,
     clean_protocol,
     paper_protocol,

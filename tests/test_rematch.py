@@ -255,7 +255,7 @@ def test_exact_match_is_the_papers_equality_rule():
 
 
 def test_finetune_rejects_an_unknown_evaluation_rule(tmp_path):
-    from vlmclf.analysis.finetune import FinetuneRequest, FinetuneRuntime, run_finetune
+    from vlmclf.analysis.finetune.run import FinetuneRequest, FinetuneRuntime, run_finetune
 
     request = FinetuneRequest(model="random:llava", dataset="fashion_mnist", match="fuzzy")
     with pytest.raises(ValueError, match="unknown matcher 'fuzzy'"):

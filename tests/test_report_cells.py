@@ -11,7 +11,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from vlmclf.analysis.frequency_stats import write_frequency_table
+from vlmclf.analysis.frequency.stats import write_frequency_table
 from vlmclf.cli import app
 from vlmclf.records import Prediction
 from vlmclf.report.cells import csv_cell, latex_cell, markdown_cell

@@ -12,8 +12,8 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from vlmclf.analysis.sweep import SweepCell, cell_spec, parse_axes, parse_axis, run_sweep
-from vlmclf.analysis.sweep_report import relative_errors
+from vlmclf.analysis.sweep.report import relative_errors
+from vlmclf.analysis.sweep.run import SweepCell, cell_spec, parse_axes, parse_axis, run_sweep
 from vlmclf.commands.sweep import sweep_command
 from vlmclf.runner import RunConfig
 from vlmclf.store import RunStore
@@ -37,7 +37,7 @@ def _prediction_rows(store: Path) -> int:
 
 
 def _cell(**values: str) -> SweepCell:
-    from vlmclf.analysis.sweep import DEFAULTS
+    from vlmclf.analysis.sweep.run import DEFAULTS
 
     return SweepCell("random:llava", "imagefolder", DEFAULTS | values)
 

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from vlmclf.methods.trie import TokenTrie, chunk_sequences, node_log_probs
+from vlmclf.methods.likelihood.trie import TokenTrie, chunk_sequences, node_log_probs
 
 SEQUENCES = [(5, 6, 7), (5, 6, 8), (5,), (9, 1), (5, 6, 7), (5, 6, 7, 2), (3,)]
 

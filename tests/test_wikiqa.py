@@ -12,19 +12,19 @@ from api_servers import FakeApiServer
 from PIL import Image
 from typer.testing import CliRunner
 
-from vlmclf.analysis.wikiqa import (
-    WikiQALikelihoodMethod,
-    evaluate_wikiqa,
-    run_wikiqa,
-    wikiqa_spec,
-)
-from vlmclf.analysis.wikiqa_build import (
+from vlmclf.analysis.wikiqa.build import (
     build_questions,
     parse_generated,
     read_wiki,
     with_class_name,
 )
-from vlmclf.analysis.wikiqa_parse import parse_choice
+from vlmclf.analysis.wikiqa.parse import parse_choice
+from vlmclf.analysis.wikiqa.run import (
+    WikiQALikelihoodMethod,
+    evaluate_wikiqa,
+    run_wikiqa,
+    wikiqa_spec,
+)
 from vlmclf.commands.wikiqa import wikiqa_app
 from vlmclf.data.imagewikiqa import LETTERS, load_imagewikiqa, read_questions
 from vlmclf.data.types import BadExampleError
@@ -201,8 +201,8 @@ def test_likelihood_through_an_api_model_uses_letter_logprobs(
 def test_likelihood_scores_letters_like_a_full_forward(
     tiny_wikiqa: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    from vlmclf.methods.likelihood_targets import continuation_tokens
-    from vlmclf.methods.scoring_reference import full_forward_log_probs
+    from vlmclf.methods.likelihood.reference import full_forward_log_probs
+    from vlmclf.methods.likelihood.targets import continuation_tokens
     from vlmclf.models import load_model
 
     root, questions = tiny_wikiqa

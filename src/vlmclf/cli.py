@@ -332,7 +332,7 @@ def eval_command(
 
     try:
         if cfg_sweep:
-            from vlmclf.analysis.cfg_sweep import run_cfg_sweep
+            from vlmclf.analysis.sweep.cfg import run_cfg_sweep
 
             result = run_cfg_sweep(spec, config, val_split=val_split, val_limit=val_limit)
         else:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vlmclf.methods.likelihood_scores import score_matrices
+from vlmclf.methods.likelihood.scores import score_matrices
 from vlmclf.protocols import resolve
 from vlmclf.store import RunStore
 

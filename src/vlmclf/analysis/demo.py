@@ -58,7 +58,7 @@ def run_demo(
     on_step: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
     """Run every part (stored runs are reused), judge the findings, write the report."""
-    from vlmclf.analysis.probe import ProbeRequest, ProbeRuntime, run_probe
+    from vlmclf.analysis.probe.run import ProbeRequest, ProbeRuntime, run_probe
 
     out_dir.mkdir(parents=True, exist_ok=True)
     loader = LastModelLoader()
@@ -189,7 +189,7 @@ def probe_recovers_gap(
 
 def accuracy_follows_frequency(result: RunResult, counts: dict[str, int]) -> dict[str, Any]:
     """Finding 3: per-class accuracy against captions per class in the projector's data."""
-    from vlmclf.analysis.frequency_stats import correlate
+    from vlmclf.analysis.frequency.stats import correlate
 
     accuracy = per_class_accuracy(result.predictions, result.class_names, rule="contain")
     c = correlate(counts, accuracy)

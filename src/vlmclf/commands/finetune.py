@@ -155,8 +155,8 @@ def finetune_command(
 ) -> None:
     """Fine-tune a VLM's projector (and LoRA) on classification data; the checkpoint loads
     with `vlmclf eval --model`. Exits 3 with a report if the loss diverges."""
-    from vlmclf.analysis.finetune import FinetuneRequest, FinetuneRuntime, run_finetune
-    from vlmclf.analysis.finetune_log import TrainingDiverged
+    from vlmclf.analysis.finetune.log import TrainingDiverged
+    from vlmclf.analysis.finetune.run import FinetuneRequest, FinetuneRuntime, run_finetune
     from vlmclf.loading import ModelOptions
 
     for name, value in (("--batch-size", batch_size), ("--micro-batch", micro_batch),

@@ -33,8 +33,8 @@ def frequency_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Count, per class, the text units that mention it; with --run, correlate with accuracy."""
-    from vlmclf.analysis.frequency import run_frequency_analysis
-    from vlmclf.analysis.frequency_stats import BIN_SCHEMES
+    from vlmclf.analysis.frequency.run import run_frequency_analysis
+    from vlmclf.analysis.frequency.stats import BIN_SCHEMES
     from vlmclf.data import load_class_names
     from vlmclf.metrics import per_class_accuracy
     from vlmclf.report.runs import resolve_run_id

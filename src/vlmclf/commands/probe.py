@@ -95,7 +95,7 @@ def probe_command(
     progress: Annotated[bool, Opt(help="Show progress bars on stderr.")] = True,
 ) -> None:
     """Probe a VLM's hidden states: the paper's protocol and a clean one, both reported."""
-    from vlmclf.analysis.probe import ProbeConfig, ProbeRequest, ProbeRuntime, run_probe
+    from vlmclf.analysis.probe.run import ProbeConfig, ProbeRequest, ProbeRuntime, run_probe
     from vlmclf.loading import ModelOptions
 
     for name, value in (("--train-limit", train_limit), ("--limit", limit), ("--epochs", epochs)):

@@ -48,7 +48,7 @@ def sweep_command(
     progress: Annotated[bool, typer.Option(help="Progress bars on stderr.")] = True,
 ) -> None:
     """Run every cell of the grid (stored runs are reused), then write tables and figures."""
-    from vlmclf.analysis.sweep import parse_axes, run_sweep
+    from vlmclf.analysis.sweep.run import parse_axes, run_sweep
     from vlmclf.loading import ModelOptions
     from vlmclf.report.tables import text_table
     from vlmclf.runner import RunConfig

@@ -57,7 +57,7 @@ def wikiqa_command(
     """Answer ImageWikiQA with a model; unparsed answers count as wrong (n_unparsed)."""
     if ctx.invoked_subcommand is not None:
         return
-    from vlmclf.analysis.wikiqa import run_wikiqa, wikiqa_spec
+    from vlmclf.analysis.wikiqa.run import run_wikiqa, wikiqa_spec
     from vlmclf.loading import ModelOptions
 
     if model is None or images is None:
@@ -153,7 +153,7 @@ def wikiqa_build_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Generate questions from Wikipedia text and keep those that need the object's identity."""
-    from vlmclf.analysis.wikiqa_build import chat_from_model, read_wiki, run_wikiqa_build
+    from vlmclf.analysis.wikiqa.build import chat_from_model, read_wiki, run_wikiqa_build
     from vlmclf.data import load_class_names, load_dataset
     from vlmclf.loading import ModelOptions, load_any_model
 

@@ -77,7 +77,7 @@ def make_method(model: object, class_names: list[str], spec: RunSpec) -> Method:
 
         return with_answer_mapping(GenerateMethod(model, class_names, spec), class_names, spec)
     if spec.method == "likelihood":
-        from vlmclf.methods.likelihood import LikelihoodMethod
+        from vlmclf.methods.likelihood.method import LikelihoodMethod
 
         return LikelihoodMethod(model, class_names, spec)
     raise ValueError(
@@ -107,6 +107,6 @@ def finalize_predictions(
     """
     if spec.method != "likelihood":
         return predictions
-    from vlmclf.methods.likelihood import finalize_predictions as finalize_likelihood
+    from vlmclf.methods.likelihood.method import finalize_predictions as finalize_likelihood
 
     return finalize_likelihood(predictions, class_names, spec)

@@ -86,20 +86,20 @@ Drawer = Callable[[dict[str, Any], Path], list[Path]]
 
 
 def _draw_probe(result: dict[str, Any], folder: Path) -> list[Path]:
-    from vlmclf.analysis.probe_report import plot_probe
+    from vlmclf.analysis.probe.report import plot_probe
 
     return [plot_probe(result, folder / "probe.png")]
 
 
 def _draw_sweep(result: dict[str, Any], folder: Path) -> list[Path]:
-    from vlmclf.analysis.sweep_report import write_sweep_report
+    from vlmclf.analysis.sweep.report import write_sweep_report
 
     files = write_sweep_report(result["rows"], result["axes"], result["n_distinct"], folder)
     return [Path(path) for name, path in files.items() if name.startswith("figure")]
 
 
 def _draw_frequency(result: dict[str, Any], folder: Path) -> list[Path]:
-    from vlmclf.analysis.frequency_stats import plot_frequency_vs_accuracy
+    from vlmclf.analysis.frequency.stats import plot_frequency_vs_accuracy
 
     if not result.get("bins"):
         return []
@@ -142,11 +142,11 @@ def analysis_table(kind: str, result: dict[str, Any]) -> list[dict[str, Any]]:
     """The analysis's headline table as rows (empty where the kind has none or cannot be read)."""
     try:
         if kind == "probe":
-            from vlmclf.analysis.probe_report import markdown_rows, probe_rows
+            from vlmclf.analysis.probe.report import markdown_rows, probe_rows
 
             return markdown_rows(probe_rows(result))
         if kind == "sweep":
-            from vlmclf.analysis.sweep_report import AXES
+            from vlmclf.analysis.sweep.report import AXES
 
             keys = ("model", "dataset", *AXES, "accuracy", "ci_low", "ci_high", "n", "run_id")
             return [{key: row.get(key) for key in keys} for row in result["rows"]]

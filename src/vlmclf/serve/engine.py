@@ -99,7 +99,7 @@ class ModelEngine:
 
     def _scoring_target(self) -> Any:
         if self._target is None:
-            from vlmclf.methods.likelihood_targets import make_target
+            from vlmclf.methods.likelihood.targets import make_target
 
             try:
                 self._target = make_target(self.model)

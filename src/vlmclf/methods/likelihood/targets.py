@@ -15,8 +15,8 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
-from vlmclf.methods.scoring import Prefix, PrefixScorer, Strategy
-from vlmclf.methods.trie import TokenSequence
+from vlmclf.methods.likelihood.scoring import Prefix, PrefixScorer, Strategy
+from vlmclf.methods.likelihood.trie import TokenSequence
 
 # Config fields naming tokens that stand for the image; the image-free prompt drops them.
 _IMAGE_TOKEN_FIELDS = (

@@ -15,7 +15,7 @@ distinct class-name token prefix is run once (``scoring.py``). Options (``spec.o
   for LLaVA); names are scored after it.
 
 Predictions store every name's per-token log-probs, so any aggregate, guidance weight or top-k
-can be recomputed without the model (``likelihood_scores.py``).
+can be recomputed without the model (``scores.py``).
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from vlmclf.methods.base import LoadedExample, PromptedMethod
-from vlmclf.methods.likelihood_scores import Aggregate, best_index, class_scores, guided, rescore
-from vlmclf.methods.likelihood_targets import (
+from vlmclf.methods.likelihood.scores import Aggregate, best_index, class_scores, guided, rescore
+from vlmclf.methods.likelihood.scoring import Strategy
+from vlmclf.methods.likelihood.targets import (
     ScoringContext,
     make_target,
     name_continuations,
     scoring_context,
 )
-from vlmclf.methods.scoring import Strategy
-from vlmclf.methods.trie import TokenSequence
+from vlmclf.methods.likelihood.trie import TokenSequence
 from vlmclf.records import Prediction
 from vlmclf.spec import RunSpec
 

@@ -29,8 +29,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from vlmclf.methods import scoring_compat as compat
-from vlmclf.methods.trie import TokenSequence, TokenTrie, chunk_sequences, node_log_probs
+from vlmclf.methods.likelihood import compat
+from vlmclf.methods.likelihood.trie import TokenSequence, TokenTrie, chunk_sequences, node_log_probs
 
 Strategy = Literal["auto", "tree", "replicate"]
 DEFAULT_PASS_TOKENS = {"cuda": 8192, "cpu": 512}  # measured: small passes win on CPU

@@ -4,7 +4,7 @@
 Two ways to answer, each a run in the store (dataset ``imagewikiqa``, resumable like ``eval``):
 
 * ``generate``: the VLM answers the question text; the letter is read by ``parse_choice``
-  (``wikiqa_parse.py``). An answer that names no option, or several, is wrong and counted in
+  (``parse.py``). An answer that names no option, or several, is wrong and counted in
   ``n_unparsed``; it is never replaced by a random letter (the original code did that, which
   adds about 25% of the unparsed answers to the accuracy by luck).
 * ``likelihood``: the four option *letters* are scored as the first answer token after the image
@@ -26,7 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from vlmclf.analysis.wikiqa_parse import parse_choice
+from vlmclf.analysis.wikiqa.parse import parse_choice
 from vlmclf.data.imagewikiqa import LETTERS, load_imagewikiqa, split_question_text
 from vlmclf.loading import ModelOptions
 from vlmclf.methods.base import LoadedExample
@@ -97,7 +97,7 @@ class WikiQALikelihoodMethod:
         self.target = None
         if not callable(getattr(model, "score_letters", None)):
             try:
-                from vlmclf.methods.likelihood_targets import make_target
+                from vlmclf.methods.likelihood.targets import make_target
             except ModuleNotFoundError as err:
                 raise RuntimeError(
                     "wikiqa --method likelihood needs vlmclf's likelihood scoring "
@@ -121,7 +121,7 @@ class WikiQALikelihoodMethod:
     def _score_local(
         self, batch: list[LoadedExample], questions: list[str]
     ) -> list[dict[str, float]]:
-        from vlmclf.methods.likelihood_targets import continuation_tokens
+        from vlmclf.methods.likelihood.targets import continuation_tokens
 
         target = self.target
         out: list[dict[str, float]] = [{} for _ in batch]

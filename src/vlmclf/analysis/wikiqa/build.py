@@ -27,7 +27,7 @@ from typing import Any
 
 from PIL import Image
 
-from vlmclf.analysis.wikiqa_parse import parse_choice
+from vlmclf.analysis.wikiqa.parse import parse_choice
 from vlmclf.data.imagewikiqa import LETTERS, format_question
 
 ChatFn = Callable[[list[str], int], list[str | None]]

@@ -1,4 +1,4 @@
-"""Tables and figures of a sweep (``analysis/sweep.py``), laid out like the paper's.
+"""Tables and figures of a sweep (``analysis/sweep/run.py``), laid out like the paper's.
 
 * ``sweep_long.{md,csv}``: one row per cell (model, dataset, every axis, accuracy, 95% CI, n).
 * ``sweep_by_<axis>.{md,csv}`` for every swept axis: rows are model x dataset x the other swept

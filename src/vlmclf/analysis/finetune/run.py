@@ -22,8 +22,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vlmclf.analysis.features import weights_fingerprint
-from vlmclf.analysis.finetune_data import (
+from vlmclf.analysis.finetune.data import (
     CAPTION_TEMPLATE,
     InstructionStats,
     TrainItem,
@@ -32,7 +31,7 @@ from vlmclf.analysis.finetune_data import (
     mix_in,
     read_llava_conversations,
 )
-from vlmclf.analysis.finetune_log import (
+from vlmclf.analysis.finetune.log import (
     DivergenceGuard,
     LossLog,
     Schedule,
@@ -42,7 +41,7 @@ from vlmclf.analysis.finetune_log import (
     warmup_steps,
     write_divergence_report,
 )
-from vlmclf.analysis.finetune_model import (
+from vlmclf.analysis.finetune.model import (
     LoraSettings,
     LoraTargets,
     Trainable,
@@ -51,6 +50,7 @@ from vlmclf.analysis.finetune_model import (
     lora_settings,
     make_trainable,
 )
+from vlmclf.analysis.probe.features import weights_fingerprint
 from vlmclf.data import load_dataset
 from vlmclf.data.readers import parse_dataset_spec
 from vlmclf.data.types import BadExampleError

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 
 import torch
 
-from vlmclf.methods import scoring_compat as compat
-from vlmclf.methods.likelihood_targets import append_tokens
-from vlmclf.methods.scoring import Prefix, PrefixScorer
-from vlmclf.methods.trie import TokenSequence
+from vlmclf.methods.likelihood import compat
+from vlmclf.methods.likelihood.scoring import Prefix, PrefixScorer
+from vlmclf.methods.likelihood.targets import append_tokens
+from vlmclf.methods.likelihood.trie import TokenSequence
 
 
 @torch.no_grad()

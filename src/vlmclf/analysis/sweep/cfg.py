@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from vlmclf.methods import make_method
-from vlmclf.methods.likelihood_scores import rescore, sweep_cfg_predictions
+from vlmclf.methods.likelihood.scores import rescore, sweep_cfg_predictions
 from vlmclf.metrics import summarize
 from vlmclf.runner import RunConfig, RunResult, run
 from vlmclf.spec import RunSpec

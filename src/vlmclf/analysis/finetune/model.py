@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from vlmclf.methods.likelihood_targets import continuation_tokens
-from vlmclf.methods.scoring_compat import answer_token_type
+from vlmclf.methods.likelihood.compat import answer_token_type
+from vlmclf.methods.likelihood.targets import continuation_tokens
 
 TrainParts = Literal["projector", "projector+lora"]
 Trainables = Literal["projector", "qformer"]

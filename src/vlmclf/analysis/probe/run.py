@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlmclf.analysis.features import FeatureKind, FeatureSet, cached_features
-from vlmclf.analysis.probe_report import write_probe_report
-from vlmclf.analysis.probe_train import (
+from vlmclf.analysis.probe.features import FeatureKind, FeatureSet, cached_features
+from vlmclf.analysis.probe.report import write_probe_report
+from vlmclf.analysis.probe.train import (
     CLEAN_LABEL,
     PAPER_LABEL,
     ProbeConfig,

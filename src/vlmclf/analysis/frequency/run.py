@@ -36,8 +36,8 @@ from typing import Any
 import ahocorasick
 import numpy as np
 
-from vlmclf.analysis.corpus import ReadStats, iter_units
-from vlmclf.analysis.frequency_stats import (
+from vlmclf.analysis.frequency.corpus import ReadStats, iter_units
+from vlmclf.analysis.frequency.stats import (
     binned_accuracy,
     correlate,
     plot_frequency_vs_accuracy,

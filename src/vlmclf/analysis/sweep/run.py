@@ -21,7 +21,7 @@ Axes and their values (defaults in brackets, used when an axis is not swept):
   (a CLIP model; prompt, order and cot do not apply to it) [generate].
 
 A cell that fails (a method not available, a model that cannot do a strategy) is recorded with
-its error and the sweep goes on. Tables and figures: ``analysis/sweep_report.py``.
+its error and the sweep goes on. Tables and figures: ``analysis/sweep/report.py``.
 """
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ def run_sweep(
     ``rows`` is the long-form table: one row per cell with its axis values, run id, accuracy,
     95% bootstrap CI, n, failures and error (None when the cell ran).
     """
-    from vlmclf.analysis.sweep_report import write_sweep_report
+    from vlmclf.analysis.sweep.report import write_sweep_report
     from vlmclf.store import RunStore
 
     if not models or not datasets:

@@ -1,0 +1,2 @@
+"""Linear probes on hidden states (the paper's Section 4: the information is there).
+"""

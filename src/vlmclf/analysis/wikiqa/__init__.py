@@ -1,0 +1,2 @@
+"""ImageWikiQA: classification knowledge as a foundation for reasoning (the paper's Table 4).
+"""

@@ -1,0 +1,3 @@
+"""Class-name likelihood scoring: prefill once, score the class-name trie (the paper's
+probabilistic inference).
+"""
