@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.test_likelihood import prompt_inputs
 from vlmclf.data.types import Example
 from vlmclf.methods import make_method
 from vlmclf.methods.base import LoadedExample
@@ -48,7 +49,7 @@ def worst_gap(model, method: LikelihoodMethod, image: Image.Image, inputs=None) 
     continuations = method.continuations_for(question, tuple(NAMES))
     batch = [LoadedExample(Example("e0", 0, "test", "mem:0", lambda: None), image)]
     got = method.predict(batch)[0].extra["token_logprobs"]
-    inputs = inputs or dict(model.build_inputs([image], [question]))
+    inputs = inputs or prompt_inputs(model, method, image, question)  # lm-eval's boundary
     want = full_forward_log_probs(model.model, inputs, list(continuations.values()))
     return max(
         abs(a - b)

@@ -213,7 +213,7 @@ def classify_batch(
 def _questions_sent(spec: RunSpec) -> list[str] | None:
     """The user text of a prompting method, with placeholders where it varies per example
     (the offered choices follow from the seed, K and class list, all in the identity)."""
-    if spec.method == "clip":
+    if spec.method in ("clip", "classifier"):  # no prompt: the image alone
         return None
     choices = None if spec.setting == "open" else ["{choices}"]
     cot_in_question = spec.cot and spec.prompt_template is None  # a template places CoT itself
