@@ -59,3 +59,42 @@ class PromptedMethod:
         names = None if choices is None else [self.class_names[i] for i in choices]
         cot_in_question = self.spec.cot and self.spec.prompt_template is None
         return build_question(self.spec.prompt, names, cot_in_question)
+
+
+class ScoringMethod:
+    """What methods that score every class share (CLIP zero-shot, supervised classifiers): the
+    ``--k`` offered classes and the record of one example's scores, top-1 among those offered.
+
+    Choices come from (seed, example id) alone, as for prompted methods, so every model sees the
+    same ones.
+    """
+
+    spec: RunSpec
+    class_names: list[str]
+
+    def offered(self, example_id: str, label: int) -> list[int] | None:
+        """The classes scored for one example (None: all of them)."""
+        if self.spec.k is None:
+            return None
+        return sample_choices(
+            label, self.class_names, self.spec.k, self.spec.order, self.spec.seed, example_id
+        )
+
+    def scored_record(self, item: LoadedExample, row: list[float], seconds: float) -> Prediction:
+        """The Prediction for one example's per-class scores (higher is better)."""
+        example = item.example
+        choices = self.offered(example.id, example.label)
+        scores: list[float | None] = list(row)
+        if choices is not None:
+            offered = set(choices)
+            scores = [s if i in offered else None for i, s in enumerate(scores)]
+        pred = max((i for i, s in enumerate(scores) if s is not None), key=lambda i: scores[i])
+        return Prediction(
+            example_id=example.id,
+            label=example.label,
+            scores=scores,
+            choices=choices,
+            pred=pred,
+            hit=self.class_names[pred] == self.class_names[example.label],
+            seconds=seconds,
+        )

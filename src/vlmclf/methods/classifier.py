@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import time
 
-import torch
-
-from vlmclf.data.choices import sample_choices
 from vlmclf.data.classnames import load_class_names
-from vlmclf.methods.base import LoadedExample
+from vlmclf.methods.base import LoadedExample, ScoringMethod
 from vlmclf.models.image_classifier import ImageClassifier, class_log_probs, label_columns
 from vlmclf.records import Prediction
 from vlmclf.spec import RunSpec
 
 
-class ClassifierMethod:
+class ClassifierMethod(ScoringMethod):
     """Top-1 of a supervised head over the run's classes (restricted to ``--k`` choices)."""
 
     def __init__(self, model: ImageClassifier, class_names: list[str], spec: RunSpec):
@@ -36,29 +33,7 @@ class ClassifierMethod:
         start = time.perf_counter()
         scores = class_log_probs(self.model.log_probs([item.image for item in batch]), self.columns)
         seconds = (time.perf_counter() - start) / max(1, len(batch))
-        return [self._record(item, row, seconds) for item, row in zip(batch, scores, strict=True)]
-
-    def _record(self, item: LoadedExample, row: torch.Tensor, seconds: float) -> Prediction:
-        example = item.example
-        choices = self._choices(example.id, example.label)
-        scores: list[float | None] = row.tolist()
-        if choices is not None:
-            offered = set(choices)
-            scores = [s if i in offered else None for i, s in enumerate(scores)]
-        pred = max((i for i, s in enumerate(scores) if s is not None), key=lambda i: scores[i])
-        return Prediction(
-            example_id=example.id,
-            label=example.label,
-            scores=scores,
-            choices=choices,
-            pred=pred,
-            hit=self.class_names[pred] == self.class_names[example.label],
-            seconds=seconds,
-        )
-
-    def _choices(self, example_id: str, label: int) -> list[int] | None:
-        if self.spec.k is None:
-            return None
-        return sample_choices(
-            label, self.class_names, self.spec.k, self.spec.order, self.spec.seed, example_id
-        )
+        return [
+            self.scored_record(item, row.tolist(), seconds)
+            for item, row in zip(batch, scores, strict=True)
+        ]

@@ -10,8 +10,7 @@ import time
 
 import torch
 
-from vlmclf.data.choices import sample_choices
-from vlmclf.methods.base import LoadedExample
+from vlmclf.methods.base import LoadedExample, ScoringMethod
 from vlmclf.models.base import ImageTextEncoder
 from vlmclf.records import Prediction
 from vlmclf.spec import RunSpec
@@ -35,7 +34,7 @@ def class_text_embeddings(
     return torch.nn.functional.normalize(mean.float(), dim=-1)
 
 
-class ZeroShotMethod:
+class ZeroShotMethod(ScoringMethod):
     """Zero-shot CLIP; with ``spec.k`` set, scores only the sampled choices (closed world)."""
 
     def __init__(
@@ -55,31 +54,6 @@ class ZeroShotMethod:
         similarity = image_embeddings @ self.text.T
         seconds = (time.perf_counter() - start) / max(1, len(batch))
         return [
-            self._record(item, row, seconds) for item, row in zip(batch, similarity, strict=True)
+            self.scored_record(item, row.tolist(), seconds)
+            for item, row in zip(batch, similarity, strict=True)
         ]
-
-    def _record(self, item: LoadedExample, similarity: torch.Tensor, seconds: float) -> Prediction:
-        example = item.example
-        choices = self._choices(example.id, example.label)
-        scores: list[float | None] = similarity.tolist()
-        if choices is not None:
-            offered = set(choices)
-            scores = [s if i in offered else None for i, s in enumerate(scores)]
-        pred = max((i for i, s in enumerate(scores) if s is not None), key=lambda i: scores[i])
-        correct = self.class_names[pred] == self.class_names[example.label]
-        return Prediction(
-            example_id=example.id,
-            label=example.label,
-            scores=scores,
-            choices=choices,
-            pred=pred,
-            hit=correct,
-            seconds=seconds,
-        )
-
-    def _choices(self, example_id: str, label: int) -> list[int] | None:
-        if self.spec.k is None:
-            return None
-        return sample_choices(
-            label, self.class_names, self.spec.k, self.spec.order, self.spec.seed, example_id
-        )
