@@ -349,7 +349,9 @@ TABLES: dict[str, Table] = {
               "rows: model and K; columns: accuracy, macro P / R / F1", thesis,
               notes=("the thesis's class names (the first comma-separated synonym of the "
                      "standard ImageNet-1k label text) are not shipped: add --classes FILE",
-                     "its ResNet-50 and ViT-L/16 1000-way baselines are not vlmclf models"),
+                     "its ResNet-50 and ViT-L/16 1000-way baselines: vlmclf eval --model "
+                     "hf:microsoft/resnet-50 --dataset imagenet --method classifier (and the "
+                     "ViT-L/16 checkpoint the same way)"),
               protocol="thesis"),
     )
 }  # fmt: skip
