@@ -142,6 +142,13 @@ class TokenizerProfile:
 
 
 IMAGE = {"image_token": "<image>"}
+# Qwen2-VL and Qwen3-VL name their vision tokens alike.
+QWEN_VISION_TOKENS = {
+    "image_token": "<|image_pad|>",
+    "video_token": "<|video_pad|>",
+    "vision_start_token": "<|vision_start|>",
+    "vision_end_token": "<|vision_end|>",
+}
 PROFILES: dict[str, TokenizerProfile] = {
     # Llama / Vicuna / Mistral: "<s>" in front of every text.
     "llama": TokenizerProfile(bos="<s>", eos="</s>", pad="<pad>", prefix=("<s>",), extra=IMAGE),
@@ -163,12 +170,7 @@ PROFILES: dict[str, TokenizerProfile] = {
         eos="<|im_end|>",
         pad="<|endoftext|>",
         chat_template=QWEN_CHAT_TEMPLATE,
-        extra={
-            "image_token": "<|image_pad|>",
-            "video_token": "<|video_pad|>",
-            "vision_start_token": "<|vision_start|>",
-            "vision_end_token": "<|vision_end|>",
-        },
+        extra=QWEN_VISION_TOKENS,
     ),
     "onevision": TokenizerProfile(
         bos=None,
@@ -183,12 +185,7 @@ PROFILES: dict[str, TokenizerProfile] = {
         eos="<|im_end|>",
         pad="<|endoftext|>",
         chat_template=QWEN_CHAT_TEMPLATE,
-        extra={
-            "image_token": "<|image_pad|>",
-            "video_token": "<|video_pad|>",
-            "vision_start_token": "<|vision_start|>",
-            "vision_end_token": "<|vision_end|>",
-        },
+        extra=QWEN_VISION_TOKENS,
     ),
     "internvl": TokenizerProfile(
         bos=None,
