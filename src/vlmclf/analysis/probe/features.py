@@ -6,6 +6,9 @@ embedding (``encode_images``). Extraction costs a forward pass per image, so the
 on disk as one safetensors file per key under ``feature_cache_dir()`` and read back through
 ``safe_open`` (the file is memory-mapped; only the tensors asked for are copied out). Images
 that cannot be decoded are skipped, and their ids and reasons are kept in the file.
+
+The file is built from chunks of fixed example-index ranges written as extraction goes
+(``chunks.py``): an extraction killed part-way resumes from its finished chunks.
 """
 
 from __future__ import annotations
@@ -24,6 +27,19 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from vlmclf.analysis.probe.chunks import (
+    DEFAULT_CHUNK_EXAMPLES,
+    LABELS,
+    ChunkContent,
+    ChunkFaults,
+    ChunkRange,
+    assemble_chunks,
+    finished_chunks,
+    partial_folder,
+    plan_chunks,
+    remove_partial,
+    write_chunk,
+)
 from vlmclf.cache import cache_root
 from vlmclf.data.types import Example
 from vlmclf.identity import (
@@ -39,9 +55,10 @@ from vlmclf.records import Prediction
 FeatureKind = Literal["hidden", "image_embedding"]
 HIDDEN_POOLINGS = ("last_token", "mean")
 EMBEDDING_POOLING = "embedding"
-CACHE_FORMAT = 2
-"""Bump when the file layout or the meaning of a cached tensor changes: old files are ignored."""
-_LABELS = "labels"
+CACHE_FORMAT = 3
+"""Bump when the file layout or the meaning of a cached tensor changes: old files are ignored.
+3: the model's dtype is part of the key; files are joined from resumable chunks."""
+_LABELS = LABELS
 
 
 def feature_cache_dir() -> Path:
@@ -63,6 +80,7 @@ class FeatureKey:
     examples: str  # identity.examples_fingerprint: ids, paths, labels, sizes, mtimes
     poolings: tuple[str, ...]
     preprocessing: str = "{}"  # identity.image_preprocessing_identity, as JSON
+    dtype: str = "float32"  # the model's compute dtype: bf16 features are not float32 features
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "poolings": list(self.poolings), "format": CACHE_FORMAT}
@@ -89,6 +107,8 @@ class FeatureSet:
     failures: list[dict[str, str]] = field(default_factory=list)
     path: Path | None = None
     from_cache: bool = False
+    n_extracted: int = 0
+    """Examples sent through the model for this set (0 when it was read from the cache)."""
 
     @property
     def n_failed(self) -> int:
@@ -107,6 +127,7 @@ def make_key(
     kind: FeatureKind,
     layer: int | None = None,
     question: str | None = None,
+    dtype: str = "float32",
 ) -> FeatureKey:
     poolings = HIDDEN_POOLINGS if kind == "hidden" else (EMBEDDING_POOLING,)
     if kind == "image_embedding":
@@ -118,7 +139,7 @@ def make_key(
         model=model_spec, weights=weights_fingerprint(model_spec), kind=kind, layer=layer,
         question=question, dataset=dataset, split=split, examples=examples_fingerprint(examples),
         poolings=poolings,
-        preprocessing=json.dumps(image_preprocessing_identity(None), sort_keys=True),
+        preprocessing=json.dumps(image_preprocessing_identity(None), sort_keys=True), dtype=dtype,
     )  # fmt: skip
 
 
@@ -145,6 +166,44 @@ def features_of_batch(
     return {"last_token": out.last_token.float().cpu(), "mean": out.mean.float().cpu()}
 
 
+def extract_part(
+    model: object,
+    examples: Sequence[Example],
+    kind: FeatureKind,
+    *,
+    question: str | None = None,
+    layer: int | None = None,
+    batch_size: int = 16,
+    workers: int = 2,
+    on_batch: Callable[[int], None] | None = None,
+) -> ChunkContent:
+    """Run the model over ``examples`` (decoded ahead in threads); undecodable ones are skipped
+    and listed in ``failures`` with the reason. ``on_batch`` is told how many were done."""
+    from vlmclf.runner import decoded_batches
+
+    ids: list[str] = []
+    labels: list[int] = []
+    parts: dict[str, list[torch.Tensor]] = {}
+    failures: list[dict[str, str]] = []
+    for items in decoded_batches(examples, batch_size, workers):
+        loaded = [item for item in items if isinstance(item, LoadedExample)]
+        failures += [
+            {"id": item.example_id, "reason": item.error or "unknown"}
+            for item in items
+            if isinstance(item, Prediction)
+        ]
+        if loaded:
+            batch = features_of_batch(model, [i.image for i in loaded], kind, question, layer)
+            for name, tensor in batch.items():
+                parts.setdefault(name, []).append(tensor)
+            ids += [item.example.id for item in loaded]
+            labels += [item.example.label for item in loaded]
+        if on_batch is not None:
+            on_batch(len(items))
+    features = {name: torch.cat(chunks).contiguous() for name, chunks in parts.items()}
+    return ChunkContent(ids, torch.tensor(labels, dtype=torch.int64), features, failures)
+
+
 def extract_features(
     model: object,
     examples: Sequence[Example],
@@ -156,36 +215,26 @@ def extract_features(
     workers: int = 2,
     progress: bool = False,
 ) -> FeatureSet:
-    """Run the model over ``examples`` (decoded ahead in threads); undecodable ones are skipped
-    and listed in ``failures`` with the reason."""
-    from vlmclf.runner import decoded_batches
+    """All of ``examples`` in memory at once, no cache (``cached_features`` writes chunks)."""
+    with _progress_bar(len(examples), 0, progress) as bar:
+        part = extract_part(
+            model, examples, kind, question=question, layer=layer, batch_size=batch_size,
+            workers=workers, on_batch=bar.update,
+        )  # fmt: skip
+    _require_some(part.ids, part.failures)
+    return FeatureSet(part.ids, part.labels, part.features, part.failures,
+                      n_extracted=len(examples))  # fmt: skip
 
-    ids: list[str] = []
-    labels: list[int] = []
-    parts: dict[str, list[torch.Tensor]] = {}
-    failures: list[dict[str, str]] = []
-    bar = tqdm(total=len(examples), unit="img", desc="features", file=sys.stderr,
-               disable=not progress, dynamic_ncols=True)  # fmt: skip
-    with bar:
-        for items in decoded_batches(examples, batch_size, workers):
-            loaded = [item for item in items if isinstance(item, LoadedExample)]
-            failures += [
-                {"id": item.example_id, "reason": item.error or "unknown"}
-                for item in items
-                if isinstance(item, Prediction)
-            ]
-            if loaded:
-                batch = features_of_batch(model, [i.image for i in loaded], kind, question, layer)
-                for name, tensor in batch.items():
-                    parts.setdefault(name, []).append(tensor)
-                ids += [item.example.id for item in loaded]
-                labels += [item.example.label for item in loaded]
-            bar.update(len(items))
+
+def _progress_bar(total: int, done: int, progress: bool) -> tqdm:
+    return tqdm(total=total, initial=done, unit="img", desc="features", file=sys.stderr,
+                disable=not progress, dynamic_ncols=True)  # fmt: skip
+
+
+def _require_some(ids: list[str], failures: list[dict[str, str]]) -> None:
     if not ids:
         reasons = "; ".join(f["reason"] for f in failures[:3])
         raise ValueError(f"no image could be decoded ({len(failures)} failed: {reasons})")
-    features = {name: torch.cat(chunks).contiguous() for name, chunks in parts.items()}
-    return FeatureSet(ids, torch.tensor(labels, dtype=torch.int64), features, failures)
 
 
 # ------------------------------------------------------------------ the disk cache
@@ -236,14 +285,16 @@ def cached_features(
     *,
     layer: int | None = None,
     question: str | None = None,
+    dtype: str = "float32",
     cache_dir: Path | None = None,
     batch_size: int = 16,
     workers: int = 2,
+    chunk_size: int = DEFAULT_CHUNK_EXAMPLES,
     progress: bool = False,
 ) -> FeatureSet:
     """Features from the cache, or extracted with ``get_model()`` (called only on a miss) and
     written to the cache. A file that cannot be read is extracted again and replaced."""
-    key = make_key(model_spec, dataset, split, examples, kind, layer, question)
+    key = make_key(model_spec, dataset, split, examples, kind, layer, question, dtype)
     path = key.path(cache_dir or feature_cache_dir())
     if path.is_file():
         try:
@@ -251,10 +302,59 @@ def cached_features(
         except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
             print(f"warning: unreadable feature cache {path}, extracting again: {err}",
                   file=sys.stderr)  # fmt: skip
-    extracted = extract_features(
-        get_model(), examples, kind, question=question, layer=layer, batch_size=batch_size,
-        workers=workers, progress=progress,
-    )  # fmt: skip
-    save_feature_file(path, extracted, key)
-    extracted.path = path
-    return extracted
+    extraction = ChunkedExtraction(key, path, examples, kind, question, layer)
+    return extraction.run(get_model, chunk_size=chunk_size, batch_size=batch_size,
+                          workers=workers, progress=progress)  # fmt: skip
+
+
+@dataclass
+class ChunkedExtraction:
+    """One key's extraction as fixed index-range chunks (``chunks.py``): the chunks already on
+    disk are kept, the missing ones extracted and written one at a time, then all are joined
+    into the cache file."""
+
+    key: FeatureKey
+    path: Path
+    examples: Sequence[Example]
+    kind: FeatureKind
+    question: str | None
+    layer: int | None
+
+    def run(
+        self, get_model: Callable[[], object], *, chunk_size: int, batch_size: int, workers: int,
+        progress: bool,
+    ) -> FeatureSet:  # fmt: skip
+        folder = partial_folder(self.path)
+        planned = plan_chunks(len(self.examples), chunk_size)
+        done = finished_chunks(folder, planned, self.key.digest())
+        missing = [chunk for chunk in planned if chunk not in done]
+        n_missing = sum(chunk.size for chunk in missing)
+        if done and missing:
+            print(f"features: resuming {self.path.name}: {len(self.examples) - n_missing} "
+                  f"examples in {len(done)} chunks on disk, extracting {n_missing}",
+                  file=sys.stderr)  # fmt: skip
+        if missing:
+            model = get_model()
+            faults = ChunkFaults()
+            with _progress_bar(len(self.examples), len(self.examples) - n_missing, progress) as bar:
+                for chunk in missing:
+                    part = extract_part(
+                        model, self.examples[chunk.start : chunk.end], self.kind,
+                        question=self.question, layer=self.layer, batch_size=batch_size,
+                        workers=workers, on_batch=bar.update,
+                    )  # fmt: skip
+                    write_chunk(folder, chunk, part, self.key.digest())
+                    del part  # only the chunk being extracted stays in memory
+                    faults.chunk_written()
+        return self._assemble(folder, planned, n_missing)
+
+    def _assemble(self, folder: Path, planned: list[ChunkRange], n_extracted: int) -> FeatureSet:
+        ids, labels, features, failures = assemble_chunks(folder, planned)
+        if not ids:
+            remove_partial(folder)
+        _require_some(ids, failures)
+        result = FeatureSet(ids, labels, features, failures, n_extracted=n_extracted)
+        save_feature_file(self.path, result, self.key)
+        remove_partial(folder)
+        result.path = self.path
+        return result
