@@ -241,3 +241,83 @@ def test_probe_command_bad_option_is_a_clear_error(tmp_path):
                                       "--weight-decays", "0,abc"])  # fmt: skip
     assert result.exit_code == 2
     assert "--weight-decays must be comma-separated numbers" in result.output
+
+
+# ------------------------------------------------------------------ the paper's probe settings
+
+
+def paper_code_probe(x, y, n_classes: int, epochs: int, init_seed: int) -> torch.nn.Linear:
+    """The paper's training loop, written out independently: its data shuffled once with
+    Python's random (seed 1234), raw features, Adam lr 1e-3, batches of 512 in that one order."""
+    import random
+
+    rows = list(range(len(y)))
+    random.seed(1234)
+    random.shuffle(rows)
+    x, y = x[rows], y[rows]
+    torch.manual_seed(init_seed)
+    model = torch.nn.Linear(x.shape[1], n_classes)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.001)
+    for _ in range(epochs):
+        for i in range(0, len(x), 512):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[i : i + 512]), y[i : i + 512]).backward()
+            optimizer.step()
+    return model
+
+
+def test_paper_settings_train_exactly_like_the_paper_code():
+    x, y = _blobs(300, 0, 2.0)  # 1,200 rows: three batches of 512, the last one short
+    x = x * 5 + 40  # far from standardised: raw and standardised training differ
+    config = ProbeConfig(epochs=3, standardize=False, shuffle="once", shuffle_seed=1234)
+    ours = train_probe(x, y, 4, epochs=3, config=config).model
+    theirs = paper_code_probe(x, y, 4, epochs=3, init_seed=config.seed)
+    assert torch.allclose(ours.weight, theirs.weight, atol=1e-6)
+    assert torch.allclose(ours.bias, theirs.bias, atol=1e-6)
+    clean = train_probe(x, y, 4, epochs=3, config=ProbeConfig(epochs=3)).model
+    assert not torch.allclose(clean.weight, theirs.weight, atol=1e-3)
+    reshuffled = ProbeConfig(epochs=3, standardize=False)
+    other = train_probe(x, y, 4, epochs=3, config=reshuffled).model
+    assert not torch.allclose(other.weight, theirs.weight, atol=1e-4)  # the order matters
+
+
+def test_protocol_resolves_the_probe_settings():
+    from vlmclf.analysis.probe.settings import protocol_probe_values
+
+    paper = protocol_probe_values("paper", "flowers102")
+    assert (paper["epochs"], paper["standardize"], paper["shuffle"], paper["shuffle_seed"]) == (
+        500, False, "once", 1234)  # fmt: skip
+    assert (paper["reported"], paper["dtype"], paper["lr"]) == ("best-test-epoch", "bfloat16", 1e-3)
+    assert protocol_probe_values("paper", "imagenet:val")["epochs"] == 100
+    clean = protocol_probe_values("clean", "imagenet")
+    assert (clean["epochs"], clean["standardize"], clean["shuffle"], clean["reported"]) == (
+        50, True, "each-epoch", "validation")  # fmt: skip
+    with pytest.raises(ValueError, match="--reported must be one of"):
+        ProbeConfig(reported="test")
+
+
+def test_probe_command_under_the_paper_protocol_records_and_prints_it(colour_data, tmp_path,
+                                                                       monkeypatch):  # fmt: skip
+    monkeypatch.setenv("VLMCLF_CACHE_DIR", str(tmp_path / "cache"))
+    app = typer.Typer()
+    app.command()(probe_command)
+    args = ["--model", "random:llava", "--dataset", "imagefolder", "--eval-split", "test",
+            "--data-root", str(colour_data["test"]), "--train-data-root", str(colour_data["train"]),
+            "--protocol", "paper", "--epochs", "4", "--dtype", "float32",
+            "--store", str(tmp_path / "runs.sqlite"), "--out", str(tmp_path / "out"),
+            "--no-progress", "--workers", "1"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "Protocol paper: raw features (float32), shuffled once (Python random, seed 1234), " \
+           "4 epochs" in result.stdout  # explicit --epochs and --dtype win over the protocol
+    assert "Reported: the paper protocol's column (best test epoch" in result.stdout
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        [analysis] = [a for a in store.list_analyses() if a.kind == "probe"]
+    spec = analysis.spec
+    assert (spec["protocol"], spec["dtype"]) == ("paper", "float32")
+    config = spec["config"]
+    assert (config["standardize"], config["shuffle"]) == (False, "once")
+    assert config["shuffle_seed"] == 1234
+    assert (config["reported"], config["epochs"]) == ("best-test-epoch", 4)
+    assert analysis.result["reported"] == "paper"
+    assert analysis.result["settings"]["features"] == "raw"

@@ -75,6 +75,9 @@ def test_paper_commands_carry_the_paper_settings():
     assert "--lora-targets all-linear" in probe and "--match exact" in probe
     flowers = invoke("reproduce", "table3", "--model", "hf:m", "--dataset", "flowers102")
     assert "--epochs 500" in flowers and "--train-split paper_train" in flowers
+    probe_line = next(line for line in flowers.splitlines() if line.startswith("vlmclf probe"))
+    assert "--protocol paper --epochs 500" in probe_line  # raw features, one shuffle, best epoch
+    assert "no option yet" not in flowers
     thesis = invoke("reproduce", "thesis", "--model", "hf:m", "--dataset", "imagenet")
     assert thesis.count("--protocol thesis") == 3 and "--k 1000" in thesis
 

@@ -186,7 +186,7 @@ def table3(ctx: Context) -> list[Step]:
         epochs = settings.get("epochs_imagenet" if ds == "imagenet" else "epochs", 50)
         argv = ["probe", "--model", ctx.model, *_data_args(ctx, ds, option="--eval-split")]
         argv += ["--train-split", split_for(ctx.protocol, ds, "train") or "train"]
-        argv += ["--epochs", str(epochs), "--lr", str(settings["lr"])]
+        argv += ["--protocol", ctx.protocol, "--epochs", str(epochs), "--lr", str(settings["lr"])]
         argv += ["--probe-batch-size", str(settings["probe_batch_size"])]
         if ctx.clip_model:
             argv += ["--clip-model", ctx.clip_model]
@@ -325,10 +325,7 @@ TABLES: dict[str, Table] = {
               table2),
         Table("table3", "Probing hidden states; fine-tuning", "rows: features and protocol; "
               "columns: datasets (fine-tuning: commands only)", table3,
-              notes=("paper protocol settings with no option yet: raw (unstandardised) features "
-                     "shuffled once with seed 1234, bf16 features; the probe standardises and "
-                     "reshuffles each epoch",
-                     "BLIP-2: the paper trains the Q-Former (--trainable qformer) with weight "
+              notes=("BLIP-2: the paper trains the Q-Former (--trainable qformer) with weight "
                      "decay 0.05, 1000 warm-up steps, 100 epochs")),
         Table("table4", "ImageWikiQA", "rows: models; column: accuracy", table4,
               notes=("unparsed answers: the paper's code picks a random letter (seed 1234); "

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from vlmclf.commands.common import DEFAULT_STORE, SEED_MAX, at_least, fail, number_in, out_dir_for
 
 Opt = typer.Option
+DEFAULT_FEATURE_CHUNK = 1024  # analysis.probe.chunks.DEFAULT_CHUNK_EXAMPLES (not imported: torch)
 
 
 def parse_weight_decays(text: str) -> tuple[float, ...]:
@@ -24,7 +25,24 @@ def parse_weight_decays(text: str) -> tuple[float, ...]:
     return values
 
 
+def _protocol_options(ctx: typer.Context, protocol: str, dataset: str) -> dict[str, Any]:
+    """The probe options after the protocol's values: explicit options win."""
+    from vlmclf.analysis.probe.settings import PROBE_OPTIONS, resolve_probe_options
+
+    given = {name: ctx.params[name] for name in PROBE_OPTIONS}
+    explicit = {  # typer ships its own click: compare the source by name
+        name
+        for name in PROBE_OPTIONS
+        if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"
+    }
+    try:
+        return resolve_probe_options(protocol, dataset, given, explicit)
+    except ValueError as err:
+        fail(str(err))
+
+
 def probe_command(
+    ctx: typer.Context,
     model: Annotated[str, Opt(help="A VLM with hidden states: hf:, random:, organism:vlm.")],
     dataset: Annotated[
         str, Opt(help="Evaluation data: NAME[:split] (fashion_mnist, imagefolder, ...) or .jsonl.")
@@ -53,7 +71,9 @@ def probe_command(
     clip_model: Annotated[
         str | None, Opt(help="Also probe this CLIP model's image embeddings (baseline).")
     ] = None,
-    epochs: Annotated[int, Opt(callback=at_least(1), help="Epochs per probe.")] = 50,
+    epochs: Annotated[
+        int, Opt(callback=at_least(1), help="Epochs per probe (paper: 500, 100 on ImageNet).")
+    ] = 50,
     lr: Annotated[
         float, Opt(callback=number_in(0, low_open=True), help="Adam learning rate.")
     ] = 1e-3,
@@ -78,12 +98,34 @@ def probe_command(
         int,
         Opt(callback=number_in(0, SEED_MAX), help="Seed of the probes and the validation split."),
     ] = 0,
+    protocol: Annotated[
+        str, Opt(help="clean (default) or paper: sets the options below unless given.")
+    ] = "clean",
+    standardize: Annotated[
+        bool,
+        Opt("--standardize/--raw-features", help="Standardise features (paper: raw features)."),
+    ] = True,
+    shuffle: Annotated[
+        str, Opt(help="each-epoch, or once: one order for all epochs (the paper's code).")
+    ] = "each-epoch",
+    shuffle_seed: Annotated[
+        int,
+        Opt(callback=number_in(0, SEED_MAX), help="Seed of the one shuffle (--shuffle once)."),
+    ] = 1234,
+    reported: Annotated[
+        str,
+        Opt(help="The headline result: validation (clean) or best-test-epoch (the paper's)."),
+    ] = "validation",
     batch_size: Annotated[
         int, Opt(callback=at_least(1), help="Images per model call when extracting.")
     ] = 16,
     workers: Annotated[
         int, Opt(callback=at_least(1), help="Threads decoding images ahead of the model.")
     ] = 2,
+    feature_chunk: Annotated[
+        int,
+        Opt(callback=at_least(1), help="Examples per resumable feature chunk on disk."),
+    ] = DEFAULT_FEATURE_CHUNK,
     cache_dir: Annotated[
         Path | None, Opt(help="Feature cache (default $VLMCLF_CACHE_DIR/features).")
     ] = None,
@@ -98,23 +140,26 @@ def probe_command(
     from vlmclf.analysis.probe.run import ProbeConfig, ProbeRequest, ProbeRuntime, run_probe
     from vlmclf.loading import ModelOptions
 
-    for name, value in (("--train-limit", train_limit), ("--limit", limit), ("--epochs", epochs)):
-        if value is not None and value < 1:
-            fail(f"{name} must be at least 1, got {value}")
-    config = ProbeConfig(
-        epochs=epochs, lr=lr, batch_size=probe_batch_size, val_fraction=val_fraction,
-        weight_decays=parse_weight_decays(weight_decays), mlp_hidden=mlp, seed=seed,
-    )  # fmt: skip
+    o = _protocol_options(ctx, protocol, dataset)
+    try:
+        config = ProbeConfig(
+            epochs=o["epochs"], lr=o["lr"], batch_size=o["probe_batch_size"],
+            val_fraction=o["val_fraction"], weight_decays=parse_weight_decays(o["weight_decays"]),
+            mlp_hidden=mlp, seed=seed, standardize=o["standardize"], shuffle=o["shuffle"],
+            shuffle_seed=o["shuffle_seed"], reported=o["reported"],
+        )  # fmt: skip
+    except ValueError as err:
+        fail(str(err))
     request = ProbeRequest(
         model=model, dataset=dataset, train_split=train_split, eval_split=eval_split,
         train_dataset=train_dataset, data_root=data_root, train_data_root=train_data_root,
-        classes=classes, layer=layer, prompt=prompt, train_limit=train_limit, limit=limit,
-        clip_model=clip_model, config=config,
+        classes=classes, layer=o["layer"], prompt=o["prompt"], train_limit=train_limit,
+        limit=limit, clip_model=clip_model, config=config, protocol=protocol, dtype=o["dtype"],
     )  # fmt: skip
     runtime = ProbeRuntime(
         store_path=store, out_dir=out or out_dir_for("probe", request.spec()), cache_dir=cache_dir,
-        batch_size=batch_size, workers=workers, progress=progress,
-        model_options=ModelOptions(device=device, dtype=dtype, seed=seed),
+        batch_size=batch_size, workers=workers, chunk_size=feature_chunk, progress=progress,
+        model_options=ModelOptions(device=device, dtype=o["dtype"], seed=seed),
     )  # fmt: skip
     try:
         outcome = run_probe(request, runtime)

@@ -83,12 +83,31 @@ def probe_markdown(result: dict[str, Any]) -> str:
         f"{result['head']} head"
     )
     notes = [
+        *settings_lines(result),
         f"† {PAPER_LABEL}.",
         f"Clean: {CLEAN_LABEL}.",
         "Brackets: 95% bootstrap confidence interval over evaluation examples.",
     ]
     heading = f"**{markdown_cell(title)}**"
     return "\n".join([heading, "", markdown_table(markdown_rows(rows)), "", *notes]) + "\n"
+
+
+REPORTED_TEXT = {"paper": "the paper protocol's column (best test epoch: optimistic)",
+                 "clean": "the clean protocol's column (chosen on validation)"}  # fmt: skip
+
+
+def settings_lines(result: dict[str, Any]) -> list[str]:
+    """How the probes were trained and which column the protocol reports."""
+    settings = result.get("settings")
+    if not settings:
+        return []
+    trained = (
+        f"Protocol {result.get('protocol', 'clean')}: {settings['features']} features "
+        f"({settings['dtype']}), shuffled {settings['shuffle']}, {settings['epochs']} epochs, "
+        f"Adam lr {settings['lr']:g}, batch {settings['batch_size']}."
+    )
+    reported = REPORTED_TEXT.get(result.get("reported", ""), "")
+    return [trained, f"Reported: {reported}."] if reported else [trained]
 
 
 def plot_probe(result: dict[str, Any], path: Path) -> Path:

@@ -1,8 +1,9 @@
 """Does the VLM's hidden state know the class? (paper, Section 4.1, Table 3 "probing" rows)
 
 ``run_probe`` extracts a language-model layer's hidden state for the paper's prompt at the last
-token and averaged over all tokens (cached per model, layer, prompt, dataset, split and example
-selection), trains a probe on each under the paper's protocol and a clean one, optionally does
+token and averaged over all tokens (cached per model, layer, prompt, dtype, dataset, split and
+example selection, in resumable chunks), trains a probe on each, reporting both the best test
+epoch (the paper's rule) and a validation-chosen result (clean), optionally does
 the same for a CLIP model's image embeddings, stores the result (``save_analysis("probe", ...)``)
 and writes its table and figure.
 """
@@ -11,15 +12,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from vlmclf.analysis.probe.chunks import DEFAULT_CHUNK_EXAMPLES
 from vlmclf.analysis.probe.features import FeatureKind, FeatureSet, cached_features
 from vlmclf.analysis.probe.report import write_probe_report
 from vlmclf.analysis.probe.train import (
     CLEAN_LABEL,
     PAPER_LABEL,
+    REPORTED,
     ProbeConfig,
     probe_both_protocols,
 )
@@ -52,6 +55,8 @@ class ProbeRequest:
     limit: int | None = None
     clip_model: str | None = None
     config: ProbeConfig = field(default_factory=ProbeConfig)
+    protocol: str = "clean"  # the table the settings were resolved from (analysis/probe/settings)
+    dtype: str = "float32"  # the model's compute dtype while extracting (part of the feature key)
 
     def spec(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,6 +71,7 @@ class ProbeRuntime:
     cache_dir: Path | None = None
     batch_size: int = 16
     workers: int = 2
+    chunk_size: int = DEFAULT_CHUNK_EXAMPLES  # examples per resumable feature chunk
     progress: bool = False
     model_options: ModelOptions = field(default_factory=ModelOptions)
 
@@ -119,8 +125,9 @@ def _features(
     examples = select_examples(data, limit)
     return cached_features(
         spec, data.name, data.split, examples, models.getter(spec), kind,
-        layer=request.layer, question=open_question(request.prompt), cache_dir=runtime.cache_dir,
-        batch_size=runtime.batch_size, workers=runtime.workers, progress=runtime.progress,
+        layer=request.layer, question=open_question(request.prompt), dtype=request.dtype,
+        cache_dir=runtime.cache_dir, batch_size=runtime.batch_size, workers=runtime.workers,
+        chunk_size=runtime.chunk_size, progress=runtime.progress,
     )  # fmt: skip
 
 
@@ -149,7 +156,23 @@ def _feature_summary(train: FeatureSet, test: FeatureSet) -> dict[str, Any]:
         "failed_examples": (train.failures + test.failures)[:20],
         "cache_files": [str(train.path), str(test.path)],
         "from_cache": {"train": train.from_cache, "eval": test.from_cache},
+        "n_extracted": {"train": train.n_extracted, "eval": test.n_extracted},
     }
+
+
+def training_settings(request: ProbeRequest) -> dict[str, Any]:
+    """The settings that decide the numbers, as the report prints them."""
+    config = request.config
+    return {
+        "features": "standardised" if config.standardize else "raw",
+        "shuffle": "each epoch" if config.shuffle == "each-epoch"
+        else f"once (Python random, seed {config.shuffle_seed})",
+        "epochs": config.epochs,
+        "lr": config.lr,
+        "batch_size": config.batch_size,
+        "reported": config.reported,
+        "dtype": request.dtype,
+    }  # fmt: skip
 
 
 def _overlap_warning(train: FeatureSet, test: FeatureSet, same_source: bool) -> list[str]:
@@ -166,7 +189,8 @@ def run_probe(
 ) -> ProbeOutcome:
     """Extract (or reuse) features, probe them under both protocols, store and report."""
     runtime = runtime or ProbeRuntime()
-    loader = load_model or (lambda spec: load_any_model(spec, runtime.model_options))
+    options = replace(runtime.model_options, dtype=request.dtype)
+    loader = load_model or (lambda spec: load_any_model(spec, options))
     models = _LazyModels(loader)
     train_data, eval_data = load_probe_data(request)
     n_classes = len(eval_data.class_names)
@@ -184,6 +208,9 @@ def run_probe(
         "layer": request.layer,
         "question": open_question(request.prompt),
         "head": request.config.head(),
+        "protocol": request.protocol,
+        "settings": training_settings(request),
+        "reported": REPORTED[request.config.reported],
         "protocol_labels": {"paper": PAPER_LABEL, "clean": CLEAN_LABEL},
         "class_names": list(eval_data.class_names),
         "features": probe_feature_sets(train, test, n_classes, request.config),

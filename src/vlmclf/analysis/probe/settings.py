@@ -1,0 +1,52 @@
+"""The probe's options under a protocol: the protocol's values, then every explicit option.
+
+``data/protocols/<name>.json`` holds the probe settings of each protocol; this module maps them
+onto ``vlmclf probe``'s options (the paper's 500 epochs become 100 on ImageNet, as in its
+scripts). The probe code itself only ever sees the resolved ``ProbeConfig``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vlmclf.data.readers import parse_dataset_spec
+from vlmclf.protocols import resolve
+
+PROBE_OPTIONS = (
+    "epochs", "lr", "probe_batch_size", "weight_decays", "val_fraction", "standardize",
+    "shuffle", "shuffle_seed", "reported", "dtype", "layer", "prompt",
+)  # fmt: skip
+
+
+def protocol_probe_values(protocol: str, dataset: str) -> dict[str, Any]:
+    """The options ``protocol`` sets for a probe evaluated on ``dataset`` (None: not set)."""
+    settings = resolve(protocol, "probe")
+    on_imagenet = parse_dataset_spec(dataset)[0] == "imagenet"
+    epochs = settings.get("epochs_imagenet") if on_imagenet else None
+    reshuffle = settings.get("reshuffle_each_epoch")
+    return {
+        "epochs": epochs or settings.get("epochs"),
+        "lr": settings.get("lr"),
+        "probe_batch_size": settings.get("probe_batch_size"),
+        "weight_decays": settings.get("weight_decays"),
+        "val_fraction": settings.get("val_fraction"),
+        "standardize": settings.get("standardize"),
+        "shuffle": None if reshuffle is None else ("each-epoch" if reshuffle else "once"),
+        "shuffle_seed": settings.get("shuffle_seed"),
+        "reported": settings.get("reported"),
+        "dtype": settings.get("dtype"),
+        "layer": settings.get("layer"),
+        "prompt": settings.get("prompt"),
+    }
+
+
+def resolve_probe_options(
+    protocol: str, dataset: str, given: dict[str, Any], explicit: set[str]
+) -> dict[str, Any]:
+    """``given`` (the parsed options, defaults included) with the protocol's values put in
+    wherever the user did not type the option (``explicit``)."""
+    chosen = dict(given)
+    for name, value in protocol_probe_values(protocol, dataset).items():
+        if name in given and name not in explicit and value is not None:
+            chosen[name] = value
+    return chosen
