@@ -359,3 +359,69 @@ def test_typer_group_registers_as_a_subcommand() -> None:
     app.add_typer(wikiqa_app, name="wikiqa")
     result = CliRunner().invoke(app, ["wikiqa", "build", "--help"])
     assert result.exit_code == 0 and "--wiki" in result.output
+
+
+# ------------------------------------------------------------------ the paper's unparsed rule
+
+
+def paper_code_letters(n_unparsed: int) -> list[str]:
+    """What the paper's evaluation notebook draws: ``random.seed(1234)`` once, then
+    ``random.choice(all_choices)`` for each answer it cannot parse, in file order."""
+    import random
+
+    state = random.getstate()
+    try:
+        random.seed(1234)
+        return [random.choice(["A", "B", "C", "D"]) for _ in range(n_unparsed)]
+    finally:
+        random.setstate(state)
+
+
+def test_random_letters_follow_the_paper_stream_in_question_order() -> None:
+    from vlmclf.analysis.wikiqa.run import random_letters_for_unparsed
+    from vlmclf.records import Prediction
+
+    preds = [Prediction(example_id=f"{line:04d}:x.JPEG", label=line % 4, text="?", pred=None,
+                        hit=False) for line in range(1, 13)]  # fmt: skip
+    preds[4] = Prediction(example_id="0005:x.JPEG", label=1, text="B", pred=1, hit=True)
+    preds[6] = Prediction.failed("0007:x.JPEG", 3, "image not found")
+    arrival = preds[::-1]  # answers arrive in any order; the letters follow the question file
+    lettered = {p.example_id: p for p in random_letters_for_unparsed(arrival, 1234)}
+    unparsed = [p.example_id for p in preds if p.ok and p.pred is None]
+    expected = dict(zip(unparsed, paper_code_letters(len(unparsed)), strict=True))
+    assert {i: LETTERS[lettered[i].pred] for i in unparsed} == expected
+    assert all(lettered[i].hit == (lettered[i].pred == lettered[i].label) for i in unparsed)
+    assert lettered["0005:x.JPEG"].pred == 1 and lettered["0007:x.JPEG"].pred is None
+
+
+def test_paper_protocol_gives_unparsed_answers_the_papers_random_letter(
+    tiny_wikiqa: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VLMCLF_API_CACHE", str(tmp_path / "api-cache.sqlite"))
+    replies = {"eat": "Answer: A", "live": "It lives in a house.", "big": "(D)", "fast": "hmm"}
+    root, questions = tiny_wikiqa
+    summaries = {}
+    with FakeApiServer("openai", key=None,
+                       answer=lambda p: next(r for k, r in replies.items() if k in p)) as server:
+        for protocol in ("clean", "paper"):
+            args = ["--model", "openai:test-model", "--base-url", server.base_url,
+                    "--images", str(root), "--questions", str(questions), "--protocol", protocol,
+                    "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / protocol),
+                    "--no-progress", "--json"]  # fmt: skip
+            result = CliRunner().invoke(wikiqa_app, args)
+            assert result.exit_code == 0, result.output
+            summaries[protocol] = json.loads(result.output)
+    clean, paper = summaries["clean"], summaries["paper"]
+    # "fast" (line 5, answer D) is the one unparsed answer; the paper's first draw is D
+    assert paper_code_letters(1) == ["D"]
+    assert clean["summary"]["accuracy"] == pytest.approx(2 / 4)
+    assert paper["summary"]["accuracy"] == pytest.approx(3 / 4)
+    for report, rule in ((clean, "wrong"), (paper, "random-letter")):
+        assert report["summary"]["n_unparsed"] == 1 and report["summary"]["unparsed_rule"] == rule
+    assert clean["run_id"] != paper["run_id"]
+    assert paper["spec"]["options"] == {"unparsed": "random-letter", "unparsed_seed": 1234}
+    assert paper["spec"]["protocol"] == "paper" and paper["spec"]["cot"] is True
+    assert paper["spec"]["max_new_tokens"] == 1024
+    assert "options" not in clean["spec"] and "protocol" not in clean["spec"]
+    table = Path(paper["files"]["markdown"]).read_text()
+    assert "1 (given random letters (paper))" in table and "1 (counted wrong)" in table

@@ -37,6 +37,14 @@ def wikiqa_command(
     max_new_tokens: Annotated[
         int | None, typer.Option(callback=at_least(1), help="Default 16, 256 with --cot.")
     ] = None,
+    protocol: Annotated[
+        str, typer.Option(help="clean (default) or paper: sets --cot, --max-new-tokens and "
+                          "--unparsed unless given.")
+    ] = "clean",
+    unparsed: Annotated[
+        str, typer.Option(help="An answer naming no single option: wrong (clean), or "
+                          "random-letter (the paper's code: random.choice, seed 1234).")
+    ] = "wrong",
     batch_size: Annotated[
         int, typer.Option(callback=at_least(1), help="Questions per model call.")
     ] = 8,
@@ -54,7 +62,8 @@ def wikiqa_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
 ) -> None:
-    """Answer ImageWikiQA with a model; unparsed answers count as wrong (n_unparsed)."""
+    """Answer ImageWikiQA with a model; unparsed answers count as wrong (n_unparsed), or under
+    --protocol paper get a random letter as in the paper's code."""
     if ctx.invoked_subcommand is not None:
         return
     from vlmclf.analysis.wikiqa.run import run_wikiqa, wikiqa_spec
@@ -64,8 +73,14 @@ def wikiqa_command(
         fail("wikiqa needs --model and --images (or the subcommand `build`)")
     if method not in ("generate", "likelihood"):
         fail(f"--method must be generate or likelihood, got {method!r}")
-    spec = wikiqa_spec(model, method, questions=questions, cot=cot,
-                       max_new_tokens=max_new_tokens, dtype=dtype)  # fmt: skip
+    chosen = _protocol_options(ctx, protocol, cot=cot, max_new_tokens=max_new_tokens,
+                               unparsed=unparsed)  # fmt: skip
+    try:
+        spec = wikiqa_spec(model, method, questions=questions, cot=chosen["cot"],
+                           max_new_tokens=chosen["max_new_tokens"], dtype=dtype,
+                           unparsed=chosen["unparsed"], protocol=protocol)  # fmt: skip
+    except ValueError as err:
+        fail(str(err))
     options = ModelOptions(device=device, dtype=dtype, base_url=base_url, concurrency=concurrency)
     folder = out or out_dir_for("wikiqa", {"run": spec.run_id, "limit": limit})
     try:
@@ -84,6 +99,25 @@ def wikiqa_command(
         hint = _failure_hint(store, result["run_id"], images)
         typer.echo(f"error: every question failed; {hint}", err=True)
         raise typer.Exit(1)
+
+
+def _protocol_options(ctx: typer.Context, protocol: str, **given: object) -> dict[str, object]:
+    """The options after the protocol's wikiqa settings: explicit options win. Only settings
+    that differ from the clean protocol's (our defaults) are applied, so a clean run keeps the
+    identity it had before protocols."""
+    from vlmclf.protocols import DEFAULT_PROTOCOL, resolve
+
+    try:
+        settings = resolve(protocol, "wikiqa")
+    except ValueError as err:
+        fail(str(err))
+    defaults = resolve(DEFAULT_PROTOCOL, "wikiqa")
+    chosen = dict(given)
+    for name in given:
+        typed = getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"
+        if not typed and settings.get(name) not in (None, defaults.get(name)):
+            chosen[name] = settings[name]
+    return chosen
 
 
 _MISSING_IMAGE_WORDS = ("image not found", "no such file", "not an image", "cannot open")

@@ -2,9 +2,10 @@
 
 Models answer "B", "b)", "Answer: B", "(C)", "The answer is D.", "**A**", "B. Upright position" or
 just the option's text. ``parse_choice`` accepts all of these and returns None, never a guess,
-when the answer names no option or names several without saying which one is the answer (the
-original code replaced such answers by a random letter; here they count as wrong and are
-reported as ``n_unparsed``). Rules, first that applies wins:
+when the answer names no option or names several without saying which one is the answer
+(reported as ``n_unparsed``; they count as wrong, or under ``--protocol paper`` get the random
+letter the original code gave them, see ``run.random_letters_for_unparsed``). Rules, first that
+applies wins:
 
 1. an explicit statement: "answer is C", "Answer: (C)", "correct option: C", "choice C";
 2. the whole answer is one letter, optionally bracketed or followed by ".", ")" or ":";
