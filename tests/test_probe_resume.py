@@ -157,3 +157,29 @@ def test_crash_then_resume_skips_finished_chunks_and_redoes_bad_ones(broken_firs
         assert torch.equal(resumed.features[name], whole.features[name])
     again = _cached(data, CountingImages(llava, fail_after=0), cache)  # the file: no model call
     assert again.from_cache and again.n_extracted == 0 and again.ids == resumed.ids
+
+
+def test_chunks_written_in_any_split_and_order_assemble_to_the_same_file(
+    broken_first, llava, tmp_path
+):
+    """The layout a data-parallel extraction needs: ranges may be written by different workers in
+    any order; one assembles, and the file is the one a single process writes."""
+    from vlmclf.analysis.probe.features import ChunkedExtraction, make_key
+
+    data = broken_first
+    key = make_key("random:llava", data.name, data.split, data.examples, "hidden", -1, QUESTION)
+    path = key.path(tmp_path / "split")
+
+    def worker() -> ChunkedExtraction:
+        return ChunkedExtraction(key, path, data.examples, "hidden", QUESTION, -1, chunk_size=3)
+
+    planned = worker().planned()
+    worker().extract(llava, planned[1::2][::-1], batch_size=3, workers=1)  # "rank 1", backwards
+    assert worker().missing() == planned[0::2]
+    worker().extract(llava, planned[0::2], batch_size=3, workers=1)  # "rank 0"
+    assert worker().missing() == []
+    joined = worker().assemble()
+    single = _cached(data, llava, tmp_path / "single")  # chunk size 2, batch 2: other batches
+    assert joined.ids == single.ids and joined.failures == single.failures
+    for name in ("last_token", "mean"):
+        assert torch.allclose(joined.features[name], single.features[name], atol=1e-5)

@@ -79,7 +79,8 @@ def run_demo(
     )
     probe = run_probe(
         ProbeRequest(
-            model=VLM, dataset=DATASET, train_limit=sizes.n_probe_train, limit=sizes.n_clip
+            model=VLM, dataset=DATASET, train_limit=sizes.n_probe_train, limit=sizes.n_clip,
+            dtype=config.model.dtype,  # the features' dtype is part of their cache key
         ),
         ProbeRuntime(
             store_path=config.store_path,

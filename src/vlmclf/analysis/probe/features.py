@@ -302,16 +302,20 @@ def cached_features(
         except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
             print(f"warning: unreadable feature cache {path}, extracting again: {err}",
                   file=sys.stderr)  # fmt: skip
-    extraction = ChunkedExtraction(key, path, examples, kind, question, layer)
-    return extraction.run(get_model, chunk_size=chunk_size, batch_size=batch_size,
-                          workers=workers, progress=progress)  # fmt: skip
+    extraction = ChunkedExtraction(key, path, examples, kind, question, layer, chunk_size)
+    return extraction.run(get_model, batch_size=batch_size, workers=workers, progress=progress)
 
 
 @dataclass
 class ChunkedExtraction:
     """One key's extraction as fixed index-range chunks (``chunks.py``): the chunks already on
     disk are kept, the missing ones extracted and written one at a time, then all are joined
-    into the cache file."""
+    into the cache file.
+
+    The steps are separate so that several processes can share one extraction: each may
+    ``extract`` its own share of ``missing()`` (any split of the ranges), and one process
+    ``assemble``s once every chunk is on disk.
+    """
 
     key: FeatureKey
     path: Path
@@ -319,42 +323,60 @@ class ChunkedExtraction:
     kind: FeatureKind
     question: str | None
     layer: int | None
+    chunk_size: int = DEFAULT_CHUNK_EXAMPLES
 
-    def run(
-        self, get_model: Callable[[], object], *, chunk_size: int, batch_size: int, workers: int,
-        progress: bool,
-    ) -> FeatureSet:  # fmt: skip
-        folder = partial_folder(self.path)
-        planned = plan_chunks(len(self.examples), chunk_size)
-        done = finished_chunks(folder, planned, self.key.digest())
-        missing = [chunk for chunk in planned if chunk not in done]
-        n_missing = sum(chunk.size for chunk in missing)
-        if done and missing:
-            print(f"features: resuming {self.path.name}: {len(self.examples) - n_missing} "
-                  f"examples in {len(done)} chunks on disk, extracting {n_missing}",
-                  file=sys.stderr)  # fmt: skip
-        if missing:
-            model = get_model()
-            faults = ChunkFaults()
-            with _progress_bar(len(self.examples), len(self.examples) - n_missing, progress) as bar:
-                for chunk in missing:
-                    part = extract_part(
-                        model, self.examples[chunk.start : chunk.end], self.kind,
-                        question=self.question, layer=self.layer, batch_size=batch_size,
-                        workers=workers, on_batch=bar.update,
-                    )  # fmt: skip
-                    write_chunk(folder, chunk, part, self.key.digest())
-                    del part  # only the chunk being extracted stays in memory
-                    faults.chunk_written()
-        return self._assemble(folder, planned, n_missing)
+    @property
+    def folder(self) -> Path:
+        return partial_folder(self.path)
 
-    def _assemble(self, folder: Path, planned: list[ChunkRange], n_extracted: int) -> FeatureSet:
-        ids, labels, features, failures = assemble_chunks(folder, planned)
+    def planned(self) -> list[ChunkRange]:
+        return plan_chunks(len(self.examples), self.chunk_size)
+
+    def missing(self) -> list[ChunkRange]:
+        """The planned chunks with no valid file on disk, in index order."""
+        done = finished_chunks(self.folder, self.planned(), self.key.digest())
+        return [chunk for chunk in self.planned() if chunk not in done]
+
+    def extract(
+        self, model: object, chunks: Sequence[ChunkRange], *, batch_size: int, workers: int,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:  # fmt: skip
+        """Extract and write ``chunks``, one at a time (only the current one is in memory)."""
+        faults = ChunkFaults()
+        for chunk in chunks:
+            part = extract_part(
+                model, self.examples[chunk.start : chunk.end], self.kind, question=self.question,
+                layer=self.layer, batch_size=batch_size, workers=workers, on_batch=on_batch,
+            )  # fmt: skip
+            write_chunk(self.folder, chunk, part, self.key.digest())
+            del part
+            faults.chunk_written()
+
+    def assemble(self, n_extracted: int = 0) -> FeatureSet:
+        """Join every planned chunk into the cache file and remove the chunks."""
+        ids, labels, features, failures = assemble_chunks(self.folder, self.planned())
         if not ids:
-            remove_partial(folder)
+            remove_partial(self.folder)  # nothing decoded: nothing worth resuming either
         _require_some(ids, failures)
         result = FeatureSet(ids, labels, features, failures, n_extracted=n_extracted)
         save_feature_file(self.path, result, self.key)
-        remove_partial(folder)
+        remove_partial(self.folder)
         result.path = self.path
         return result
+
+    def run(
+        self, get_model: Callable[[], object], *, batch_size: int, workers: int, progress: bool
+    ) -> FeatureSet:
+        """The whole extraction in this process: resume, extract what is missing, assemble."""
+        missing = self.missing()
+        n_missing = sum(chunk.size for chunk in missing)
+        n_on_disk = len(self.examples) - n_missing
+        if missing and n_on_disk:
+            print(f"features: resuming {self.path.name}: {n_on_disk} examples on disk, "
+                  f"extracting {n_missing}", file=sys.stderr)  # fmt: skip
+        if missing:
+            model = get_model()
+            with _progress_bar(len(self.examples), n_on_disk, progress) as bar:
+                self.extract(model, missing, batch_size=batch_size, workers=workers,
+                             on_batch=bar.update)  # fmt: skip
+        return self.assemble(n_extracted=n_missing)
