@@ -411,6 +411,10 @@ def test_paper_protocol_gives_unparsed_answers_the_papers_random_letter(
             result = CliRunner().invoke(wikiqa_app, args)
             assert result.exit_code == 0, result.output
             summaries[protocol] = json.loads(result.output)
+        printed = CliRunner().invoke(wikiqa_app, args[:-1])  # the paper run again, as text
+    assert printed.exit_code == 0, printed.output
+    assert "(generate, protocol paper)" in printed.output
+    assert "unparsed 1 (given a random letter)" in printed.output
     clean, paper = summaries["clean"], summaries["paper"]
     # "fast" (line 5, answer D) is the one unparsed answer; the paper's first draw is D
     assert paper_code_letters(1) == ["D"]

@@ -143,9 +143,12 @@ def _failure_hint(store: Path, run_id: str, images: Path) -> str:
 def _print_wikiqa(result: dict, model: str, method: str) -> None:
     s = result["summary"]
     accuracy = "-" if s["accuracy"] is None else f"{100 * s['accuracy']:.1f}%"
+    rule = "given a random letter" if s["unparsed_rule"] == "random-letter" else "counted wrong"
+    protocol = result["spec"].get("protocol", "clean")
     typer.echo(
-        f"run {result['run_id']}: {model} ({method}) ImageWikiQA accuracy {accuracy} on "
-        f"{s['n_ok']} questions; unparsed {s['n_unparsed']}, failed {s['n_failed']}"
+        f"run {result['run_id']}: {model} ({method}, protocol {protocol}) ImageWikiQA accuracy "
+        f"{accuracy} on {s['n_ok']} questions; unparsed {s['n_unparsed']} ({rule}), "
+        f"failed {s['n_failed']}"
     )
     typer.echo("answers: " + ", ".join(f"{k} {v}" for k, v in s["answer_distribution"].items()))
     for name, path in result["files"].items():
