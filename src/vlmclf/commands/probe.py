@@ -8,7 +8,22 @@ from typing import Annotated
 
 import typer
 
-from vlmclf.commands.common import DEFAULT_STORE, SEED_MAX, at_least, fail, number_in, out_dir_for
+from vlmclf.commands.common import (
+    DEFAULT_STORE,
+    DEVICE_HELP,
+    DTYPE_HELP,
+    SEED_MAX,
+    at_least,
+    batch_help,
+    batch_size_or_auto,
+    fail,
+    number_in,
+    out_dir_for,
+    resolve_batch,
+    resolve_hardware,
+)
+
+CPU_BATCH = 16  # --batch-size auto on CPU and MPS
 
 Opt = typer.Option
 
@@ -79,16 +94,16 @@ def probe_command(
         Opt(callback=number_in(0, SEED_MAX), help="Seed of the probes and the validation split."),
     ] = 0,
     batch_size: Annotated[
-        int, Opt(callback=at_least(1), help="Images per model call when extracting.")
-    ] = 16,
+        str, Opt(callback=batch_size_or_auto, help=batch_help(CPU_BATCH, "Images per model call"))
+    ] = "auto",
     workers: Annotated[
         int, Opt(callback=at_least(1), help="Threads decoding images ahead of the model.")
     ] = 2,
     cache_dir: Annotated[
         Path | None, Opt(help="Feature cache (default $VLMCLF_CACHE_DIR/features).")
     ] = None,
-    device: Annotated[str, Opt(help="cpu, cuda, cuda:N, mps.")] = "cpu",
-    dtype: Annotated[str, Opt(help="float32, float16, bfloat16.")] = "float32",
+    device: Annotated[str, Opt(help=DEVICE_HELP)] = "auto",
+    dtype: Annotated[str, Opt(help=DTYPE_HELP)] = "auto",
     store: Annotated[Path, Opt("--store", help="The run and analysis store.")] = DEFAULT_STORE,
     out: Annotated[Path | None, Opt("--out", help="Folder for the table and figure.")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
@@ -111,10 +126,11 @@ def probe_command(
         classes=classes, layer=layer, prompt=prompt, train_limit=train_limit, limit=limit,
         clip_model=clip_model, config=config,
     )  # fmt: skip
+    device, dtype = resolve_hardware(model, device, dtype)
     runtime = ProbeRuntime(
         store_path=store, out_dir=out or out_dir_for("probe", request.spec()), cache_dir=cache_dir,
-        batch_size=batch_size, workers=workers, progress=progress,
-        model_options=ModelOptions(device=device, dtype=dtype, seed=seed),
+        batch_size=resolve_batch(batch_size, device, CPU_BATCH), workers=workers,
+        progress=progress, model_options=ModelOptions(device=device, dtype=dtype, seed=seed),
     )  # fmt: skip
     try:
         outcome = run_probe(request, runtime)
