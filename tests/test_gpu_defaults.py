@@ -174,6 +174,41 @@ def flat(output: str) -> str:
     return " ".join(output.replace("│", " ").split())
 
 
+def test_on_a_gpu_rank_eval_resolves_everything_before_the_run(bf16_checkpoint, monkeypatch):
+    """torchrun rank 1 on a 2-GPU box: the run gets cuda:1, the checkpoint's bfloat16 in its
+    RunSpec (so in its identity) and the CUDA batch cap; nothing says auto any more."""
+    import vlmclf.runner
+
+    machine(monkeypatch, cuda=2, local_rank="1")
+    seen = {}
+
+    def capture(spec, config, *args, **kwargs):
+        seen.update(spec=spec, config=config)
+        raise ValueError("captured")
+
+    monkeypatch.setattr(vlmclf.runner, "run", capture)
+    args = ["eval", "--model", f"hf:{bf16_checkpoint}", "--method", "generate",
+            "--dataset", "x.jsonl", "--no-progress"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert "error: captured" in result.output, result.output
+    spec, config = seen["spec"], seen["config"]
+    assert spec.dtype == "bfloat16" and '"dtype": "bfloat16"' in spec.canonical_json()
+    assert config.model.device == "cuda:1" and config.model.dtype == "bfloat16"
+    assert config.batch_size == CUDA_AUTO_BATCH
+
+
+def test_sweep_resolves_the_dtype_of_each_model(bf16_checkpoint: Path):
+    from vlmclf.analysis.sweep.run import _with_model_dtype
+    from vlmclf.loading import ModelOptions
+    from vlmclf.runner import RunConfig
+
+    on_gpu = RunConfig(model=ModelOptions(device="cuda", dtype="auto"))
+    assert _with_model_dtype(on_gpu, f"hf:{bf16_checkpoint}").model.dtype == "bfloat16"
+    assert _with_model_dtype(on_gpu, "random:llava").model.dtype == "float32"
+    on_cpu = RunConfig(model=ModelOptions(device="cpu", dtype="auto"))
+    assert _with_model_dtype(on_cpu, f"hf:{bf16_checkpoint}").model.dtype == "float32"
+
+
 CLI_REFUSALS = [
     (["--device", "cuda"], "error: --device cuda: CUDA is not available"),
     (["--device", "tpu"], "error: --device must be auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
