@@ -15,8 +15,8 @@ from vlmclf.records import Prediction
 
 AUTO = "auto"
 CUDA_AUTO_BATCH = 128
-"""The first size ``--batch-size auto`` tries on CUDA: the images decoded ahead of the model
-are bounded by it; a model that needs less memory per example still fills a GPU with it."""
+"""The first size ``--batch-size auto`` tries on CUDA, and the number of images decoded per
+batch ahead of the model (the search only goes down from it)."""
 
 
 def parse_batch_size(value: str) -> str:
@@ -35,12 +35,13 @@ def parse_batch_size(value: str) -> str:
 
 def resolve_batch_size(requested: str | int, device: str, cpu_default: int) -> int:
     """The batch size a run starts from: a number as given; ``auto`` is ``cpu_default`` off
-    CUDA (CPU, MPS: memory is the host's, a fixed size is the sensible choice) and
+    CUDA (CPU and MPS, where the command's fixed size of before stays) and
     ``CUDA_AUTO_BATCH`` on CUDA, where out-of-memory errors narrow it down to what fits."""
     if isinstance(requested, int):
         return requested
-    if parse_batch_size(requested) != AUTO:
-        return int(requested)
+    parsed = parse_batch_size(requested)
+    if parsed != AUTO:
+        return int(parsed)
     return CUDA_AUTO_BATCH if device.startswith("cuda") else cpu_default
 
 
@@ -75,7 +76,8 @@ class BatchSizer:
 
 
 def is_out_of_memory(err: BaseException) -> bool:
-    """CUDA's out-of-memory error (``torch.OutOfMemoryError`` from torch 2.5 covers MPS too)."""
+    """An accelerator's out-of-memory error: ``torch.OutOfMemoryError`` (torch 2.5 and later;
+    ``torch.cuda.OutOfMemoryError`` is the same class), else CUDA's own on torch 2.4."""
     import torch
 
     return isinstance(err, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
