@@ -127,7 +127,8 @@ def parse_dtype(requested: str) -> str:
     """``auto`` or one of DTYPES, as typed; ValueError (one line) for anything else."""
     name = requested.strip().lower()
     if name != AUTO and name not in DTYPES:
-        raise ValueError(f"--dtype must be auto, {', '.join(DTYPES)}, got {requested!r}")
+        raise ValueError(f"--dtype must be auto, {', '.join(DTYPES[:-1])} or {DTYPES[-1]}, "
+                         f"got {requested!r}")  # fmt: skip
     return name
 
 
