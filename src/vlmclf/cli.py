@@ -18,12 +18,18 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from vlmclf.commands.common import (
     DEFAULT_STORE,
+    DEVICE_HELP,
+    DTYPE_HELP,
     SEED_MAX,
     CleanErrorsGroup,
     at_least,
+    batch_help,
+    batch_size_or_auto,
     fail,
     finite_number,
     number_in,
+    resolve_batch,
+    resolve_hardware,
 )
 from vlmclf.commands.demo import demo_command
 from vlmclf.commands.finetune import finetune_command
@@ -84,6 +90,8 @@ class ExportFormat(StrEnum):
     jsonl = "jsonl"
     parquet = "parquet"
 
+
+EVAL_CPU_BATCH = 8  # --batch-size auto on CPU and MPS
 
 StoreOpt = Annotated[
     Path, typer.Option("--store", help="SQLite file that keeps every run and prediction.")
@@ -158,8 +166,8 @@ def eval_command(
         ),
     ] = 0,
     batch_size: Annotated[
-        int, typer.Option(callback=at_least(1), help="Examples per model call.")
-    ] = 8,
+        str, typer.Option(callback=batch_size_or_auto, help=batch_help(EVAL_CPU_BATCH))
+    ] = "auto",
     workers: Annotated[
         int, typer.Option(callback=at_least(1), help="Threads decoding images ahead of the model.")
     ] = 4,
@@ -170,8 +178,8 @@ def eval_command(
     classes: Annotated[
         str | None, typer.Option(help="Class-name list: a shipped name or a JSON/text file.")
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, mps.")] = "cpu",
-    dtype: Annotated[str, typer.Option(help="float32, float16, bfloat16.")] = "float32",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "auto",
     device_map: Annotated[
         str | None, typer.Option(help="'auto' to spread a large model over GPUs.")
     ] = None,
@@ -278,7 +286,8 @@ def eval_command(
     resolved = _protocol_options(ctx, protocol, method, model)
     setting, order = Setting(resolved["setting"]), Order(resolved["order"])
     prompt, max_new_tokens = resolved["prompt"], resolved["max_new_tokens"]
-    templates, dtype, match = resolved["templates"], resolved["dtype"], resolved["match"]
+    templates, match = resolved["templates"], resolved["match"]
+    device, dtype = resolve_hardware(model, device, resolved["dtype"])  # dtype is identity
     answer_prefix, calibration = resolved["answer_prefix"], Calibration(resolved["calibration"])
     sample = resolved["sample"]
     spec = RunSpec(
@@ -319,7 +328,7 @@ def eval_command(
         classes=classes,
         limit=limit,
         sample=sample,
-        batch_size=batch_size,
+        batch_size=resolve_batch(batch_size, device, EVAL_CPU_BATCH),
         workers=workers,
         progress=progress,
         model=options,

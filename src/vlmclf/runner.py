@@ -6,8 +6,8 @@ without loading the model) and the examples already done are skipped. Images are
 thread pool a few batches ahead of the model.
 
 Transient failures (out-of-memory, a model runtime error, an API that gave up) are stored but not
-done: the next run of the same command retries them. On CUDA out-of-memory the batch is halved
-(and stays halved for the rest of the run) until one example alone does not fit.
+done: the next run of the same command retries them. On out-of-memory the batch shrinks to the
+largest size that fits (``vlmclf.batching``) until one example alone does not fit.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from vlmclf.batching import BatchSizer, predict_with_fallback
 from vlmclf.data import load_dataset
 from vlmclf.data.types import BadExampleError, Dataset, Example
 from vlmclf.identity import (
@@ -138,66 +139,6 @@ def decoded_batches(
                 yield [f.result() for f in pending.pop(0)]
         while pending:
             yield [f.result() for f in pending.pop(0)]
-
-
-class BatchSizer:
-    """The largest batch that fits: starts at the configured size, halves on out-of-memory."""
-
-    def __init__(self, size: int) -> None:
-        self.size = max(1, size)
-
-    def halve(self, failed_size: int) -> bool:
-        """Shrink below ``failed_size``; False when one example alone did not fit."""
-        if failed_size <= 1:
-            return False
-        self.size = min(self.size, max(1, failed_size // 2))
-        return True
-
-
-def _is_out_of_memory(err: BaseException) -> bool:
-    import torch
-
-    return isinstance(err, torch.cuda.OutOfMemoryError)
-
-
-def _is_run_stopping(err: BaseException) -> bool:
-    """Errors that say every further call is pointless (bad key, spent budget, unsupported)."""
-    from vlmclf.models.api.errors import ApiError
-
-    return isinstance(err, (ApiError, NotImplementedError))
-
-
-def predict_with_fallback(
-    method: Method, loaded: list[LoadedExample], sizer: BatchSizer
-) -> list[Prediction]:
-    """``method.predict`` in chunks of ``sizer.size``; out-of-memory halves the chunk and tries
-    again, and what still fails (OOM at one example, a model runtime error) is transient."""
-    out: list[Prediction] = []
-    start = 0
-    while start < len(loaded):
-        chunk = loaded[start : start + sizer.size]
-        try:
-            out.extend(method.predict(chunk))
-        except RuntimeError as err:
-            if _is_run_stopping(err):
-                raise
-            if _is_out_of_memory(err):
-                _free_accelerator_memory()
-                if sizer.halve(len(chunk)):
-                    continue
-                reason = f"CUDA out of memory at batch size 1: {err}"
-            else:
-                reason = f"model runtime error: {type(err).__name__}: {err}"
-            out.extend(Prediction.transient(i.example.id, i.example.label, reason) for i in chunk)
-        start += len(chunk)
-    return out
-
-
-def _free_accelerator_memory() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def classify_batch(

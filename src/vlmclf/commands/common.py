@@ -71,6 +71,52 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
+def batch_size_or_auto(value: str) -> str:
+    """An option callback for ``--batch-size``: ``auto`` or a whole number >= 1."""
+    from vlmclf.batching import parse_batch_size
+
+    try:
+        return parse_batch_size(value)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+
+
+DEVICE_HELP = (
+    "auto (CUDA, then MPS, else CPU; cuda:LOCAL_RANK under torchrun), cpu, cuda, cuda:N, mps."
+)
+DTYPE_HELP = "auto (the checkpoint's own on a GPU, float32 on CPU), float32, float16, bfloat16."
+
+
+def batch_help(cpu_default: int, what: str = "Examples per model call") -> str:
+    from vlmclf.batching import CUDA_AUTO_BATCH
+
+    return (f"{what}: a number, or auto ({cpu_default} on CPU and MPS; on CUDA the largest "
+            f"that fits, from {CUDA_AUTO_BATCH} down).")  # fmt: skip
+
+
+def resolve_hardware(
+    model: str | None, device: str, dtype: str, *, training: bool = False
+) -> tuple[str, str]:
+    """(device, dtype) with ``auto`` resolved, or a one-line error and exit 2. Without a
+    ``model`` (several models, each resolved in its turn) the dtype is only checked."""
+    from vlmclf.loading import parse_dtype, resolve_device, resolve_dtype
+
+    try:
+        resolved = resolve_device(device)
+        if model is None:
+            return resolved, parse_dtype(dtype)
+        return resolved, resolve_dtype(dtype, model, resolved, training=training)
+    except ValueError as err:
+        fail(str(err))
+
+
+def resolve_batch(requested: str, device: str, cpu_default: int) -> int:
+    """``--batch-size`` as the int the runner uses (see ``vlmclf.batching``)."""
+    from vlmclf.batching import resolve_batch_size
+
+    return resolve_batch_size(requested, device, cpu_default)
+
+
 def out_dir_for(command: str, spec: dict[str, Any]) -> Path:
     """``reports/<command>-<hash of spec>``: the same analysis writes to the same folder."""
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()

@@ -8,7 +8,18 @@ from typing import Annotated
 
 import typer
 
-from vlmclf.commands.common import DEFAULT_STORE, REPORTS_DIR, at_least
+from vlmclf.commands.common import (
+    DEFAULT_STORE,
+    DEVICE_HELP,
+    REPORTS_DIR,
+    at_least,
+    batch_help,
+    batch_size_or_auto,
+    resolve_batch,
+    resolve_hardware,
+)
+
+CPU_BATCH = 16  # --batch-size auto on CPU and MPS
 
 
 def demo_command(
@@ -22,8 +33,9 @@ def demo_command(
         int, typer.Option(callback=at_least(1), help="Training images for the probe.")
     ] = 1000,
     batch_size: Annotated[
-        int, typer.Option(callback=at_least(1), help="Examples per model call.")
-    ] = 16,
+        str, typer.Option(callback=batch_size_or_auto, help=batch_help(CPU_BATCH))
+    ] = "auto",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     out: Annotated[Path, typer.Option(help="Folder for the report.")] = REPORTS_DIR / "demo",
     store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -31,10 +43,16 @@ def demo_command(
 ) -> None:
     """CLIP vs VLM, linear probes and training frequency on the organism (Fashion-MNIST)."""
     from vlmclf.analysis.demo import DemoSizes, findings_rows, run_demo
+    from vlmclf.loading import ModelOptions
     from vlmclf.report.tables import text_table
     from vlmclf.runner import RunConfig
 
-    config = RunConfig(store_path=store, batch_size=batch_size, progress=progress)
+    # the organism's weights are float32: its runs keep their ids on any device
+    device, dtype = resolve_hardware("organism:vlm", device, "auto")
+    config = RunConfig(
+        store_path=store, batch_size=resolve_batch(batch_size, device, CPU_BATCH),
+        progress=progress, model=ModelOptions(device=device, dtype=dtype),
+    )  # fmt: skip
     sizes = DemoSizes(n_clip=n_clip, n_vlm=n_vlm, n_probe_train=n_probe_train)
     result = run_demo(sizes, config, out, on_step=lambda message: typer.echo(message, err=True))
     if as_json:

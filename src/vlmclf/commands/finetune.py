@@ -9,7 +9,16 @@ from typing import Annotated, Any
 
 import typer
 
-from vlmclf.commands.common import DEFAULT_STORE, REPORTS_DIR, SEED_MAX, at_least, fail, number_in
+from vlmclf.commands.common import (
+    DEFAULT_STORE,
+    DEVICE_HELP,
+    REPORTS_DIR,
+    SEED_MAX,
+    at_least,
+    fail,
+    number_in,
+    resolve_hardware,
+)
 
 Opt = typer.Option
 EXIT_DIVERGED = 3
@@ -146,8 +155,12 @@ def finetune_command(
             "for fine-tuned models), strict, nli, embed."
         ),
     ] = "contain",
-    device: Annotated[str, Opt(help="cpu, cuda, cuda:N, mps.")] = "cpu",
-    dtype: Annotated[str, Opt(help="float32, float16, bfloat16.")] = "float32",
+    device: Annotated[str, Opt(help=DEVICE_HELP)] = "auto",
+    dtype: Annotated[
+        str,
+        Opt(help="auto (the checkpoint's own on a GPU, bfloat16 for a float16 one; float32 on "
+                 "CPU), float32, float16, bfloat16."),
+    ] = "auto",
     store: Annotated[Path, Opt("--store", help="The run and analysis store.")] = DEFAULT_STORE,
     out: Annotated[Path | None, Opt("--out", help="Checkpoint and log folder.")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
@@ -177,6 +190,7 @@ def finetune_command(
         mix_instructions=str(mix_instructions) if mix_instructions else None, mix_ratio=mix_ratio,
         image_folder=image_folder, seed=seed,
     )  # fmt: skip
+    device, dtype = resolve_hardware(model, device, dtype, training=True)
     out_dir = out or REPORTS_DIR / f"finetune-{_slug(model)}-{train.value.replace('+', '-')}"
     runtime = FinetuneRuntime(
         out_dir=out_dir, store_path=store, micro_batch=micro_batch, eval_limit=eval_limit,

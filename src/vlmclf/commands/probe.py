@@ -8,7 +8,22 @@ from typing import Annotated, Any
 
 import typer
 
-from vlmclf.commands.common import DEFAULT_STORE, SEED_MAX, at_least, fail, number_in, out_dir_for
+from vlmclf.commands.common import (
+    DEFAULT_STORE,
+    DEVICE_HELP,
+    DTYPE_HELP,
+    SEED_MAX,
+    at_least,
+    batch_help,
+    batch_size_or_auto,
+    fail,
+    number_in,
+    out_dir_for,
+    resolve_batch,
+    resolve_hardware,
+)
+
+CPU_BATCH = 16  # --batch-size auto on CPU and MPS
 
 Opt = typer.Option
 DEFAULT_FEATURE_CHUNK = 1024  # analysis.probe.chunks.DEFAULT_CHUNK_EXAMPLES (not imported: torch)
@@ -117,8 +132,8 @@ def probe_command(
         Opt(help="The headline result: validation (clean) or best-test-epoch (the paper's)."),
     ] = "validation",
     batch_size: Annotated[
-        int, Opt(callback=at_least(1), help="Images per model call when extracting.")
-    ] = 16,
+        str, Opt(callback=batch_size_or_auto, help=batch_help(CPU_BATCH, "Images per model call"))
+    ] = "auto",
     workers: Annotated[
         int, Opt(callback=at_least(1), help="Threads decoding images ahead of the model.")
     ] = 2,
@@ -129,8 +144,8 @@ def probe_command(
     cache_dir: Annotated[
         Path | None, Opt(help="Feature cache (default $VLMCLF_CACHE_DIR/features).")
     ] = None,
-    device: Annotated[str, Opt(help="cpu, cuda, cuda:N, mps.")] = "cpu",
-    dtype: Annotated[str, Opt(help="float32, float16, bfloat16.")] = "float32",
+    device: Annotated[str, Opt(help=DEVICE_HELP)] = "auto",
+    dtype: Annotated[str, Opt(help=DTYPE_HELP)] = "auto",
     store: Annotated[Path, Opt("--store", help="The run and analysis store.")] = DEFAULT_STORE,
     out: Annotated[Path | None, Opt("--out", help="Folder for the table and figure.")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
@@ -150,16 +165,18 @@ def probe_command(
         )  # fmt: skip
     except ValueError as err:
         fail(str(err))
+    device, dtype = resolve_hardware(model, device, o["dtype"])  # dtype keys the features
     request = ProbeRequest(
         model=model, dataset=dataset, train_split=train_split, eval_split=eval_split,
         train_dataset=train_dataset, data_root=data_root, train_data_root=train_data_root,
         classes=classes, layer=o["layer"], prompt=o["prompt"], train_limit=train_limit,
-        limit=limit, clip_model=clip_model, config=config, protocol=protocol, dtype=o["dtype"],
+        limit=limit, clip_model=clip_model, config=config, protocol=protocol, dtype=dtype,
     )  # fmt: skip
     runtime = ProbeRuntime(
         store_path=store, out_dir=out or out_dir_for("probe", request.spec()), cache_dir=cache_dir,
-        batch_size=batch_size, workers=workers, chunk_size=feature_chunk, progress=progress,
-        model_options=ModelOptions(device=device, dtype=o["dtype"], seed=seed),
+        batch_size=resolve_batch(batch_size, device, CPU_BATCH), workers=workers,
+        chunk_size=feature_chunk, progress=progress,
+        model_options=ModelOptions(device=device, dtype=dtype, seed=seed),
     )  # fmt: skip
     try:
         outcome = run_probe(request, runtime)

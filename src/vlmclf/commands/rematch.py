@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from vlmclf.commands.common import DEFAULT_STORE, fail, out_dir_for
+from vlmclf.commands.common import DEFAULT_STORE, DEVICE_HELP, fail, out_dir_for, resolve_hardware
 
 
 def rematch_command(
@@ -26,7 +26,7 @@ def rematch_command(
         str | None,
         typer.Option(help="Label template with {} (nli: 'This is a photo of a {}.')."),
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, mps.")] = "cpu",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     out: Annotated[Path | None, typer.Option(help="Folder for the table and figure.")] = None,
     store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -39,6 +39,7 @@ def rematch_command(
 
     if not store.exists():
         fail(f"no store at {store} (run `vlmclf eval` first or pass --store)")
+    device, _ = resolve_hardware(None, device, "auto")
     with RunStore(store) as runs:
         try:
             full_id = resolve_run_id(runs, run_id)

@@ -37,9 +37,12 @@ def reproduce_command(
     finetuned_model: Annotated[
         str | None, Opt(help="Table 4: the classification-fine-tuned checkpoint.")
     ] = None,
-    device: Annotated[str | None, Opt(help="Passed to every command.")] = None,
+    device: Annotated[
+        str | None, Opt(help="Passed to every command (default: theirs, auto).")
+    ] = None,
     dtype: Annotated[
-        str | None, Opt(help="Passed to every command (overrides the protocol).")
+        str | None,
+        Opt(help="Passed to every command (overrides the protocol; default: the protocol's)."),
     ] = None,
     store: Annotated[Path | None, Opt("--store", help="The run store for every command.")] = None,
     run: Annotated[bool, Opt("--run", help="Run the commands and write the table.")] = False,

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vlmclf.commands.common import fail, number_in
+from vlmclf.commands.common import DEVICE_HELP, DTYPE_HELP, fail, number_in, resolve_hardware
 
 if TYPE_CHECKING:
     from vlmclf.serve import ServeLimits
@@ -31,8 +31,8 @@ def serve_command(
             help="Require 'Authorization: Bearer KEY' on every request (prefer the variable).",
         ),
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, mps.")] = "cpu",
-    dtype: Annotated[str, typer.Option(help="float32, float16, bfloat16.")] = "float32",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "auto",
     max_batch: Annotated[int, typer.Option(help="Requests answered by one model call.")] = 8,
     batch_window_ms: Annotated[
         float, typer.Option(help="How long to wait for requests to batch with the first.")
@@ -58,6 +58,7 @@ def serve_command(
     from vlmclf.serve import ChatModelServer, ServeError, ServeLimits
     from vlmclf.serve.server import is_loopback
 
+    device, dtype = resolve_hardware(model, device, dtype)
     try:
         limits = ServeLimits(
             max_body_bytes=int(max_body_mb * 1024 * 1024),

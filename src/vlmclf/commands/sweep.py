@@ -8,7 +8,22 @@ from typing import Annotated, Any
 
 import typer
 
-from vlmclf.commands.common import DEFAULT_STORE, SEED_MAX, at_least, fail, number_in, out_dir_for
+from vlmclf.commands.common import (
+    DEFAULT_STORE,
+    DEVICE_HELP,
+    DTYPE_HELP,
+    SEED_MAX,
+    at_least,
+    batch_help,
+    batch_size_or_auto,
+    fail,
+    number_in,
+    out_dir_for,
+    resolve_batch,
+    resolve_hardware,
+)
+
+CPU_BATCH = 8  # --batch-size auto on CPU and MPS
 
 
 def sweep_command(
@@ -35,13 +50,13 @@ def sweep_command(
     data_root: Annotated[str | None, typer.Option(help="Where the dataset lives.")] = None,
     classes: Annotated[str | None, typer.Option(help="Class-name list for the dataset.")] = None,
     batch_size: Annotated[
-        int, typer.Option(callback=at_least(1), help="Examples per model call.")
-    ] = 8,
+        str, typer.Option(callback=batch_size_or_auto, help=batch_help(CPU_BATCH))
+    ] = "auto",
     workers: Annotated[
         int, typer.Option(callback=at_least(1), help="Threads decoding images.")
     ] = 4,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, mps.")] = "cpu",
-    dtype: Annotated[str, typer.Option(help="float32, float16, bfloat16.")] = "float32",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    dtype: Annotated[str, typer.Option(help=DTYPE_HELP + " Each model its own.")] = "auto",
     out: Annotated[Path | None, typer.Option(help="Folder for the tables and figures.")] = None,
     store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -60,9 +75,11 @@ def sweep_command(
         fail(str(err))
     spec = {"models": model_list, "datasets": dataset, "axes": axes, "limit": limit, "seed": seed}
     folder = out or out_dir_for("sweep", spec)
+    device, dtype = resolve_hardware(None, device, dtype)  # an auto dtype: per model, per cell
     config = RunConfig(
         store_path=store, data_root=data_root, classes=classes, limit=limit,
-        batch_size=batch_size, workers=workers, progress=progress,
+        batch_size=resolve_batch(batch_size, device, CPU_BATCH), workers=workers,
+        progress=progress,
         model=ModelOptions(device=device, dtype=dtype, seed=seed),
     )  # fmt: skip
     echo = (lambda row: None) if as_json else _print_cell

@@ -11,7 +11,22 @@ from typing import Annotated
 
 import typer
 
-from vlmclf.commands.common import DEFAULT_STORE, SEED_MAX, at_least, fail, number_in, out_dir_for
+from vlmclf.commands.common import (
+    DEFAULT_STORE,
+    DEVICE_HELP,
+    DTYPE_HELP,
+    SEED_MAX,
+    at_least,
+    batch_help,
+    batch_size_or_auto,
+    fail,
+    number_in,
+    out_dir_for,
+    resolve_batch,
+    resolve_hardware,
+)
+
+CPU_BATCH = 8  # --batch-size auto on CPU and MPS
 
 wikiqa_app = typer.Typer(
     help="ImageWikiQA: multiple-choice questions about the object in an ImageNet photo.",
@@ -46,13 +61,14 @@ def wikiqa_command(
                           "random-letter (the paper's code: random.choice, seed 1234).")
     ] = "wrong",
     batch_size: Annotated[
-        int, typer.Option(callback=at_least(1), help="Questions per model call.")
-    ] = 8,
+        str,
+        typer.Option(callback=batch_size_or_auto, help=batch_help(CPU_BATCH, "Questions per call")),
+    ] = "auto",
     workers: Annotated[
         int, typer.Option(callback=at_least(1), help="Threads decoding images.")
     ] = 4,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, mps.")] = "cpu",
-    dtype: Annotated[str, typer.Option(help="float32, float16, bfloat16.")] = "float32",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "auto",
     base_url: Annotated[str | None, typer.Option(help="API base URL (OpenAI-compatible).")] = None,
     concurrency: Annotated[
         int, typer.Option(callback=at_least(1), help="Parallel API requests.")
@@ -75,6 +91,7 @@ def wikiqa_command(
         fail(f"--method must be generate or likelihood, got {method!r}")
     chosen = _protocol_options(ctx, protocol, cot=cot, max_new_tokens=max_new_tokens,
                                unparsed=unparsed)  # fmt: skip
+    device, dtype = resolve_hardware(model, device, dtype)  # dtype is in the run's identity
     try:
         spec = wikiqa_spec(model, method, questions=questions, cot=chosen["cot"],
                            max_new_tokens=chosen["max_new_tokens"], dtype=dtype,
@@ -85,7 +102,8 @@ def wikiqa_command(
     folder = out or out_dir_for("wikiqa", {"run": spec.run_id, "limit": limit})
     try:
         result = run_wikiqa(
-            spec, images, store, folder, questions=questions, limit=limit, batch_size=batch_size,
+            spec, images, store, folder, questions=questions, limit=limit,
+            batch_size=resolve_batch(batch_size, device, CPU_BATCH),
             workers=workers, progress=progress, model_options=options,
         )  # fmt: skip
     except (ValueError, RuntimeError, FileNotFoundError) as err:
@@ -184,7 +202,8 @@ def wikiqa_build_command(
     concurrency: Annotated[
         int, typer.Option(callback=at_least(1), help="Parallel API requests.")
     ] = 4,
-    device: Annotated[str, typer.Option(help="cpu, cuda, mps (local models).")] = "cpu",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP + " Local models.")] = "auto",
+    dtype: Annotated[str, typer.Option(help=DTYPE_HELP + " Each model its own.")] = "auto",
     report_dir: Annotated[Path | None, typer.Option(help="Folder for the report.")] = None,
     store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -192,14 +211,20 @@ def wikiqa_build_command(
     """Generate questions from Wikipedia text and keep those that need the object's identity."""
     from vlmclf.analysis.wikiqa.build import chat_from_model, read_wiki, run_wikiqa_build
     from vlmclf.data import load_class_names, load_dataset
-    from vlmclf.loading import ModelOptions, load_any_model
+    from vlmclf.loading import ModelOptions, load_any_model, resolve_dtype
 
+    device, dtype = resolve_hardware(None, device, dtype)
     try:
         class_names = load_class_names(classes)
         articles = read_wiki(wiki)
-        options = ModelOptions(device=device, base_url=base_url, concurrency=concurrency)
-        chat = chat_from_model(load_any_model(model, options))
-        judge = chat_from_model(load_any_model(filter_model, options)) if filter_model else None
+
+        def load(spec: str) -> object:
+            chosen = resolve_dtype(dtype, spec, device)
+            options = ModelOptions(device, chosen, base_url=base_url, concurrency=concurrency)
+            return load_any_model(spec, options)
+
+        chat = chat_from_model(load(model))
+        judge = chat_from_model(load(filter_model)) if filter_model else None
         images_by_class = None
         if images_dataset is not None:
             dataset = load_dataset(images_dataset, data_root=data_root)

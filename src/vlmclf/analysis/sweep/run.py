@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from vlmclf.data.readers import parse_dataset_spec
-from vlmclf.loading import LastModelLoader, load_any_model
+from vlmclf.loading import LastModelLoader, load_any_model, resolve_dtype
 from vlmclf.runner import ModelLoader, RunConfig, run
 from vlmclf.spec import RunSpec
 
@@ -141,10 +141,11 @@ def sweep_cells(
 
 
 def cell_spec(
-    cell: SweepCell, n_distinct: int | None, seed: int = 0, max_new_tokens: int | None = None
-) -> RunSpec:
+    cell: SweepCell, n_distinct: int | None, seed: int = 0, max_new_tokens: int | None = None,
+    dtype: str = "float32",
+) -> RunSpec:  # fmt: skip
     """The RunSpec of a cell. Settings that do not apply to its strategy keep their defaults, so
-    cells that compute the same thing share one run."""
+    cells that compute the same thing share one run. ``dtype`` is the model's, resolved."""
     values = cell.values
     strategy = values["strategy"]
     k_value = values["k"]
@@ -152,7 +153,8 @@ def cell_spec(
     if k is not None and n_distinct is not None and k >= n_distinct:
         k = None  # every class is offered: the same run as K=all
     name, split = parse_dataset_spec(cell.dataset)
-    common: dict[str, Any] = {"model": cell.model, "dataset": name, "split": split, "seed": seed}
+    common: dict[str, Any] = {"model": cell.model, "dataset": name, "split": split, "seed": seed,
+                              "dtype": dtype}  # fmt: skip
     if strategy == "clip":
         return RunSpec(**common, method="clip", k=k)
     setting = "open" if k_value == "open" else "closed"
@@ -233,7 +235,8 @@ def run_cell(
     row: dict[str, Any] = cell.row_key()
     warnings: list[str] = []
     try:
-        spec = cell_spec(cell, n_distinct, seed, max_new_tokens)
+        config = _with_model_dtype(config, cell.model)
+        spec = cell_spec(cell, n_distinct, seed, max_new_tokens, config.model.dtype)
         row["run_id"] = None  # the content identity's id, known once the run has started
         result = run(
             spec, config, build_sweep_method, on_warning=warnings.append, load_model=loader
@@ -251,6 +254,12 @@ def run_cell(
         "ci_low": ci[0], "ci_high": ci[1], "strict_accuracy": summary["strict_accuracy"],
         "newly_done": result.newly_done, "error": None, "warnings": warnings,
     }  # fmt: skip
+
+
+def _with_model_dtype(config: RunConfig, model: str) -> RunConfig:
+    """The config with ``--dtype auto`` resolved for this model (each has its own)."""
+    dtype = resolve_dtype(config.model.dtype, model, config.model.device)
+    return replace(config, model=replace(config.model, dtype=dtype))
 
 
 def _empty_metrics() -> dict[str, Any]:
