@@ -147,7 +147,8 @@ def test_v3_store_is_migrated_and_reads_old_and_new_rows(tmp_path: Path) -> None
         retried.example_id = "t"  # the transient failure, answered now: replaced in its place
         assert s.add_predictions("r", [retried]) == 1
         expected = [*old[:4], retried, *new]
-        assert bits([p.__dict__ for p in s.predictions("r")]) == bits([p.__dict__ for p in expected])
+        back = s.predictions("r")
+        assert bits([p.__dict__ for p in back]) == bits([p.__dict__ for p in expected])
         assert s.done_ids("r") == {p.example_id for p in expected}
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 4

@@ -37,6 +37,7 @@ from vlmclf.store_json import loads as _loads
 from vlmclf.store_rows import (
     OUTCOME_BEFORE_V3,
     PRED_COLUMNS,
+    PRED_COLUMNS_WITHOUT_ARRAYS,
     RowDecoder,
     RowEncoder,
     column_select,
@@ -535,12 +536,21 @@ class RunStore:
         return [p for chunk in self.prediction_chunks(run_id) for p in chunk]
 
     def prediction_chunks(
-        self, run_id: str, example_ids: set[str] | None = None, chunk_rows: int = CHUNK_ROWS
+        self,
+        run_id: str,
+        example_ids: set[str] | None = None,
+        chunk_rows: int = CHUNK_ROWS,
+        *,
+        arrays: bool = True,
     ) -> Iterator[list[Prediction]]:
         """The run's predictions in arrival order, ``chunk_rows`` at a time (only those in
-        ``example_ids`` when given), so memory holds one chunk of Prediction objects."""
+        ``example_ids`` when given), so memory holds one chunk of Prediction objects.
+        ``arrays=False`` leaves the packed ``extra["token_logprobs"]`` / ``["image_free"]``
+        unread (for readers of texts and labels)."""
         decoder = RowDecoder(self._class_names(run_id, missing_ok=True), self._fetch_arrays)
-        select = columns_for(self.schema_version, PRED_COLUMNS)
+        select = columns_for(
+            self.schema_version, PRED_COLUMNS if arrays else PRED_COLUMNS_WITHOUT_ARRAYS
+        )
         for rows in self._row_pages(run_id, select, chunk_rows):
             if example_ids is not None:
                 rows = [r for r in rows if r[0] in example_ids]
@@ -548,10 +558,10 @@ class RunStore:
             yield [decoder.prediction(r) for r in rows]
 
     def iter_predictions(
-        self, run_id: str, example_ids: set[str] | None = None
+        self, run_id: str, example_ids: set[str] | None = None, *, arrays: bool = True
     ) -> Iterator[Prediction]:
         """One Prediction at a time, read a chunk at a time."""
-        for chunk in self.prediction_chunks(run_id, example_ids):
+        for chunk in self.prediction_chunks(run_id, example_ids, arrays=arrays):
             yield from chunk
 
     def column_chunks(

@@ -45,6 +45,11 @@ PRED_COLUMNS = (
     " outcome, flag, scores_none, logprobs_layout, image_free_layout, image_free, scores_packed,"
     " logprobs"
 )
+# The same without the likelihood arrays (a reader of texts and labels: reports, rematch).
+PRED_COLUMNS_WITHOUT_ARRAYS = PRED_COLUMNS.replace(
+    " logprobs_layout, image_free_layout, image_free, scores_packed, logprobs",
+    " NULL, NULL, NULL, scores_packed, NULL",
+)
 _V4_COLUMNS = (
     "scores_none, logprobs_layout, image_free_layout, image_free, scores_packed, logprobs"
 )
