@@ -75,7 +75,8 @@ def test_likelihood_fields_round_trip_exactly(store: RunStore) -> None:
     assert back[-3].scores[1] is None and math.isnan(back[-3].scores[0])  # None != NaN
     # the likelihood arrays are binary, not JSON; the odd-shaped ones stay JSON
     raw = store._query("SELECT extra_json, scores_json, logprobs FROM predictions ORDER BY seq")
-    assert "token_logprobs" not in raw[0][0] and raw[0][1] is None and raw[0][2]
+    assert '"token_logprobs":null' in raw[0][0] and raw[0][1] is None and raw[0][2]
+    assert [list(p.extra) for p in back] == [list(p.extra) for p in preds]  # key order kept
     assert "not a class" in raw[-2][0]
     # the image-free prior is stored once however many rows carry it
     n_priors = store._query("SELECT count(DISTINCT image_free) FROM predictions")[0][0]

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vlmclf.records import Prediction, PredictionColumns
-from vlmclf.store_export import write_jsonl, write_parquet
+from vlmclf.store_export import EXPORT_CHUNK_ROWS, write_jsonl, write_parquet
 from vlmclf.store_json import dumps as _dumps
 from vlmclf.store_json import from_json_safe, to_json_safe
 from vlmclf.store_json import loads as _loads
@@ -640,7 +640,8 @@ class RunStore:
             raise ValueError(f"export format must be 'jsonl' or 'parquet', not {fmt!r}")
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
-        return writers[fmt](out, run_id, self.prediction_chunks(run_id))
+        chunks = self.prediction_chunks(run_id, chunk_rows=EXPORT_CHUNK_ROWS)
+        return writers[fmt](out, run_id, chunks)
 
 
 def _writable(path: Path) -> bool:

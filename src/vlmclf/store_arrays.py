@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import math
-import numbers
 import zlib
 from collections.abc import Mapping, Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -108,29 +108,21 @@ def content_id(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:32]
 
 
-def is_float_list(values: Any) -> bool:
-    return isinstance(values, list) and all(
-        isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values
-    )
-
-
-def pack_named(
-    named: Any, column: Mapping[str, int]
-) -> tuple[bytes, bytes] | None:
-    """``(layout, values)`` for ``{class name: [floats]}``, or None when it is not that shape
-    (a key that is not a class name, a value that is not a list of numbers): such an entry
-    stays in the JSON ``extra`` as before."""
+def pack_named(named: Any, column: Mapping[str, int]) -> tuple[bytes, bytes] | None:
+    """``(layout, values)`` for ``{class name: [floats]}``, or None when it is not exactly that
+    (a key that is not a class name, a value that is not a list of Python floats: ints, None,
+    numpy scalars...): such an entry stays in the JSON ``extra``, which keeps it as it is."""
     if not isinstance(named, dict) or not named:
         return None
     layout = np.empty((len(named), 2), dtype="<i4")
-    parts = []
     for i, (name, values) in enumerate(named.items()):
-        if name not in column or not is_float_list(values):
+        if name not in column or type(values) is not list:
             return None
         layout[i] = (column[name], len(values))
-        parts.append(values)
-    flat = np.fromiter((v for part in parts for v in part), dtype=np.float64)
-    return layout.tobytes(), pack_floats(flat)
+    flat = list(chain.from_iterable(named.values()))
+    if flat and set(map(type, flat)) != {float}:
+        return None
+    return layout.tobytes(), pack_floats(np.array(flat, dtype=np.float64))
 
 
 def unpack_named(layout: bytes, values: bytes, names: Sequence[str]) -> dict[str, list[float]]:

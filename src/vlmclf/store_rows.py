@@ -117,13 +117,13 @@ class RowEncoder:
         extra = dict(p.extra or {})
         logprobs_layout = logprobs = image_free_layout = image_free = None
         packed = pack_named(extra.get("token_logprobs"), self.column)
-        if packed is not None:
+        if packed is not None:  # the JSON keeps the key (null) so that its place is kept
             logprobs_layout, logprobs = self._shared(packed[0]), packed[1]
-            del extra["token_logprobs"]
+            extra["token_logprobs"] = None
         packed = pack_named(extra.get("image_free"), self.column)
         if packed is not None:
             image_free_layout, image_free = self._shared(packed[0]), self._shared(packed[1])
-            del extra["image_free"]
+            extra["image_free"] = None
         return (
             eid, label, int(bool(p.ok)), None if p.error is None else str(p.error),
             None if p.text is None else str(p.text), None, choices_json, pred,
