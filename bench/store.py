@@ -57,10 +57,10 @@ def token_counts(names: list[str]) -> list[int]:
 class SyntheticRun:
     """Deterministic likelihood predictions for ImageNet's class list."""
 
-    def __init__(self, prior: bool, seed: int = 0) -> None:
+    def __init__(self, prior: bool, counts: list[int], seed: int = 0) -> None:
         self.names = imagenet_names()
         self.distinct = list(dict.fromkeys(self.names))
-        self.counts = np.array(token_counts(self.distinct))
+        self.counts = np.array(counts)
         self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]])
         self.column = [self.distinct.index(n) for n in self.names]
         self.seed = seed
@@ -130,7 +130,7 @@ def write_v4(path: Path, names: list[str], rows: Any) -> None:
 
 def phase_write(layout: str, path: Path, n: int, prior: bool) -> dict[str, Any]:
     """Write ``n`` rows in batches of 64; time only the store's part."""
-    run = SyntheticRun(prior)
+    run = SyntheticRun(prior, json.loads((path.parent / "token_counts.json").read_text()))
     timed = {"s": 0.0}
 
     def batches() -> Any:
@@ -142,7 +142,8 @@ def phase_write(layout: str, path: Path, n: int, prior: bool) -> dict[str, Any]:
 
     (write_v3 if layout == "v3" else write_v4)(path, run.names, batches())
     size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
-    return {"rows": n, "bytes_per_prediction": round(size / n), "write_s": round(timed["s"], 2),
+    return {"rows": n, "file_bytes": size, "bytes_per_prediction": round(size / n),
+            "write_s": round(timed["s"], 2),
             "write_ms_per_row": round(1000 * timed["s"] / n, 3)}  # fmt: skip
 
 
@@ -198,8 +199,12 @@ def child(argv: list[str]) -> None:
 
 
 def measure(n: int, old_n: int, export_n: int, folder: Path) -> dict[str, Any]:
-    out: dict[str, Any] = {"n": n, "old_n": old_n, "export_n": export_n, "classes": 1000,
-                           "distinct_names": 998}  # fmt: skip
+    counts = token_counts(list(dict.fromkeys(imagenet_names())))
+    (folder / "token_counts.json").write_text(json.dumps(counts))
+    out: dict[str, Any] = {
+        "tokens_per_name": round(float(np.mean(counts)), 2), "n": n, "old_n": old_n,
+        "export_n": export_n, "classes": 1000, "distinct_names": 998,
+    }  # fmt: skip
     for layout, rows in (("new", n), ("old", old_n)):
         tag = "v4" if layout == "new" else "v3"
         main = folder / f"{layout}.db"

@@ -95,3 +95,34 @@ def test_a_label_outside_the_classes_is_an_error_naming_the_example() -> None:
     cols = PredictionColumns.from_predictions([Prediction("bad", 9, pred=1)], len(NAMES))
     with pytest.raises(ValueError, match="'bad'.*label=9"):
         summarize_columns([cols], NAMES)
+
+
+def test_streamed_dataset_mean_calibration_equals_the_list_version(tmp_path: Path) -> None:
+    """finalize in two passes over small chunks == finalize on the whole list; the summary
+    of a calibrated run (StoredPredictions) == summarize of the finalized list."""
+    from test_store_packed import NAMES as LIKELIHOOD_NAMES
+    from test_store_packed import likelihood_prediction
+
+    from vlmclf.methods import finalize_prediction_chunks, finalize_predictions
+    from vlmclf.run_results import StoredPredictions
+    from vlmclf.spec import RunSpec
+
+    spec = RunSpec(model="m", dataset="d", method="likelihood",
+                   options={"cfg": 2.5, "calibration": "dataset_mean"})  # fmt: skip
+    preds = [likelihood_prediction(i, prior=False) for i in range(40)]
+    preds[5] = Prediction.failed("ex5", 1, "unreadable")
+    path = tmp_path / "c.db"
+    with build_store(path, preds, LIKELIHOOD_NAMES) as store:
+        whole = finalize_predictions(spec, store.predictions("r"), LIKELIHOOD_NAMES)
+        streamed = [p for chunk in finalize_prediction_chunks(
+            spec, lambda: store.prediction_chunks("r", chunk_rows=7), LIKELIHOOD_NAMES
+        ) for p in chunk]  # fmt: skip
+        assert streamed == whole
+        assert [p.scores for p in whole] != [p.scores for p in store.predictions("r")]
+    selected = frozenset(f"ex{i}" for i in range(30))
+    view = StoredPredictions(path, "r", spec, LIKELIHOOD_NAMES, selected)
+    # the selection changes the prior: the reference is finalized on the selected rows
+    expected = finalize_predictions(spec, [p for p in preds if p.example_id in view.example_ids],
+                                    LIKELIHOOD_NAMES)  # fmt: skip
+    assert view.predictions() == expected
+    assert view.summary() == summarize(expected, LIKELIHOOD_NAMES)
