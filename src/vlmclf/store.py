@@ -6,8 +6,15 @@ transaction, so a SIGKILL loses at most the batch in flight and never corrupts w
 committed; a resumed run asks ``done_ids`` and skips those examples. Readers (reports, a second
 terminal) can read while a writer runs.
 
-Floats round-trip exactly: REAL columns hold IEEE doubles and JSON holds ``repr`` of Python
-floats. JSON cannot hold NaN or infinities, so wherever this module writes JSON (``scores_json``,
+Large runs (schema 4): per-class ``scores`` and the likelihood method's per-token log-probs
+(``extra["token_logprobs"]``, ``extra["image_free"]``) are packed binary arrays aligned with the
+run's class list (``store_rows``, ``store_arrays``), ~21 KB for a 1,000-class likelihood row
+instead of ~120-220 KB of JSON; the image-free prior, the same for every image, is stored once.
+Runs are read a chunk at a time (``prediction_chunks``) or as numpy columns (``column_chunks``,
+``columns``), so nothing needs one Python object per row for a whole run.
+
+Floats round-trip exactly: REAL columns hold IEEE doubles, packed arrays are float32 only where
+every value is exactly a float32 (else float64), and JSON holds ``repr`` of Python floats. JSON cannot hold NaN or infinities, so wherever this module writes JSON (``scores_json``,
 ``extra_json``, ``meta_json`` and the JSONL export) a non-finite float is written as the object
 ``{"$float": "nan"}`` / ``{"$float": "inf"}`` / ``{"$float": "-inf"}`` and read back as the float;
 ``None`` stays ``null`` (for scores: "not scored"). A NaN ``seconds`` is stored by SQLite as NULL
