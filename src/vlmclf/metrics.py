@@ -124,6 +124,16 @@ def _topk_hits(chunk: Sequence[Prediction], canon: Sequence[int], k: int) -> np.
                 f"prediction {p.example_id!r}: {len(p.scores)} scores for {n_classes} classes"
             )
     scores = np.array([p.scores for p in chunk], dtype=np.float64)  # None -> NaN
+    label_cols = np.array([_canon(canon, p.label, p, "label") for p in chunk])
+    return topk_hits_matrix(scores, label_cols, canon, k)
+
+
+def topk_hits_matrix(
+    scores: np.ndarray, label_cols: np.ndarray, canon: Sequence[int], k: int
+) -> np.ndarray:
+    """Per row of ``scores`` (rows x classes, NaN = not scored; modified in place): is the
+    canonical label ``label_cols`` among the k best-ranked names?"""
+    n_classes = len(canon)
     rank_index = np.broadcast_to(np.arange(n_classes), scores.shape)
     groups: dict[int, list[int]] = {}
     for i, c in enumerate(canon):
@@ -139,8 +149,7 @@ def _topk_hits(chunk: Sequence[Prediction], canon: Sequence[int], k: int) -> np.
             scores[:, members] = np.nan
             scores[:, members[0]] = best
             rank_index[:, members[0]] = first_best
-    rows = np.arange(len(chunk))
-    label_cols = np.array([_canon(canon, p.label, p, "label") for p in chunk])
+    rows = np.arange(len(scores))
     label_score = scores[rows, label_cols][:, None]
     label_rank = rank_index[rows, label_cols][:, None]
     ahead = (scores > label_score) | ((scores == label_score) & (rank_index < label_rank))

@@ -11,6 +11,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 Outcome = Literal["answer", "data_failure", "transient_failure"]
 """What became of one example. An *answer* is the model's (even empty, refused or truncated) and
 counts in every headline; a *data failure* (the image cannot be read) is the dataset's: shown
@@ -75,3 +77,84 @@ class Prediction:
     @classmethod
     def from_json(cls, text: str) -> Prediction:
         return cls(**json.loads(text))
+
+
+OUTCOME_CODES: dict[str, int] = {name: i for i, name in enumerate(OUTCOMES)}
+FLAG_CODES: dict[str | None, int] = {None: -1, **{f: i for i, f in enumerate(ANSWER_FLAGS)}}
+
+
+@dataclass
+class PredictionColumns:
+    """Predictions (a chunk of a run, or a whole run without scores) as numpy columns.
+
+    What metrics read, without one Python object per row: ``outcome`` holds indices into
+    ``OUTCOMES``, ``flag`` into ``ANSWER_FLAGS`` (-1: none), ``pred`` -1 for no prediction,
+    ``hit`` -1 for "not judged by containment". ``scores`` (rows x classes, float64, NaN where a
+    class was not scored or the row has no scores) is present only when it was asked for;
+    ``has_scores`` says which rows had a scores list.
+    """
+
+    example_id: np.ndarray
+    label: np.ndarray
+    ok: np.ndarray
+    outcome: np.ndarray
+    flag: np.ndarray
+    pred: np.ndarray
+    hit: np.ndarray
+    has_scores: np.ndarray
+    scores: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def take(self, rows: np.ndarray) -> PredictionColumns:
+        """The rows selected by a boolean mask or index array, in their order."""
+        return PredictionColumns(
+            **{name: (None if value is None else value[rows]) for name, value in self._items()}
+        )
+
+    def _items(self) -> list[tuple[str, np.ndarray | None]]:
+        return [(f, getattr(self, f)) for f in self.__dataclass_fields__]
+
+    @classmethod
+    def concat(cls, parts: list[PredictionColumns], n_classes: int = 0) -> PredictionColumns:
+        """One PredictionColumns from consecutive chunks (an empty list gives zero rows)."""
+        if not parts:
+            return cls.from_predictions([], n_classes, with_scores=False)
+        with_scores = all(p.scores is not None for p in parts)
+        return cls(
+            **{
+                f: (np.concatenate([getattr(p, f) for p in parts]) if f != "scores" or with_scores
+                    else None)
+                for f in cls.__dataclass_fields__
+            }
+        )  # fmt: skip
+
+    @classmethod
+    def from_predictions(
+        cls, preds: list[Prediction], n_classes: int, with_scores: bool = True
+    ) -> PredictionColumns:
+        """The columns of Prediction objects (a chunk); scores None -> NaN."""
+        n = len(preds)
+        scores = None
+        if with_scores:
+            scores = np.full((n, n_classes), np.nan)
+            for i, p in enumerate(preds):
+                if p.scores is not None:
+                    if len(p.scores) != n_classes:
+                        raise ValueError(
+                            f"prediction {p.example_id!r}: {len(p.scores)} scores for "
+                            f"{n_classes} classes"
+                        )
+                    scores[i] = np.array(p.scores, dtype=np.float64)
+        return cls(
+            example_id=np.array([p.example_id for p in preds], dtype=object),
+            label=np.array([p.label for p in preds], dtype=np.int64),
+            ok=np.array([p.ok for p in preds], dtype=bool),
+            outcome=np.array([OUTCOME_CODES[p.outcome] for p in preds], dtype=np.int8),
+            flag=np.array([FLAG_CODES[p.flag] for p in preds], dtype=np.int8),
+            pred=np.array([-1 if p.pred is None else p.pred for p in preds], dtype=np.int64),
+            hit=np.array([-1 if p.hit is None else int(p.hit) for p in preds], dtype=np.int8),
+            has_scores=np.array([p.scores is not None for p in preds], dtype=bool),
+            scores=scores,
+        )

@@ -39,7 +39,7 @@ from vlmclf.identity import (
 )
 from vlmclf.interrupts import is_interruption, mark_interrupted, sigterm_raises_terminated
 from vlmclf.loading import ModelOptions, load_any_model
-from vlmclf.methods import check_label_set_size, finalize_predictions
+from vlmclf.methods import check_label_set_size
 from vlmclf.methods.base import LoadedExample, Method
 from vlmclf.methods.prompts import (
     COT_MAX_NEW_TOKENS,
@@ -47,9 +47,9 @@ from vlmclf.methods.prompts import (
     build_question,
     load_templates,
 )
-from vlmclf.metrics import summarize
 from vlmclf.protocols import fill_template
 from vlmclf.records import Prediction
+from vlmclf.run_results import StoredPredictions, Summarizer
 from vlmclf.spec import RunSpec
 from vlmclf.store import RunStore
 
@@ -82,10 +82,21 @@ class RunResult:
     spec: RunSpec
     summary: dict
     class_names: list[str]
-    predictions: list[Prediction]
+    stored: StoredPredictions
+    """The run's predictions in the store, read on demand (in chunks, or as a list)."""
     warnings: list[str]
     newly_done: int
     elapsed_s: float
+    loaded: list[Prediction] | None = field(default=None, repr=False)
+    """The predictions once read (or given, e.g. re-scored by a sweep); None: not read yet."""
+
+    @property
+    def predictions(self) -> list[Prediction]:
+        """The finalized predictions as one list, read from the store on first use: for small
+        runs; a large one is read with ``stored.column_chunks()`` / ``prediction_chunks()``."""
+        if self.loaded is None:
+            self.loaded = self.stored.predictions()
+        return self.loaded
 
 
 def select_examples(dataset: Dataset, limit: int | None, sample: str = "default") -> list[Example]:
@@ -211,7 +222,6 @@ def run_identity(spec: RunSpec, config: RunConfig, class_names: list[str],
 
 
 ModelLoader = Callable[[str, ModelOptions], object]
-Summarizer = Callable[[list[Prediction], list[str]], dict]
 
 
 def run(
@@ -222,13 +232,14 @@ def run(
     *,
     dataset: Dataset | None = None,
     load_model: ModelLoader = load_any_model,
-    summarize_run: Summarizer = summarize,
+    summarize_run: Summarizer | None = None,
 ) -> RunResult:
     """Classify every selected example not yet stored for this spec, then summarise the run.
 
     ``dataset`` replaces reading ``spec.dataset`` (for sets such as ImageWikiQA whose examples
     carry their own question), ``load_model`` lets a sweep keep one model across runs, and
-    ``summarize_run`` adds task-specific figures to the summary.
+    ``summarize_run`` replaces the summary with a task-specific one (given the whole prediction
+    list: for small runs; by default the run is summarised from column chunks).
     """
     warn = on_warning or (lambda message: print(f"warning: {message}", file=sys.stderr))
     if dataset is None:
@@ -266,26 +277,32 @@ def run(
             else:
                 store.finish_run(run_id, "failed", time.perf_counter() - started)
             raise
-        selected = {e.id for e in examples}
-        predictions = [p for p in store.predictions(run_id) if p.example_id in selected]
-        predictions = finalize_predictions(spec, predictions, class_names)
-        summary = summarize_run(predictions, class_names)
-        summary["split"] = dataset.split
-        if outcome.usage is not None:
-            summary["usage"] = outcome.usage
+        stored = StoredPredictions(
+            config.store_path, run_id, spec, class_names, frozenset(e.id for e in examples)
+        )
+        summary = summarize_stored_run(store, stored, dataset.split, outcome, summarize_run)
         elapsed = time.perf_counter() - started
         meta = {"summary": summary, **shown, **environment}
         store.finish_run(run_id, "done", elapsed, meta=meta)
     return RunResult(
-        run_id,
-        spec,
-        summary,
-        class_names,
-        predictions,
-        outcome.warnings,
-        outcome.written,
-        elapsed,
+        run_id, spec, summary, class_names, stored, outcome.warnings, outcome.written, elapsed
     )
+
+
+def summarize_stored_run(
+    store: RunStore,
+    stored: StoredPredictions,
+    split: str | None,
+    outcome: _Outcome,
+    summarize_run: Summarizer | None,
+) -> dict:
+    """The end of a run: its summary from the stored, finalized predictions, read in chunks
+    (bounded memory at any size), plus the split and the API usage."""
+    summary = stored.summary(store, summarize_run)
+    summary["split"] = split
+    if outcome.usage is not None:
+        summary["usage"] = outcome.usage
+    return summary
 
 
 def _check_environment(

@@ -6,34 +6,57 @@ transaction, so a SIGKILL loses at most the batch in flight and never corrupts w
 committed; a resumed run asks ``done_ids`` and skips those examples. Readers (reports, a second
 terminal) can read while a writer runs.
 
-Floats round-trip exactly: REAL columns hold IEEE doubles and JSON holds ``repr`` of Python
-floats. JSON cannot hold NaN or infinities, so wherever this module writes JSON (``scores_json``,
-``extra_json``, ``meta_json`` and the JSONL export) a non-finite float is written as the object
-``{"$float": "nan"}`` / ``{"$float": "inf"}`` / ``{"$float": "-inf"}`` and read back as the float;
-``None`` stays ``null`` (for scores: "not scored"). A NaN ``seconds`` is stored by SQLite as NULL
-and read back as NaN.
+Large runs (schema 4): per-class ``scores`` and the likelihood method's per-token log-probs
+(``extra["token_logprobs"]``, ``extra["image_free"]``) are packed binary arrays aligned with the
+run's class list (``store_rows``, ``store_arrays``), ~21 KB for a 1,000-class likelihood row
+instead of ~120-220 KB of JSON; the image-free prior, the same for every image, is stored once.
+Runs are read a chunk at a time (``prediction_chunks``) or as numpy columns (``column_chunks``,
+``columns``), so nothing needs one Python object per row for a whole run.
+
+Floats round-trip exactly: REAL columns hold IEEE doubles, packed arrays are float32 only where
+every value is exactly a float32 (else float64), and JSON holds ``repr`` of Python floats. JSON
+cannot hold NaN or infinities, so wherever this module writes JSON (``scores_json`` of rows
+before schema 4, ``extra_json``, ``meta_json`` and the JSONL export) a non-finite float is
+written as the object ``{"$float": "nan"}`` / ``{"$float": "inf"}`` / ``{"$float": "-inf"}``
+and read back as the float; ``None`` stays ``null`` (for scores: "not scored"). A NaN
+``seconds`` is stored by SQLite as NULL and read back as NaN.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
-import operator
 import os
 import shutil
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from vlmclf.records import ANSWER_FLAGS, OUTCOMES, Prediction
+from vlmclf.records import Prediction, PredictionColumns
+from vlmclf.store_export import EXPORT_CHUNK_ROWS, write_jsonl, write_parquet
+from vlmclf.store_json import dumps as _dumps
+from vlmclf.store_json import from_json_safe, to_json_safe
+from vlmclf.store_json import loads as _loads
+from vlmclf.store_rows import (
+    OUTCOME_BEFORE_V3,
+    PRED_COLUMNS,
+    PRED_COLUMNS_WITHOUT_ARRAYS,
+    RowDecoder,
+    RowEncoder,
+    column_select,
+    columns_for,
+)
 
-SCHEMA_VERSION = 3
+__all__ = ["RunStore", "StoreError", "StoreMissingError", "from_json_safe", "to_json_safe"]
+
+SCHEMA_VERSION = 4
+CHUNK_ROWS = 1024
+"""Rows per chunk when a run is read in chunks: a few MB of scores at 1,000 classes."""
 APPLICATION_ID = 0x766C6D63  # "vlmc": marks an SQLite file as a vlmclf store
 RUN_STATUSES = ("running", "done", "failed", "interrupted")
 INCOMPLETE = "incomplete"
@@ -93,16 +116,22 @@ ALTER TABLE predictions ADD COLUMN flag TEXT;
 ALTER TABLE runs ADD COLUMN identity_json TEXT;
 """
 
-# Migrations from version v to v+1, applied in order when an older store is opened.
-_MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3}
+# Packed arrays (``store_rows``, ``store_arrays``): new rows keep scores and per-token log-probs
+# as binary, and shared arrays (log-prob layouts, the image-free prior) once in ``arrays``. Rows
+# written before stay JSON and are read as they are: no rewrite of a large store on open.
+_SCHEMA_V4 = """
+ALTER TABLE predictions ADD COLUMN scores_none BLOB;
+ALTER TABLE predictions ADD COLUMN logprobs_layout TEXT;
+ALTER TABLE predictions ADD COLUMN image_free_layout TEXT;
+ALTER TABLE predictions ADD COLUMN image_free TEXT;
+ALTER TABLE predictions ADD COLUMN scores_packed BLOB;
+ALTER TABLE predictions ADD COLUMN logprobs BLOB;
+CREATE TABLE arrays (array_id TEXT PRIMARY KEY, data BLOB NOT NULL);
+"""
 
-_PRED_COLUMNS = (
-    "example_id, label, ok, error, text, scores_json, choices_json, pred, hit, seconds, extra_json,"
-    " outcome, flag"
-)
-# What a store older than schema 3 (opened read-only, so not upgraded) reads for those columns.
-_OUTCOME_BEFORE_V3 = "CASE WHEN ok = 0 THEN 'data_failure' ELSE 'answer' END"
-_PRED_COLUMNS_BEFORE_V3 = _PRED_COLUMNS.replace(" outcome, flag", f" {_OUTCOME_BEFORE_V3}, NULL")
+# Migrations from version v to v+1, applied in order when an older store is opened.
+_MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4}
+_PRED_COLUMNS = PRED_COLUMNS
 # A stored answer is final; a transient failure is replaced by whatever the retry gives, and a
 # data failure by an answer (``--retry-failed``).
 _REPLACE_FAILURE = ", ".join(
@@ -119,6 +148,7 @@ _TABLES_BY_VERSION = {
     1: ("runs", "predictions"),
     2: ("runs", "predictions", "analyses"),
     3: ("runs", "predictions", "analyses"),
+    4: ("runs", "predictions", "analyses", "arrays"),
 }
 
 
@@ -168,50 +198,6 @@ class AnalysisRecord:
     created_at: str
 
 
-def to_json_safe(obj: Any) -> Any:
-    """Plain JSON values; non-finite floats tagged, numpy scalars/arrays made Python."""
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, int):
-        return int(obj)
-    if isinstance(obj, float):
-        if math.isfinite(obj):
-            return float(obj)
-        return {"$float": "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")}
-    if isinstance(obj, dict):
-        return {k: to_json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_json_safe(v) for v in obj]
-    if hasattr(obj, "tolist"):  # numpy scalars and arrays
-        return to_json_safe(obj.tolist())
-    raise TypeError(f"cannot store {type(obj).__name__} as JSON: {obj!r:.80}")
-
-
-def from_json_safe(obj: Any) -> Any:
-    """Inverse of :func:`to_json_safe`."""
-    if isinstance(obj, dict):
-        if len(obj) == 1 and isinstance(obj.get("$float"), str):
-            return float(obj["$float"])
-        return {k: from_json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [from_json_safe(v) for v in obj]
-    return obj
-
-
-def _dumps(obj: Any) -> str:
-    try:  # fast path: plain finite values (most rows); the walk below costs a call per value
-        return json.dumps(obj, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError):
-        return json.dumps(to_json_safe(obj), separators=(",", ":"), allow_nan=False)
-
-
-def _loads(text: str | None) -> Any:
-    if text is None:
-        return None
-    value = json.loads(text)
-    return from_json_safe(value) if '"$float"' in text else value
-
-
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
@@ -247,7 +233,7 @@ class RunStore:
                 "written); `results` and `export` can read it, use another --store to run"
             )
         self._lock = threading.RLock()
-        self._class_counts: dict[str, int] = {}
+        self._class_lists: dict[str, list[str]] = {}
         try:
             self._conn = self._connect(timeout_s)
         except sqlite3.Error as e:
@@ -415,7 +401,7 @@ class RunStore:
                     " updated_at = ?, identity_json = coalesce(?, identity_json) WHERE run_id = ?",
                     (int(n_total), spec_json, now, identity_json, run_id),
                 )
-        self._class_counts[run_id] = len(names)
+        self._class_lists[run_id] = names
 
     def finish_run(
         self, run_id: str, status: str, elapsed_s: float, meta: dict[str, Any] | None = None
@@ -471,7 +457,14 @@ class RunStore:
         with self._transaction() as conn:
             conn.execute("DELETE FROM predictions WHERE run_id = ?", (run_id,))
             conn.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
-        self._class_counts.pop(run_id, None)
+            if self.schema_version >= 4:  # arrays no row refers to any more
+                conn.execute(
+                    "DELETE FROM arrays WHERE array_id NOT IN (SELECT logprobs_layout FROM"
+                    " predictions WHERE logprobs_layout IS NOT NULL UNION SELECT"
+                    " image_free_layout FROM predictions WHERE image_free_layout IS NOT NULL"
+                    " UNION SELECT image_free FROM predictions WHERE image_free IS NOT NULL)"
+                )
+        self._class_lists.pop(run_id, None)
 
     # ----- analyses -----------------------------------------------------------------------
     def save_analysis(self, kind: str, spec: dict[str, Any], result: dict[str, Any]) -> str:
@@ -508,7 +501,7 @@ class RunStore:
         """Ids of examples the run need not ask again: answers and data failures (these too are
         asked again with ``retry_data_failures``); transient failures are never done."""
         final = "('answer')" if retry_data_failures else "('answer', 'data_failure')"
-        outcome = "outcome" if self.schema_version >= 3 else _OUTCOME_BEFORE_V3
+        outcome = "outcome" if self.schema_version >= 3 else OUTCOME_BEFORE_V3
         rows = self._query(
             f"SELECT example_id FROM predictions WHERE run_id = ? AND {outcome} IN {final}",
             (run_id,),
@@ -522,17 +515,21 @@ class RunStore:
 
         Returns the number of rows inserted or replaced. ``seq`` numbers rows in arrival order.
         """
-        n_classes = self._n_classes(run_id)
-        rows = [_prediction_row(p, n_classes) for p in preds]
+        encoder = RowEncoder(self._class_names(run_id))
+        rows = [encoder.row(p) for p in preds]
         inserted = 0
         with self._transaction() as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO arrays (array_id, data) VALUES (?, ?)",
+                list(encoder.arrays.items()),
+            )
             seq = conn.execute(
                 "SELECT coalesce(max(seq), -1) + 1 FROM predictions WHERE run_id = ?", (run_id,)
             ).fetchone()[0]
             for row in rows:
                 cur = conn.execute(
                     f"INSERT INTO predictions (run_id, seq, {_PRED_COLUMNS})"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    f" VALUES (?, ?, {', '.join('?' * len(row))})"
                     f" ON CONFLICT (run_id, example_id) DO UPDATE SET {_REPLACE_FAILURE}"
                     " WHERE predictions.outcome = 'transient_failure' OR (excluded.outcome ="
                     " 'answer' AND predictions.outcome != 'answer')",
@@ -542,36 +539,117 @@ class RunStore:
         return inserted
 
     def predictions(self, run_id: str) -> list[Prediction]:
-        """The run's predictions in arrival order."""
-        columns = _PRED_COLUMNS if self.schema_version >= 3 else _PRED_COLUMNS_BEFORE_V3
-        rows = self._query(
-            f"SELECT {columns} FROM predictions WHERE run_id = ? ORDER BY seq", (run_id,)
-        )
-        return [_row_prediction(r) for r in rows]
+        """The run's predictions in arrival order, as one list: for small runs and tests; a
+        large run is read with :meth:`prediction_chunks` or :meth:`column_chunks`."""
+        return [p for chunk in self.prediction_chunks(run_id) for p in chunk]
 
-    def _n_classes(self, run_id: str) -> int:
-        if run_id not in self._class_counts:
+    def prediction_chunks(
+        self,
+        run_id: str,
+        example_ids: set[str] | None = None,
+        chunk_rows: int = CHUNK_ROWS,
+        *,
+        arrays: bool = True,
+    ) -> Iterator[list[Prediction]]:
+        """The run's predictions in arrival order, ``chunk_rows`` at a time (only those in
+        ``example_ids`` when given), so memory holds one chunk of Prediction objects.
+        ``arrays=False`` leaves the packed ``extra["token_logprobs"]`` / ``["image_free"]``
+        unread (for readers of texts and labels)."""
+        decoder = RowDecoder(self._class_names(run_id, missing_ok=True), self._fetch_arrays)
+        select = columns_for(
+            self.schema_version, PRED_COLUMNS if arrays else PRED_COLUMNS_WITHOUT_ARRAYS
+        )
+        for rows in self._row_pages(run_id, select, chunk_rows):
+            if example_ids is not None:
+                rows = [r for r in rows if r[0] in example_ids]
+            decoder.prefetch(rows, (14, 15, 16))
+            yield [decoder.prediction(r) for r in rows]
+
+    def iter_predictions(
+        self, run_id: str, example_ids: set[str] | None = None, *, arrays: bool = True
+    ) -> Iterator[Prediction]:
+        """One Prediction at a time, read a chunk at a time."""
+        for chunk in self.prediction_chunks(run_id, example_ids, arrays=arrays):
+            yield from chunk
+
+    def column_chunks(
+        self,
+        run_id: str,
+        *,
+        scores: bool = True,
+        example_ids: set[str] | None = None,
+        chunk_rows: int = CHUNK_ROWS,
+    ) -> Iterator[PredictionColumns]:
+        """The run's predictions as numpy columns, ``chunk_rows`` rows at a time, in arrival
+        order; ``scores`` adds the (rows x classes) float64 matrix. Texts, choices and
+        ``extra`` are not read at all."""
+        decoder = RowDecoder(self._class_names(run_id, missing_ok=True), self._fetch_arrays)
+        select = column_select(self.schema_version, scores)
+        for rows in self._row_pages(run_id, select, chunk_rows):
+            if example_ids is not None:
+                rows = [r for r in rows if r[0] in example_ids]
+            yield decoder.columns(rows, scores)
+
+    def columns(self, run_id: str, *, example_ids: set[str] | None = None) -> PredictionColumns:
+        """The whole run's columns without scores: a few bytes per row."""
+        parts = self.column_chunks(run_id, scores=False, example_ids=example_ids,
+                                   chunk_rows=16 * CHUNK_ROWS)  # fmt: skip
+        return PredictionColumns.concat(list(parts))
+
+    def _row_pages(
+        self, run_id: str, select: str, chunk_rows: int
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """Pages of rows by ``seq`` (keyset paging: each page is one short query, so no read
+        transaction stays open between pages while a writer runs)."""
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be >= 1, not {chunk_rows}")
+        after = -1
+        while True:
+            rows = self._query(
+                f"SELECT seq, {select} FROM predictions WHERE run_id = ? AND seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (run_id, after, chunk_rows),
+            )
+            if not rows:
+                return
+            after = rows[-1][0]
+            yield [r[1:] for r in rows]
+            if len(rows) < chunk_rows:
+                return
+
+    def _fetch_arrays(self, ids: list[str]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            marks = ", ".join("?" * len(part))
+            rows = self._query(f"SELECT array_id, data FROM arrays WHERE array_id IN ({marks})",
+                               tuple(part))  # fmt: skip
+            found.update({r[0]: r[1] for r in rows})
+        return found
+
+    def _class_names(self, run_id: str, missing_ok: bool = False) -> list[str]:
+        if run_id not in self._class_lists:
             rows = self._query("SELECT class_names_json FROM runs WHERE run_id = ?", (run_id,))
+            if not rows and missing_ok:  # reading an unknown run: no rows either
+                return []
             if not rows:
                 raise KeyError(f"no run {run_id!r} in {self.path}; call start_run first")
-            self._class_counts[run_id] = len(json.loads(rows[0][0]))
-        return self._class_counts[run_id]
+            self._class_lists[run_id] = json.loads(rows[0][0])
+        return self._class_lists[run_id]
 
     # ----- export -------------------------------------------------------------------------
     def export(self, run_id: str, path: str | Path, fmt: Literal["jsonl", "parquet"]) -> int:
-        """Write one row/object per prediction (``run_id`` + every Prediction field)."""
+        """Write one row/object per prediction (``run_id`` + every Prediction field), a chunk
+        of rows at a time: memory stays bounded whatever the run's size. Returns the count."""
         if self.get_run(run_id) is None:
             raise KeyError(f"no run {run_id!r} in {self.path}")
-        preds = self.predictions(run_id)
+        writers = {"jsonl": write_jsonl, "parquet": write_parquet}
+        if fmt not in writers:
+            raise ValueError(f"export format must be 'jsonl' or 'parquet', not {fmt!r}")
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
-        if fmt == "jsonl":
-            _write_jsonl(out, run_id, preds)
-        elif fmt == "parquet":
-            _write_parquet(out, run_id, preds)
-        else:
-            raise ValueError(f"export format must be 'jsonl' or 'parquet', not {fmt!r}")
-        return len(preds)
+        chunks = self.prediction_chunks(run_id, chunk_rows=EXPORT_CHUNK_ROWS)
+        return writers[fmt](out, run_id, chunks)
 
 
 def _writable(path: Path) -> bool:
@@ -603,91 +681,3 @@ def _store_error(path: Path, error: sqlite3.DatabaseError) -> StoreError:
     if code is not None and code & 0xFF == SQLITE_READONLY:
         return StoreError(f"{path}: the store is read-only here ({error}); use another --store")
     return StoreError(f"{path}: {error}")
-
-
-def _check_index(value: Any, n_classes: int, example_id: str, name: str) -> int:
-    try:
-        index = operator.index(value)
-    except TypeError:
-        raise ValueError(f"prediction {example_id!r}: {name}={value!r} is not an integer") from None
-    if not 0 <= index < n_classes:
-        raise ValueError(
-            f"prediction {example_id!r}: {name}={index} is outside the run's {n_classes} classes"
-        )
-    return index
-
-
-def _prediction_row(p: Prediction, n_classes: int) -> tuple[Any, ...]:
-    """Validate one Prediction against the run's class count and turn it into column values."""
-    eid = str(p.example_id)
-    label = _check_index(p.label, n_classes, eid, "label")
-    pred = None if p.pred is None else _check_index(p.pred, n_classes, eid, "pred")
-    scores_json = None
-    if p.scores is not None:
-        scores = [None if s is None else float(s) for s in p.scores]
-        if len(scores) != n_classes:
-            raise ValueError(
-                f"prediction {eid!r}: scores has {len(scores)} entries, the run has "
-                f"{n_classes} classes"
-            )
-        scores_json = _dumps(scores)
-    choices_json = None
-    if p.choices is not None:
-        choices_json = _dumps([_check_index(c, n_classes, eid, "choices") for c in p.choices])
-    hit = None if p.hit is None else int(bool(p.hit))
-    seconds = float(p.seconds) if p.seconds is not None else None
-    error = None if p.error is None else str(p.error)
-    text = None if p.text is None else str(p.text)
-    extra = _dumps(p.extra or {})
-    if p.outcome not in OUTCOMES:
-        raise ValueError(f"prediction {eid!r}: outcome {p.outcome!r} is not one of {OUTCOMES}")
-    if p.flag is not None and p.flag not in ANSWER_FLAGS:
-        raise ValueError(f"prediction {eid!r}: flag {p.flag!r} is not one of {ANSWER_FLAGS}")
-    return (eid, label, int(bool(p.ok)), error, text, scores_json, choices_json, pred, hit,
-            seconds, extra, p.outcome, p.flag)  # fmt: skip
-
-
-def _row_prediction(r: tuple[Any, ...]) -> Prediction:
-    return Prediction(
-        example_id=r[0],
-        label=r[1],
-        ok=bool(r[2]),
-        error=r[3],
-        text=r[4],
-        scores=_loads(r[5]),
-        choices=_loads(r[6]),
-        pred=r[7],
-        hit=None if r[8] is None else bool(r[8]),
-        seconds=math.nan if r[9] is None else r[9],
-        extra=_loads(r[10]),
-        outcome=r[11],
-        flag=r[12],
-    )
-
-
-def _export_dict(run_id: str, p: Prediction) -> dict[str, Any]:
-    return {"run_id": run_id, **asdict(p)}
-
-
-def _write_jsonl(out: Path, run_id: str, preds: list[Prediction]) -> None:
-    with out.open("w", encoding="utf-8") as f:
-        for p in preds:
-            f.write(_dumps(_export_dict(run_id, p)) + "\n")
-
-
-def _write_parquet(out: Path, run_id: str, preds: list[Prediction]) -> None:
-    """Columns typed for analysis: scores list<double> (null = not scored, NaN kept as NaN),
-    choices list<int64>, extra as JSON text (free-form)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    string, int64, float64, boolean = pa.string(), pa.int64(), pa.float64(), pa.bool_()
-    schema = pa.schema(
-        [("run_id", string), ("example_id", string), ("label", int64), ("ok", boolean),
-         ("error", string), ("text", string), ("scores", pa.list_(float64)),
-         ("choices", pa.list_(int64)), ("pred", int64), ("hit", boolean), ("seconds", float64),
-         ("extra", string), ("outcome", string), ("flag", string)]
-    )  # fmt: skip
-    rows = [_export_dict(run_id, p) | {"extra": _dumps(p.extra)} for p in preds]
-    table = pa.Table.from_pylist(rows, schema=schema)
-    pq.write_table(table, out)

@@ -22,9 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from vlmclf.identity import identity_run_id
-from vlmclf.methods.answer_mapping import Matcher, apply_matcher, match_id, parse_match_id
-from vlmclf.metrics import summarize
-from vlmclf.records import Prediction
+from vlmclf.methods.answer_mapping import (
+    Matcher,
+    apply_matcher,
+    make_matcher,
+    match_id,
+    parse_match_id,
+)
+from vlmclf.metrics_columnar import summarize_columns
 from vlmclf.report.tables import csv_table, markdown_table
 from vlmclf.spec import RunSpec
 from vlmclf.store import RunRecord, RunStore
@@ -55,13 +60,12 @@ def rematch(
     mid = match_id(match, nli_model=nli_model, embed_model=embed_model, hypothesis=hypothesis)
     derived = spec.model_copy(update={"match": mid})
     derived_id, derived_identity = derived_run_identity(record, derived)
-    source = store.predictions(run_id)
     n_new = 0
     if derived_id != run_id:
         n_new = _store_derived(
-            store, derived, derived_id, derived_identity, record, source, matcher or mid, device
+            store, derived, derived_id, derived_identity, record, matcher or mid, device
         )
-    rows = comparison_rows(store, spec, {p.example_id for p in source})
+    rows = comparison_rows(store, spec, set(store.columns(run_id).example_id))
     result: dict[str, Any] = {
         "run_id": run_id, "derived_run_id": derived_id, "match": mid, "n_new": n_new,
         "rows": rows, "files": write_rematch_report(rows, Path(out_dir)) if out_dir else {},
@@ -96,20 +100,24 @@ def derived_run_identity(
 
 def _store_derived(
     store: RunStore, derived: RunSpec, run_id: str, identity: dict[str, Any] | None,
-    record: RunRecord, source: list[Prediction], matcher: Matcher | str, device: str,
+    record: RunRecord, matcher: Matcher | str, device: str,
 ) -> int:  # fmt: skip
-    """Map the source predictions the derived run lacks; return how many were added."""
+    """Map the source predictions the derived run lacks, a chunk at a time (each chunk stored
+    as it is mapped); return how many were added."""
     started = time.perf_counter()
     store.start_run(run_id, derived.canonical_json(), record.class_names, record.n_total,
                     identity=identity)  # fmt: skip
     done = store.done_ids(run_id)
-    todo = [p for p in source if p.example_id not in done]
     added = 0
-    if todo:
-        names = record.class_names
-        mapped = apply_matcher(todo, names, matcher, device=device, label=derived.match)
-        added = store.add_predictions(run_id, mapped)
-    summary = summarize(store.predictions(run_id), record.class_names)
+    for chunk in store.prediction_chunks(record.run_id):
+        todo = [p for p in chunk if p.example_id not in done]
+        if not todo:
+            continue
+        if isinstance(matcher, str):  # built once, on the first chunk with work
+            matcher = make_matcher(matcher, device=device)
+        mapped = apply_matcher(todo, record.class_names, matcher, label=derived.match)
+        added += store.add_predictions(run_id, mapped)
+    summary = summarize_columns(store.column_chunks(run_id), record.class_names)
     meta = {"summary": summary, "derived_from": record.run_id, "match": derived.match}
     store.finish_run(run_id, "done", time.perf_counter() - started, meta=meta)
     return added
@@ -139,8 +147,8 @@ def comparison_rows(store: RunStore, spec: RunSpec, example_ids: set[str]) -> li
     """One row per matcher run so far: metrics on ``example_ids`` and the change from contain."""
     rows = []
     for other, record in sibling_runs(store, spec):
-        preds = [p for p in store.predictions(record.run_id) if p.example_id in example_ids]
-        summary = summarize(preds, record.class_names)
+        chunks = store.column_chunks(record.run_id, example_ids=example_ids)
+        summary = summarize_columns(chunks, record.class_names)
         rows.append({
             "match": other.match, "run_id": record.run_id, "n": summary["n"],
             "n_no_pred": summary["n_no_pred"],

@@ -36,7 +36,7 @@ def frequency_command(
     from vlmclf.analysis.frequency.run import run_frequency_analysis
     from vlmclf.analysis.frequency.stats import BIN_SCHEMES
     from vlmclf.data import load_class_names
-    from vlmclf.metrics import per_class_accuracy
+    from vlmclf.metrics_columnar import per_class_accuracy_columns
     from vlmclf.report.runs import resolve_run_id
     from vlmclf.store import RunStore
 
@@ -56,8 +56,8 @@ def frequency_command(
                 record = runs.get_run(resolve_run_id(runs, run))
             except ValueError as err:
                 fail(f"--run: {err}")
-            accuracy = per_class_accuracy(
-                runs.predictions(record.run_id), record.class_names, rule="contain"
+            accuracy = per_class_accuracy_columns(
+                runs.columns(record.run_id), record.class_names, rule="contain"
             )
         spec = {"corpus": [str(p) for p in corpus], "classes": classes, "run": run, "field": field}
         if bins != "quantile":  # the default is left out, so earlier analyses keep their ids

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+
 from vlmclf.methods.base import LoadedExample, Method
 from vlmclf.models.base import ImageTextEncoder
 from vlmclf.records import Prediction
 from vlmclf.spec import RunSpec
 
-__all__ = ["LoadedExample", "Method", "finalize_predictions", "make_method"]
+__all__ = [
+    "LoadedExample",
+    "Method",
+    "finalize_prediction_chunks",
+    "finalize_predictions",
+    "make_method",
+    "needs_finalizing",
+]
 
 
 def _kind(model: object) -> str:
@@ -110,3 +119,26 @@ def finalize_predictions(
     from vlmclf.methods.likelihood.method import finalize_predictions as finalize_likelihood
 
     return finalize_likelihood(predictions, class_names, spec)
+
+
+def needs_finalizing(spec: RunSpec) -> bool:
+    """Whether the summary must see the whole run first (see ``finalize_predictions``)."""
+    if spec.method != "likelihood":
+        return False
+    from vlmclf.methods.likelihood.method import needs_finalizing as likelihood_needs
+
+    return likelihood_needs(spec)
+
+
+def finalize_prediction_chunks(
+    spec: RunSpec,
+    read_chunks: Callable[[], Iterable[list[Prediction]]],
+    class_names: list[str],
+) -> Iterator[list[Prediction]]:
+    """``finalize_predictions`` for a run read in chunks (``read_chunks`` starts a fresh pass
+    over the stored run each call; a calibrated run is read twice)."""
+    if not needs_finalizing(spec):
+        return iter(read_chunks())
+    from vlmclf.methods.likelihood.method import finalize_prediction_chunks as finalize
+
+    return finalize(read_chunks, class_names, spec)

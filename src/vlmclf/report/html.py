@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from vlmclf.metrics import per_class_accuracy, summarize
+from vlmclf.metrics_columnar import per_class_accuracy_columns, summarize_columns
 from vlmclf.report.html_figures import analysis_figures, analysis_table, per_class_figure
 from vlmclf.report.html_parts import (
     ClassRow,
@@ -113,10 +113,13 @@ class RunView:
 def load_run_view(store: RunStore, record: RunRecord) -> RunView:
     """The run's stored summary (recomputed from its predictions where none was stored, e.g.
     an interrupted run) and its per-class view, by the paper's containment rule."""
-    preds = store.predictions(record.run_id)
-    summary = (record.meta or {}).get("summary") or summarize(preds, record.class_names)
-    per_class = per_class_accuracy(preds, record.class_names, rule="contain")
-    return RunView(record, summary, per_class, class_rows(preds, record.class_names, per_class))
+    names = record.class_names
+    summary = (record.meta or {}).get("summary") or summarize_columns(
+        store.column_chunks(record.run_id), names
+    )
+    per_class = per_class_accuracy_columns(store.columns(record.run_id), names, rule="contain")
+    answers = store.iter_predictions(record.run_id, arrays=False)  # one chunk at a time
+    return RunView(record, summary, per_class, class_rows(answers, names, per_class))
 
 
 # ----- Table 1 ---------------------------------------------------------------------------------

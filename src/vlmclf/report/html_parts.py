@@ -5,7 +5,7 @@ Everything that turns a stored string into markup is here and goes through :func
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
 from typing import Any
@@ -82,7 +82,7 @@ def _answer_text(p: Prediction, class_names: Sequence[str]) -> str:
 
 
 def class_rows(
-    preds: Sequence[Prediction], class_names: Sequence[str], per_class: Mapping[str, float]
+    preds: Iterable[Prediction], class_names: Sequence[str], per_class: Mapping[str, float]
 ) -> list[ClassRow]:
     """Per class name in class-list order: counts, accuracy and up to SAMPLE_ANSWERS answers
     that were judged wrong (the model's own text where it wrote one)."""

@@ -51,4 +51,4 @@ def run_cfg_sweep(
             },
             {"test_run_id": test.run_id, "val_run_id": validation.run_id, "summary": summary},
         )
-    return replace(test, summary=summary, predictions=rescored)
+    return replace(test, summary=summary, loaded=rescored)

@@ -21,12 +21,20 @@ can be recomputed without the model (``scores.py``).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from vlmclf.methods.base import LoadedExample, PromptedMethod
-from vlmclf.methods.likelihood.scores import Aggregate, best_index, class_scores, guided, rescore
+from vlmclf.methods.likelihood.scores import (
+    Aggregate,
+    DatasetMeanPrior,
+    best_index,
+    class_scores,
+    dataset_mean_prior,
+    guided,
+    rescore,
+)
 from vlmclf.methods.likelihood.scoring import Strategy
 from vlmclf.methods.likelihood.targets import (
     ScoringContext,
@@ -271,7 +279,44 @@ def finalize_predictions(
     options = LikelihoodOptions.from_spec(spec)
     if options.calibration != "dataset_mean":
         return list(predictions)
-    calibrated = rescore(predictions, class_names, options.agg, options.cfg, prior="dataset_mean")
+    return _calibrated(predictions, class_names, options, dataset_mean_prior(predictions))
+
+
+def _calibrated(
+    predictions: Sequence[Prediction],
+    class_names: Sequence[str],
+    options: LikelihoodOptions,
+    prior: dict[str, list[float]],
+) -> list[Prediction]:
+    calibrated = rescore(predictions, class_names, options.agg, options.cfg, prior="dataset_mean",
+                         shared_prior=prior)  # fmt: skip
     for p in calibrated:
         p.extra.pop("pending_calibration", None)
     return calibrated
+
+
+def needs_finalizing(spec: RunSpec) -> bool:
+    """Does the run's summary need the whole run first (dataset-mean calibration)?"""
+    return (
+        spec.method == "likelihood"
+        and LikelihoodOptions.from_spec(spec).calibration == "dataset_mean"
+    )
+
+
+def finalize_prediction_chunks(
+    read_chunks: Callable[[], Iterable[list[Prediction]]],
+    class_names: Sequence[str],
+    spec: RunSpec,
+) -> Iterator[list[Prediction]]:
+    """``finalize_predictions`` for a run read in chunks: one pass for the dataset-mean prior,
+    a second to rescore each chunk with it (``read_chunks`` gives a fresh pass each call)."""
+    if not needs_finalizing(spec):
+        yield from read_chunks()
+        return
+    options = LikelihoodOptions.from_spec(spec)
+    prior = DatasetMeanPrior()
+    for chunk in read_chunks():
+        prior.add(chunk)
+    shared = prior.result()
+    for chunk in read_chunks():
+        yield _calibrated(chunk, class_names, options, shared)

@@ -11,7 +11,7 @@ validation split.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Literal
 
@@ -57,17 +57,31 @@ def best_index(scores: Sequence[float | None]) -> int | None:
     return best
 
 
-def dataset_mean_prior(predictions: Sequence[Prediction]) -> dict[str, list[float]]:
+class DatasetMeanPrior:
+    """The dataset-mean prior built up chunk by chunk (a run too large to hold at once):
+    ``add`` every chunk in order, then ``result``; the same floats as one pass over a list."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, np.ndarray] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, predictions: Iterable[Prediction]) -> None:
+        for p in predictions:
+            if not p.ok:
+                continue
+            for name, values in p.extra.get("token_logprobs", {}).items():
+                self.sums[name] = self.sums.get(name, 0.0) + np.asarray(values, dtype=np.float64)
+                self.counts[name] = self.counts.get(name, 0) + 1
+
+    def result(self) -> dict[str, list[float]]:
+        return {name: (self.sums[name] / self.counts[name]).tolist() for name in self.sums}
+
+
+def dataset_mean_prior(predictions: Iterable[Prediction]) -> dict[str, list[float]]:
     """Per class name, the mean per-token log-prob over every image it was scored for."""
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-    for p in predictions:
-        if not p.ok:
-            continue
-        for name, values in p.extra.get("token_logprobs", {}).items():
-            sums[name] = sums.get(name, 0.0) + np.asarray(values, dtype=np.float64)
-            counts[name] = counts.get(name, 0) + 1
-    return {name: (sums[name] / counts[name]).tolist() for name in sums}
+    prior = DatasetMeanPrior()
+    prior.add(predictions)
+    return prior.result()
 
 
 def rescore(
@@ -76,15 +90,17 @@ def rescore(
     agg: Aggregate = "sum",
     t: float | None = None,
     prior: Prior = "image_free",
+    shared_prior: dict[str, list[float]] | None = None,
 ) -> list[Prediction]:
     """New Predictions with ``scores``, ``pred`` and ``hit`` recomputed from the stored log-probs.
 
     ``prior="image_free"`` reads each prediction's ``extra["image_free"]`` (stored when the run
-    used guidance); ``"dataset_mean"`` computes the class means over ``predictions`` themselves.
+    used guidance); ``"dataset_mean"`` computes the class means over ``predictions`` themselves,
+    or takes ``shared_prior`` (a whole run's, from ``DatasetMeanPrior``, to rescore a chunk).
     """
-    shared = (
-        dataset_mean_prior(predictions) if (t is not None and prior == "dataset_mean") else None
-    )
+    shared = None
+    if t is not None and prior == "dataset_mean":
+        shared = shared_prior if shared_prior is not None else dataset_mean_prior(predictions)
     out = []
     for p in predictions:
         if not p.ok or "token_logprobs" not in p.extra:
