@@ -179,11 +179,11 @@ def test_errors_are_kept_for_big_images(tmp_path: Path) -> None:
         open_image(tmp_path / "whole.jpg", max_pixels=1000, settings=small)
 
 
-def test_full_size_decodes_of_big_images_are_one_at_a_time(tmp_path: Path, monkeypatch) -> None:
+def test_reduced_decodes_are_one_at_a_time(tmp_path: Path, monkeypatch) -> None:
     from vlmclf.data import images
 
-    for index in range(4):
-        textured(400, 300, seed=index).save(tmp_path / f"{index}.png")
+    for index in range(4):  # PNGs decode at full size, JPEGs through draft mode: both count
+        textured(400, 300, seed=index).save(tmp_path / f"{index}.{'png' if index % 2 else 'jpg'}")
     active, most = [0], [0]
     guard = threading.Lock()
     original = images._resized_rgb
@@ -202,10 +202,8 @@ def test_full_size_decodes_of_big_images_are_one_at_a_time(tmp_path: Path, monke
     monkeypatch.setattr(images, "_resized_rgb", counting)
     settings = DecodeSettings(max_decoded_pixels=10_000)
     threads = [
-        threading.Thread(
-            target=open_image, args=(tmp_path / f"{i}.png",), kwargs={"settings": settings}
-        )
-        for i in range(4)
+        threading.Thread(target=open_image, args=(path,), kwargs={"settings": settings})
+        for path in sorted(tmp_path.iterdir())
     ]
     for thread in threads:
         thread.start()

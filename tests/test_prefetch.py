@@ -61,7 +61,8 @@ def test_byte_budget_bounds_the_decoded_bytes_held() -> None:
     limited, order = consume(budget)
     unlimited, _ = consume(10**15)
     assert order == [str(i) for i in range(64)]
-    # a look-ahead decode starts only under the budget; the awaited batch never waits
+    # a look-ahead decode starts only with room left (after the first wave, before any size is
+    # known); the awaited batch never waits
     assert limited.most <= budget + (3 + 8) * IMAGE_BYTES
     assert unlimited.most >= 3 * 8 * IMAGE_BYTES  # batches alone let it hold three batches
     assert limited.most < unlimited.most
@@ -107,3 +108,15 @@ def test_stopping_early_does_not_hang_on_waiting_decoders() -> None:
     thread.join(timeout=20)
     assert done.is_set()
     assert tracker.most < 200 * IMAGE_BYTES / 4  # the queued rest was cancelled, not decoded
+
+
+def test_a_handed_over_batch_is_emptied_when_the_next_is_asked_for() -> None:
+    """So its images are freed while the next batch is awaited, even though the consumer's loop
+    variable still names the list."""
+    tracker = Tracker()
+    batches = decoded_batches(examples(tracker, 6), 3, 2)
+    first = next(batches)
+    assert len(first) == 3
+    second = next(batches)
+    assert first == [] and len(second) == 3
+    batches.close()

@@ -13,7 +13,9 @@ Memory is bounded by decoding no more than a model can use: an image with more p
 ``max_decoded_pixels`` (default 4096 x 4096, more than any supported processor takes at its
 default settings) is decoded reduced to at most that many, keeping its aspect ratio. JPEGs are
 reduced inside the decoder (Pillow's draft mode, a power-of-two DCT scaling) and the rest after a
-full-size decode, one such decode at a time per process; a Lanczos resize gives the final size.
+full-size decode; a Lanczos resize gives the final size. Such reduced decodes run one at a time
+per process (a 9000 x 9000 JPEG needs about 220 MB while it is reduced, a PNG of that size 900 MB),
+so a few worker threads cannot multiply that peak; images under the bound decode in parallel.
 Images at or under the bound take exactly the old path, so their pixels do not change.
 """
 
@@ -59,7 +61,7 @@ class DecodeSettings:
 
 DEFAULT_DECODE = DecodeSettings()
 _in_effect = DEFAULT_DECODE
-_FULL_SIZE_DECODE = threading.Lock()  # big images that cannot be reduced while decoding
+_REDUCED_DECODE = threading.Lock()  # one image over the bound in memory at a time
 
 
 def decode_settings_in_effect() -> DecodeSettings:
@@ -154,14 +156,10 @@ def _decode_reduced(
 
     A JPEG of at least twice the target on each side is decoded at 1/2, 1/4 or 1/8 scale (the
     smallest that stays at or above the target); anything still larger is resized with Lanczos.
-    A decode that stays at twice the target or more on a side (every non-JPEG format cannot be
-    reduced while decoding) holds a lock, so only one such image is in memory at a time.
+    Holds a lock while decoding: only one image over the bound is in memory at a time.
     """
     img.draft(img.mode, target)  # a no-op for formats other than JPEG
-    if img.width >= 2 * target[0] or img.height >= 2 * target[1]:
-        with _FULL_SIZE_DECODE:
-            small = _resized_rgb(img, target)
-    else:
+    with _REDUCED_DECODE:
         small = _resized_rgb(img, target)
     if not settings.exif_orientation:
         return small
