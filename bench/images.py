@@ -103,8 +103,9 @@ def run(args: argparse.Namespace) -> dict:
         "side": args.side,
         "format": args.format,
         "model": args.model,
-        "full_decode_mb_each": round(args.side**2 * 3 / 2**20, 1),
-        "bounded_decode_mb_each": round(target[0] * target[1] * 3 / 2**20, 1),
+        # Pillow holds an RGB pixel in 4 bytes
+        "full_decode_mb_each": round(args.side**2 * 4 / 2**20, 1),
+        "bounded_decode_mb_each": round(target[0] * target[1] * 4 / 2**20, 1),
         "bounded_size": list(target),
         "prefetch_budget_mb": PREFETCH_BYTES // 2**20,
         "cases": {},

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageOps, JpegImagePlugin
+from PIL import Image, ImageOps, JpegImagePlugin, PngImagePlugin
 
 from vlmclf.data import BadExampleError
 from vlmclf.data.images import (
@@ -179,37 +179,49 @@ def test_errors_are_kept_for_big_images(tmp_path: Path) -> None:
         open_image(tmp_path / "whole.jpg", max_pixels=1000, settings=small)
 
 
-def test_reduced_decodes_are_one_at_a_time(tmp_path: Path, monkeypatch) -> None:
-    from vlmclf.data import images
-
-    for index in range(4):  # PNGs decode at full size, JPEGs through draft mode: both count
-        textured(400, 300, seed=index).save(tmp_path / f"{index}.{'png' if index % 2 else 'jpg'}")
+def most_decodes_at_once(folder: Path, settings: DecodeSettings, monkeypatch) -> int:
+    """Open every file in ``folder`` from its own thread; count the pixel decodes under way at
+    once (each made slow, so that overlaps show)."""
     active, most = [0], [0]
     guard = threading.Lock()
-    original = images._resized_rgb
+    for cls in (JpegImagePlugin.JpegImageFile, PngImagePlugin.PngImageFile):
+        original = cls.load
 
-    def counting(img, target):  # type: ignore[no-untyped-def]
-        with guard:
-            active[0] += 1
-            most[0] = max(most[0], active[0])
-        time.sleep(0.05)
-        try:
-            return original(img, target)
-        finally:
+        def counting(self, original=original):  # type: ignore[no-untyped-def]
+            if not self.tile:  # already decoded: nothing to count
+                return original(self)
             with guard:
-                active[0] -= 1
+                active[0] += 1
+                most[0] = max(most[0], active[0])
+            time.sleep(0.1)
+            try:
+                return original(self)
+            finally:
+                with guard:
+                    active[0] -= 1
 
-    monkeypatch.setattr(images, "_resized_rgb", counting)
-    settings = DecodeSettings(max_decoded_pixels=10_000)
+        monkeypatch.setattr(cls, "load", counting)
     threads = [
         threading.Thread(target=open_image, args=(path,), kwargs={"settings": settings})
-        for path in sorted(tmp_path.iterdir())
+        for path in sorted(folder.iterdir())
     ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert most[0] == 1
+    return most[0]
+
+
+def test_big_decodes_are_one_at_a_time_small_ones_in_parallel(tmp_path: Path, monkeypatch):
+    from vlmclf.data import images
+
+    for index in range(4):  # PNGs decode at full size, JPEGs through draft mode: both count
+        textured(400, 300, seed=index).save(tmp_path / f"{index}.{'png' if index % 2 else 'jpg'}")
+    reduced = DecodeSettings(max_decoded_pixels=10_000)
+    assert most_decodes_at_once(tmp_path, reduced, monkeypatch) > 1  # 200 x 150 and 400 x 300
+    monkeypatch.setattr(images, "BIG_DECODE_PIXELS", 20_000)  # both are now "big"
+    assert most_decodes_at_once(tmp_path, reduced, monkeypatch) == 1
+    assert most_decodes_at_once(tmp_path, decode_settings_for(0), monkeypatch) == 1  # no bound
 
 
 def test_the_bound_is_in_the_identity_and_off_means_the_old_identity() -> None:

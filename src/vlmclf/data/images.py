@@ -13,9 +13,9 @@ Memory is bounded by decoding no more than a model can use: an image with more p
 ``max_decoded_pixels`` (default 4096 x 4096, more than any supported processor takes at its
 default settings) is decoded reduced to at most that many, keeping its aspect ratio. JPEGs are
 reduced inside the decoder (Pillow's draft mode, a power-of-two DCT scaling) and the rest after a
-full-size decode; a Lanczos resize gives the final size. Such reduced decodes run one at a time
-per process (a 9000 x 9000 JPEG needs about 220 MB while it is reduced, a PNG of that size 900 MB),
-so a few worker threads cannot multiply that peak; images under the bound decode in parallel.
+full-size decode; a Lanczos resize gives the final size. Decodes of more than 4096 x 4096 pixels
+(after draft mode, whatever the bound) run one at a time per process, so that a few worker
+threads cannot multiply their peak; smaller images decode in parallel.
 Images at or under the bound take exactly the old path, so their pixels do not change.
 """
 
@@ -25,7 +25,7 @@ import math
 import threading
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -61,7 +61,9 @@ class DecodeSettings:
 
 DEFAULT_DECODE = DecodeSettings()
 _in_effect = DEFAULT_DECODE
-_REDUCED_DECODE = threading.Lock()  # one image over the bound in memory at a time
+BIG_DECODE_PIXELS = DEFAULT_MAX_DECODED_PIXELS
+"""Decodes of more pixels than this (after draft mode) run one at a time, whatever the bound."""
+_BIG_DECODE = threading.Lock()
 
 
 def decode_settings_in_effect() -> DecodeSettings:
@@ -126,9 +128,10 @@ def open_image(
                 target = reduced_size(img.size, settings.max_decoded_pixels)
                 if target is not None:
                     return _decode_reduced(img, target, settings)
-                img.load()
-                upright = ImageOps.exif_transpose(img) if settings.exif_orientation else img
-                return _to_rgb(upright)
+                with one_at_a_time_if_big(img.size):
+                    img.load()
+                    upright = ImageOps.exif_transpose(img) if settings.exif_orientation else img
+                    return _to_rgb(upright)
     except BadExampleError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
@@ -149,6 +152,13 @@ def reduced_size(size: tuple[int, int], max_decoded_pixels: int | None) -> tuple
     return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
 
 
+def one_at_a_time_if_big(size: tuple[int, int]) -> AbstractContextManager[object]:
+    """A process-wide lock for decodes over ``BIG_DECODE_PIXELS``, so worker threads cannot
+    multiply their peak (a 9000 x 9000 image takes about 1 GB while it becomes RGB at full size,
+    220 MB through draft mode); smaller decodes run in parallel."""
+    return _BIG_DECODE if size[0] * size[1] > BIG_DECODE_PIXELS else nullcontext()
+
+
 def _decode_reduced(
     img: Image.Image, target: tuple[int, int], settings: DecodeSettings
 ) -> Image.Image:
@@ -156,10 +166,9 @@ def _decode_reduced(
 
     A JPEG of at least twice the target on each side is decoded at 1/2, 1/4 or 1/8 scale (the
     smallest that stays at or above the target); anything still larger is resized with Lanczos.
-    Holds a lock while decoding: only one image over the bound is in memory at a time.
     """
     img.draft(img.mode, target)  # a no-op for formats other than JPEG
-    with _REDUCED_DECODE:
+    with one_at_a_time_if_big(img.size):
         small = _resized_rgb(img, target)
     if not settings.exif_orientation:
         return small
