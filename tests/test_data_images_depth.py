@@ -85,7 +85,9 @@ def test_exif_orientation_can_be_turned_off(tmp_path: Path) -> None:
 def test_decode_identity_names_every_setting() -> None:
     default = image_decode_identity()
     assert default["exif_orientation"] is True
-    assert set(default) == {"exif_orientation", "high_bit_depth", "max_pixels"}
+    assert set(default) == {
+        "exif_orientation", "high_bit_depth", "max_pixels", "max_decoded_pixels"
+    }
     assert image_decode_identity(DecodeSettings(exif_orientation=False)) != default
 
 

@@ -212,6 +212,15 @@ def eval_command(
             callback=at_least(1), help="Downscale images sent to APIs to this longest side."
         ),
     ] = None,
+    decode_max_pixels: Annotated[
+        int | None,
+        typer.Option(
+            callback=at_least(0),
+            help="Decode images with more pixels than this reduced to this many, keeping aspect "
+            "(default 4096x4096 = 16777216, above every supported processor's input); "
+            "0 decodes at full size. Part of the run id.",
+        ),
+    ] = None,
     agg: Annotated[
         Aggregate, typer.Option(help="Likelihood: sum or mean of the class-name token log-probs.")
     ] = Aggregate.sum,
@@ -265,6 +274,7 @@ def eval_command(
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
     """Classify a dataset with a model and store every prediction (re-running resumes)."""
+    from vlmclf.data.images import decode_settings_for, decoding_with
     from vlmclf.loading import ModelOptions
     from vlmclf.methods import make_method
     from vlmclf.report.summary import summary_json, summary_table
@@ -284,6 +294,7 @@ def eval_command(
         dataset.partition(":") if not dataset.endswith(".jsonl") else (dataset, "", "")
     )
     resolved = _protocol_options(ctx, protocol, method, model)
+    ctx.with_resource(decoding_with(decode_settings_for(decode_max_pixels)))
     setting, order = Setting(resolved["setting"]), Order(resolved["order"])
     prompt, max_new_tokens = resolved["prompt"], resolved["max_new_tokens"]
     templates, match = resolved["templates"], resolved["match"]

@@ -15,8 +15,7 @@ from __future__ import annotations
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from tqdm import tqdm
 
 from vlmclf.batching import BatchSizer, predict_with_fallback
 from vlmclf.data import load_dataset
-from vlmclf.data.types import BadExampleError, Dataset, Example
+from vlmclf.data.types import Dataset, Example
 from vlmclf.identity import (
     content_identity,
     environment_changes,
@@ -47,13 +46,13 @@ from vlmclf.methods.prompts import (
     build_question,
     load_templates,
 )
+from vlmclf.prefetch import decoded_batches
 from vlmclf.protocols import fill_template
 from vlmclf.records import Prediction
 from vlmclf.run_results import StoredPredictions, Summarizer
 from vlmclf.spec import RunSpec
 from vlmclf.store import RunStore
 
-PREFETCH_BATCHES = 2
 SUBSET_SEED = 0
 PAPER_SUBSET_SEED = 1234
 SAMPLES = ("default", "paper")
@@ -118,38 +117,6 @@ def select_examples(dataset: Dataset, limit: int | None, sample: str = "default"
         return examples
     order = np.random.RandomState(SUBSET_SEED).permutation(len(examples))[:limit]
     return [examples[i] for i in sorted(order)]
-
-
-def decode(example: Example) -> LoadedExample | Prediction:
-    """The decoded image, or a failed Prediction saying why it could not be used."""
-    try:
-        return LoadedExample(example, example.load())
-    except BadExampleError as err:
-        return Prediction.failed(example.id, example.label, str(err))
-    except Exception as err:  # a reader bug must not cost the run: record it like bad data
-        return Prediction.failed(
-            example.id, example.label, f"{example.source}: {type(err).__name__}: {err}"
-        )
-
-
-def batched(items: Sequence[Example], size: int) -> Iterator[list[Example]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
-
-
-def decoded_batches(
-    examples: Sequence[Example], batch_size: int, workers: int
-) -> Iterator[list[LoadedExample | Prediction]]:
-    """Batches of decoded examples, decoding up to PREFETCH_BATCHES ahead in worker threads."""
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending: list[list[Future]] = []
-        batches = batched(examples, batch_size)
-        for batch in batches:
-            pending.append([pool.submit(decode, e) for e in batch])
-            if len(pending) > PREFETCH_BATCHES:
-                yield [f.result() for f in pending.pop(0)]
-        while pending:
-            yield [f.result() for f in pending.pop(0)]
 
 
 def classify_batch(

@@ -8,16 +8,29 @@ Decoding gives what a photo viewer shows: EXIF orientation is applied (a phone p
 sideways is turned upright) and 16-/32-bit images are scaled to 8 bits by their range instead of
 being clipped to white. ``DecodeSettings`` holds these choices; ``image_decode_identity`` returns
 them as a dict for a run's identity, since changing any of them changes the pixels a model sees.
+
+Memory is bounded by decoding no more than a model can use: an image with more pixels than
+``max_decoded_pixels`` (default 4096 x 4096, more than any supported processor takes at its
+default settings) is decoded reduced to at most that many, keeping its aspect ratio. JPEGs are
+reduced inside the decoder (Pillow's draft mode, a power-of-two DCT scaling) and the rest after a
+full-size decode; a Lanczos resize gives the final size. Decodes of more than 4096 x 4096 pixels
+(after draft mode, whatever the bound) run one at a time per process, so that a few worker
+threads cannot multiply their peak; smaller images decode in parallel.
+Images at or under the bound take exactly the old path, so their pixels do not change.
 """
 
 from __future__ import annotations
 
+import math
+import threading
 import warnings
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from vlmclf.data.types import BadExampleError
 
@@ -25,6 +38,10 @@ DEFAULT_MAX_PIXELS = 89_478_485
 """Pixel cap (PIL's own default): a larger image is treated as a decompression bomb."""
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+DEFAULT_MAX_DECODED_PIXELS = 4096 * 4096
+"""Decode bound: Qwen3-VL's default pixel budget (the largest of the supported processors;
+Qwen2-VL's is 3584 x 3584, LLaVA-OneVision's anyres grid 2304 on a side, CLIP's 224-384)."""
 
 HIGH_BIT_DEPTH_RULE = "scale-by-range-v1"
 """How 16-/32-bit pixels become 8-bit (see ``_scale_to_8bit``); renamed if the rule changes."""
@@ -38,14 +55,49 @@ class DecodeSettings:
     exif_orientation: bool = True
     high_bit_depth: str = HIGH_BIT_DEPTH_RULE
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_decoded_pixels: int | None = DEFAULT_MAX_DECODED_PIXELS
+    """Larger images are decoded reduced to at most this many pixels; None decodes at full size."""
 
 
 DEFAULT_DECODE = DecodeSettings()
+_in_effect = DEFAULT_DECODE
+BIG_DECODE_PIXELS = DEFAULT_MAX_DECODED_PIXELS
+"""Decodes of more pixels than this (after draft mode) run one at a time, whatever the bound."""
+_BIG_DECODE = threading.Lock()
 
 
-def image_decode_identity(settings: DecodeSettings = DEFAULT_DECODE) -> dict[str, object]:
-    """The decode settings as plain JSON values, to be hashed into a run's identity."""
-    return asdict(settings)
+def decode_settings_in_effect() -> DecodeSettings:
+    """The settings ``open_image`` uses when none are passed (``DEFAULT_DECODE`` unless a
+    command chose others with ``decoding_with``)."""
+    return _in_effect
+
+
+@contextmanager
+def decoding_with(settings: DecodeSettings) -> Iterator[DecodeSettings]:
+    """Make ``settings`` the process's decode settings for the duration, then restore.
+
+    Process-wide on purpose: every loader (in every worker thread) and the run identity read the
+    same value, so what is decoded and what is hashed cannot disagree.
+    """
+    global _in_effect
+    previous, _in_effect = _in_effect, settings
+    try:
+        yield settings
+    finally:
+        _in_effect = previous
+
+
+def decode_settings_for(max_decoded_pixels: int | None) -> DecodeSettings:
+    """The default settings with another decode bound: None keeps the default, 0 means none
+    (full-size decoding, the behaviour before the bound, with the run ids of that time)."""
+    if max_decoded_pixels is None:
+        return DEFAULT_DECODE
+    return replace(DEFAULT_DECODE, max_decoded_pixels=max_decoded_pixels or None)
+
+
+def image_decode_identity(settings: DecodeSettings | None = None) -> dict[str, object]:
+    """The decode settings (default: those in effect) as plain JSON values for a run's identity."""
+    return asdict(decode_settings_in_effect() if settings is None else settings)
 
 
 def is_image_name(path: Path) -> bool:
@@ -54,16 +106,18 @@ def is_image_name(path: Path) -> bool:
 
 
 def open_image(
-    path: str | Path, max_pixels: int | None = None, settings: DecodeSettings = DEFAULT_DECODE
+    path: str | Path, max_pixels: int | None = None, settings: DecodeSettings | None = None
 ) -> Image.Image:
     """Decode ``path`` completely and return it as an upright 8-bit RGB image.
 
     ``max_pixels`` (default ``settings.max_pixels``) caps width x height; PIL's own
     DecompressionBombWarning / DecompressionBombError also count as failures. Truncated files
     are rejected (``img.load()`` forces the full decode; LOAD_TRUNCATED_IMAGES is left alone).
+    Images over ``settings.max_decoded_pixels`` come back reduced (see the module docstring).
     The file is closed before this returns, whatever happens.
     """
     file = Path(path)
+    settings = decode_settings_in_effect() if settings is None else settings
     cap = settings.max_pixels if max_pixels is None else max_pixels
     _check_file_exists(file)
     try:
@@ -71,9 +125,13 @@ def open_image(
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(file) as img:
                 _check_pixel_cap(file, img.size, cap)
-                img.load()
-                upright = ImageOps.exif_transpose(img) if settings.exif_orientation else img
-                return _to_rgb(upright)
+                target = reduced_size(img.size, settings.max_decoded_pixels)
+                if target is not None:
+                    return _decode_reduced(img, target, settings)
+                with one_at_a_time_if_big(img.size):
+                    img.load()
+                    upright = ImageOps.exif_transpose(img) if settings.exif_orientation else img
+                    return _to_rgb(upright)
     except BadExampleError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
@@ -82,6 +140,62 @@ def open_image(
         raise BadExampleError(f"{file}: not an image (PIL cannot identify its format)") from err
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise BadExampleError(f"{file}: truncated or corrupt image data ({err})") from err
+
+
+def reduced_size(size: tuple[int, int], max_decoded_pixels: int | None) -> tuple[int, int] | None:
+    """The size an image of ``size`` is decoded to, or None when it is decoded as it is: the
+    largest size with the same aspect ratio and at most ``max_decoded_pixels`` pixels."""
+    width, height = size
+    if max_decoded_pixels is None or width * height <= max_decoded_pixels:
+        return None
+    scale = math.sqrt(max_decoded_pixels / (width * height))
+    return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+
+
+def one_at_a_time_if_big(size: tuple[int, int]) -> AbstractContextManager[object]:
+    """A process-wide lock for decodes over ``BIG_DECODE_PIXELS``, so worker threads cannot
+    multiply their peak (a 9000 x 9000 image takes about 1 GB while it becomes RGB at full size,
+    220 MB through draft mode); smaller decodes run in parallel."""
+    return _BIG_DECODE if size[0] * size[1] > BIG_DECODE_PIXELS else nullcontext()
+
+
+def _decode_reduced(
+    img: Image.Image, target: tuple[int, int], settings: DecodeSettings
+) -> Image.Image:
+    """``img`` decoded at ``target`` size (in its stored orientation), then made upright.
+
+    A JPEG of at least twice the target on each side is decoded at 1/2, 1/4 or 1/8 scale (the
+    smallest that stays at or above the target); anything still larger is resized with Lanczos.
+    """
+    img.draft(img.mode, target)  # a no-op for formats other than JPEG
+    with one_at_a_time_if_big(img.size):
+        small = _resized_rgb(img, target)
+    if not settings.exif_orientation:
+        return small
+    # read after loading (PNG keeps EXIF after the pixels), like ImageOps.exif_transpose
+    method = _ORIENTATION_TRANSPOSE.get(img.getexif().get(ExifTags.Base.Orientation, 1))
+    return small if method is None else small.transpose(method)
+
+
+# what ImageOps.exif_transpose does for each EXIF orientation, applied after the resize
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _resized_rgb(img: Image.Image, target: tuple[int, int]) -> Image.Image:
+    """Load ``img`` (maybe drafted), convert it by the usual rules, resize it to ``target``."""
+    img.load()
+    rgb = _to_rgb(img) if img.mode != "RGB" else img
+    if rgb.size != target:
+        return rgb.resize(target, Image.Resampling.LANCZOS)
+    return rgb.copy() if rgb is img else rgb  # never hand out the file-backed image
 
 
 def _check_file_exists(file: Path) -> None:

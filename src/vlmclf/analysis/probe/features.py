@@ -179,7 +179,7 @@ def extract_part(
 ) -> ChunkContent:
     """Run the model over ``examples`` (decoded ahead in threads); undecodable ones are skipped
     and listed in ``failures`` with the reason. ``on_batch`` is told how many were done."""
-    from vlmclf.runner import decoded_batches
+    from vlmclf.prefetch import decoded_batches
 
     ids: list[str] = []
     labels: list[int] = []
