@@ -3,11 +3,13 @@ place where store problems and data warnings become a line on stderr."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -83,13 +85,19 @@ class CleanErrorsGroup(TyperGroup):
     DataWarning is one ``warning:`` line, instead of a traceback or Python's warning format."""
 
     def invoke(self, ctx: Any) -> Any:
+        from vlmclf.distributed import RankFailed, is_main_process
         from vlmclf.interrupts import SIGTERM_EXIT_CODE, Terminated
         from vlmclf.store import StoreError
 
-        with warnings.catch_warnings():
-            _print_data_warnings_plainly()
+        main = is_main_process()  # under torchrun only the main rank prints results
+        with warnings.catch_warnings(), _stdout_of_main_rank_only(main):
+            _print_data_warnings_plainly(main)
             try:
                 return super().invoke(ctx)
+            except RankFailed as err:  # a rank failed: the main rank says which, once
+                if err.quiet:
+                    raise typer.Exit(1) from None
+                fail(str(err), 1)
             except StoreError as err:
                 fail(str(err))
             except Terminated:
@@ -99,8 +107,22 @@ class CleanErrorsGroup(TyperGroup):
                 )
 
 
-def _print_data_warnings_plainly() -> None:
+@contextlib.contextmanager
+def _stdout_of_main_rank_only(main: bool) -> Iterator[None]:
+    """Off the main rank of a torchrun job, standard output goes nowhere (errors still show)."""
+    if main:
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
+
+
+def _print_data_warnings_plainly(main: bool = True) -> None:
     from vlmclf.data.label_check import DataWarning
+
+    if not main:  # every rank reads the same data: the main rank warns for all
+        warnings.simplefilter("ignore", DataWarning)
+        return
 
     shown = warnings.showwarning
 
