@@ -241,3 +241,59 @@ def test_a_failing_rank_stops_the_job_with_its_error(data_root: Path, tmp_path: 
         (record,) = runs.list_runs()
     assert record.status == "failed"
     assert record.n_done == 0  # rank 1 failed in the first step: nothing of it was written
+
+
+# --------------------------------------------------------------------------- sweep, wikiqa
+
+
+def all_stored_rows(store: Path) -> dict[str, list[dict]]:
+    with RunStore(store, read_only=True) as runs:
+        found = {r.run_id: [asdict(p) for p in runs.predictions(r.run_id)]
+                 for r in runs.list_runs()}  # fmt: skip
+    for rows in found.values():
+        for row in rows:
+            row.pop("seconds")
+    return found
+
+
+def wikiqa_files(root: Path) -> list[str]:
+    """Three ImageWikiQA questions on two small images (one image asked twice)."""
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    for name, colour in (("v1", (200, 30, 30)), ("v2", (30, 200, 30))):
+        Image.new("RGB", (24, 24), colour).save(root / "images" / f"{name}.JPEG")
+    options = "\nA. Fish\nB. Grass\nC. Rocks\nD. Metal\nChoose A, B, C, or D."
+    rows = [{"image": f"images/{image}.JPEG", "text": f"{stem}{options}", "label": label,
+             "wiki": "w", "classname": "c"}
+            for image, stem, label in (("v1", "What does it eat?", "A"),
+                                       ("v2", "What is it made of?", "D"),
+                                       ("v1", "Where is it found?", "C"))]  # fmt: skip
+    questions = root / "questions.jsonl"
+    questions.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return ["wikiqa", "--model", "random:llava", "--images", str(root), "--questions",
+            str(questions), "--batch-size", "1", "--json", "--no-progress"]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["sweep", "wikiqa"])
+def test_sweep_and_wikiqa_under_two_ranks_equal_one_process(
+    command: str, data_root: Path, tmp_path: Path
+):
+    if command == "sweep":
+        args = ["sweep", "--models", "random:llava", "--dataset", "fashion_mnist", "--data-root",
+                str(data_root), "--axis", "k=2,3", "--limit", "5", "--batch-size", "2",
+                "--json", "--no-progress"]  # fmt: skip
+    else:
+        args = wikiqa_files(tmp_path / "wikiqa")
+    outputs, stores = [], []
+    for name, launcher in (("one", [sys.executable]), ("two", [*torchrun(2)])):
+        store, out = tmp_path / f"{name}.sqlite", tmp_path / f"{name}-report"
+        done = launch([*launcher, "-m", "vlmclf", *args, "--store", str(store), "--out", str(out)])
+        assert done.returncode == 0, done.stderr[-3000:]
+        (printed,) = json_lines(done.stdout)
+        assert all(Path(path).stat().st_size > 0 for path in printed["files"].values())
+        outputs.append({k: v for k, v in printed.items() if k not in ("files", "analysis_id")})
+        stores.append(all_stored_rows(store))
+    assert outputs[0] == outputs[1]
+    assert stores[0] == stores[1] and len(stores[0]) == (2 if command == "sweep" else 1)

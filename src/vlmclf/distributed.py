@@ -20,12 +20,15 @@ import atexit
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 MAIN_RANK = 0
 BACKEND_ENV = "VLMCLF_DIST_BACKEND"  # override the backend (gloo, nccl) the job uses
+TIMEOUT_ENV = "VLMCLF_DIST_TIMEOUT_MIN"
+DEFAULT_TIMEOUT_MIN = 60.0  # a rank may wait this long for the others (loading a large model)
 
 
 @dataclass(frozen=True)
@@ -98,10 +101,12 @@ def ensure_process_group() -> None:
 
     if dist.is_initialized():
         return
-    backend = os.environ.get(BACKEND_ENV) or ("nccl" if torch.cuda.is_available() else "gloo")
-    if backend == "nccl":
-        torch.cuda.set_device(place().local_rank)
-    dist.init_process_group(backend=backend)
+    cuda = torch.cuda.is_available()
+    backend = os.environ.get(BACKEND_ENV) or ("nccl" if cuda else "gloo")
+    if cuda and place().local_rank < torch.cuda.device_count():
+        torch.cuda.set_device(place().local_rank)  # `cuda` now means this rank's own GPU
+    minutes = float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_MIN)
+    dist.init_process_group(backend=backend, timeout=timedelta(minutes=minutes))
     atexit.register(shutdown)
 
 

@@ -8,6 +8,11 @@ thread pool a few batches ahead of the model.
 Transient failures (out-of-memory, a model runtime error, an API that gave up) are stored but not
 done: the next run of the same command retries them. On CUDA out-of-memory the batch is halved
 (and stays halved for the rest of the run) until one example alone does not fit.
+
+Under torchrun (``vlmclf.distributed``) the main rank alone opens the store, starts the run and
+finds what is pending; every rank classifies its share of whole batches and the main rank writes
+each step's batches in the single-process order (``vlmclf.sharding``), so the stored result is the
+same whatever the number of ranks, and a killed job resumes with any number.
 """
 
 from __future__ import annotations

@@ -101,6 +101,8 @@ class CleanErrorsGroup(TyperGroup):
             except StoreError as err:
                 fail(str(err))
             except Terminated:
+                if not main:  # torchrun stops every rank: the main rank says it once
+                    raise typer.Exit(SIGTERM_EXIT_CODE) from None
                 fail(
                     "terminated (SIGTERM); stored rows are kept, re-run to resume",
                     SIGTERM_EXIT_CODE,
