@@ -204,18 +204,26 @@ def test_a_killed_job_resumes_with_another_number_of_ranks(
     assert stored_rows(store) == rows  # each example once, in order, bit for bit
 
 
+@pytest.mark.parametrize("rendezvous", ["c10d", "static"])
 def test_two_nodes_on_loopback_share_one_store_on_the_main_node(
-    data_root: Path, reference_dir: Path, tmp_path: Path
+    rendezvous: str, data_root: Path, reference_dir: Path, tmp_path: Path
 ):
+    """Two torchrun agents, one per "node", each in its own working directory. A static
+    rendezvous makes --node-rank 0 the main node; c10d orders nodes by host name and pid and
+    ignores --node-rank, so there either node may hold the store, but only one."""
     _, rows = single_process(data_root, reference_dir, "likelihood")
     port = free_port()
+    if rendezvous == "c10d":
+        meeting = ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+                   "--rdzv-id", "vlmclf-test"]  # fmt: skip
+    else:
+        meeting = ["--master-addr", "127.0.0.1", "--master-port", str(port)]
     nodes = [tmp_path / "node0", tmp_path / "node1"]
     jobs = []
     for node_rank, workdir in enumerate(nodes):
         workdir.mkdir()
         command = [*TORCHRUN, "--nnodes", "2", "--node-rank", str(node_rank),
-                   "--nproc-per-node", "1", "--rdzv-backend", "c10d",
-                   "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "vlmclf-test",
+                   "--nproc-per-node", "1", *meeting,
                    "-m", "vlmclf", *eval_args(data_root, "runs.sqlite")]  # fmt: skip
         jobs.append(subprocess.Popen(command, env=child_env(), cwd=workdir, text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))  # fmt: skip
@@ -224,8 +232,10 @@ def test_two_nodes_on_loopback_share_one_store_on_the_main_node(
         assert job.returncode == 0, stderr[-3000:]
     holding = [workdir for workdir in nodes if (workdir / "runs.sqlite").exists()]
     assert len(holding) == 1, "one node holds the store; the other never touches the file"
+    if rendezvous == "static":
+        assert holding == [nodes[0]]
     printed = [json_lines(stdout) for stdout, _ in outputs]
-    assert sorted(len(lines) for lines in printed) == [0, 1]  # the main rank alone prints
+    assert [len(lines) for lines in printed] == [int(w in holding) for w in nodes]
     assert stored_rows(holding[0] / "runs.sqlite") == rows
 
 
