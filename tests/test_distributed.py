@@ -1,5 +1,7 @@
 """Data parallelism under torchrun: real torch.distributed (gloo on CPU), real subprocesses.
 
+Each test launches torchrun jobs of a few seconds; the variants that add little to the default
+run (generation, relaunch as one plain process, c10d rendezvous, sweep and wikiqa) are slow.
 Every multi-rank result is compared with a single-process run of the same command, row by row
 and bit for bit (ids, order, text, pred, hit, scores, per-token log-probs): ranks run whole
 batches of the single-process batch plan, so nothing may differ.
@@ -160,7 +162,7 @@ def test_a_bad_rank_environment_is_one_clear_error(monkeypatch: pytest.MonkeyPat
 # --------------------------------------------------------------------------- torchrun, gloo
 
 
-@pytest.mark.parametrize("method", ["likelihood", "generate"])
+@pytest.mark.parametrize("method", ["likelihood", pytest.param("generate", marks=pytest.mark.slow)])
 def test_two_ranks_store_exactly_what_one_process_stores(
     method: str, data_root: Path, reference_dir: Path, tmp_path: Path
 ):
@@ -174,7 +176,7 @@ def test_two_ranks_store_exactly_what_one_process_stores(
     assert "warning" not in done.stderr.lower().replace("omp_num_threads", "")
 
 
-@pytest.mark.parametrize("relaunch_ranks", [1, 3])
+@pytest.mark.parametrize("relaunch_ranks", [3, pytest.param(1, marks=pytest.mark.slow)])
 def test_a_killed_job_resumes_with_another_number_of_ranks(
     relaunch_ranks: int, data_root: Path, reference_dir: Path, tmp_path: Path
 ):
@@ -204,7 +206,7 @@ def test_a_killed_job_resumes_with_another_number_of_ranks(
     assert stored_rows(store) == rows  # each example once, in order, bit for bit
 
 
-@pytest.mark.parametrize("rendezvous", ["c10d", "static"])
+@pytest.mark.parametrize("rendezvous", ["static", pytest.param("c10d", marks=pytest.mark.slow)])
 def test_two_nodes_on_loopback_share_one_store_on_the_main_node(
     rendezvous: str, data_root: Path, reference_dir: Path, tmp_path: Path
 ):

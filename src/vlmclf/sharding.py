@@ -17,7 +17,6 @@ from typing import Generic, TypeVar
 
 from vlmclf.distributed import (
     Failure,
-    RankFailed,
     broadcast_from_main,
     failure_of,
     gather_to_main,
@@ -92,8 +91,6 @@ def _next_or_failure(results: Iterator[R]) -> tuple[object, BaseException | None
     """The next result, ``_NOTHING`` when there is none, or a Failure with the error itself."""
     try:
         return next(results, _NOTHING), None
-    except RankFailed:
-        raise
     except Exception as err:  # noqa: BLE001 - sent to the main rank, re-raised after the step
         return failure_of(err), err
 
