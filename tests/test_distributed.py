@@ -47,13 +47,15 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def eval_args(data_root: Path, store: Path | str, method: str = "likelihood") -> list[str]:
+def eval_args(
+    data_root: Path, store: Path | str, method: str = "likelihood", limit: int | None = None
+) -> list[str]:
     args = ["eval", "--model", "random:llava", "--method", method, "--dataset", "fashion_mnist",
             "--data-root", str(data_root), "--batch-size", str(BATCH), "--store", str(store),
             "--json", "--no-progress"]  # fmt: skip
     if method == "generate":
         args += ["--setting", "closed", "--k", "3", "--max-new-tokens", "4"]
-    return args
+    return args if limit is None else [*args, "--limit", str(limit)]
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -159,6 +161,30 @@ def test_a_bad_rank_environment_is_one_clear_error(monkeypatch: pytest.MonkeyPat
         place()
 
 
+def test_a_plain_process_runs_everything_itself_and_sees_errors_unchanged():
+    from vlmclf.distributed import every_rank, from_main, gather_to_main, is_main_process, on_main
+    from vlmclf.sharding import gather_in_steps
+
+    assert is_main_process() and gather_to_main(7) == [7]
+    assert on_main(lambda: 1) == from_main(lambda: 2) - 1 == every_rank(lambda: 3) - 2
+    taken: list[list[int]] = []
+    gather_in_steps(iter([1, 2, 3]), 3, taken.append)
+    assert taken == [[1], [2], [3]]
+    with pytest.raises(KeyError):  # the error itself, not a wrapper
+        every_rank(lambda: {}["missing"])
+
+
+def test_an_example_missing_on_a_rank_names_the_cause():
+    from types import SimpleNamespace
+
+    from vlmclf.sharding import pending_examples
+
+    examples = [SimpleNamespace(id=name) for name in ("a", "b", "c")]
+    assert [e.id for e in pending_examples(examples, ["c", "a"])] == ["c", "a"]
+    with pytest.raises(ValueError, match="'x' .*1 more.*every node must see the same dataset"):
+        pending_examples(examples, ["a", "x", "y"])
+
+
 # --------------------------------------------------------------------------- torchrun, gloo
 
 
@@ -173,7 +199,8 @@ def test_two_ranks_store_exactly_what_one_process_stores(
     (printed,) = json_lines(done.stdout)  # the main rank alone prints
     assert without_store(printed) == without_store(summary)
     assert stored_rows(store) == rows
-    assert "warning" not in done.stderr.lower().replace("omp_num_threads", "")
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == len(set(warnings))  # the main rank alone warns
 
 
 @pytest.mark.parametrize("relaunch_ranks", [3, pytest.param(1, marks=pytest.mark.slow)])
@@ -253,6 +280,28 @@ def test_a_failing_rank_stops_the_job_with_its_error(data_root: Path, tmp_path: 
         (record,) = runs.list_runs()
     assert record.status == "failed"
     assert record.n_done == 0  # rank 1 failed in the first step: nothing of it was written
+
+
+@pytest.mark.slow
+def test_a_rank_without_batches_loads_no_model_and_a_failed_load_stops_the_job(
+    data_root: Path, tmp_path: Path
+):
+    """Building the method fails on rank 2 of 3. With 3 examples in batches of 2, rank 2 has
+    nothing to run, builds nothing, and the job equals one process; with 5 it must build, and
+    its failure stops the job with its error."""
+    one, three = tmp_path / "one.sqlite", tmp_path / "three.sqlite"
+    result = CliRunner().invoke(app, eval_args(data_root, one, limit=3))
+    assert result.exit_code == 0, result.output
+    entry = [*torchrun(3), str(ENTRY)]
+    done = launch([*entry, *eval_args(data_root, three, limit=3)], VLMCLF_TEST_FAIL_BUILD_RANK="2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert stored_rows(three) == stored_rows(one)
+    failed = launch(
+        [*entry, *eval_args(data_root, tmp_path / "fails.sqlite", limit=5)],
+        VLMCLF_TEST_FAIL_BUILD_RANK="2",
+    )
+    assert failed.returncode != 0
+    assert failed.stderr.count("error: rank 2: ValueError: planned failure in make_method") == 1
 
 
 # --------------------------------------------------------------------------- sweep, wikiqa

@@ -56,7 +56,7 @@ from vlmclf.methods.prompts import (
 from vlmclf.metrics import summarize
 from vlmclf.protocols import fill_template
 from vlmclf.records import Prediction
-from vlmclf.sharding import batch_share, gather_in_steps, pending_examples
+from vlmclf.sharding import BatchShare, batch_share, gather_in_steps, pending_examples
 from vlmclf.spec import RunSpec
 from vlmclf.store import RunStore
 
@@ -438,14 +438,17 @@ def _execute(
     already: int,
     warn: Callable[[str], None],
 ) -> _Outcome:
-    """Load the model only when something is left to do, then classify what is left."""
+    """Load the model only when something is left to do, then classify what is left. Under
+    torchrun a rank loads its model only if it has batches to run (the main rank always has),
+    and a rank whose model fails to load stops the job with its error."""
     if not todo:
         return _Outcome()
-    model, method = build()
-    warnings = method.preflight()
+    share = batch_share(todo, config.batch_size)
+    model, method = every_rank(lambda: build() if share.items else (None, None))
+    warnings = method.preflight() if method is not None else []
     for message in warnings:
         warn(message)
-    written = _classify_all(store, run_id, method, todo, config, already)
+    written = _classify_all(store, run_id, method, share, config, len(todo) + already, already)
     usage = model.usage() if callable(getattr(model, "usage", None)) else None
     return _Outcome(written, warnings, usage)
 
@@ -453,20 +456,20 @@ def _execute(
 def _classify_all(
     store: RunStore | None,
     run_id: str,
-    method: Method,
-    todo: list[Example],
+    method: Method | None,
+    share: BatchShare[Example],
     config: RunConfig,
+    total: int,
     already: int,
 ) -> int:
-    """Classify ``todo`` batch by batch, storing each batch before the next one starts.
-    Under torchrun each rank classifies its share of the batches and the main rank (the one
-    holding ``store``) writes every step's batches in order (``vlmclf.sharding``)."""
+    """Classify this rank's ``share`` batch by batch, storing each batch before the next one
+    starts: under torchrun the main rank (the one holding ``store``) writes every step's
+    batches, all ranks' in batch order (``vlmclf.sharding``)."""
     failures = 0
     written = 0
     sizer = BatchSizer(config.batch_size)
-    share = batch_share(todo, config.batch_size)
     bar = tqdm(
-        total=len(todo) + already,
+        total=total,
         initial=already,
         unit="ex",
         dynamic_ncols=True,
