@@ -185,6 +185,18 @@ def test_an_example_missing_on_a_rank_names_the_cause():
         pending_examples(examples, ["a", "x", "y"])
 
 
+def test_commands_that_do_not_shard_refuse_to_run_under_torchrun(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    refused = CliRunner().invoke(app, ["probe", "--help"])
+    assert refused.exit_code == 2
+    assert "`vlmclf probe` does not run under torchrun" in refused.output
+    monkeypatch.setenv("RANK", "1")  # the main rank says it; the others leave quietly
+    quiet = CliRunner().invoke(app, ["probe", "--help"])
+    assert quiet.exit_code == 2 and "error" not in quiet.output
+    assert CliRunner().invoke(app, ["eval", "--help"]).exit_code == 0
+
+
 # --------------------------------------------------------------------------- torchrun, gloo
 
 

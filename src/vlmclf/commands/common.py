@@ -17,6 +17,8 @@ import typer
 from typer.core import TyperGroup
 
 DEFAULT_STORE = Path("vlmclf-runs.sqlite")
+TORCHRUN_COMMANDS = ("eval", "sweep", "wikiqa")
+"""Commands that shard their work across torchrun's ranks; the others refuse to run under it."""
 REPORTS_DIR = Path("reports")
 
 
@@ -84,6 +86,11 @@ class CleanErrorsGroup(TyperGroup):
     schema, damaged, read-only, disk full, missing) is one ``error:`` line and exit 2, and a
     DataWarning is one ``warning:`` line, instead of a traceback or Python's warning format."""
 
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        name, command, rest = super().resolve_command(ctx, args)
+        _refuse_torchrun_unless_sharded(name)
+        return name, command, rest
+
     def invoke(self, ctx: Any) -> Any:
         from vlmclf.distributed import RankFailed, is_main_process
         from vlmclf.interrupts import SIGTERM_EXIT_CODE, Terminated
@@ -107,6 +114,18 @@ class CleanErrorsGroup(TyperGroup):
                     "terminated (SIGTERM); stored rows are kept, re-run to resume",
                     SIGTERM_EXIT_CODE,
                 )
+
+
+def _refuse_torchrun_unless_sharded(name: str | None) -> None:
+    """A command that does not shard would run N times over and write N times: refuse it."""
+    from vlmclf.distributed import is_distributed, is_main_process
+
+    if name is None or name in TORCHRUN_COMMANDS or not is_distributed():
+        return
+    if not is_main_process():
+        raise typer.Exit(2)
+    fail(f"`vlmclf {name}` does not run under torchrun (only {', '.join(TORCHRUN_COMMANDS)} "
+         "shard their work); run it as one process")  # fmt: skip
 
 
 @contextlib.contextmanager
