@@ -8,6 +8,11 @@ thread pool a few batches ahead of the model.
 Transient failures (out-of-memory, a model runtime error, an API that gave up) are stored but not
 done: the next run of the same command retries them. On out-of-memory the batch shrinks to the
 largest size that fits (``vlmclf.batching``) until one example alone does not fit.
+
+Under torchrun (``vlmclf.distributed``) the main rank alone opens the store, starts the run and
+finds what is pending; every rank classifies its share of whole batches and the main rank writes
+each step's batches in the single-process order (``vlmclf.sharding``), so the stored result is the
+same whatever the number of ranks, and a killed job resumes with any number.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ from __future__ import annotations
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +31,7 @@ from tqdm import tqdm
 from vlmclf.batching import BatchSizer, predict_with_fallback
 from vlmclf.data import load_dataset
 from vlmclf.data.types import Dataset, Example
+from vlmclf.distributed import SharedResult, every_rank, from_main, is_main_process, on_main
 from vlmclf.identity import (
     content_identity,
     environment_changes,
@@ -50,6 +57,7 @@ from vlmclf.prefetch import decoded_batches
 from vlmclf.protocols import fill_template
 from vlmclf.records import Prediction
 from vlmclf.run_results import StoredPredictions, Summarizer
+from vlmclf.sharding import BatchShare, batch_share, gather_in_steps, pending_examples
 from vlmclf.spec import RunSpec
 from vlmclf.store import RunStore
 
@@ -209,24 +217,18 @@ def run(
     list: for small runs; by default the run is summarised from column chunks).
     """
     warn = on_warning or (lambda message: print(f"warning: {message}", file=sys.stderr))
-    if dataset is None:
-        dataset = load_dataset(
-            spec.dataset, data_root=config.data_root, split=spec.split, classes=config.classes
-        )
-    examples = select_examples(dataset, config.limit, config.sample)
-    class_names = list(dataset.class_names)
-    check_label_set_size(spec.k, class_names)  # before the store: a bad --k leaves no run behind
+    if not is_main_process():  # under torchrun the main rank alone prints
+        warn = _ignore
+    dataset, examples, class_names = every_rank(lambda: _selected(spec, config, dataset))
     # the whole dataset, not the --limit subset: a larger limit extends the run (a prefix)
-    identity, shown = run_identity(spec, config, class_names, dataset.examples)
+    identity, shown = from_main(lambda: run_identity(spec, config, class_names, dataset.examples))
     run_id = identity_run_id(identity)
     started = time.perf_counter()
-    with RunStore(config.store_path) as store:
-        environment = _check_environment(store, run_id, config, warn)
-        store.start_run(
-            run_id, spec.canonical_json(), class_names, n_total=len(examples), identity=identity
+    # under torchrun the main rank alone opens the store, finds what is pending and writes
+    with _store_on_main(config.store_path) as store, SharedResult() as shared:
+        environment, todo, already = _start_on_main(
+            store, spec, run_id, identity, class_names, examples, config, warn
         )
-        done = store.done_ids(run_id, retry_data_failures=config.retry_failed)
-        todo = [e for e in examples if e.id not in done]
 
         def build() -> tuple[object, Method]:
             model = load_model(spec.model, config.model)
@@ -237,13 +239,18 @@ def run(
 
         try:
             with sigterm_raises_terminated():
-                outcome = _execute(store, run_id, config, build, todo, len(done), warn)
+                outcome = _execute(store, run_id, config, build, todo, already, warn)
         except BaseException as err:
+            if store is None:  # the main rank records how the run ended
+                raise
             if is_interruption(err):  # Ctrl-C, SIGTERM, a full disk: committed rows resume
                 mark_interrupted(interrupted, warn)
             else:
                 store.finish_run(run_id, "failed", time.perf_counter() - started)
             raise
+        if store is None:  # the main rank summarises the run; the others take its result
+            return shared.receive()
+        shared.expect()
         stored = StoredPredictions(
             config.store_path, run_id, spec, class_names, frozenset(e.id for e in examples)
         )
@@ -251,9 +258,61 @@ def run(
         elapsed = time.perf_counter() - started
         meta = {"summary": summary, **shown, **environment}
         store.finish_run(run_id, "done", elapsed, meta=meta)
-    return RunResult(
+    result = RunResult(
         run_id, spec, summary, class_names, stored, outcome.warnings, outcome.written, elapsed
     )
+    # the other ranks get no per-row copies (and may have no store on their node)
+    return shared.send(result, replace(result, loaded=[]))
+
+
+def _ignore(message: str) -> None:
+    pass
+
+
+def _selected(
+    spec: RunSpec, config: RunConfig, dataset: Dataset | None
+) -> tuple[Dataset, list[Example], list[str]]:
+    """The dataset, its selected examples and class names; on every rank, which decodes its own
+    share of the images."""
+    if dataset is None:
+        dataset = load_dataset(
+            spec.dataset, data_root=config.data_root, split=spec.split, classes=config.classes
+        )
+    examples = select_examples(dataset, config.limit, config.sample)
+    class_names = list(dataset.class_names)
+    check_label_set_size(spec.k, class_names)  # before the store: a bad --k leaves no run behind
+    return dataset, examples, class_names
+
+
+@contextmanager
+def _store_on_main(path: Path) -> Iterator[RunStore | None]:
+    """The store, open on the main rank; None on the others (which never touch the file)."""
+    store = on_main(lambda: RunStore(path))
+    if store is None:
+        yield None
+        return
+    with store:
+        yield store
+
+
+def _start_on_main(
+    store: RunStore | None, spec: RunSpec, run_id: str, identity: dict, class_names: list[str],
+    examples: list[Example], config: RunConfig, warn: Callable[[str], None],
+) -> tuple[dict, list[Example], int]:  # fmt: skip
+    """(environment meta, pending examples, how many are done). The main rank starts the run
+    and reads what is done; every rank gets the same pending list, so a relaunch with another
+    number of ranks resumes exactly what is left."""
+
+    def start() -> tuple[dict, list[str], int]:
+        assert store is not None
+        environment = _check_environment(store, run_id, config, warn)
+        store.start_run(run_id, spec.canonical_json(), class_names, n_total=len(examples),
+                        identity=identity)  # fmt: skip
+        done = store.done_ids(run_id, retry_data_failures=config.retry_failed)
+        return environment, [e.id for e in examples if e.id not in done], len(done)
+
+    environment, pending, already = from_main(start)
+    return environment, every_rank(lambda: pending_examples(examples, pending)), already
 
 
 def summarize_stored_run(
@@ -297,7 +356,7 @@ class _Outcome:
 
 
 def _execute(
-    store: RunStore,
+    store: RunStore | None,
     run_id: str,
     config: RunConfig,
     build: Callable[[], tuple[object, Method]],
@@ -305,44 +364,57 @@ def _execute(
     already: int,
     warn: Callable[[str], None],
 ) -> _Outcome:
-    """Load the model only when something is left to do, then classify what is left."""
+    """Load the model only when something is left to do, then classify what is left. Under
+    torchrun a rank loads its model only if it has batches to run (the main rank always has),
+    and a rank whose model fails to load stops the job with its error."""
     if not todo:
         return _Outcome()
-    model, method = build()
-    warnings = method.preflight()
+    share = batch_share(todo, config.batch_size)
+    model, method = every_rank(lambda: build() if share.items else (None, None))
+    warnings = method.preflight() if method is not None else []
     for message in warnings:
         warn(message)
-    written = _classify_all(store, run_id, method, todo, config, already)
+    written = _classify_all(store, run_id, method, share, config, len(todo) + already, already)
     usage = model.usage() if callable(getattr(model, "usage", None)) else None
     return _Outcome(written, warnings, usage)
 
 
 def _classify_all(
-    store: RunStore,
+    store: RunStore | None,
     run_id: str,
-    method: Method,
-    todo: list[Example],
+    method: Method | None,
+    share: BatchShare[Example],
     config: RunConfig,
+    total: int,
     already: int,
 ) -> int:
-    """Classify ``todo`` batch by batch, storing each batch before the next one starts."""
+    """Classify this rank's ``share`` batch by batch, storing each batch before the next one
+    starts: under torchrun the main rank (the one holding ``store``) writes every step's
+    batches, all ranks' in batch order (``vlmclf.sharding``)."""
     failures = 0
     written = 0
     sizer = BatchSizer(config.batch_size)
     bar = tqdm(
-        total=len(todo) + already,
+        total=total,
         initial=already,
         unit="ex",
         dynamic_ncols=True,
-        disable=not config.progress,
+        disable=not config.progress or store is None,
         file=sys.stderr,
         desc="classifying",
     )
-    with bar:
-        for items in decoded_batches(todo, config.batch_size, config.workers):
-            predictions = classify_batch(method, items, sizer)
+
+    def write(step: list[list[Prediction]]) -> None:
+        nonlocal written, failures
+        assert store is not None  # only the main rank is given steps to write
+        for predictions in step:
             written += store.add_predictions(run_id, predictions)
             failures += sum(not p.ok for p in predictions)
             bar.update(len(predictions))
-            bar.set_postfix(failed=failures, refresh=False)
+        bar.set_postfix(failed=failures, refresh=False)
+
+    with bar:
+        batches = decoded_batches(share.items, config.batch_size, config.workers)
+        results = (classify_batch(method, items, sizer) for items in batches)
+        gather_in_steps(results, share.n_steps, write)
     return written

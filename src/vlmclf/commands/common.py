@@ -3,11 +3,13 @@ place where store problems and data warnings become a line on stderr."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -15,6 +17,8 @@ import typer
 from typer.core import TyperGroup
 
 DEFAULT_STORE = Path("vlmclf-runs.sqlite")
+TORCHRUN_COMMANDS = ("eval", "sweep", "wikiqa")
+"""Commands that shard their work across torchrun's ranks; the others refuse to run under it."""
 REPORTS_DIR = Path("reports")
 
 
@@ -128,25 +132,64 @@ class CleanErrorsGroup(TyperGroup):
     schema, damaged, read-only, disk full, missing) is one ``error:`` line and exit 2, and a
     DataWarning is one ``warning:`` line, instead of a traceback or Python's warning format."""
 
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        name, command, rest = super().resolve_command(ctx, args)
+        _refuse_torchrun_unless_sharded(name)
+        return name, command, rest
+
     def invoke(self, ctx: Any) -> Any:
+        from vlmclf.distributed import RankFailed, is_main_process
         from vlmclf.interrupts import SIGTERM_EXIT_CODE, Terminated
         from vlmclf.store import StoreError
 
-        with warnings.catch_warnings():
-            _print_data_warnings_plainly()
+        main = is_main_process()  # under torchrun only the main rank prints results
+        with warnings.catch_warnings(), _stdout_of_main_rank_only(main):
+            _print_data_warnings_plainly(main)
             try:
                 return super().invoke(ctx)
+            except RankFailed as err:  # a rank failed: the main rank says which, once
+                if err.quiet:
+                    raise typer.Exit(1) from None
+                fail(str(err), 1)
             except StoreError as err:
                 fail(str(err))
             except Terminated:
+                if not main:  # torchrun stops every rank: the main rank says it once
+                    raise typer.Exit(SIGTERM_EXIT_CODE) from None
                 fail(
                     "terminated (SIGTERM); stored rows are kept, re-run to resume",
                     SIGTERM_EXIT_CODE,
                 )
 
 
-def _print_data_warnings_plainly() -> None:
+def _refuse_torchrun_unless_sharded(name: str | None) -> None:
+    """A command that does not shard would run N times over and write N times: refuse it."""
+    from vlmclf.distributed import is_distributed, is_main_process
+
+    if name is None or name in TORCHRUN_COMMANDS or not is_distributed():
+        return
+    if not is_main_process():
+        raise typer.Exit(2)
+    fail(f"`vlmclf {name}` does not run under torchrun (only {', '.join(TORCHRUN_COMMANDS)} "
+         "shard their work); run it as one process")  # fmt: skip
+
+
+@contextlib.contextmanager
+def _stdout_of_main_rank_only(main: bool) -> Iterator[None]:
+    """Off the main rank of a torchrun job, standard output goes nowhere (errors still show)."""
+    if main:
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
+
+
+def _print_data_warnings_plainly(main: bool = True) -> None:
     from vlmclf.data.label_check import DataWarning
+
+    if not main:  # every rank reads the same data: the main rank warns for all
+        warnings.simplefilter("ignore", DataWarning)
+        return
 
     shown = warnings.showwarning
 

@@ -83,6 +83,7 @@ def wikiqa_command(
     if ctx.invoked_subcommand is not None:
         return
     from vlmclf.analysis.wikiqa.run import run_wikiqa, wikiqa_spec
+    from vlmclf.distributed import is_main_process
     from vlmclf.loading import ModelOptions
 
     if model is None or images is None:
@@ -114,6 +115,8 @@ def wikiqa_command(
         _print_wikiqa(result, model, method)
     summary = result["summary"]
     if summary["n"] and summary["n_failed"] == summary["n"]:
+        if not is_main_process():  # the main rank reads the store and says why
+            raise typer.Exit(1)
         hint = _failure_hint(store, result["run_id"], images)
         typer.echo(f"error: every question failed; {hint}", err=True)
         raise typer.Exit(1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from vlmclf.distributed import is_main_process
 from vlmclf.methods import make_method
 from vlmclf.methods.likelihood.scores import rescore, sweep_cfg_predictions
 from vlmclf.metrics import summarize
@@ -30,8 +31,10 @@ def run_cfg_sweep(
         replace(config, limit=val_limit),
         make_method,
     )
-    t = sweep_cfg_predictions(validation.predictions, validation.class_names, agg)
     test = run(with_prior, config, make_method)
+    if not is_main_process():  # under torchrun the main rank alone holds the predictions
+        return test
+    t = sweep_cfg_predictions(validation.predictions, validation.class_names, agg)
     rescored = rescore(test.predictions, test.class_names, agg, t)
     summary = summarize(rescored, test.class_names)
     summary.update(

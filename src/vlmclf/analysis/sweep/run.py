@@ -205,6 +205,7 @@ def run_sweep(
     95% bootstrap CI, n, failures and error (None when the cell ran).
     """
     from vlmclf.analysis.sweep.report import write_sweep_report
+    from vlmclf.distributed import is_main_process
     from vlmclf.store import RunStore
 
     if not models or not datasets:
@@ -219,6 +220,8 @@ def run_sweep(
             on_cell(row)
     result: dict[str, Any] = {"rows": rows, "axes": {a: axes[a] for a in AXES if a in axes},
                               "n_distinct": distinct}  # fmt: skip
+    if not is_main_process():  # under torchrun the main rank alone writes reports and the store
+        return result | {"files": {}, "analysis_id": None}
     result["files"] = write_sweep_report(rows, axes, distinct, Path(out_dir)) if out_dir else {}
     spec = {"models": list(models), "datasets": list(datasets), "axes": result["axes"],
             "limit": config.limit, "seed": seed, "max_new_tokens": max_new_tokens}  # fmt: skip

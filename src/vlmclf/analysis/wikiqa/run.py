@@ -33,6 +33,7 @@ from typing import Any
 
 from vlmclf.analysis.wikiqa.parse import parse_choice
 from vlmclf.data.imagewikiqa import LETTERS, load_imagewikiqa, split_question_text
+from vlmclf.distributed import is_main_process
 from vlmclf.loading import ModelOptions
 from vlmclf.methods.base import LoadedExample
 from vlmclf.methods.outcomes import flag_of_text, record_without_text
@@ -354,6 +355,8 @@ def run_wikiqa(
     """Evaluate (``evaluate_wikiqa``), then write the table of every ImageWikiQA run in the store
     and store the analysis; returns the evaluation with ``table``, ``files``, ``analysis_id``."""
     result = evaluate_wikiqa(spec, images_dir, store_path, **options)
+    if not is_main_process():  # under torchrun the main rank alone writes reports and the store
+        return result | {"table": [], "files": {}, "analysis_id": None}
     with RunStore(store_path) as store:
         result["table"] = wikiqa_rows(store)
         result["files"] = write_wikiqa_report(result["table"], Path(out_dir)) if out_dir else {}
