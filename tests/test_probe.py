@@ -353,8 +353,9 @@ def test_clean_linear_probe_matches_scikit_learn():
     xs = (x - mean) / std
     weight_decay = 0.05
     ours, info = fit_logistic(xs, y, 4, weight_decay)
-    theirs = linear_model.LogisticRegression(C=1 / (len(y) * weight_decay), tol=1e-10,
-                                             max_iter=10_000).fit(xs.numpy(), y.numpy())  # fmt: skip
+    c = 1 / (len(y) * weight_decay)
+    theirs = linear_model.LogisticRegression(C=c, tol=1e-10, max_iter=10_000)
+    theirs.fit(xs.numpy(), y.numpy())
     assert info["converged"]
     np.testing.assert_allclose(ours.weight.numpy(), theirs.coef_, atol=2e-3)
     # biases are fixed only up to a shared constant (softmax ignores it): compare probabilities

@@ -91,18 +91,10 @@ def draw_demo(result: dict[str, Any], folder: Path) -> list[Path]:
 
 
 def markdown_report(result: dict[str, Any], figures: list[Path]) -> str:
-    sizes = result["sizes"]
-    lik = result["likelihood"]
     return "\n".join([
         "# vlmclf demo: the paper's findings on the organism",
         "",
-        f"Fashion-MNIST test split; CLIP and the probe on {sizes['n_clip']} images, every VLM "
-        f"method on {sizes['n_vlm']} of them (paired comparisons use the images both scored); "
-        f"probe trained on {sizes['n_probe_train']} training images. Likelihood uses the paper "
-        f"protocol's answer prefix {lik['answer_prefix']!r}; CFG its {lik['cfg_prior']} prior "
-        f"and grid, with t chosen by 2-fold cross-fitting (t per fold: {lik['cfg_t_per_fold']}). "
-        "Intervals are 95% bootstrap CIs; a verdict holds only when its interval excludes "
-        "the null.",
+        findings_note(result),
         "",
         "## Accuracy",
         "",
@@ -139,8 +131,34 @@ def write_reports(result: dict[str, Any], store_path: Path, out_dir: Path) -> di
     }
 
 
+def lead_html(result: dict[str, Any]) -> str:
+    """The findings and the accuracy table (CFG and the probe are not runs), escaped."""
+    from vlmclf.report.html_parts import esc, html_table
+
+    return (
+        '<h2 id="findings">The paper\'s findings on the organism</h2>'
+        f'<p class="note">{esc(findings_note(result))}</p>'
+        f'{html_table(findings_rows(result["findings"]), css_id="demo-findings")}'
+        '<h3>Accuracy of every way of classifying (95% bootstrap CI)</h3>'
+        f'{html_table(result["accuracies"], css_id="demo-accuracy")}'
+    )
+
+
+def findings_note(result: dict[str, Any]) -> str:
+    sizes, lik = result["sizes"], result["likelihood"]
+    return (
+        f"Fashion-MNIST test split: CLIP and the probe on {sizes['n_clip']} images, every VLM "
+        f"method on {sizes['n_vlm']} of them; comparisons are paired on the images both "
+        f"scored. Likelihood uses the paper protocol's answer prefix {lik['answer_prefix']!r}; "
+        f"CFG its {lik['cfg_prior']} prior and grid, t chosen by 2-fold cross-fitting "
+        f"(t per fold: {lik['cfg_t_per_fold']}). A verdict holds only when its 95% interval "
+        "excludes the null."
+    )
+
+
 def demo_page(store_path: Path, result: dict[str, Any], analysis_id: str) -> str:
-    """The page of ``vlmclf report`` restricted to the demo's runs, probe and findings."""
+    """The page of ``vlmclf report`` restricted to the demo's runs, probe and findings, with
+    the findings first."""
     from vlmclf.report.html import load_run_view, page_html
     from vlmclf.store import RunStore
 
@@ -150,4 +168,5 @@ def demo_page(store_path: Path, result: dict[str, Any], analysis_id: str) -> str
             store.get_analysis(analysis_id),
             store.get_analysis(result["probe_analysis"]),
         ]
-    return page_html(store_path, views, [a for a in analyses if a is not None])
+    kept = [a for a in analyses if a is not None]
+    return page_html(store_path, views, kept, lead_html(result))
