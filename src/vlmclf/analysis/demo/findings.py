@@ -145,6 +145,11 @@ def finetune_reaches(
         verdict = "holds: the fine-tuned VLM is above CLIP"
     elif improved and reached:
         verdict = "holds"
+    elif improved and lead["ci95"] is not None and lead["ci95"][0] <= 0:
+        verdict = (
+            "partly: fine-tuning helps and the fine-tuned VLM is not distinguishable from CLIP, "
+            f"but a CLIP lead of {REACH_MARGIN:.2f} is not ruled out at this size"
+        )
     elif improved:
         verdict = "partly: fine-tuning helps but CLIP's level is not reached"
     else:
