@@ -1,4 +1,5 @@
-"""`vlmclf demo` on a tiny subset: every part runs and the findings table is filled honestly."""
+"""`vlmclf demo` on a tiny subset: every part runs, the findings are filled honestly, the page is
+written; and the label-set re-scoring equals a real `--k` run."""
 
 from __future__ import annotations
 
@@ -18,33 +19,56 @@ pytestmark = pytest.mark.skipif(
 def test_demo_on_a_tiny_subset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)
     args = [
-        "demo",
-        "--n-clip",
-        "24",
-        "--n-vlm",
-        "12",
-        "--n-probe-train",
-        "40",
-        "--batch-size",
-        "12",
-        "--no-progress",
-        "--json",
-    ]
+        "demo", "--n-clip", "24", "--n-vlm", "10", "--n-probe-train", "40", "--batch-size", "10",
+        "--no-progress", "--json",
+    ]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     demo = json.loads(result.stdout.strip().splitlines()[-1])
 
-    methods = [row["method"] for row in demo["accuracies"]]
-    assert methods[0] == "zero-shot CLIP" and len(methods) == 6
-    assert [row["n"] for row in demo["accuracies"][:4]] == [24, 12, 12, 12]
+    rows = {row["method"]: row for row in demo["accuracies"]}
+    assert next(iter(rows)) == "zero-shot CLIP" and len(rows) == 7
+    assert [row["n"] for row in demo["accuracies"][:6]] == [24, 10, 10, 10, 10, 10]
+    assert {row["model"] for row in demo["accuracies"]} == {
+        "organism:clip", "organism:vlm", "organism:vlm-finetuned", "organism:vlm-uniform",
+    }  # fmt: skip
     assert all(0.0 <= row["accuracy"] <= 1.0 for row in demo["accuracies"])
+    assert "The photo features a" in demo["accuracies"][2]["method"]  # the paper's answer prefix
 
-    verdicts = [finding["verdict"] for finding in demo["findings"]]
-    assert len(verdicts) == 3 and all(isinstance(v, str) and v for v in verdicts)
-    comparisons = demo["findings"][0]["details"]
-    assert [c["n"] for c in comparisons] == [12, 12, 12]  # paired on the same images
-    assert 3 <= demo["findings"][2]["details"]["n_classes"] <= 10  # classes seen in 12 images
+    findings = {f["id"]: f for f in demo["findings"]}
+    assert list(findings) == ["1a", "1b", "2", "3", "4", "5"]
+    assert all(isinstance(f["verdict"], str) and f["verdict"] for f in findings.values())
+    assert [c["n"] for c in findings["1a"]["details"]] == [10, 10, 10]  # paired on the same images
+    assert [row["k"] for row in findings["4"]["details"]["curve"]] == [2, 3, 5, 7, 10]
+    assert len(demo["likelihood"]["cfg_t_per_fold"]) == 2
 
-    report = Path(demo["files"]["report"])
-    assert "## Findings" in report.read_text()
-    assert Path(demo["files"]["figure"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    files = demo["files"]
+    assert "## Findings" in Path(files["report"]).read_text()
+    for figure in ("label_set_size", "frequency_intervention"):
+        assert Path(files[figure]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = Path(files["html"]).read_text()
+    assert page.startswith("<!DOCTYPE html>") and "data:image/png;base64," in page
+    assert "<h3>demo " in page and "<h3>probe " in page  # the demo's analyses, nothing else
+    assert page.count('alt="demo figure"') == 2
+    assert "finding of the paper" in page  # the findings table of the stored demo analysis
+
+
+def test_label_set_restriction_equals_a_real_k_run(tmp_path: Path):
+    """Re-deciding a stored all-class CLIP run among K offered classes gives what `--k K`
+    computes from scratch (same offered classes, same predictions)."""
+    from vlmclf.analysis.demo.rescoring import restrict_to_k
+    from vlmclf.methods import make_method
+    from vlmclf.runner import RunConfig, run
+    from vlmclf.spec import RunSpec
+
+    config = RunConfig(store_path=tmp_path / "runs.sqlite", limit=12, batch_size=12,
+                       progress=False)  # fmt: skip
+    spec = RunSpec(model="organism:clip", dataset="fashion_mnist", method="clip")
+    everything = run(spec, config, make_method)
+    for k in (2, 5):
+        real = run(spec.model_copy(update={"k": k}), config, make_method)
+        derived = restrict_to_k(everything.predictions, everything.class_names, k)
+        by_id = {p.example_id: p for p in derived}
+        for p in real.predictions:
+            assert sorted(p.choices) == by_id[p.example_id].choices
+            assert (p.pred, p.hit) == (by_id[p.example_id].pred, by_id[p.example_id].hit)

@@ -214,6 +214,26 @@ def test_shipped_records_describe_the_training():
     assert [counts[name] for name in ranking] == sorted(counts.values(), reverse=True)
 
 
+def test_every_shipped_organism_has_weights_config_and_a_reproducing_command():
+    """``organism:<name>`` for each shipped name: its folder holds what loading needs and the
+    one command that produced it; the uniform organism differs from the Zipf one in --freq."""
+    from vlmclf.identity import weights_fingerprint
+    from vlmclf.organism.load import ORGANISMS, WEIGHT_FILES, default_weights_dir, read_config
+
+    for name, (kind, _) in ORGANISMS.items():
+        folder = default_weights_dir(name)
+        read_config(folder, kind)
+        assert (folder / WEIGHT_FILES[kind]).is_file()
+        record = json.loads((folder / "training_record.json").read_text())
+        assert record["command"].startswith("vlmclf "), name
+        assert weights_fingerprint(f"organism:{name}") is not None
+    uniform = json.loads((default_weights_dir("vlm-uniform") / "training_record.json").read_text())
+    assert "--freq uniform" in uniform["command"]
+    assert len(set(uniform["data"]["captions"]["counts"].values())) == 1
+    with pytest.raises(ValueError, match="organism:vlm-uniform"):
+        load_organism("organism:vlm-uniformish")
+
+
 # ------------------------------------------------------------------------- training
 
 

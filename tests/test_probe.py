@@ -321,3 +321,43 @@ def test_probe_command_under_the_paper_protocol_records_and_prints_it(colour_dat
     assert (config["reported"], config["epochs"]) == ("best-test-epoch", 4)
     assert analysis.result["reported"] == "paper"
     assert analysis.result["settings"]["features"] == "raw"
+
+
+def test_clean_linear_probe_converges_and_its_grid_matters():
+    """Every grid value reaches its optimum (small gradient), the optima differ (a stronger
+    penalty: a larger objective and smaller weights), and a zero decay is refused."""
+    from vlmclf.analysis.probe.convex import GRADIENT_TOLERANCE
+
+    train, test = _blobs(30, 0, 3.0), _blobs(10, 1, 3.0)
+    config = ProbeConfig(weight_decays=(1e-3, 1e-2, 1e-1, 1.0))
+    clean = clean_protocol(train, test, 4, config)
+    grid = clean["grid"]
+    assert all(row["converged"] and row["max_gradient"] < GRADIENT_TOLERANCE for row in grid)
+    objectives = [row["objective"] for row in grid]
+    assert objectives == sorted(objectives) and len(set(objectives)) == len(objectives)
+    assert clean["chosen"]["all_converged"] and clean["chosen"]["epoch"] is None
+    assert clean == clean_protocol(train, test, 4, config)  # deterministic
+    with pytest.raises(ValueError, match="weight decays > 0"):
+        clean_protocol(train, test, 4, ProbeConfig(weight_decays=(0.0, 1e-2)))
+
+
+def test_clean_linear_probe_matches_scikit_learn():
+    """Independent: scikit-learn's L2 logistic regression on the same standardised features
+    (its C = 1 / (n * wd) gives the same objective up to scale) finds the same optimum."""
+    linear_model = pytest.importorskip("sklearn.linear_model")
+    from vlmclf.analysis.probe.convex import fit_logistic
+    from vlmclf.analysis.probe.train import standardiser
+
+    x, y = _blobs(25, 2, 4.0)
+    mean, std = standardiser(x)
+    xs = (x - mean) / std
+    weight_decay = 0.05
+    ours, info = fit_logistic(xs, y, 4, weight_decay)
+    c = 1 / (len(y) * weight_decay)
+    theirs = linear_model.LogisticRegression(C=c, tol=1e-10, max_iter=10_000)
+    theirs.fit(xs.numpy(), y.numpy())
+    assert info["converged"]
+    np.testing.assert_allclose(ours.weight.numpy(), theirs.coef_, atol=2e-3)
+    # biases are fixed only up to a shared constant (softmax ignores it): compare probabilities
+    probabilities = torch.softmax(ours(xs), dim=1).numpy()
+    np.testing.assert_allclose(probabilities, theirs.predict_proba(xs.numpy()), atol=2e-3)

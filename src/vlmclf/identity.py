@@ -104,7 +104,10 @@ def _weights_folder(model_spec: str, name: str) -> Path | None:
             from vlmclf.organism.load import default_weights_dir
         except ImportError:
             return None
-        return default_weights_dir(kind) if kind in ("vlm", "clip") else None  # type: ignore[arg-type]
+        try:
+            return default_weights_dir(kind)
+        except ValueError:  # not a shipped organism: loading it fails with the clear error
+            return None
     if model_spec.startswith("hf:") and Path(name).exists():
         return Path(name)
     return None

@@ -41,7 +41,7 @@ def demo_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     progress: Annotated[bool, typer.Option(help="Progress bars on stderr.")] = True,
 ) -> None:
-    """CLIP vs VLM, linear probes and training frequency on the organism (Fashion-MNIST)."""
+    """The paper's findings on the organism (Fashion-MNIST), each with its 95% interval."""
     from vlmclf.analysis.demo import DemoSizes, findings_rows, run_demo
     from vlmclf.loading import ModelOptions
     from vlmclf.report.tables import text_table
@@ -62,6 +62,9 @@ def demo_command(
     typer.echo(text_table(result["accuracies"]))
     typer.echo("\nThe paper's findings on the organism\n")
     for row in findings_rows(result["findings"]):
-        typer.echo(f"({row['#']}) {row['finding of the paper']}: {row['on the organism'].upper()}")
+        typer.echo(f"({row['#']}) {row['finding of the paper']}: {row['on the organism']}")
         typer.echo(f"    {row['evidence (95% CI)']}")
-    typer.echo(f"\nreport: {result['files']['report']}\nfigure: {result['files']['figure']}")
+    typer.echo("")
+    for name, path in result["files"].items():
+        typer.echo(f"{name}: {path}")
+    typer.echo(f"\nOpen the one-page report in a browser: {result['files']['html']}")

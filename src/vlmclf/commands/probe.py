@@ -97,7 +97,7 @@ def probe_command(
     ] = 512,
     weight_decays: Annotated[
         str, Opt(help="Clean protocol's weight-decay grid, comma-separated.")
-    ] = "0,1e-4,1e-3,1e-2",
+    ] = "1e-4,1e-3,1e-2,1e-1,1",
     val_fraction: Annotated[
         float,
         Opt(

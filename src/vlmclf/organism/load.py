@@ -1,8 +1,11 @@
 """Saving and loading the organism's trained parts, and ``load_organism`` for the registry.
 
 A weights folder holds ``config.json`` (what was built), one small safetensors file (the VLM's
-projector or the CLIP's heads) and ``training_record.json`` (how it was trained). The folders
-shipped in ``weights/vlm`` and ``weights/clip`` are what ``vlmclf organism train`` wrote.
+projector or the CLIP's heads) and ``training_record.json`` (how it was trained, with the one
+command that reproduces it). Shipped organisms (``ORGANISMS``): ``organism:vlm`` and
+``organism:clip`` (what ``vlmclf organism train`` wrote), ``organism:vlm-finetuned`` (the VLM's
+projector fine-tuned on Fashion-MNIST labels by ``vlmclf finetune``) and ``organism:vlm-uniform``
+(a VLM whose projector saw every class in equally many captions: the frequency intervention).
 """
 
 from __future__ import annotations
@@ -31,10 +34,27 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 WEIGHT_FILES = {"vlm": "projector.safetensors", "clip": "heads.safetensors"}
 CONFIG_FILE = "config.json"
 RECORD_FILE = "training_record.json"
+ORGANISMS: dict[str, tuple[Kind, str]] = {
+    "vlm": ("vlm", "vlm"),
+    "clip": ("clip", "clip"),
+    "vlm-finetuned": ("vlm", "vlm_finetuned"),
+    "vlm-uniform": ("vlm", "vlm_uniform"),
+}
+"""``organism:<name>`` -> (the kind of model, its folder under ``weights/``)."""
 
 
-def default_weights_dir(kind: Kind) -> Path:
-    return WEIGHTS_DIR / kind
+def default_weights_dir(name: str) -> Path:
+    """The shipped weights folder of ``organism:<name>``."""
+    if name not in ORGANISMS:
+        raise ValueError(f"unknown organism {name!r}; shipped: {', '.join(ORGANISMS)}")
+    return WEIGHTS_DIR / ORGANISMS[name][1]
+
+
+def organism_kind(name: str) -> Kind:
+    """'vlm' or 'clip' for a shipped organism's name (``vlm-uniform`` is a VLM)."""
+    if name not in ORGANISMS:
+        raise ValueError(f"unknown organism {name!r}; shipped: {', '.join(ORGANISMS)}")
+    return ORGANISMS[name][0]
 
 
 def vlm_config(projector: Projector) -> dict[str, Any]:
@@ -109,13 +129,16 @@ def load_state(folder: Path, kind: Kind, module: torch.nn.Module) -> torch.nn.Mo
     return module
 
 
-def load_vlm(folder: Path, *, dtype: str = "float32", device: str = "cpu") -> OrganismVLM:
+def load_vlm(
+    folder: Path, *, dtype: str = "float32", device: str = "cpu", name: str = "organism:vlm"
+) -> OrganismVLM:
     config = read_config(folder, "vlm")
     dims = config["projector"]
     projector = Projector(dims["in_dim"], dims["hidden_dim"], dims["out_dim"])
     load_state(folder, "vlm", projector)
     lm, tokenizer = load_language_model(dtype, device)
-    return OrganismVLM(lm, tokenizer, projector, num_visual_tokens=config["visual_tokens"]["count"])
+    visual_tokens = config["visual_tokens"]["count"]
+    return OrganismVLM(lm, tokenizer, projector, name=name, num_visual_tokens=visual_tokens)
 
 
 def load_clip(folder: Path) -> OrganismCLIP:
@@ -134,18 +157,20 @@ def load_organism(
     seed: int = 0,
     weights_dir: str | None = None,
 ) -> OrganismVLM | OrganismCLIP:
-    """``organism:vlm`` or ``organism:clip`` with the shipped weights (or ``weights_dir``).
+    """A shipped organism (``organism:vlm``, ``organism:clip``, ``organism:vlm-finetuned``,
+    ``organism:vlm-uniform``) with its shipped weights, or the ones in ``weights_dir``.
 
     The VLM's language model goes to ``device`` in ``dtype`` (image encoding stays on the CPU);
     the CLIP always runs on the CPU in float32. ``seed`` is accepted for the registry's uniform
     signature; loading is deterministic.
     """
     del seed
-    kind = spec.removeprefix("organism:")
-    if kind not in WEIGHT_FILES:
-        raise ValueError(f"unknown organism {spec!r}; use 'organism:vlm' or 'organism:clip'")
+    name = spec.removeprefix("organism:")
+    if name not in ORGANISMS:
+        shipped = ", ".join(f"'organism:{n}'" for n in ORGANISMS)
+        raise ValueError(f"unknown organism {spec!r}; use one of {shipped}")
     torch_dtype(dtype)  # validate early
-    folder = Path(weights_dir) if weights_dir else default_weights_dir(kind)  # type: ignore[arg-type]
-    if kind == "vlm":
-        return load_vlm(folder, dtype=dtype, device=device)
+    folder = Path(weights_dir) if weights_dir else default_weights_dir(name)
+    if organism_kind(name) == "vlm":
+        return load_vlm(folder, dtype=dtype, device=device, name=f"organism:{name}")
     return load_clip(folder)

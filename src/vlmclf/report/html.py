@@ -311,8 +311,13 @@ def render_report(store_path: Path, run_prefixes: Sequence[str] | None = None) -
 
 
 def page_html(
-    store_path: Path, views: Sequence[RunView], analyses: Sequence[AnalysisRecord]
+    store_path: Path,
+    views: Sequence[RunView],
+    analyses: Sequence[AnalysisRecord],
+    lead_html: str = "",
 ) -> str:
+    """The page; ``lead_html`` (markup the caller built with ``esc``) goes first, under the
+    title: the demo puts its findings there."""
     from vlmclf import __version__
 
     generated = datetime.now(UTC).isoformat(timespec="seconds")
@@ -324,7 +329,7 @@ def page_html(
         f"<title>vlmclf report</title><style>{STYLE}</style></head><body>"
         "<h1>vlmclf report</h1>"
         f'<p class="note">store {esc(store_path)}; {len(views)} runs, {len(analyses)} analyses; '
-        f"generated {generated} by vlmclf {esc(__version__)}</p>"
+        f"generated {generated} by vlmclf {esc(__version__)}</p>{lead_html}"
         f'<h2 id="results">Results (Table 1 layout)</h2>{table1_html(views) if views else ""}'
         f'<h2 id="figures">Per-class accuracy</h2>{per_class_comparisons_html(views)}'
         f"{per_class_figures_html(views)}"

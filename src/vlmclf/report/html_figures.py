@@ -114,7 +114,14 @@ def _draw_rematch(result: dict[str, Any], folder: Path) -> list[Path]:
     return [plot_rematch(result["rows"], folder / "rematch.png")] if result.get("rows") else []
 
 
+def _draw_demo(result: dict[str, Any], folder: Path) -> list[Path]:
+    from vlmclf.analysis.demo.report import draw_demo
+
+    return draw_demo(result, folder)
+
+
 DRAWERS: dict[str, Drawer] = {
+    "demo": _draw_demo,
     "probe": _draw_probe,
     "sweep": _draw_sweep,
     "frequency": _draw_frequency,
@@ -150,6 +157,10 @@ def analysis_table(kind: str, result: dict[str, Any]) -> list[dict[str, Any]]:
 
             keys = ("model", "dataset", *AXES, "accuracy", "ci_low", "ci_high", "n", "run_id")
             return [{key: row.get(key) for key in keys} for row in result["rows"]]
+        if kind == "demo":
+            from vlmclf.analysis.demo.report import findings_rows
+
+            return findings_rows(result["findings"])
         if kind in ("rematch", "wikiqa") and isinstance(result.get("rows"), list):
             return list(result["rows"])
     except (KeyError, TypeError, ValueError, IndexError):

@@ -81,6 +81,8 @@ class ProbeOutcome:
     analysis_id: str
     result: dict[str, Any]
     files: dict[str, Path]
+    eval_ids: list[str] = field(default_factory=list)
+    """The evaluated examples' ids, in the order of each protocol's ``correct`` string."""
 
 
 ModelLoader = Callable[[str], object]
@@ -233,4 +235,4 @@ def run_probe(
     files = write_probe_report(result, out_dir)
     files["json"] = out_dir / "probe.json"
     files["json"].write_text(json.dumps({"analysis_id": analysis_id, **result}, indent=2) + "\n")
-    return ProbeOutcome(analysis_id, result, files)
+    return ProbeOutcome(analysis_id, result, files, list(test.ids))
