@@ -429,3 +429,43 @@ def test_paper_protocol_gives_unparsed_answers_the_papers_random_letter(
     assert "options" not in clean["spec"] and "protocol" not in clean["spec"]
     table = Path(paper["files"]["markdown"]).read_text()
     assert "1 (given random letters (paper))" in table and "1 (counted wrong)" in table
+
+
+def test_paper_protocol_puts_cot_after_assistant_as_the_papers_code_does(
+    tiny_wikiqa: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vlmclf.models.hf import HFVisionLanguageModel
+
+    root, questions = tiny_wikiqa
+    sent: dict[str, list[str]] = {}
+    original = HFVisionLanguageModel.format_prompt
+
+    def recording(self: HFVisionLanguageModel, question: str) -> str:
+        prompt = original(self, question)
+        sent.setdefault(current, []).append(prompt)
+        return prompt
+
+    monkeypatch.setattr(HFVisionLanguageModel, "format_prompt", recording)
+    specs = {}
+    for current in ("clean", "paper"):
+        args = ["--model", "random:llava", "--images", str(root), "--questions", str(questions),
+                "--protocol", current, "--cot", "--max-new-tokens", "2", "--limit", "2",
+                "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / current),
+                "--no-progress", "--workers", "1", "--json"]  # fmt: skip
+        result = CliRunner().invoke(wikiqa_app, args)
+        assert result.exit_code == 0, result.output
+        specs[current] = json.loads(result.output)["spec"]
+    question = read_questions(questions)[0].stem
+    paper_prompts, clean_prompts = sent["paper"], sent["clean"]
+    # PAPER_PROTOCOL.md: `USER: <image>\n{question}\nASSISTANT: Let's think step by step.`
+    assert specs["paper"]["prompt_template"] == (
+        "USER: {image}\n{question}\nASSISTANT: Let's think step by step."
+    )
+    assert all(p.endswith("\nASSISTANT: Let's think step by step.") for p in paper_prompts)
+    assert all(p.count("Let's think step by step.") == 1 for p in paper_prompts + clean_prompts)
+    assert all(p.startswith("USER: <image>\n") for p in paper_prompts)
+    assert any(question in p for p in paper_prompts)
+    # clean: the cue ends the user's question, before the family's own assistant marker
+    assert all("step by step. ASSISTANT:" in p or "step by step.\nASSISTANT:" in p
+               for p in clean_prompts)  # fmt: skip
+    assert "prompt_template" not in specs["clean"]

@@ -94,9 +94,11 @@ def wikiqa_command(
                                unparsed=unparsed)  # fmt: skip
     device, dtype = resolve_hardware(model, device, dtype)  # dtype is in the run's identity
     try:
+        template = _cot_template(model, method, protocol, bool(chosen["cot"]))
         spec = wikiqa_spec(model, method, questions=questions, cot=chosen["cot"],
                            max_new_tokens=chosen["max_new_tokens"], dtype=dtype,
-                           unparsed=chosen["unparsed"], protocol=protocol)  # fmt: skip
+                           unparsed=chosen["unparsed"], protocol=protocol,
+                           prompt_template=template)  # fmt: skip
     except ValueError as err:
         fail(str(err))
     options = ModelOptions(device=device, dtype=dtype, base_url=base_url, concurrency=concurrency)
@@ -139,6 +141,21 @@ def _protocol_options(ctx: typer.Context, protocol: str, **given: object) -> dic
         if not typed and settings.get(name) not in (None, defaults.get(name)):
             chosen[name] = settings[name]
     return chosen
+
+
+def _cot_template(model: str, method: str, protocol: str, cot: bool) -> str | None:
+    """The family's chain-of-thought template when the protocol puts the cue after the
+    assistant's turn marker (the paper's ``...ASSISTANT: Let's think step by step.``); None
+    leaves the cue at the end of the question (our clean protocol, and API models in the
+    paper's code)."""
+    from vlmclf.protocols import model_family, prompt_template, resolve
+
+    if not cot or method != "generate":
+        return None
+    if resolve(protocol, "wikiqa").get("cot_placement") != "assistant prefix":
+        return None
+    family = model_family(model)
+    return prompt_template(resolve(protocol, "generate", family), family, True, protocol)
 
 
 _MISSING_IMAGE_WORDS = ("image not found", "no such file", "not an image", "cannot open")

@@ -35,6 +35,7 @@ from vlmclf.analysis.wikiqa.parse import parse_choice
 from vlmclf.data.imagewikiqa import LETTERS, load_imagewikiqa, split_question_text
 from vlmclf.distributed import is_main_process
 from vlmclf.loading import ModelOptions
+from vlmclf.methods import use_prompt_template
 from vlmclf.methods.base import LoadedExample
 from vlmclf.methods.outcomes import flag_of_text, record_without_text
 from vlmclf.methods.prompts import COT_MAX_NEW_TOKENS, COT_SUFFIX
@@ -56,10 +57,13 @@ def _options(prompt: str) -> dict[str, str]:
     return split_question_text(prompt, "question")[1]
 
 
-def _question(example_prompt: str | None, cot: bool) -> str:
+def _question(example_prompt: str | None, spec: RunSpec) -> str:
+    """The user text: the question, then the CoT cue unless a prompt template places it (the
+    paper's code puts it after ``ASSISTANT:``)."""
     if not example_prompt:
         raise ValueError("an ImageWikiQA example carries no question text (Example.prompt)")
-    return f"{example_prompt} {COT_SUFFIX}" if cot else example_prompt
+    cot_in_question = spec.cot and spec.prompt_template is None
+    return f"{example_prompt} {COT_SUFFIX}" if cot_in_question else example_prompt
 
 
 class WikiQAGenerateMethod:
@@ -75,7 +79,7 @@ class WikiQAGenerateMethod:
         return []
 
     def predict(self, batch: list[LoadedExample]) -> list[Prediction]:
-        questions = [_question(item.example.prompt, self.spec.cot) for item in batch]
+        questions = [_question(item.example.prompt, self.spec) for item in batch]
         start = time.perf_counter()
         images = [item.image for item in batch]
         answers = self.model.generate(images, questions, self.max_new_tokens)
@@ -118,7 +122,7 @@ class WikiQALikelihoodMethod:
 
     def predict(self, batch: list[LoadedExample]) -> list[Prediction]:
         start = time.perf_counter()
-        questions = [_question(item.example.prompt, self.spec.cot) for item in batch]
+        questions = [_question(item.example.prompt, self.spec) for item in batch]
         if self.target is None:
             scored = self.model.score_letters([i.image for i in batch], questions, list(LETTERS))
         else:
@@ -162,6 +166,7 @@ class WikiQALikelihoodMethod:
 
 def build_wikiqa_method(model: Any, class_names: list[str], spec: RunSpec) -> Any:
     if spec.method == "generate":
+        use_prompt_template(model, spec)
         return WikiQAGenerateMethod(model, class_names, spec)
     if spec.method == "likelihood":
         return WikiQALikelihoodMethod(model, class_names, spec)
@@ -171,7 +176,7 @@ def build_wikiqa_method(model: Any, class_names: list[str], spec: RunSpec) -> An
 def wikiqa_spec(
     model: str, method: str = "generate", *, questions: str | Path | None = None,
     cot: bool = False, max_new_tokens: int | None = None, dtype: str = "float32",
-    unparsed: str = "wrong", protocol: str = "clean",
+    unparsed: str = "wrong", protocol: str = "clean", prompt_template: str | None = None,
 ) -> RunSpec:  # fmt: skip
     """The run identity: the shipped question set is ``imagewikiqa``, another file its path.
     The rule for unparsed answers is part of it (how the answer is read)."""
@@ -182,7 +187,7 @@ def wikiqa_spec(
                                               "unparsed_seed": PAPER_UNPARSED_SEED}  # fmt: skip
     return RunSpec(model=model, dataset=dataset, method=method, cot=cot,
                    max_new_tokens=max_new_tokens, dtype=dtype, protocol=protocol,
-                   options=options)  # fmt: skip
+                   options=options, prompt_template=prompt_template)  # fmt: skip
 
 
 def unparsed_rule(spec: dict[str, Any]) -> tuple[str, int]:
