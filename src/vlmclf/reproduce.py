@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from vlmclf.analysis.probe.settings import clip_baseline_values
 from vlmclf.methods.prompts import PAPER_WORDINGS
 from vlmclf.protocols import resolve, split_for
 
@@ -190,6 +191,8 @@ def table3(ctx: Context) -> list[Step]:
         argv += ["--probe-batch-size", str(settings["probe_batch_size"])]
         if ctx.clip_model:
             argv += ["--clip-model", ctx.clip_model]
+            clip_epochs = clip_baseline_values(ctx.protocol, ds)[0]
+            argv += ["--clip-epochs", str(clip_epochs)] if clip_epochs else []
         if ctx.limit is not None:
             argv += ["--limit", str(ctx.limit), "--train-limit", str(4 * ctx.limit)]
         steps.append(Step((*argv, *_common(ctx)), probe_cells(ds)))
