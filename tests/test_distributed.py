@@ -188,13 +188,14 @@ def test_an_example_missing_on_a_rank_names_the_cause():
 def test_commands_that_do_not_shard_refuse_to_run_under_torchrun(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    refused = CliRunner().invoke(app, ["probe", "--help"])
+    refused = CliRunner().invoke(app, ["demo", "--help"])
     assert refused.exit_code == 2
-    assert "`vlmclf probe` does not run under torchrun" in refused.output
+    assert "`vlmclf demo` does not run under torchrun" in refused.output
     monkeypatch.setenv("RANK", "1")  # the main rank says it; the others leave quietly
-    quiet = CliRunner().invoke(app, ["probe", "--help"])
+    quiet = CliRunner().invoke(app, ["demo", "--help"])
     assert quiet.exit_code == 2 and "error" not in quiet.output
-    assert CliRunner().invoke(app, ["eval", "--help"]).exit_code == 0
+    for sharded in ("eval", "sweep", "wikiqa", "probe", "finetune"):
+        assert CliRunner().invoke(app, [sharded, "--help"]).exit_code == 0
 
 
 # --------------------------------------------------------------------------- torchrun, gloo

@@ -258,6 +258,26 @@ def every_rank(work: Callable[[], T]) -> T:
     return value
 
 
+def every_rank_gathered(work: Callable[[], tuple[T, Any]]) -> tuple[T, list[Any]]:
+    """Run ``work`` on every rank; it returns (what this rank keeps, what it shares). Every rank
+    gets its own kept value and every rank's shared value in rank order; if ``work`` raises on
+    any rank, every rank raises (as ``every_rank``). One collective: the share travels with the
+    failure report."""
+    if not is_distributed():
+        kept, shared = work()
+        return kept, [shared]
+    kept, own, sent = None, None, None
+    try:
+        kept, sent = work()
+    except Exception as err:  # noqa: BLE001 - told to every rank, then re-raised
+        own, sent = err, failure_of(err)
+    parts = all_gather(sent)
+    failures = [part for part in parts if isinstance(part, Failure)]
+    if failures:
+        raise_shared_failure(failures[0], own)
+    return kept, parts  # type: ignore[return-value]
+
+
 class SharedResult:
     """The main rank's result of work that the other ranks wait for.
 

@@ -17,7 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 DEFAULT_STORE = Path("vlmclf-runs.sqlite")
-TORCHRUN_COMMANDS = ("eval", "sweep", "wikiqa")
+TORCHRUN_COMMANDS = ("eval", "sweep", "wikiqa", "probe", "finetune")
 """Commands that shard their work across torchrun's ranks; the others refuse to run under it."""
 REPORTS_DIR = Path("reports")
 

@@ -170,6 +170,7 @@ def finetune_command(
     with `vlmclf eval --model`. Exits 3 with a report if the loss diverges."""
     from vlmclf.analysis.finetune.log import TrainingDiverged
     from vlmclf.analysis.finetune.run import FinetuneRequest, FinetuneRuntime, run_finetune
+    from vlmclf.distributed import is_main_process
     from vlmclf.loading import ModelOptions
 
     for name, value in (("--batch-size", batch_size), ("--micro-batch", micro_batch),
@@ -200,10 +201,13 @@ def finetune_command(
     try:
         outcome = run_finetune(request, runtime)
     except TrainingDiverged as stop:
-        _report_divergence(stop, out_dir, as_json)
+        if is_main_process():  # under torchrun every rank stops; the main rank reports
+            _report_divergence(stop, out_dir, as_json)
         raise typer.Exit(EXIT_DIVERGED) from None
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
+    if outcome is None:  # under torchrun: this rank's share of the training is done
+        return
     files = {name: str(path) for name, path in outcome.files.items()}
     if as_json:
         payload = {"analysis_id": outcome.analysis_id, **outcome.result, "files": files}

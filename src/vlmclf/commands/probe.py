@@ -201,6 +201,8 @@ def probe_command(
         outcome = run_probe(request, runtime)
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
+    if outcome is None:  # under torchrun: this rank's share of the extraction is done
+        return
     files = {name: str(path) for name, path in outcome.files.items()}
     if as_json:
         payload = {"analysis_id": outcome.analysis_id, **outcome.result, "files": files}

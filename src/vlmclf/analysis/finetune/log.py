@@ -138,21 +138,26 @@ class DivergenceGuard:
 class LossLog:
     """Per-step rows appended to ``train_log.csv`` (flushed each step, so a crash keeps them)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path | None):
+        """``path`` None: rows kept in memory only (a torchrun rank other than the main one)."""
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict[str, Any]] = []
-        self._file = path.open("w", newline="")
-        self._writer = csv.DictWriter(self._file, fieldnames=LOG_FIELDS)
-        self._writer.writeheader()
+        self._file = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = path.open("w", newline="")
+            self._writer = csv.DictWriter(self._file, fieldnames=LOG_FIELDS)
+            self._writer.writeheader()
 
     def append(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
-        self._writer.writerow(csv_row({k: row.get(k) for k in LOG_FIELDS}))
-        self._file.flush()
+        if self._file is not None:
+            self._writer.writerow(csv_row({k: row.get(k) for k in LOG_FIELDS}))
+            self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
     def losses(self) -> list[float]:
         return [float(row["loss"]) for row in self.rows]

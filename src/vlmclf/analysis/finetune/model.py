@@ -74,6 +74,10 @@ class Trainable(Protocol):
 
     def set_training(self, on: bool) -> None: ...
 
+    def finish(self) -> None: ...
+
+    def inference_model(self) -> Any: ...
+
     def save(self, out_dir: Path) -> str: ...
 
 
@@ -237,14 +241,23 @@ class HFTrainable:
     def set_training(self, on: bool) -> None:
         self.wrapper.model.train(on)
 
-    def save(self, out_dir: Path) -> str:
-        """Merge LoRA into the weights and save the whole model + processor: ``hf:<out_dir>``."""
+    def finish(self) -> None:
+        """Merge LoRA into the weights and freeze: the model as the checkpoint holds it."""
         model = self.wrapper.model
         if self.peft_model is not None:
             model = self.peft_model.merge_and_unload()
             self.peft_model = None
             self.wrapper.model = model
         model.eval().requires_grad_(False)
+
+    def inference_model(self) -> Any:
+        """The wrapper that classifies with the trained weights (after ``finish``)."""
+        return self.wrapper
+
+    def save(self, out_dir: Path) -> str:
+        """Merge LoRA into the weights and save the whole model + processor: ``hf:<out_dir>``."""
+        self.finish()
+        model = self.wrapper.model
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out_dir)
         self.wrapper.processor.save_pretrained(out_dir)
@@ -296,12 +309,18 @@ class OrganismTrainable:
     def set_training(self, on: bool) -> None:
         self.organism.projector.train(on)
 
+    def finish(self) -> None:
+        self.organism.projector.eval().requires_grad_(False)
+
+    def inference_model(self) -> Any:
+        return self.organism
+
     def save(self, out_dir: Path) -> str:
         """The organism's weights folder (projector + config): ``organism:vlm@<out_dir>``."""
         from vlmclf.organism.load import save_weights, vlm_config
 
+        self.finish()
         projector = self.organism.projector
-        projector.eval().requires_grad_(False)
         save_weights(out_dir, "vlm", projector, vlm_config(projector))
         return f"organism:vlm@{out_dir}"
 

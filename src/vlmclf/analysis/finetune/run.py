@@ -10,35 +10,28 @@ with ``eval_limit``, measures generation accuracy before and after on the evalua
 from __future__ import annotations
 
 import gc
+import hashlib
 import math
-import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
-
-import torch
-from PIL import Image
 
 from vlmclf.analysis.finetune.data import (
     CAPTION_TEMPLATE,
     InstructionStats,
     TrainItem,
-    batches_forever,
     classification_items,
     mix_in,
     read_llava_conversations,
 )
 from vlmclf.analysis.finetune.log import (
-    DivergenceGuard,
     LossLog,
     Schedule,
     TrainingDiverged,
-    lr_factor,
     plot_loss_curve,
-    warmup_steps,
     write_divergence_report,
 )
 from vlmclf.analysis.finetune.model import (
@@ -50,16 +43,19 @@ from vlmclf.analysis.finetune.model import (
     lora_settings,
     make_trainable,
 )
+from vlmclf.analysis.finetune.parallel import DistributedTrainer
+from vlmclf.analysis.finetune.trainer import Trainer, total_steps
 from vlmclf.analysis.probe.features import weights_fingerprint
 from vlmclf.data import load_dataset
 from vlmclf.data.readers import parse_dataset_spec
-from vlmclf.data.types import BadExampleError
+from vlmclf.distributed import every_rank, from_main, is_distributed, is_main_process, place
 from vlmclf.loading import ModelOptions, load_any_model
 from vlmclf.runner import select_examples
 from vlmclf.store import RunStore
 
 __all__ = [
-    "FinetuneOutcome", "FinetuneRequest", "FinetuneRuntime", "TrainingDiverged", "run_finetune",
+    "FinetuneOutcome", "FinetuneRequest", "FinetuneRuntime", "Trainer", "TrainingDiverged",
+    "run_finetune", "total_steps",
 ]  # fmt: skip
 
 
@@ -153,145 +149,20 @@ def _instruction_summary(stats: InstructionStats) -> dict[str, int]:
     return asdict(stats)
 
 
-def total_steps(request: FinetuneRequest, n_items: int) -> int:
-    if request.steps is not None:
-        return request.steps
-    return max(1, math.ceil(request.epochs * n_items / request.batch_size))
-
-
-def _load_one(item: TrainItem) -> Image.Image | None:
-    try:
-        return item.loader()
-    except BadExampleError:
-        return None
-
-
-@dataclass
-class LoadedBatch:
-    """A batch whose images are decoding in worker threads while the previous step trains."""
-
-    items: list[TrainItem]
-    futures: list[Future]
-
-    def collect(self) -> tuple[list[Image.Image], list[TrainItem], int]:
-        """(images, their items, how many failed to load and were skipped)."""
-        images, kept = [], []
-        for item, future in zip(self.items, self.futures, strict=True):
-            image = future.result()
-            if image is not None:
-                images.append(image)
-                kept.append(item)
-        return images, kept, len(self.items) - len(kept)
-
-
-class Trainer:
-    """The optimisation loop: AdamW with per-part learning rates, warm-up then decay, gradient
-    accumulation over micro-batches (exact: the loss is normalised by the batch's answer
-    tokens), clipping, the divergence guard and the loss log."""
-
-    def __init__(self, trainable: Trainable, request: FinetuneRequest, runtime: FinetuneRuntime):
-        self.trainable = trainable
-        self.request = request
-        self.micro = runtime.micro_batch or request.batch_size
-        self.workers = max(1, runtime.workers)
-        groups = trainable.parameter_groups(request.lr_projector, request.lr_lora)
-        self.peaks = {group["name"]: group["lr"] for group in groups}
-        self.params = [p for group in groups for p in group["params"]]
-        self.optimiser = torch.optim.AdamW(groups, weight_decay=request.weight_decay)
-        self.answer_cache: dict[tuple[str, str], list[int]] = {}
-
-    def _answers(self, items: list[TrainItem]) -> list[list[int]]:
-        out = []
-        for item in items:
-            key = (item.question, item.answer)
-            if key not in self.answer_cache:
-                self.answer_cache[key] = self.trainable.answer_ids(item.question, item.answer)
-            out.append(self.answer_cache[key])
-        return out
-
-    def _set_lrs(self, step: int, total: int, warmup: int) -> dict[str, float]:
-        factor = lr_factor(step, total, warmup, self.request.schedule)
-        for group in self.optimiser.param_groups:
-            group["lr"] = self.peaks[group["name"]] * factor
-        return {group["name"]: group["lr"] for group in self.optimiser.param_groups}
-
-    def accumulate(self, batch: LoadedBatch) -> tuple[float, int, int]:
-        """Gradients of the batch's mean answer-token loss; (loss, tokens, skipped images)."""
-        images, kept, skipped = batch.collect()
-        if not kept:
-            return math.nan, 0, skipped
-        answers = self._answers(kept)
-        total_tokens = sum(len(a) for a in answers)
-        loss_sum = 0.0
-        for start in range(0, len(kept), self.micro):
-            part = slice(start, start + self.micro)
-            questions = [item.question for item in kept[part]]
-            summed, _ = self.trainable.batch_loss(images[part], questions, answers[part])
-            (summed / total_tokens).backward()
-            loss_sum += float(summed.detach())
-        return loss_sum / total_tokens, total_tokens, skipped
-
-    def run(self, items: list[TrainItem], log: LossLog, progress: bool) -> int:
-        """Train for the requested steps; returns the steps done or raises TrainingDiverged."""
-        total = total_steps(self.request, len(items))
-        warmup = warmup_steps(total, self.request.warmup_ratio)
-        guard = DivergenceGuard(
-            warmup, self.request.spike_factor, self.request.spike_window,
-            grad_spike_factor=self.request.grad_spike_factor,
-        )  # fmt: skip
-        order = batches_forever(len(items), self.request.batch_size, self.request.seed)
-        pool = ThreadPoolExecutor(max_workers=self.workers)
-
-        def submit() -> LoadedBatch:
-            chosen = [items[i] for i in next(order)]
-            return LoadedBatch(chosen, [pool.submit(_load_one, item) for item in chosen])
-
-        started = time.perf_counter()
-        self.trainable.set_training(True)
-        upcoming = submit()
-        try:
-            for step in range(1, total + 1):
-                lrs = self._set_lrs(step - 1, total, warmup)
-                self.optimiser.zero_grad(set_to_none=True)
-                batch, upcoming = upcoming, (submit() if step < total else None)
-                loss, tokens, skipped = self.accumulate(batch)
-                if tokens == 0:  # every image of the batch failed to load: nothing to learn
-                    empty = {"step": step, "loss": math.nan, "skipped_images": skipped}
-                    log.append({**empty, "lr_projector": lrs.get("projector"),
-                                "lr_lora": lrs.get("lora")})  # fmt: skip
-                    continue
-                report = guard.check_loss(step, loss, lrs)
-                norm = torch.nn.utils.clip_grad_norm_(self.params, self.request.max_grad_norm)
-                grad_norm = float(norm)
-                report = report or guard.check_grad(step, loss, grad_norm, lrs)
-                row = {"step": step, "loss": loss, "lr_projector": lrs.get("projector"),
-                       "lr_lora": lrs.get("lora"), "grad_norm": grad_norm, "tokens": tokens,
-                       "examples": len(batch.items) - skipped, "skipped_images": skipped,
-                       "seconds": round(time.perf_counter() - started, 3)}  # fmt: skip
-                log.append(row)
-                if report is not None:
-                    raise TrainingDiverged(report)
-                self.optimiser.step()
-                if progress:
-                    print(f"step {step}/{total} loss {loss:.4f}", file=sys.stderr, flush=True)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-            self.optimiser.zero_grad(set_to_none=True)
-            self.trainable.set_training(False)
-        return total
-
-
 def generation_accuracy(
-    model_spec: str, request: FinetuneRequest, runtime: FinetuneRuntime
-) -> dict[str, Any]:
+    model_spec: str, request: FinetuneRequest, runtime: FinetuneRuntime,
+    model: object | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Open-world generation accuracy on the evaluation split (``request.match``: containment,
-    or the paper's exact match for fine-tuned models), through the runner of ``vlmclf eval``."""
+    or the paper's exact match for fine-tuned models), through the runner of ``vlmclf eval``
+    (sharded across the ranks under torchrun). ``model``: the loaded model to use for
+    ``model_spec`` instead of loading it."""
     from vlmclf.methods import make_method
     from vlmclf.runner import RunConfig, run
     from vlmclf.spec import RunSpec
 
     name, spec_split = parse_dataset_spec(request.dataset)
-    fingerprint = weights_fingerprint(model_spec)
+    fingerprint = from_main(lambda: weights_fingerprint(model_spec))  # the main node's files
     spec = RunSpec(
         model=model_spec, dataset=name, split=request.eval_split or spec_split, method="generate",
         seed=request.seed, dtype=runtime.model_options.dtype, match=request.match,
@@ -302,7 +173,8 @@ def generation_accuracy(
         limit=runtime.eval_limit, batch_size=runtime.eval_batch_size, progress=runtime.progress,
         model=runtime.model_options,
     )  # fmt: skip
-    result = run(spec, config, make_method, on_warning=lambda message: None)
+    loader = {} if model is None else {"load_model": lambda spec, options: model}
+    result = run(spec, config, make_method, on_warning=lambda message: None, **loader)
     summary = result.summary
     return {"model": model_spec, "run_id": result.run_id, "accuracy": summary.get("accuracy"),
             "n": summary.get("n"), "n_failed": summary.get("n_failed")}  # fmt: skip
@@ -310,56 +182,103 @@ def generation_accuracy(
 
 def run_finetune(
     request: FinetuneRequest, runtime: FinetuneRuntime, load_model: ModelLoader | None = None
-) -> FinetuneOutcome:
+) -> FinetuneOutcome | None:
     """Fine-tune, save, evaluate before/after (with ``eval_limit``), store and report.
 
     Raises ``TrainingDiverged`` (after writing the loss log, its plot and ``divergence.json``
-    and storing the analysis with status "diverged") if the guard stops the run."""
+    and storing the analysis with status "diverged") if the guard stops the run.
+
+    Under torchrun every rank trains its own copy on its share of each batch (``parallel.py``)
+    and evaluates with it; the main rank alone writes the log, the checkpoint, the figure and
+    the store, and returns the outcome (the others return None)."""
     _check(request)
     loader = load_model or (lambda spec: load_any_model(spec, runtime.model_options))
-    items, composition = training_items(request)
+    items, composition = every_rank(lambda: training_items(request))
+    every_rank(lambda: check_same_items(items, from_main(lambda: items_digest(items))))
+    main = is_main_process()
     out_dir = runtime.out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"model": request.model, "train": request.train,
                               "data": {**composition, "total_items": len(items)}}  # fmt: skip
     if runtime.eval_limit:
         result["before"] = generation_accuracy(request.model, request, runtime)
     files = {"log": out_dir / "train_log.csv", "figure": out_dir / "loss_curve.png"}
-    trainable = make_trainable(
-        loader(request.model), request.train, _lora(request), request.trainable
-    )
-    trainer = Trainer(trainable, request, runtime)
-    log = LossLog(files["log"])
+    trainable, trainer = every_rank(lambda: _trainer(loader, request, runtime))
+    if isinstance(trainer, DistributedTrainer):
+        trainer.connect()  # once every rank has its model: DDP starts from rank 0's values
+    log = LossLog(files["log"] if main else None)
     started = time.perf_counter()
     try:
-        steps = trainer.run(items, log, runtime.progress)
-    except TrainingDiverged as stop:
+        steps = trainer.run(items, log, runtime.progress and main)
+    except TrainingDiverged as stop:  # every rank stops at the same step, on the same numbers
         log.close()
-        stop.report_path = files["divergence"] = write_divergence_report(stop.report, out_dir)
-        title = f"{request.model} ({request.train})"
-        plot_loss_curve(log.rows, files["figure"], title, stop.report)
-        result.update(_loss_summary(log, time.perf_counter() - started, status="diverged"))
-        result["divergence"] = stop.report.as_dict()
-        _store(runtime, request, result)
+        if main:
+            stop.report_path = files["divergence"] = write_divergence_report(stop.report, out_dir)
+            title = f"{request.model} ({request.train})"
+            plot_loss_curve(log.rows, files["figure"], title, stop.report)
+            result.update(_loss_summary(log, time.perf_counter() - started, status="diverged"))
+            result["divergence"] = stop.report.as_dict()
+            _store(runtime, request, result)
         raise
     log.close()
     result.update(_loss_summary(log, time.perf_counter() - started, status="done"))
-    checkpoint = trainable.save(out_dir)
-    result["checkpoint"] = checkpoint
-    plot_loss_curve(log.rows, files["figure"], f"{request.model} ({request.train}), {steps} steps")
+    save = partial(_save, trainable, log, steps, request, files, out_dir)
+    result["checkpoint"] = checkpoint = from_main(save)
+    trainable.finish()  # the others' copies as the checkpoint holds them (saving did it here)
+    trained = trainable.inference_model() if is_distributed() else None
     del trainable, trainer
     gc.collect()
     if runtime.eval_limit:
-        result["after"] = _after_accuracy(checkpoint, request, runtime)
+        result["after"] = _after_accuracy(checkpoint, request, runtime, trained)
+    if not main:
+        return None
     analysis_id = _store(runtime, request, result)
     return FinetuneOutcome(analysis_id, result, files, checkpoint)
 
 
-def _after_accuracy(checkpoint: str, request: FinetuneRequest, runtime: FinetuneRuntime) -> dict:
-    """Accuracy of the saved checkpoint; a failure to load or run it is recorded, not raised,
-    so the trained weights and their record are never lost to an evaluation problem."""
+def _trainer(
+    loader: ModelLoader, request: FinetuneRequest, runtime: FinetuneRuntime
+) -> tuple[Trainable, Trainer]:
+    """The model's trainable view and its optimisation loop: a DistributedTrainer (joined to
+    the other ranks by the caller) under torchrun."""
+    model = loader(request.model)
+    trainable = make_trainable(model, request.train, _lora(request), request.trainable)
+    if not is_distributed():
+        return trainable, Trainer(trainable, request, runtime)
+    return trainable, DistributedTrainer(trainable, request, runtime)
+
+
+def _save(
+    trainable: Trainable, log: LossLog, steps: int, request: FinetuneRequest,
+    files: dict[str, Path], out_dir: Path,
+) -> str:  # fmt: skip
+    """The checkpoint and the loss figure (the main rank's work)."""
+    checkpoint = trainable.save(out_dir)
+    plot_loss_curve(log.rows, files["figure"], f"{request.model} ({request.train}), {steps} steps")
+    return checkpoint
+
+
+def items_digest(items: list[TrainItem]) -> str:
+    text = "\n".join(f"{item.id}\t{item.question}\t{item.answer}" for item in items)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_same_items(items: list[TrainItem], digest: str) -> None:
+    if items_digest(items) != digest:
+        raise ValueError(
+            f"rank {place().rank} built other training items than the main rank; every node "
+            "must see the same dataset"
+        )
+
+
+def _after_accuracy(
+    checkpoint: str, request: FinetuneRequest, runtime: FinetuneRuntime, trained: object | None
+) -> dict:
+    """Accuracy of the saved checkpoint (under torchrun: of each rank's trained copy, equal to
+    it, so the checkpoint need only be on the main node); a failure to load or run it is
+    recorded, not raised, so the trained weights and their record are never lost to an
+    evaluation problem."""
     try:
-        return generation_accuracy(checkpoint, request, runtime)
+        return generation_accuracy(checkpoint, request, runtime, trained)
     except Exception as err:  # noqa: BLE001 - reported in the result and printed
         return {"model": checkpoint, "error": f"{type(err).__name__}: {err}"}
 

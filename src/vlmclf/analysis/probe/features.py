@@ -216,7 +216,7 @@ def extract_features(
     progress: bool = False,
 ) -> FeatureSet:
     """All of ``examples`` in memory at once, no cache (``cached_features`` writes chunks)."""
-    with _progress_bar(len(examples), 0, progress) as bar:
+    with progress_bar(len(examples), 0, progress) as bar:
         part = extract_part(
             model, examples, kind, question=question, layer=layer, batch_size=batch_size,
             workers=workers, on_batch=bar.update,
@@ -226,7 +226,7 @@ def extract_features(
                       n_extracted=len(examples))  # fmt: skip
 
 
-def _progress_bar(total: int, done: int, progress: bool) -> tqdm:
+def progress_bar(total: int, done: int, progress: bool) -> tqdm:
     return tqdm(total=total, initial=done, unit="img", desc="features", file=sys.stderr,
                 disable=not progress, dynamic_ncols=True)  # fmt: skip
 
@@ -275,6 +275,18 @@ def load_feature_file(path: Path, poolings: Sequence[str] | None = None) -> Feat
     return FeatureSet(ids, labels, features, failures, path=path, from_cache=True)
 
 
+def read_cached_features(path: Path) -> FeatureSet | None:
+    """The cache file's features; None when there is none or it cannot be read (a warning)."""
+    if not path.is_file():
+        return None
+    try:
+        return load_feature_file(path)
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+        print(f"warning: unreadable feature cache {path}, extracting again: {err}",
+              file=sys.stderr)  # fmt: skip
+        return None
+
+
 def cached_features(
     model_spec: str,
     dataset: str,
@@ -296,12 +308,9 @@ def cached_features(
     written to the cache. A file that cannot be read is extracted again and replaced."""
     key = make_key(model_spec, dataset, split, examples, kind, layer, question, dtype)
     path = key.path(cache_dir or feature_cache_dir())
-    if path.is_file():
-        try:
-            return load_feature_file(path)
-        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
-            print(f"warning: unreadable feature cache {path}, extracting again: {err}",
-                  file=sys.stderr)  # fmt: skip
+    cached = read_cached_features(path)
+    if cached is not None:
+        return cached
     extraction = ChunkedExtraction(key, path, examples, kind, question, layer, chunk_size)
     return extraction.run(get_model, batch_size=batch_size, workers=workers, progress=progress)
 
@@ -348,9 +357,13 @@ class ChunkedExtraction:
                 model, self.examples[chunk.start : chunk.end], self.kind, question=self.question,
                 layer=self.layer, batch_size=batch_size, workers=workers, on_batch=on_batch,
             )  # fmt: skip
-            write_chunk(self.folder, chunk, part, self.key.digest())
+            self.write(chunk, part)
             del part
             faults.chunk_written()
+
+    def write(self, chunk: ChunkRange, content: ChunkContent) -> None:
+        """Write one finished chunk (made here or sent by another rank)."""
+        write_chunk(self.folder, chunk, content, self.key.digest())
 
     def assemble(self, n_extracted: int = 0) -> FeatureSet:
         """Join every planned chunk into the cache file and remove the chunks."""
@@ -376,7 +389,7 @@ class ChunkedExtraction:
                   f"extracting {n_missing}", file=sys.stderr)  # fmt: skip
         if missing:
             model = get_model()
-            with _progress_bar(len(self.examples), n_on_disk, progress) as bar:
+            with progress_bar(len(self.examples), n_on_disk, progress) as bar:
                 self.extract(model, missing, batch_size=batch_size, workers=workers,
                              on_batch=bar.update)  # fmt: skip
         return self.assemble(n_extracted=n_missing)

@@ -20,6 +20,7 @@ import torch
 
 from vlmclf.analysis.probe.chunks import DEFAULT_CHUNK_EXAMPLES
 from vlmclf.analysis.probe.features import FeatureKind, FeatureSet, cached_features
+from vlmclf.analysis.probe.ranks import cached_features_across_ranks
 from vlmclf.analysis.probe.report import write_probe_report
 from vlmclf.analysis.probe.train import (
     CLEAN_LABEL,
@@ -31,6 +32,7 @@ from vlmclf.analysis.probe.train import (
 from vlmclf.data import load_dataset
 from vlmclf.data.readers import parse_dataset_spec
 from vlmclf.data.types import Dataset
+from vlmclf.distributed import every_rank, is_distributed, is_main_process
 from vlmclf.loading import ModelOptions, load_any_model
 from vlmclf.methods.prompts import open_question
 from vlmclf.runner import select_examples
@@ -127,14 +129,36 @@ class _LazyModels:
 def _features(
     spec: str, data: Dataset, request: ProbeRequest, runtime: ProbeRuntime, models: _LazyModels,
     kind: FeatureKind, limit: int | None,
-) -> FeatureSet:  # fmt: skip
+) -> FeatureSet | None:  # fmt: skip
+    """The features from the cache or extracted; under torchrun every rank extracts its share
+    of the missing chunks and only the main rank gets the set (None elsewhere)."""
     examples = select_examples(data, limit)
-    return cached_features(
+    extract = cached_features_across_ranks if is_distributed() else cached_features
+    return extract(
         spec, data.name, data.split, examples, models.getter(spec), kind,
         layer=request.layer, question=open_question(request.prompt), dtype=request.dtype,
         cache_dir=runtime.cache_dir, batch_size=runtime.batch_size, workers=runtime.workers,
         chunk_size=runtime.chunk_size, progress=runtime.progress,
     )  # fmt: skip
+
+
+def _all_features(
+    request: ProbeRequest, runtime: ProbeRuntime, loader: ModelLoader, train_data: Dataset,
+    eval_data: Dataset,
+) -> list[FeatureSet] | None:  # fmt: skip
+    """[train, eval] hidden states, then [train, eval] CLIP embeddings with ``clip_model``;
+    None off the main rank of a torchrun job, whose part ends with the extraction."""
+    models = _LazyModels(loader)
+    wanted = [(request.model, "hidden")]
+    if request.clip_model:
+        wanted.append((request.clip_model, "image_embedding"))
+    found = []
+    for spec, kind in wanted:
+        for data, limit in ((train_data, request.train_limit), (eval_data, request.limit)):
+            found.append(_features(spec, data, request, runtime, models, kind, limit))  # type: ignore[arg-type]
+    if not is_main_process():
+        return None
+    return found  # type: ignore[return-value]
 
 
 def probe_feature_sets(
@@ -201,17 +225,20 @@ def run_probe(
     request: ProbeRequest,
     runtime: ProbeRuntime | None = None,
     load_model: ModelLoader | None = None,
-) -> ProbeOutcome:
-    """Extract (or reuse) features, probe them under both protocols, store and report."""
+) -> ProbeOutcome | None:
+    """Extract (or reuse) features, probe them under both protocols, store and report.
+
+    Under torchrun every rank extracts its share of the missing feature chunks, then the main
+    rank alone trains the probes, stores and reports; the others return None."""
     runtime = runtime or ProbeRuntime()
     options = replace(runtime.model_options, dtype=request.dtype)
     loader = load_model or (lambda spec: load_any_model(spec, options))
-    models = _LazyModels(loader)
-    train_data, eval_data = load_probe_data(request)
+    train_data, eval_data = every_rank(lambda: load_probe_data(request))
+    features = _all_features(request, runtime, loader, train_data, eval_data)
+    if features is None:  # a torchrun rank other than the main one: its extraction is done
+        return None
+    train, test = features[:2]
     n_classes = len(eval_data.class_names)
-    spec = request.model
-    train = _features(spec, train_data, request, runtime, models, "hidden", request.train_limit)
-    test = _features(spec, eval_data, request, runtime, models, "hidden", request.limit)
     same_source = (request.train_dataset in (None, request.dataset)) and (
         (request.train_data_root or request.data_root) == request.data_root
     )
@@ -233,10 +260,7 @@ def run_probe(
         "warnings": _overlap_warning(train, test, same_source),
     }
     if request.clip_model:
-        clip_train = _features(request.clip_model, train_data, request, runtime, models,
-                               "image_embedding", request.train_limit)  # fmt: skip
-        clip_test = _features(request.clip_model, eval_data, request, runtime, models,
-                              "image_embedding", request.limit)  # fmt: skip
+        clip_train, clip_test = features[2:]
         if request.clip_l2_normalize:
             clip_train, clip_test = l2_normalized(clip_train), l2_normalized(clip_test)
         clip_config = replace(request.config, epochs=request.clip_epochs or request.config.epochs)
