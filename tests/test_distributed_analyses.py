@@ -26,10 +26,12 @@ import pytest
 import torch
 from fixtures_data import write_noisy_colour_folder
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
 from tests.test_distributed import ENTRY, TIMEOUT_S, child_env, json_lines, launch, torchrun
 from vlmclf.analysis.probe.chunks import HOLD_ENV
 from vlmclf.analysis.probe.features import load_feature_file
+from vlmclf.cli import app
 from vlmclf.store import RunStore
 
 CHUNK = 4
@@ -54,6 +56,17 @@ def run_here(command: list[str], cwd: Path, **env: str) -> subprocess.CompletedP
 
 def one_process() -> list[str]:
     return [sys.executable, "-m", "vlmclf"]
+
+
+def in_this_process(args: list[str], cwd: Path) -> dict:
+    """The command run by this process in ``cwd`` (no interpreter to start); its JSON."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (printed,) = json_lines(result.stdout)
+    return printed
 
 
 # --------------------------------------------------------------------------- probe
@@ -99,9 +112,7 @@ def probe_outcome(printed: dict) -> dict:
 def probe_reference(colours: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
     """One plain process: (its printed result, its folder)."""
     folder = tmp_path_factory.mktemp("probe-one")
-    done = run_here([*one_process(), *probe_args(colours)], folder)
-    assert done.returncode == 0, done.stderr[-3000:]
-    (printed,) = json_lines(done.stdout)
+    printed = in_this_process(probe_args(colours), folder)
     assert printed["n_failed"] == {"train": 1, "eval": 0}
     return printed, folder
 
@@ -176,7 +187,9 @@ def finetune_args(colours: dict[str, Path], batch: int = BATCH,
             "--train-limit", "8", "--batch-size", str(batch), "--steps", str(STEPS),
             "--lr-projector", "1e-2", "--warmup-ratio", "0", "--workers", "1",
             "--store", "runs.sqlite", "--out", "tuned", "--json", "--no-progress"]  # fmt: skip
-    return args if eval_limit is None else [*args, "--eval-limit", str(eval_limit)]
+    if eval_limit is None:
+        return args
+    return [*args, "--eval-limit", str(eval_limit), "--eval-batch-size", "1"]  # 1 per rank
 
 
 def loss_log(folder: Path) -> list[dict[str, str]]:
@@ -204,15 +217,20 @@ def finetune_outcome(printed: dict) -> dict:
     return kept
 
 
+LORA = ["--train", "projector+lora", "--lr-lora", "1e-2", "--lora-dropout", "0"]
+
+
+@pytest.mark.parametrize("parts", ["projector", pytest.param("lora", marks=pytest.mark.slow)])
 def test_finetune_under_two_ranks_equals_one_process_bit_for_bit(
-    colours: dict[str, Path], tmp_path: Path
+    parts: str, colours: dict[str, Path], tmp_path: Path
 ):
+    """LoRA without dropout: dropout masks come from each rank's own RNG stream."""
     one, two = tmp_path / "one", tmp_path / "two"
-    single = run_here([*one_process(), *finetune_args(colours), "--micro-batch", "2"], one)
-    assert single.returncode == 0, single.stderr[-3000:]
-    done = run_here([*torchrun(2), "-m", "vlmclf", *finetune_args(colours)], two)
+    args = [*finetune_args(colours), *(LORA if parts == "lora" else [])]
+    printed_one = in_this_process([*args, "--micro-batch", "2"], one)
+    done = run_here([*torchrun(2), "-m", "vlmclf", *args], two)
     assert done.returncode == 0, done.stderr[-3000:]
-    (printed_one,), (printed,) = json_lines(single.stdout), json_lines(done.stdout)
+    (printed,) = json_lines(done.stdout)
     assert loss_log(two) == loss_log(one) and len(loss_log(two)) == STEPS
     mine, reference = weights(two), weights(one)
     assert sorted(mine) == sorted(reference)
@@ -250,8 +268,7 @@ def test_finetune_under_three_ranks_equals_one_process_up_to_float_rounding(
     sits between the two by three orders of magnitude each way."""
     one, three = tmp_path / "one", tmp_path / "three"
     args = finetune_args(colours, batch=6, eval_limit=None)
-    single = run_here([*one_process(), *args], one)
-    assert single.returncode == 0, single.stderr[-3000:]
+    in_this_process(args, one)
     done = run_here([*torchrun(3), "-m", "vlmclf", *args], three)
     assert done.returncode == 0, done.stderr[-3000:]
     mine, reference = weights(three), weights(one)

@@ -148,6 +148,9 @@ def finetune_command(
             help="Score generation before and after on this many eval examples.",
         ),
     ] = None,
+    eval_batch_size: Annotated[
+        int, Opt(callback=at_least(1), help="Examples per model call in the --eval-limit runs.")
+    ] = 8,
     match: Annotated[
         str,
         Opt(
@@ -195,6 +198,7 @@ def finetune_command(
     out_dir = out or REPORTS_DIR / f"finetune-{_slug(model)}-{train.value.replace('+', '-')}"
     runtime = FinetuneRuntime(
         out_dir=out_dir, store_path=store, micro_batch=micro_batch, eval_limit=eval_limit,
+        eval_batch_size=eval_batch_size,
         progress=progress, workers=workers,
         model_options=ModelOptions(device=device, dtype=dtype, seed=seed),
     )  # fmt: skip

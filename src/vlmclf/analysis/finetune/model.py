@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -50,13 +52,19 @@ class LoraSettings:
     dropout: float = 0.05
     targets: tuple[str, ...] = LORA_TARGETS
     """Module-name suffixes adapted; empty: every ``nn.Linear`` of the language model."""
+    seed: int = 0
+    """Seed of the adapters' initial weights: the same run starts from the same adapters in
+    every process (the global torch RNG is seeded afresh in each one)."""
 
 
-def lora_settings(rank: int, alpha: int, dropout: float, targets: LoraTargets) -> LoraSettings:
+def lora_settings(
+    rank: int, alpha: int, dropout: float, targets: LoraTargets, seed: int = 0
+) -> LoraSettings:
     """``attention``: q, k, v, o projections; ``all-linear``: every linear layer of the LM."""
     if targets not in ("attention", "all-linear"):
         raise ValueError(f"--lora-targets must be 'attention' or 'all-linear', got {targets!r}")
-    return LoraSettings(rank, alpha, dropout, LORA_TARGETS if targets == "attention" else ())
+    adapted = LORA_TARGETS if targets == "attention" else ()
+    return LoraSettings(rank, alpha, dropout, adapted, seed)
 
 
 class Trainable(Protocol):
@@ -105,6 +113,15 @@ def answer_tail(answers: list[list[int]], pad_id: int) -> tuple[torch.Tensor, to
 
 def answer_labels(tail: torch.Tensor, tail_mask: torch.Tensor) -> torch.Tensor:
     return tail.masked_fill(tail_mask == 0, IGNORE)
+
+
+@contextmanager
+def _seeded(model: nn.Module, seed: int) -> Iterator[None]:
+    """The global RNGs (CPU and the model's GPUs) seeded with ``seed`` inside, restored after."""
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def _eos_id(generation_config: Any, tokenizer: Any) -> int:
@@ -197,7 +214,8 @@ class HFTrainable:
             r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
             target_modules=pattern, bias="none",
         )  # fmt: skip
-        with warnings.catch_warnings():  # peft reads a property transformers 5 deprecates
+        with warnings.catch_warnings(), _seeded(model, lora.seed):
+            # peft reads a property transformers 5 deprecates
             warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
             return get_peft_model(model, config)
 

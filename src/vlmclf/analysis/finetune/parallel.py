@@ -73,7 +73,7 @@ class DistributedTrainer(Trainer):
         Called once every rank has built its trainer."""
         ensure_process_group()
         module = TrainedParameters(self.trainable, self.params)
-        self.ddp = DistributedDataParallel(module, device_ids=None, broadcast_buffers=False)
+        self.ddp = DistributedDataParallel(module, device_ids=None)  # it holds no buffers
 
     def share(self, indices: list[int]) -> list[int]:
         return rank_block(indices, self.place.rank, self.place.world_size)

@@ -194,7 +194,8 @@ def run_finetune(
     _check(request)
     loader = load_model or (lambda spec: load_any_model(spec, runtime.model_options))
     items, composition = every_rank(lambda: training_items(request))
-    every_rank(lambda: check_same_items(items, from_main(lambda: items_digest(items))))
+    digest = from_main(lambda: items_digest(items))
+    every_rank(lambda: check_same_items(items, digest))
     main = is_main_process()
     out_dir = runtime.out_dir
     result: dict[str, Any] = {"model": request.model, "train": request.train,
@@ -297,8 +298,9 @@ def _check(request: FinetuneRequest) -> None:
 
 def _lora(request: FinetuneRequest) -> LoraSettings:
     return lora_settings(
-        request.lora_rank, request.lora_alpha, request.lora_dropout, request.lora_targets
-    )
+        request.lora_rank, request.lora_alpha, request.lora_dropout, request.lora_targets,
+        request.seed,
+    )  # fmt: skip
 
 
 def _loss_summary(log: LossLog, seconds: float, status: str) -> dict[str, Any]:
