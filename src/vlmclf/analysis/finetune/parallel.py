@@ -3,10 +3,11 @@
 Every rank holds a whole model on its own device and draws the same batches (the seeded order of
 ``batches_forever``); rank r trains on the r-th contiguous block of each batch (block sizes
 differ by at most one). The loss of a rank's block is its summed answer-token loss divided by
-the answer tokens of the whole batch, counted over all ranks, so that the gradients torch DDP
-sums over the ranks are the gradient of the batch's mean token loss: the gradient one process
-computes with ``--micro-batch`` equal to the block size, up to the order of the float sums. Each
-rank then clips and steps its own optimiser on the same gradients, so the copies stay equal.
+the answer tokens of the whole batch, counted over all ranks, and torch DDP sums (not averages:
+``sum_gradients``) the ranks' gradients, so the result is the gradient of the batch's mean token
+loss: the gradient one process computes with ``--micro-batch`` equal to the block size, up to
+the order of the float sums. Each rank then clips and steps its own optimiser on the same
+gradients, so the copies stay equal.
 
 DDP wraps a small module holding only the trained parameters (the projector, the Q-Former, the
 LoRA adapters): constructing it broadcasts rank 0's values of exactly those, and its forward is
@@ -22,6 +23,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -39,6 +41,15 @@ def rank_block(indices: list[int], rank: int, world_size: int) -> list[int]:
     base, extra = divmod(len(indices), world_size)
     start = rank * base + min(rank, extra)
     return indices[start : start + base + (rank < extra)]
+
+
+def sum_gradients(state, bucket):  # type: ignore[no-untyped-def]
+    """DDP's communication: the sum of the ranks' gradients, not their mean (each rank's loss is
+    already divided by the whole batch's tokens, exactly as one process divides it). Takes a
+    ``dist.GradBucket``, returns a ``Future`` of the reduced tensor; not annotated because DDP
+    checks the annotations as objects, and this file's are strings."""
+    reduced = dist.all_reduce(bucket.buffer(), async_op=True)
+    return reduced.get_future().then(lambda done: done.value()[0])  # type: ignore[union-attr]
 
 
 class TrainedParameters(nn.Module):
@@ -74,6 +85,7 @@ class DistributedTrainer(Trainer):
         ensure_process_group()
         module = TrainedParameters(self.trainable, self.params)
         self.ddp = DistributedDataParallel(module, device_ids=None)  # it holds no buffers
+        self.ddp.register_comm_hook(None, sum_gradients)
 
     def share(self, indices: list[int]) -> list[int]:
         return rank_block(indices, self.place.rank, self.place.world_size)
@@ -95,12 +107,8 @@ class DistributedTrainer(Trainer):
         last, loss_sums = every_rank_gathered(
             lambda: self._forward(images, kept, answers, total_tokens)
         )
-        self._scaled(last, total_tokens).backward()  # DDP all-reduces the gradients here
+        (last / total_tokens).backward()  # DDP sums the ranks' gradients here
         return sum(loss_sums) / total_tokens, total_tokens, skipped
-
-    def _scaled(self, summed: torch.Tensor, total_tokens: int) -> torch.Tensor:
-        """DDP averages the ranks' gradients; times N, the average is their sum."""
-        return summed * self.place.world_size / total_tokens
 
     def _forward(
         self, images: list, kept: list, answers: list[list[int]], total_tokens: int
@@ -114,7 +122,7 @@ class DistributedTrainer(Trainer):
             part = slice(start, start + self.micro)
             with self.ddp.no_sync():
                 summed = self.ddp(images[part], [i.question for i in kept[part]], answers[part])
-                self._scaled(summed, total_tokens).backward()
+                (summed / total_tokens).backward()
             loss_sum += float(summed.detach())
         part = slice(starts[-1], starts[-1] + self.micro)
         last = self.ddp(images[part], [i.question for i in kept[part]], answers[part])
