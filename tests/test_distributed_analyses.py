@@ -263,9 +263,9 @@ def test_finetune_under_three_ranks_equals_one_process_up_to_float_rounding(
     """3 ranks and a batch of 6 against one process with a batch of 6 and no micro-batches:
     other forward batches (padding) and another order of the gradient sum, so float32 rounding
     differs (a few ulps of each gradient; measured: 4.6e-8 at most in weights of size <= 0.09
-    after 3 steps, and 3.6e-7 between one process with and without micro-batches). A real fault (a rank's gradient lost or counted twice, tokens normalised
-    per rank) moves weights by about the learning rate, 1e-2 per step: the tolerance, 1e-5,
-    sits between the two by three orders of magnitude each way."""
+    after 3 steps, and 3.6e-7 between one process with and without micro-batches). A real
+    fault (a rank's gradient lost or counted twice, tokens normalised per rank) moves weights
+    by about the learning rate, 1e-2 per step: the tolerance, 1e-5, sits well between."""
     one, three = tmp_path / "one", tmp_path / "three"
     args = finetune_args(colours, batch=6, eval_limit=None)
     in_this_process(args, one)

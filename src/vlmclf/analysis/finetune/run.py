@@ -48,7 +48,14 @@ from vlmclf.analysis.finetune.trainer import Trainer, total_steps
 from vlmclf.analysis.probe.features import weights_fingerprint
 from vlmclf.data import load_dataset
 from vlmclf.data.readers import parse_dataset_spec
-from vlmclf.distributed import every_rank, from_main, is_distributed, is_main_process, place
+from vlmclf.distributed import (
+    every_rank,
+    from_main,
+    is_distributed,
+    is_main_process,
+    on_main,
+    place,
+)
 from vlmclf.loading import ModelOptions, load_any_model
 from vlmclf.runner import select_examples
 from vlmclf.store import RunStore
@@ -212,13 +219,17 @@ def run_finetune(
         steps = trainer.run(items, log, runtime.progress and main)
     except TrainingDiverged as stop:  # every rank stops at the same step, on the same numbers
         log.close()
-        if main:
-            stop.report_path = files["divergence"] = write_divergence_report(stop.report, out_dir)
-            title = f"{request.model} ({request.train})"
-            plot_loss_curve(log.rows, files["figure"], title, stop.report)
+        diverged = stop
+
+        def record() -> None:
+            report = diverged.report
+            diverged.report_path = files["divergence"] = write_divergence_report(report, out_dir)
+            plot_loss_curve(log.rows, files["figure"], f"{request.model} ({request.train})", report)
             result.update(_loss_summary(log, time.perf_counter() - started, status="diverged"))
-            result["divergence"] = stop.report.as_dict()
+            result["divergence"] = report.as_dict()
             _store(runtime, request, result)
+
+        on_main(record)  # the others wait: torchrun stops the job when the first rank exits
         raise
     log.close()
     result.update(_loss_summary(log, time.perf_counter() - started, status="done"))
