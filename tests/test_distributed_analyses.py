@@ -28,7 +28,16 @@ from fixtures_data import write_noisy_colour_folder
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from tests.test_distributed import ENTRY, TIMEOUT_S, child_env, json_lines, launch, torchrun
+from tests.test_distributed import (
+    ENTRY,
+    TIMEOUT_S,
+    TORCHRUN,
+    child_env,
+    free_port,
+    json_lines,
+    launch,
+    torchrun,
+)
 from vlmclf.analysis.probe.chunks import HOLD_ENV
 from vlmclf.analysis.probe.features import load_feature_file
 from vlmclf.cli import app
@@ -277,3 +286,47 @@ def test_finetune_under_three_ranks_equals_one_process_up_to_float_rounding(
     for a, b in zip(loss_log(three), loss_log(one), strict=True):
         assert a["tokens"] == b["tokens"] and a["examples"] == b["examples"]
         assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_a_diverging_job_stops_every_rank_with_exit_3_and_the_main_rank_s_report(
+    colours: dict[str, Path], tmp_path: Path
+):
+    """A learning rate of 1e30 makes the loss NaN at step 2 on every rank at once (the ranks
+    see the same numbers); the main rank writes the report and stores the analysis while the
+    others wait, then all exit 3."""
+    args = [*finetune_args(colours, eval_limit=None), "--steps", "6", "--lr-projector", "1e30"]
+    done = run_here([*torchrun(2), "-m", "vlmclf", *args], tmp_path)
+    assert done.returncode != 0
+    assert done.stderr.count("exitcode  : 3") == 2, done.stderr[-3000:]
+    (printed,) = json_lines(done.stdout)
+    assert printed["status"] == "diverged" and printed["divergence"]["step"] == 2
+    assert (tmp_path / "tuned" / "divergence.json").is_file()
+    with RunStore(tmp_path / "runs.sqlite", read_only=True) as store:
+        assert [a.result["status"] for a in store.list_analyses()] == ["diverged"]
+
+
+@pytest.mark.slow
+def test_probe_on_two_loopback_nodes_keeps_its_cache_on_the_main_node(
+    colours: dict[str, Path], probe_reference: tuple[dict, Path], tmp_path: Path
+):
+    """Two torchrun agents (static rendezvous), each in its own folder with a relative
+    --cache-dir: the second node's rank extracts chunks but never writes the cache."""
+    printed_one, folder_one = probe_reference
+    meeting = ["--master-addr", "127.0.0.1", "--master-port", str(free_port())]
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    jobs = []
+    for node_rank, folder in enumerate(nodes):
+        folder.mkdir()
+        command = [*TORCHRUN, "--nnodes", "2", "--node-rank", str(node_rank),
+                   "--nproc-per-node", "1", *meeting, "-m", "vlmclf", *probe_args(colours)]
+        jobs.append(subprocess.Popen(command, env=child_env(), cwd=folder, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE))  # fmt: skip
+    outputs = [job.communicate(timeout=TIMEOUT_S) for job in jobs]
+    for job, (_, stderr) in zip(jobs, outputs, strict=True):
+        assert job.returncode == 0, stderr[-3000:]
+    assert not (nodes[1] / "cache").exists() and not (nodes[1] / "runs.sqlite").exists()
+    (printed,) = json_lines(outputs[0][0])
+    assert json_lines(outputs[1][0]) == []
+    assert probe_outcome(printed) == probe_outcome(printed_one)
+    assert_same_feature_files(nodes[0] / "cache", folder_one / "cache")
