@@ -7,9 +7,9 @@ cache file, holding the features of the examples that decoded, their labels and 
 failures with their reasons. A re-run extracts only the ranges that have no valid file, then
 concatenates the chunks in index order into the final file and removes the folder.
 
-Chunks are named by index range, not by the order in which they were finished, so any process
-may write any range: ranks of a data-parallel job could each take their own ranges, and one
-process assembles. Only the chunk being extracted is held in memory.
+Chunks are named by index range, not by the order in which they were finished, so any range
+may be made anywhere: under torchrun each rank extracts its own ranges and the main rank writes
+and assembles them (``ranks.py``). Only the chunk being extracted is held in memory.
 """
 
 from __future__ import annotations

@@ -321,9 +321,9 @@ class ChunkedExtraction:
     disk are kept, the missing ones extracted and written one at a time, then all are joined
     into the cache file.
 
-    The steps are separate so that several processes can share one extraction: each may
-    ``extract`` its own share of ``missing()`` (any split of the ranges), and one process
-    ``assemble``s once every chunk is on disk.
+    The steps are separate so that the ranks of a torchrun job can share one extraction
+    (``ranks.py``): the main rank lists ``missing()``, each rank extracts its share of the
+    ranges, the main rank ``write``s every chunk it is sent and ``assemble``s them at the end.
     """
 
     key: FeatureKey
