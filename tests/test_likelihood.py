@@ -26,7 +26,8 @@ from vlmclf.spec import RunSpec
 
 FAMILIES = [
     "llava", "llava_next", "blip2", "instructblip", "qwen2_vl", "qwen2_5_vl", "llava_onevision",
-    "gemma3", "qwen3_vl", "internvl", "idefics3", "smolvlm", "paligemma",
+    "gemma3", "qwen3_vl", "internvl", "idefics3", "smolvlm", "paligemma", "mllama", "mistral3",
+    "pixtral",
 ]  # fmt: skip
 TOLERANCE = 1e-4
 HAND_PICKED = [

@@ -44,6 +44,10 @@ class FamilyAdapter:
     transformers builds only with torchvision; without one, an image-only subclass is used.
     ``nest_images``: the processor takes one list of images per prompt (Gemma 3, Idefics3).
     ``first_position``: the position of a row's first real token (PaliGemma counts from 1).
+    ``add_special_tokens``: False where the prompt already holds the BOS the tokenizer would
+    add again (Llama 3.2 Vision's chat template writes ``<|begin_of_text|>`` itself).
+    ``vision_model_type``: set where one ``model_type`` holds families that differ in their
+    vision tower (``llava`` with a Pixtral tower is Pixtral-12B); it must match as well.
     """
 
     name: str
@@ -61,6 +65,8 @@ class FamilyAdapter:
     pad_text_to_max_length: bool = False
     nest_images: bool = False
     first_position: int = 0
+    add_special_tokens: bool = True
+    vision_model_type: str | None = None
 
     def prompt(self, question: str, processor: Any, config: Any) -> str:
         """The full prompt text for a bare question, image placeholder included."""
@@ -85,9 +91,9 @@ class FamilyAdapter:
         return getattr(transformers, self.model_class)
 
     def processor_cls(self) -> type:
-        import transformers
+        from vlmclf.models.compat import processor_class
 
-        return getattr(transformers, self.processor_class)
+        return processor_class(self.processor_class)
 
 
 def resolve_attribute(root: Any, dotted: str) -> Any:
@@ -324,6 +330,37 @@ RECENT_FAMILIES: tuple[FamilyAdapter, ...] = (
         first_position=1,
     ),
 )
+
+LLAMA_MISTRAL_FAMILIES: tuple[FamilyAdapter, ...] = (
+    FamilyAdapter(
+        name="mllama",
+        kind="vlm",
+        model_types=("mllama",),
+        model_class="MllamaForConditionalGeneration",
+        processor_class="MllamaProcessor",
+        format_prompt=_chat_prompt,
+        nest_images=True,
+        add_special_tokens=False,
+    ),
+    FamilyAdapter(
+        name="mistral3",
+        kind="vlm",
+        model_types=("mistral3",),
+        model_class="Mistral3ForConditionalGeneration",
+        processor_class="PixtralProcessor",
+        format_prompt=_chat_prompt,
+    ),
+    FamilyAdapter(
+        name="pixtral",
+        kind="vlm",
+        model_types=("llava",),
+        vision_model_type="pixtral",
+        model_class="LlavaForConditionalGeneration",
+        processor_class="PixtralProcessor",
+        format_prompt=_chat_prompt,
+    ),
+)
+RECENT_FAMILIES = (*RECENT_FAMILIES, *LLAMA_MISTRAL_FAMILIES)
 """Today's open families, each with its processor's chat template as the clean prompt."""
 FAMILIES = (*FAMILIES, *RECENT_FAMILIES)
 
@@ -339,7 +376,18 @@ GENERIC_VLM = FamilyAdapter(
 )
 
 _BY_NAME = {adapter.name: adapter for adapter in (*FAMILIES, GENERIC_VLM)}
-_BY_MODEL_TYPE = {model_type: adapter for adapter in FAMILIES for model_type in adapter.model_types}
+_BY_MODEL_TYPE = {
+    model_type: adapter
+    for adapter in FAMILIES
+    if adapter.vision_model_type is None
+    for model_type in adapter.model_types
+}
+_BY_MODEL_AND_VISION_TYPE = {
+    (model_type, adapter.vision_model_type): adapter
+    for adapter in FAMILIES
+    if adapter.vision_model_type is not None
+    for model_type in adapter.model_types
+}
 
 
 def adapter_by_name(name: str) -> FamilyAdapter:
@@ -356,11 +404,14 @@ def adapter_for_model_type(model_type: str) -> FamilyAdapter:
 
 
 def adapter_for_config(config: Any) -> FamilyAdapter:
-    """Detect the family of a loaded ``transformers`` config from its ``model_type``."""
+    """Detect the family of a loaded ``transformers`` config from its ``model_type`` (and its
+    vision tower's, which tells Pixtral-12B from LLaVA)."""
     model_type = getattr(config, "model_type", None)
     if not model_type:
         raise ValueError(f"{type(config).__name__} has no model_type; cannot detect its family")
-    return adapter_for_model_type(model_type)
+    vision_type = getattr(getattr(config, "vision_config", None), "model_type", None)
+    by_vision = _BY_MODEL_AND_VISION_TYPE.get((model_type, vision_type))
+    return by_vision or adapter_for_model_type(model_type)
 
 
 def known_families() -> list[str]:

@@ -94,7 +94,10 @@ class HFVisionLanguageModel:
         pictures: list[Any] = _rgb(images)
         if self.adapter.nest_images:
             pictures = [[picture] for picture in pictures]
-        batch = self.processor(images=pictures, text=prompts, return_tensors="pt", padding=True)
+        options = {} if self.adapter.add_special_tokens else {"add_special_tokens": False}
+        batch = self.processor(
+            images=pictures, text=prompts, return_tensors="pt", padding=True, **options
+        )
         if self.adapter.qformer_reads_prompt:
             batch.update(self._qformer_inputs(prompts))
         moved = {}
