@@ -179,6 +179,12 @@ def _paligemma_prompt(question: str, processor: Any, config: Any) -> str:
     return f"{image_token(processor)}{question}"
 
 
+def _phi3_v_prompt(question: str, processor: Any, config: Any) -> str:
+    """Phi-3-Vision's model-card format: its chat template takes text content only, and its
+    processor numbers images (``<|image_1|>``)."""
+    return f"<|user|>\n<|image_1|>\n{question}<|end|>\n<|assistant|>\n"
+
+
 def _chat_prompt(question: str, processor: Any, config: Any) -> str:
     return apply_image_chat_template(question, processor)
 
@@ -360,7 +366,20 @@ LLAMA_MISTRAL_FAMILIES: tuple[FamilyAdapter, ...] = (
         format_prompt=_chat_prompt,
     ),
 )
-RECENT_FAMILIES = (*RECENT_FAMILIES, *LLAMA_MISTRAL_FAMILIES)
+REMOTE_CODE_FAMILIES: tuple[FamilyAdapter, ...] = (
+    FamilyAdapter(
+        name="phi3_v",
+        kind="vlm",
+        model_types=("phi3_v",),
+        model_class="AutoModelForCausalLM",  # the class its config's auto_map names
+        processor_class="AutoProcessor",
+        format_prompt=_phi3_v_prompt,
+        language_model_path=None,
+        position_ids="internal",  # its own code: let it number positions itself
+    ),
+)
+"""Checkpoints that ship their own model code (``--trust-remote-code``)."""
+RECENT_FAMILIES = (*RECENT_FAMILIES, *LLAMA_MISTRAL_FAMILIES, *REMOTE_CODE_FAMILIES)
 """Today's open families, each with its processor's chat template as the clean prompt."""
 FAMILIES = (*FAMILIES, *RECENT_FAMILIES)
 

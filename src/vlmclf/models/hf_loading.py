@@ -102,6 +102,25 @@ def _family_processor(ident: str, adapter: FamilyAdapter, trust_remote_code: boo
 _PROCESSOR_PARTS = ("self", "image_processor", "tokenizer", "chat_template")
 
 
+REMOTE_CODE_AUTO_CLASSES = (
+    "AutoModelForImageTextToText", "AutoModelForCausalLM",
+)  # fmt: skip
+"""Auto classes a remote-code VLM's ``auto_map`` may name, in order of preference."""
+
+
+def model_class_for(config: Any, adapter: FamilyAdapter) -> type:
+    """The class that loads the weights: the adapter's, except that a checkpoint with its own
+    code (Phi-3-Vision) is loaded through whichever Auto class its ``auto_map`` names."""
+    import transformers
+
+    auto_map = getattr(config, "auto_map", None) or {}
+    if adapter.model_class.startswith("Auto") and auto_map:
+        for name in REMOTE_CODE_AUTO_CLASSES:
+            if name in auto_map and hasattr(transformers, name):
+                return getattr(transformers, name)
+    return adapter.model_cls()
+
+
 def load_hf_model(
     ident: str,
     *,
@@ -122,7 +141,7 @@ def load_hf_model(
         )  # fmt: skip
     adapter = adapter_for_config(config)
     processor = load_processor(ident, adapter, trust_remote_code)
-    model = adapter.model_cls().from_pretrained(
+    model = model_class_for(config, adapter).from_pretrained(
         ident, config=config, **compat.from_pretrained_kwargs(dtype, device_map, trust_remote_code)
     )
     return wrap_model(

@@ -106,6 +106,7 @@ def _mistral3() -> RandomSpec:
         image_token_index=tokenizer.image_token_id,
         spatial_merge_size=merge,
         vision_feature_layer=-1,
+        tie_word_embeddings=False,  # as Mistral Small 3.1; tied, a random model echoes its input
     )
     return RandomSpec(config, _pixtral_processor(tokenizer, merge))
 
