@@ -150,7 +150,7 @@ def test_fast_scores_equal_full_forward_per_class(family, models, images):
     assert prediction.hit == (NAMES[prediction.pred] == "tench")
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "mllama"])
 def test_paper_sequential_way_agrees(family, models, images):
     model = models(family)
     method = LikelihoodMethod(model, NAMES, spec_for(family))
@@ -244,7 +244,7 @@ def test_fixed_prompt_continuations_are_what_the_model_emits_next(models):
     assert list(after_newline["golden eagle"]) == ids("golden eagle")  # no leading space
 
 
-@pytest.mark.parametrize("family", ["llava", "blip2", "qwen2_vl"])
+@pytest.mark.parametrize("family", ["llava", "blip2", "qwen2_vl", "mllama"])
 def test_guidance_uses_a_real_image_free_pass_once(family, models, images):
     model = models(family)
     t = 1.7

@@ -102,6 +102,15 @@ def repeat_last_token_inputs(
     return out
 
 
+def inputs_after_cache(
+    saved: dict[str, torch.Tensor], rows: int, cached: int, length: int
+) -> dict[str, torch.Tensor]:
+    """``last_token_inputs`` for ``length`` tokens fed after ``cached`` cached ones, spanning
+    every position: transformers 5.17 picks the new tokens' rows of Mllama's mask by absolute
+    position (cached + i), 5.23 slices a mask longer than the new tokens the same way."""
+    return repeat_last_token_inputs(saved, rows, cached + length)
+
+
 def takes_custom_4d_mask(decoder: nn.Module) -> bool:
     """Whether a tree mask can be handed to this decoder as-is (transformers' masking_utils
     returns a 4D tensor mask untouched for eager and SDPA attention; FlashAttention cannot)."""

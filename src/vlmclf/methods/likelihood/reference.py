@@ -78,7 +78,9 @@ def sequential_log_probs(
             for step, token in enumerate(seq):
                 values.append(log_probs[token].item())
                 kwargs: dict[str, object] = dict(
-                    compat.repeat_last_token_inputs(prefix.last_token_inputs, 1, 1)
+                    compat.inputs_after_cache(
+                        prefix.last_token_inputs, 1, prefix.length + step, 1
+                    )
                 )
                 if scorer.explicit_positions:
                     position = (

@@ -252,7 +252,9 @@ class PrefixScorer:
         """Logits at ``keep`` for tokens placed after the cached prompt; the cache is restored."""
         kwargs: dict[str, object] = {"attention_mask": mask}
         kwargs.update(
-            compat.repeat_last_token_inputs(prefix.last_token_inputs, ids.shape[0], ids.shape[1])
+            compat.inputs_after_cache(
+                prefix.last_token_inputs, ids.shape[0], prefix.length, ids.shape[1]
+            )
         )
         if self.explicit_positions:
             kwargs["position_ids"] = compat.text_position_ids(self.model, positions)
