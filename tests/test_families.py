@@ -1,6 +1,7 @@
 """Today's open families on tiny random models: the attention patterns that are not plain causal
-(Gemma 3's bidirectional image tokens and sliding window, PaliGemma's prefix LM), closed-world
-generation, and the hf: round trip through a saved folder. Every family's exactness against one
+(Gemma 3's bidirectional image tokens and sliding window, PaliGemma's prefix LM, Llama 3.2
+Vision's cross-attention tile mask), closed-world generation, and the hf: round trip through a
+saved folder (Pixtral's processor also from its saved parts). Every family's exactness against one
 full forward per class is in test_likelihood.py; generation, features and padding in
 test_models.py; projector fine-tuning in test_finetune.py."""
 
@@ -182,6 +183,13 @@ def test_mllama_scored_names_read_only_the_image_tiles_their_prompt_reads(image)
     inputs = prompt_inputs(model, method, square, question)
     assert inputs["cross_attention_mask"][0, -1].tolist() == [[1, 0]]  # tile 2 is padding
     assert worst_gap(model, method, square, inputs) < TOLERANCE
+    # one batch of a two-tile and a one-tile image: each row keeps its own mask
+    batch = [LoadedExample(Example(f"e{i}", 0, "test", f"mem:{i}", lambda: None), picture)
+             for i, picture in enumerate((image, square))]  # fmt: skip
+    together = method.predict(batch)
+    for item, prediction in zip(batch, together, strict=True):
+        alone = method.predict([item])[0]
+        assert prediction.scores == pytest.approx(alone.scores, abs=TOLERANCE)
     sequences = list(method.continuations_for(question, tuple(NAMES)).values())
     want = full_forward_log_probs(model.model, inputs, sequences)
     prefix = method.scorer.prefill(inputs)
