@@ -258,3 +258,17 @@ def test_pixtral_processor_loads_from_its_saved_parts(tmp_path, image, monkeypat
     theirs = original.build_inputs([image], questions)
     assert torch.equal(ours["input_ids"], theirs["input_ids"])
     torch.testing.assert_close(ours["pixel_values"], theirs["pixel_values"])
+
+
+def test_mllama_base_checkpoint_without_chat_template_gets_one_bos_after_the_image(image):
+    """The base Llama 3.2 Vision ships no chat template: ``<|image|>question``, and the
+    processor writes BOS after the image token (transformers' documented base-model prompt)."""
+    model = load_model("random:mllama")
+    model.processor.chat_template = None
+    model.tokenizer.chat_template = None
+    assert model.format_prompt("Q?") == "<|image|>Q?"
+    ids = model.build_inputs([image], ["Q?"])["input_ids"][0].tolist()
+    tokens = model.tokenizer.convert_ids_to_tokens(ids)
+    assert tokens[:2] == ["<|image|>", "<|begin_of_text|>"]
+    assert tokens.count("<|begin_of_text|>") == 1
+    assert model.generate([image], ["Q?"], 2)

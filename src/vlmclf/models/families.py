@@ -185,6 +185,14 @@ def _phi3_v_prompt(question: str, processor: Any, config: Any) -> str:
     return f"<|user|>\n<|image_1|>\n{question}<|end|>\n<|assistant|>\n"
 
 
+def _mllama_prompt(question: str, processor: Any, config: Any) -> str:
+    """Llama 3.2 Vision: the instruct chat template; the base checkpoints have none and are
+    prompted ``<|image|>question`` (the processor puts BOS after the leading image token)."""
+    if chat_template_of(processor):
+        return apply_image_chat_template(question, processor)
+    return f"{image_token(processor, '<|image|>')}{question}"
+
+
 def _chat_prompt(question: str, processor: Any, config: Any) -> str:
     return apply_image_chat_template(question, processor)
 
@@ -344,7 +352,7 @@ LLAMA_MISTRAL_FAMILIES: tuple[FamilyAdapter, ...] = (
         model_types=("mllama",),
         model_class="MllamaForConditionalGeneration",
         processor_class="MllamaProcessor",
-        format_prompt=_chat_prompt,
+        format_prompt=_mllama_prompt,
         nest_images=True,
         add_special_tokens=False,
     ),
