@@ -272,3 +272,15 @@ def test_mllama_base_checkpoint_without_chat_template_gets_one_bos_after_the_ima
     assert tokens[:2] == ["<|image|>", "<|begin_of_text|>"]
     assert tokens.count("<|begin_of_text|>") == 1
     assert model.generate([image], ["Q?"], 2)
+
+
+def test_a_prompt_that_begins_with_bos_gets_no_second_one(image):
+    """Chat templates that write BOS (Gemma 3's, Mistral's, Llama 3's) meet tokenizers that add
+    it too; as in transformers' own processor chat path, the tokenizer's is then left out."""
+    model = load_model("random:mistral3")  # its tokenizer writes <s> in front of every text
+    model.prompt_template = "<s>[INST]{image}{question}[/INST]"
+    ids = model.build_inputs([image], ["Q?"])["input_ids"][0].tolist()
+    assert model.tokenizer.convert_ids_to_tokens(ids).count("<s>") == 1
+    model.prompt_template = "[INST]{image}{question}[/INST]"  # without: the tokenizer's BOS
+    ids = model.build_inputs([image], ["Q?"])["input_ids"][0].tolist()
+    assert model.tokenizer.convert_ids_to_tokens(ids)[0] == "<s>"

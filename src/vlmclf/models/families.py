@@ -44,8 +44,9 @@ class FamilyAdapter:
     transformers builds only with torchvision; without one, an image-only subclass is used.
     ``nest_images``: the processor takes one list of images per prompt (Gemma 3, Idefics3).
     ``first_position``: the position of a row's first real token (PaliGemma counts from 1).
-    ``add_special_tokens``: False where the prompt already holds the BOS the tokenizer would
-    add again (Llama 3.2 Vision's chat template writes ``<|begin_of_text|>`` itself).
+    ``add_special_tokens``: False where the processor places BOS itself (Llama 3.2 Vision's
+    puts it after a leading ``<|image|>``), so the tokenizer must not add one. (Prompts that
+    begin with BOS never get a second, whatever the family: see ``build_inputs``.)
     ``vision_model_type``: set where one ``model_type`` holds families that differ in their
     vision tower (``llava`` with a Pixtral tower is Pixtral-12B); it must match as well.
     """

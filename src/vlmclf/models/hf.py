@@ -94,7 +94,7 @@ class HFVisionLanguageModel:
         pictures: list[Any] = _rgb(images)
         if self.adapter.nest_images:
             pictures = [[picture] for picture in pictures]
-        options = {} if self.adapter.add_special_tokens else {"add_special_tokens": False}
+        options = {} if self._adds_special_tokens(prompts) else {"add_special_tokens": False}
         batch = self.processor(
             images=pictures, text=prompts, return_tensors="pt", padding=True, **options
         )
@@ -110,6 +110,15 @@ class HFVisionLanguageModel:
                     value = value.to(self.dtype)
             moved[key] = value
         return BatchFeature(data=moved)
+
+    def _adds_special_tokens(self, prompts: list[str]) -> bool:
+        """False where the prompts already begin with BOS (chat templates that write it, as
+        Gemma 3's, Mistral 3's and Llama 3's do), as transformers' own processor chat path
+        decides, so the tokenizer does not add a second; and for families whose processor
+        places BOS itself (Llama 3.2 Vision)."""
+        bos = self.tokenizer.bos_token
+        begins_with_bos = bool(bos) and all(prompt.startswith(bos) for prompt in prompts)
+        return self.adapter.add_special_tokens and not begins_with_bos
 
     def _qformer_inputs(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         limit = self.model.config.qformer_config.max_position_embeddings
