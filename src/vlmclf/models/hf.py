@@ -16,7 +16,8 @@ from transformers import BatchFeature, GenerationConfig
 
 from vlmclf.models import compat
 from vlmclf.models.base import HiddenFeatures
-from vlmclf.models.families import FamilyAdapter, image_token
+from vlmclf.models.families import FamilyAdapter
+from vlmclf.models.prompt_formats import image_token
 
 PROBE_IMAGE_SIZE = (448, 448)
 """(width, height) of the blank image ``prompt_length`` counts with by default. LLaVA-NeXT and
