@@ -263,15 +263,8 @@ PROFILES: dict[str, TokenizerProfile] = {
         prefix=("<|begin_of_text|>",),
         chat_template=MLLAMA_CHAT_TEMPLATE,
         extra={"image_token": "<|image|>"},
-        added=(
-            "<|begin_of_text|>",
-            "<|start_header_id|>",
-            "<|end_header_id|>",
-            "<|eot_id|>",
-            "<|image|>",
-            "<|python_tag|>",
-            "<|finetune_right_pad_id|>",
-        ),
+        added=("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+               "<|image|>", "<|python_tag|>", "<|finetune_right_pad_id|>"),  # fmt: skip
     ),
     # PaliGemma's processor writes BOS itself, after the image tokens.
     "paligemma": TokenizerProfile(bos="<s>", eos="</s>", pad="<pad>", extra=IMAGE),
