@@ -361,3 +361,50 @@ def test_clean_linear_probe_matches_scikit_learn():
     # biases are fixed only up to a shared constant (softmax ignores it): compare probabilities
     probabilities = torch.softmax(ours(xs), dim=1).numpy()
     np.testing.assert_allclose(probabilities, theirs.predict_proba(xs.numpy()), atol=2e-3)
+
+
+def test_paper_clip_baseline_settings_follow_the_papers_code():
+    from vlmclf.analysis.probe.settings import clip_baseline_values
+
+    assert clip_baseline_values("paper", "imagenet") == (40, True)
+    assert clip_baseline_values("paper", "fashion_mnist") == (300, True)
+    assert clip_baseline_values("clean", "imagenet") == (None, False)
+
+
+def test_clip_baseline_trains_on_unit_vectors_for_its_own_epochs(
+    colour_data, llava, tmp_path, monkeypatch
+):
+    import vlmclf.analysis.probe.run as probe_run
+
+    seen = []
+    original = probe_run.probe_feature_sets
+
+    def recording(train, test, n_classes, config):
+        seen.append((train, test, config))
+        return original(train, test, n_classes, config)
+
+    monkeypatch.setattr(probe_run, "probe_feature_sets", recording)
+    request = ProbeRequest(
+        model="random:llava", dataset="imagefolder", train_split="train", eval_split="test",
+        data_root=str(colour_data["test"]), train_data_root=str(colour_data["train"]),
+        clip_model="random:clip", config=ProbeConfig(epochs=4), clip_epochs=9,
+        clip_l2_normalize=True,
+    )  # fmt: skip
+    runtime = ProbeRuntime(store_path=tmp_path / "runs.sqlite", out_dir=tmp_path / "out",
+                           cache_dir=tmp_path / "cache", batch_size=8, workers=1)  # fmt: skip
+    outcome = run_probe(
+        request, runtime, load_model=lambda s: llava if s == "random:llava" else load_model(s)
+    )
+    (vlm_train, _, vlm_config), (clip_train, clip_test, clip_config) = seen
+    assert vlm_config.epochs == 4 and clip_config.epochs == 9
+    for features in (clip_train, clip_test):
+        norms = features.features["embedding"].norm(dim=-1)
+        assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+    assert not torch.allclose(
+        vlm_train.features["mean"].norm(dim=-1), torch.ones(len(vlm_train.ids)), atol=1e-3
+    )
+    baseline = outcome.result["clip_baseline"]
+    assert baseline["epochs"] == 9 and baseline["l2_normalized"] is True
+    assert "CLIP baseline (random:clip): L2-normalised image embeddings, 9 epochs." in (
+        outcome.files["markdown"].read_text()
+    )

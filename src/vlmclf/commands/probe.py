@@ -56,6 +56,19 @@ def _protocol_options(ctx: typer.Context, protocol: str, dataset: str) -> dict[s
         fail(str(err))
 
 
+def _clip_baseline_options(
+    protocol: str, dataset: str, clip_model: str | None, clip_epochs: int | None
+) -> dict[str, Any]:
+    """The CLIP baseline's own settings: --clip-epochs, else the protocol's (the paper's code:
+    L2-normalised embeddings, 300 epochs, 40 on ImageNet; clean: as the VLM's probe)."""
+    from vlmclf.analysis.probe.settings import clip_baseline_values
+
+    if clip_model is None:
+        return {}
+    epochs, normalise = clip_baseline_values(protocol, dataset)
+    return {"clip_epochs": clip_epochs or epochs, "clip_l2_normalize": normalise}
+
+
 def probe_command(
     ctx: typer.Context,
     model: Annotated[str, Opt(help="A VLM with hidden states: hf:, random:, organism:vlm.")],
@@ -85,6 +98,11 @@ def probe_command(
     ] = None,
     clip_model: Annotated[
         str | None, Opt(help="Also probe this CLIP model's image embeddings (baseline).")
+    ] = None,
+    clip_epochs: Annotated[
+        int | None,
+        Opt(callback=at_least(1), help="Epochs of the CLIP baseline (default: the protocol's; "
+            "paper: 300, 40 on ImageNet; clean: --epochs)."),
     ] = None,
     epochs: Annotated[
         int, Opt(callback=at_least(1), help="Epochs per probe (paper: 500, 100 on ImageNet).")
@@ -171,6 +189,7 @@ def probe_command(
         train_dataset=train_dataset, data_root=data_root, train_data_root=train_data_root,
         classes=classes, layer=o["layer"], prompt=o["prompt"], train_limit=train_limit,
         limit=limit, clip_model=clip_model, config=config, protocol=protocol, dtype=dtype,
+        **_clip_baseline_options(protocol, dataset, clip_model, clip_epochs),
     )  # fmt: skip
     runtime = ProbeRuntime(
         store_path=store, out_dir=out or out_dir_for("probe", request.spec()), cache_dir=cache_dir,

@@ -106,8 +106,16 @@ def settings_lines(result: dict[str, Any]) -> list[str]:
         f"({settings['dtype']}), shuffled {settings['shuffle']}, {settings['epochs']} epochs, "
         f"Adam lr {settings['lr']:g}, batch {settings['batch_size']}."
     )
+    lines = [trained]
+    baseline = result.get("clip_baseline") or {}
+    if baseline.get("epochs") is not None:
+        embeddings = "L2-normalised" if baseline.get("l2_normalized") else "its"
+        lines.append(
+            f"CLIP baseline ({baseline['model']}): {embeddings} image embeddings, "
+            f"{baseline['epochs']} epochs."
+        )
     reported = REPORTED_TEXT.get(result.get("reported", ""), "")
-    return [trained, f"Reported: {reported}."] if reported else [trained]
+    return [*lines, f"Reported: {reported}."] if reported else lines
 
 
 def plot_probe(result: dict[str, Any], path: Path) -> Path:

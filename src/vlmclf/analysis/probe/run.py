@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from vlmclf.analysis.probe.chunks import DEFAULT_CHUNK_EXAMPLES
 from vlmclf.analysis.probe.features import FeatureKind, FeatureSet, cached_features
 from vlmclf.analysis.probe.report import write_probe_report
@@ -55,6 +57,8 @@ class ProbeRequest:
     limit: int | None = None
     clip_model: str | None = None
     config: ProbeConfig = field(default_factory=ProbeConfig)
+    clip_epochs: int | None = None  # the CLIP baseline's epochs when not ``config.epochs``
+    clip_l2_normalize: bool = False  # the CLIP baseline on L2-normalised embeddings (paper)
     protocol: str = "clean"  # the table the settings were resolved from (analysis/probe/settings)
     dtype: str = "float32"  # the model's compute dtype while extracting (part of the feature key)
 
@@ -152,6 +156,15 @@ def probe_feature_sets(
     return out
 
 
+def l2_normalized(features: FeatureSet) -> FeatureSet:
+    """The same set with every feature vector scaled to unit length (the paper's CLIP probe)."""
+    scaled = {
+        name: torch.nn.functional.normalize(x.float(), dim=-1)
+        for name, x in features.features.items()
+    }
+    return replace(features, features=scaled)
+
+
 def _feature_summary(train: FeatureSet, test: FeatureSet) -> dict[str, Any]:
     return {
         "n_failed": {"train": train.n_failed, "eval": test.n_failed},
@@ -224,9 +237,14 @@ def run_probe(
                                "image_embedding", request.train_limit)  # fmt: skip
         clip_test = _features(request.clip_model, eval_data, request, runtime, models,
                               "image_embedding", request.limit)  # fmt: skip
+        if request.clip_l2_normalize:
+            clip_train, clip_test = l2_normalized(clip_train), l2_normalized(clip_test)
+        clip_config = replace(request.config, epochs=request.clip_epochs or request.config.epochs)
         result["clip_baseline"] = {
             "model": request.clip_model,
-            "features": probe_feature_sets(clip_train, clip_test, n_classes, request.config),
+            "epochs": clip_config.epochs,
+            "l2_normalized": request.clip_l2_normalize,
+            "features": probe_feature_sets(clip_train, clip_test, n_classes, clip_config),
             **_feature_summary(clip_train, clip_test),
         }
     with RunStore(runtime.store_path) as store:

@@ -40,6 +40,17 @@ def protocol_probe_values(protocol: str, dataset: str) -> dict[str, Any]:
     }
 
 
+def clip_baseline_values(protocol: str, dataset: str) -> tuple[int | None, bool]:
+    """(epochs, L2-normalise) of the CLIP probe baseline under ``protocol``: the paper's code
+    trains it on L2-normalised image embeddings for 300 epochs (40 on ImageNet). (None, False):
+    the protocol trains it like the VLM's probe."""
+    settings = resolve(protocol, "probe")
+    on_imagenet = parse_dataset_spec(dataset)[0] == "imagenet"
+    epochs = settings.get("clip_epochs_imagenet") if on_imagenet else None
+    normalise = str(settings.get("clip_features", "")).startswith("l2")
+    return epochs or settings.get("clip_epochs"), normalise
+
+
 def resolve_probe_options(
     protocol: str, dataset: str, given: dict[str, Any], explicit: set[str]
 ) -> dict[str, Any]:
