@@ -284,3 +284,17 @@ def test_a_prompt_that_begins_with_bos_gets_no_second_one(image):
     model.prompt_template = "[INST]{image}{question}[/INST]"  # without: the tokenizer's BOS
     ids = model.build_inputs([image], ["Q?"])["input_ids"][0].tolist()
     assert model.tokenizer.convert_ids_to_tokens(ids)[0] == "<s>"
+
+
+@pytest.mark.parametrize("family", ["mllama", "mistral3", "pixtral"])
+def test_eval_cli_scores_and_generates_on_the_llama_and_mistral_families(family, tmp_path):
+    from tests.test_eval import common, eval_json, make_image_folder
+
+    folder = make_image_folder(tmp_path / "images", per_class=1)
+    store = tmp_path / "runs.sqlite"
+    model = ["--model", f"random:{family}"]
+    scored = eval_json(*model, "--method", "likelihood", *common(folder, store))
+    closed = eval_json(*model, "--method", "generate", "--setting", "closed", "--k", "3",
+                       "--max-new-tokens", "4", *common(folder, store))  # fmt: skip
+    assert scored["n"] == closed["n"] == 4
+    assert scored["n_failed"] == closed["n_failed"] == 0
