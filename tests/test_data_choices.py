@@ -19,6 +19,7 @@ EXPECTED_SIZES = {
     "stanford_cars": 196,
     "caltech101": 100,
     "fashion_mnist": 10,
+    "imagenet_first_synonym": 1000,
 }
 
 
@@ -34,6 +35,16 @@ def test_shipped_lists_match_reference_copy() -> None:
     if not reference.is_file():
         pytest.skip("reference data folder not present")
     assert load_class_names("imagenet") == json.loads(reference.read_text())
+
+
+def test_thesis_names_are_the_first_synonym_of_the_imagenet_label_text() -> None:
+    names = load_class_names("imagenet_first_synonym")
+    # "tench, Tinca tinca", "great white shark, white shark, man-eater, ...", the two cranes
+    assert names[:3] == ["tench", "goldfish", "great white shark"]
+    assert names[134] == names[517] == "crane" and names[638] == names[639] == "maillot"
+    assert len(set(names)) == 998 and all("," not in name for name in names)
+    cleaned = load_class_names("imagenet")  # the CLIP-style list differs where it rewrote names
+    assert names[0] == cleaned[0] and names[4] == "hammerhead" != cleaned[4]
 
 
 def test_imagenet_duplicates_are_canonicalised() -> None:

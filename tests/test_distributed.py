@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+from store_probe import rows_committed
 from typer.testing import CliRunner
 
 from tests.fixtures_data import make_fashion_tree
@@ -85,16 +85,6 @@ def stored_rows(store: Path) -> tuple[str, list[dict]]:
     for row in rows:
         row.pop("seconds")
     return record.run_id, rows
-
-
-def count_rows(store: Path) -> int:
-    if not store.exists():
-        return 0
-    try:
-        with sqlite3.connect(store, timeout=5) as conn:
-            return conn.execute("SELECT count(*) FROM predictions").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
 
 
 def free_port() -> int:
@@ -228,11 +218,11 @@ def test_a_killed_job_resumes_with_another_number_of_ranks(
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     deadline = time.monotonic() + TIMEOUT_S
-    while count_rows(store) < 2 * BATCH and time.monotonic() < deadline and job.poll() is None:
+    while rows_committed(store) < 2 * BATCH and time.monotonic() < deadline and job.poll() is None:
         time.sleep(0.05)
     os.killpg(job.pid, signal.SIGKILL)  # torchrun and both ranks, mid-run
     job.wait()
-    at_kill = count_rows(store)
+    at_kill = rows_committed(store)
     assert 0 < at_kill < N_EXAMPLES, "the kill should land part-way through the run"
 
     if relaunch_ranks == 1:  # a plain process, no torchrun at all

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from store_probe import rows_committed
 from typer.testing import CliRunner
 
 from vlmclf.cli import app
@@ -201,16 +201,6 @@ def test_every_model_sees_the_same_choices(folder: Path, tmp_path: Path):
     assert len({tuple(c) for c in choices[0].values()}) > 1  # shuffled per example
 
 
-def _count_rows(store: Path) -> int:
-    if not store.exists():
-        return 0
-    try:
-        with sqlite3.connect(store, timeout=5) as conn:
-            return conn.execute("SELECT count(*) FROM predictions").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-
-
 def test_run_killed_with_sigkill_resumes_without_duplicates_or_gaps(tmp_path: Path):
     root = make_image_folder(tmp_path / "images", per_class=12)
     n = 4 * 12
@@ -246,16 +236,18 @@ def test_run_killed_with_sigkill_resumes_without_duplicates_or_gaps(tmp_path: Pa
     ]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while _count_rows(killed_store) < 6 and time.monotonic() < deadline and process.poll() is None:
+    while (
+        rows_committed(killed_store) < 6 and time.monotonic() < deadline and process.poll() is None
+    ):
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    stored_at_kill = _count_rows(killed_store)
+    stored_at_kill = rows_committed(killed_store)
     assert 0 < stored_at_kill < n, "the kill should land part-way through the run"
 
     resumed = eval_json(*args, "--store", str(killed_store))
     fresh = eval_json(*args, "--store", str(tmp_path / "fresh.sqlite"))
-    assert _count_rows(killed_store) == n
+    assert rows_committed(killed_store) == n
     with RunStore(killed_store) as runs:
         ids = [p.example_id for p in runs.predictions(resumed["run_id"])]
     assert len(ids) == len(set(ids)) == n

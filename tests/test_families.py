@@ -1,6 +1,7 @@
 """Today's open families on tiny random models: the attention patterns that are not plain causal
-(Gemma 3's bidirectional image tokens and sliding window, PaliGemma's prefix LM), closed-world
-generation, and the hf: round trip through a saved folder. Every family's exactness against one
+(Gemma 3's bidirectional image tokens and sliding window, PaliGemma's prefix LM, Llama 3.2
+Vision's cross-attention tile mask), closed-world generation, and the hf: round trip through a
+saved folder (Pixtral's processor also from its saved parts). Every family's exactness against one
 full forward per class is in test_likelihood.py; generation, features and padding in
 test_models.py; projector fine-tuning in test_finetune.py."""
 
@@ -27,7 +28,10 @@ from vlmclf.models.hf import wrap_model
 from vlmclf.models.random_models import random_spec, save_random_model
 from vlmclf.spec import RunSpec
 
-RECENT = ["llava_onevision", "gemma3", "qwen3_vl", "internvl", "idefics3", "smolvlm", "paligemma"]
+RECENT = [
+    "llava_onevision", "gemma3", "qwen3_vl", "internvl", "idefics3", "smolvlm", "paligemma",
+    "mllama", "mistral3", "pixtral",
+]  # fmt: skip
 NAMES = ["cat", "cat food", "catamaran", "tench", "golden retriever", "great white shark"]
 TOLERANCE = 1e-4
 
@@ -137,7 +141,9 @@ def test_closed_world_generation_offers_k_names(family, image):
         assert isinstance(prediction.text, str)
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "smolvlm", "gemma3", "paligemma"])
+@pytest.mark.parametrize(
+    "family", ["llava_onevision", "smolvlm", "gemma3", "paligemma", "mllama", "mistral3", "pixtral"]
+)
 def test_saved_recent_family_loads_back_through_hf(family, tmp_path, image):
     """Families with a video processor (OneVision, SmolVLM, ...) reload without torchvision,
     their settings (image tokens per tile) intact."""
@@ -165,3 +171,130 @@ def test_remote_code_checkpoint_without_the_flag_says_which_flag(tmp_path):
     ) as caught:
         load_model(f"hf:{tmp_path}")
     assert "\n" not in str(caught.value)
+
+
+def test_mllama_scored_names_read_only_the_image_tiles_their_prompt_reads(image):
+    """Llama 3.2 Vision: scored tokens repeat the prompt's last cross-attention mask row. A square
+    image fills one of two tiles; without the mask a name would also read the padding tile."""
+    model = load_model("random:mllama")
+    method = likelihood(model)
+    question = method.question_for(None)
+    square = Image.new("RGB", (32, 32), (200, 30, 30))
+    inputs = prompt_inputs(model, method, square, question)
+    assert inputs["cross_attention_mask"][0, -1].tolist() == [[1, 0]]  # tile 2 is padding
+    assert worst_gap(model, method, square, inputs) < TOLERANCE
+    # one batch of a two-tile and a one-tile image: each row keeps its own mask
+    batch = [LoadedExample(Example(f"e{i}", 0, "test", f"mem:{i}", lambda: None), picture)
+             for i, picture in enumerate((image, square))]  # fmt: skip
+    together = method.predict(batch)
+    for item, prediction in zip(batch, together, strict=True):
+        alone = method.predict([item])[0]
+        assert prediction.scores == pytest.approx(alone.scores, abs=TOLERANCE)
+    sequences = list(method.continuations_for(question, tuple(NAMES)).values())
+    want = full_forward_log_probs(model.model, inputs, sequences)
+    prefix = method.scorer.prefill(inputs)
+    prefix.last_token_inputs = {}  # what a scorer unaware of cross-attention masks would do
+    unmasked = method.scorer.score(prefix, sequences)[0]
+    gap = max(abs(a - b) for got, w in zip(unmasked, want, strict=True)
+              for a, b in zip(got, w, strict=True))  # fmt: skip
+    assert gap > 1e-3
+
+
+def test_mllama_appended_names_get_the_mask_the_processor_gives_the_whole_text(image):
+    """The reference's own extension of ``cross_attention_mask`` agrees with the processor run
+    on prompt + name as one text: an independent check of what every scored token reads."""
+    model = load_model("random:mllama")
+    method = likelihood(model)
+    question = method.question_for(None)
+    prompt = model.format_prompt(question)
+    name = "great white shark"
+    sequence = method.continuations_for(question, (name,))[name]
+    appended = append_tokens(dict(model.build_inputs([image], [question])), sequence)
+    text = prompt + model.tokenizer.decode(list(sequence))
+    whole = model.processor(images=[[image]], text=[text], add_special_tokens=False,
+                            return_tensors="pt")  # fmt: skip
+    assert torch.equal(whole["input_ids"], appended["input_ids"])
+    assert torch.equal(whole["cross_attention_mask"], appended["cross_attention_mask"])
+
+
+def test_mllama_text_depends_on_the_image_only_through_cross_attention(image):
+    """The gates of the tiny model are open, so images change the answer's scores; the
+    sequence itself holds one <|image|> token whatever the image's tiling."""
+    model = load_model("random:mllama")
+    method = likelihood(model)
+    question = method.question_for(None)
+    square = Image.new("RGB", (32, 32), (10, 200, 10))
+    batch = model.build_inputs([image, square], [question, question])
+    assert batch["aspect_ratio_mask"].sum(-1).flatten().tolist() == [2, 1]  # tiles in use
+    assert torch.equal(batch["input_ids"][0], batch["input_ids"][1])
+    assert int((batch["input_ids"][0] == model.model.config.image_token_id).sum()) == 1
+    sequences = list(method.continuations_for(question, ("cat",)).values())
+    scores = [
+        full_forward_log_probs(
+            model.model, prompt_inputs(model, method, picture, question), sequences
+        )[0]
+        for picture in (image, square)
+    ]
+    assert abs(scores[0][0] - scores[1][0]) > 1e-4
+
+
+def test_pixtral_processor_loads_from_its_saved_parts(tmp_path, image, monkeypatch):
+    """Where transformers cannot build Pixtral's processor whole (5.17 without torchvision), the
+    saved image processor, tokenizer and settings give the same inputs."""
+    from vlmclf.models.compat import processor_class
+
+    save_random_model("mistral3", tmp_path / "m3", seed=0)
+    original = load_model(f"hf:{tmp_path / 'm3'}")
+
+    def refuse(*args, **kwargs):
+        raise ImportError("PixtralImageProcessor needs torchvision")
+
+    monkeypatch.setattr("transformers.AutoProcessor.from_pretrained", refuse)
+    monkeypatch.setattr(processor_class("PixtralProcessor"), "from_pretrained", refuse)
+    rebuilt = load_model(f"hf:{tmp_path / 'm3'}")
+    assert rebuilt.processor.spatial_merge_size == 2 and rebuilt.processor.patch_size == 8
+    questions = ["What type of object is in this photo?"]
+    ours = rebuilt.build_inputs([image], questions)
+    theirs = original.build_inputs([image], questions)
+    assert torch.equal(ours["input_ids"], theirs["input_ids"])
+    torch.testing.assert_close(ours["pixel_values"], theirs["pixel_values"])
+
+
+def test_mllama_base_checkpoint_without_chat_template_gets_one_bos_after_the_image(image):
+    """The base Llama 3.2 Vision ships no chat template: ``<|image|>question``, and the
+    processor writes BOS after the image token (transformers' documented base-model prompt)."""
+    model = load_model("random:mllama")
+    model.processor.chat_template = None
+    model.tokenizer.chat_template = None
+    assert model.format_prompt("Q?") == "<|image|>Q?"
+    ids = model.build_inputs([image], ["Q?"])["input_ids"][0].tolist()
+    tokens = model.tokenizer.convert_ids_to_tokens(ids)
+    assert tokens[:2] == ["<|image|>", "<|begin_of_text|>"]
+    assert tokens.count("<|begin_of_text|>") == 1
+    assert model.generate([image], ["Q?"], 2)
+
+
+def test_a_prompt_that_begins_with_bos_gets_no_second_one(image):
+    """Chat templates that write BOS (Gemma 3's, Mistral's, Llama 3's) meet tokenizers that add
+    it too; as in transformers' own processor chat path, the tokenizer's is then left out."""
+    model = load_model("random:mistral3")  # its tokenizer writes <s> in front of every text
+    model.prompt_template = "<s>[INST]{image}{question}[/INST]"
+    ids = model.build_inputs([image], ["Q?"])["input_ids"][0].tolist()
+    assert model.tokenizer.convert_ids_to_tokens(ids).count("<s>") == 1
+    model.prompt_template = "[INST]{image}{question}[/INST]"  # without: the tokenizer's BOS
+    ids = model.build_inputs([image], ["Q?"])["input_ids"][0].tolist()
+    assert model.tokenizer.convert_ids_to_tokens(ids)[0] == "<s>"
+
+
+@pytest.mark.parametrize("family", ["mllama", "mistral3", "pixtral"])
+def test_eval_cli_scores_and_generates_on_the_llama_and_mistral_families(family, tmp_path):
+    from tests.test_eval import common, eval_json, make_image_folder
+
+    folder = make_image_folder(tmp_path / "images", per_class=1)
+    store = tmp_path / "runs.sqlite"
+    model = ["--model", f"random:{family}"]
+    scored = eval_json(*model, "--method", "likelihood", *common(folder, store))
+    closed = eval_json(*model, "--method", "generate", "--setting", "closed", "--k", "3",
+                       "--max-new-tokens", "4", *common(folder, store))  # fmt: skip
+    assert scored["n"] == closed["n"] == 4
+    assert scored["n_failed"] == closed["n_failed"] == 0

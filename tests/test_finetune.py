@@ -63,7 +63,7 @@ def _images(n: int) -> list[Image.Image]:
 @pytest.mark.parametrize(
     "family",
     ["llava", "llava_next", "qwen2_vl", "llava_onevision", "gemma3", "qwen3_vl", "internvl",
-     "idefics3", "smolvlm", "paligemma"],
+     "idefics3", "smolvlm", "paligemma", "mllama", "mistral3", "pixtral"],
 )  # fmt: skip
 def test_loss_is_on_the_answer_only_and_matches_the_model_s_own(family):
     wrapper = load_model(f"random:{family}")
@@ -85,6 +85,10 @@ def test_loss_is_on_the_answer_only_and_matches_the_model_s_own(family):
     labels = torch.cat([prompt_labels, tail.masked_fill(tail_mask == 0, -100)], 1)
     inputs["input_ids"] = torch.cat([inputs["input_ids"], tail], 1)
     inputs["attention_mask"] = torch.cat([inputs["attention_mask"], tail_mask], 1)
+    if "cross_attention_mask" in inputs:  # Mllama: answer tokens read the tiles the prompt read
+        crossed = inputs["cross_attention_mask"]
+        tail_cross = crossed[:, -1:].repeat(1, length, 1, 1)
+        inputs["cross_attention_mask"] = torch.cat([crossed, tail_cross], 1)
     if "mm_token_type_ids" in inputs:
         types = inputs["mm_token_type_ids"]
         inputs["mm_token_type_ids"] = torch.cat([types, torch.zeros_like(tail)], 1)

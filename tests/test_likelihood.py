@@ -26,7 +26,8 @@ from vlmclf.spec import RunSpec
 
 FAMILIES = [
     "llava", "llava_next", "blip2", "instructblip", "qwen2_vl", "qwen2_5_vl", "llava_onevision",
-    "gemma3", "qwen3_vl", "internvl", "idefics3", "smolvlm", "paligemma",
+    "gemma3", "qwen3_vl", "internvl", "idefics3", "smolvlm", "paligemma", "mllama", "mistral3",
+    "pixtral",
 ]  # fmt: skip
 TOLERANCE = 1e-4
 HAND_PICKED = [
@@ -149,7 +150,7 @@ def test_fast_scores_equal_full_forward_per_class(family, models, images):
     assert prediction.hit == (NAMES[prediction.pred] == "tench")
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "mllama"])
 def test_paper_sequential_way_agrees(family, models, images):
     model = models(family)
     method = LikelihoodMethod(model, NAMES, spec_for(family))
@@ -243,7 +244,7 @@ def test_fixed_prompt_continuations_are_what_the_model_emits_next(models):
     assert list(after_newline["golden eagle"]) == ids("golden eagle")  # no leading space
 
 
-@pytest.mark.parametrize("family", ["llava", "blip2", "qwen2_vl"])
+@pytest.mark.parametrize("family", ["llava", "blip2", "qwen2_vl", "mllama"])
 def test_guidance_uses_a_real_image_free_pass_once(family, models, images):
     model = models(family)
     t = 1.7

@@ -15,6 +15,7 @@ from vlmclf.models.random_models import RANDOM_FAMILIES, build_random, save_rand
 
 RECENT_FAMILIES = [
     "llava_onevision", "gemma3", "qwen3_vl", "internvl", "idefics3", "smolvlm", "paligemma",
+    "mllama", "mistral3", "pixtral",
 ]  # fmt: skip
 VLM_FAMILIES = [
     "llava", "llava_next", "blip2", "instructblip", "qwen2_vl", "qwen2_5_vl", *RECENT_FAMILIES,
@@ -30,7 +31,11 @@ IMAGE_TOKENS = {
     # 4 tiles + a global view of 4 tokens with their markers; PaliGemma 16 + BOS + "\n".
     "llava_onevision": 24, "gemma3": 9, "qwen3_vl": 16, "internvl": 22, "idefics3": 34,
     "smolvlm": 34, "paligemma": 18,
+    # Mistral 3: 4 x 4 merged patches, a [IMG_BREAK] after each row but the last ([IMG_END]).
+    # Llama 3.2 Vision keeps its one <|image|> token: the tiles enter through cross-attention.
+    "mistral3": 20, "mllama": 1, "pixtral": 72,
 }  # fmt: skip
+CROSS_ATTENTION_FAMILIES = {"mllama"}
 
 
 @pytest.fixture(scope="module")
@@ -128,10 +133,11 @@ def test_generate_returns_greedy_answers_within_the_token_budget(family, loaded,
 def test_prompt_length_counts_image_tokens(family, loaded):
     model = loaded(family)
     prompt = model.format_prompt(QUESTIONS[0])
-    text_ids = model.tokenizer(prompt)["input_ids"]
+    text_ids = model.tokenizer(prompt, add_special_tokens=model.adapter.add_special_tokens)
+    text_ids = text_ids["input_ids"]
     placeholders = sum(token == model.model.config.image_token_id for token in text_ids)
     length = model.prompt_length(QUESTIONS[0])
-    assert length > len(text_ids)
+    assert length > len(text_ids) or family in CROSS_ATTENTION_FAMILIES
     assert length == len(text_ids) - placeholders + IMAGE_TOKENS[family]
     assert model.context_length == model.model.config.get_text_config().max_position_embeddings
 

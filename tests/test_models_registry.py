@@ -110,7 +110,9 @@ def test_open_clip_without_the_package_says_how_to_install(monkeypatch):
         ("qwen3_vl", "qwen3_vl"),
         ("internvl", "internvl"),
         ("llava_onevision", "llava_onevision"),
-        ("mllama", "generic"),
+        ("mllama", "mllama"),
+        ("mistral3", "mistral3"),
+        ("aya_vision", "generic"),
     ],
 )
 def test_family_lookup_by_model_type(model_type, family):
@@ -121,7 +123,8 @@ def test_family_detection_from_real_config_classes():
     assert adapter_for_config(tf.Qwen2_5_VLConfig()).name == "qwen2_5_vl"
     assert adapter_for_config(tf.SiglipConfig()).name == "siglip"
     assert adapter_for_config(tf.PaliGemmaConfig()).name == "paligemma"
-    assert adapter_for_config(tf.MllamaConfig()) is GENERIC_VLM  # no adapter row: the fallback
+    assert adapter_for_config(tf.MllamaConfig()).name == "mllama"
+    assert adapter_for_config(tf.AyaVisionConfig()) is GENERIC_VLM  # no adapter row: the fallback
     with pytest.raises(ValueError, match="unknown model family"):
         adapter_by_name("gpt2")
 

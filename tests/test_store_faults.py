@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from store_probe import rows_committed
 from test_eval import make_image_folder
 from typer.testing import CliRunner
 
@@ -183,14 +184,6 @@ def test_full_disk_is_one_line_and_the_run_stays_resumable(tmp_path: Path) -> No
             assert len(runs.predictions(record.run_id)) == 48
 
 
-def count_rows(store: Path) -> int:
-    try:
-        with contextlib.closing(sqlite3.connect(store, timeout=5)) as conn:
-            return conn.execute("SELECT count(*) FROM predictions").fetchone()[0]
-    except sqlite3.Error:
-        return 0
-
-
 def test_sigterm_marks_the_run_interrupted_and_keeps_committed_rows(tmp_path: Path) -> None:
     folder = make_image_folder(tmp_path / "imgs", per_class=12)
     store = tmp_path / "runs.sqlite"
@@ -200,7 +193,7 @@ def test_sigterm_marks_the_run_interrupted_and_keeps_committed_rows(tmp_path: Pa
                "--no-progress"]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while count_rows(store) < 4 and time.monotonic() < deadline and process.poll() is None:
+    while rows_committed(store) < 4 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)

@@ -406,6 +406,7 @@ def test_paper_protocol_gives_unparsed_answers_the_papers_random_letter(
         for protocol in ("clean", "paper"):
             args = ["--model", "openai:test-model", "--base-url", server.base_url,
                     "--images", str(root), "--questions", str(questions), "--protocol", protocol,
+                    "--parser", "robust",  # the paper's own rule is tested below
                     "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / protocol),
                     "--no-progress", "--json"]  # fmt: skip
             result = CliRunner().invoke(wikiqa_app, args)
@@ -469,3 +470,51 @@ def test_paper_protocol_puts_cot_after_assistant_as_the_papers_code_does(
     assert all("step by step. ASSISTANT:" in p or "step by step.\nASSISTANT:" in p
                for p in clean_prompts)  # fmt: skip
     assert "prompt_template" not in specs["clean"]
+
+
+MMMU_CASES = [  # (answer, letter the MMMU rule reads, letter parse_choice reads)
+    ("Answer: A", "A", "A"),
+    ("(D)", "D", "D"),
+    ("I think (A), no wait, (C).", "C", None),  # the last bracketed letter wins
+    ("B or C? I pick C", "C", None),  # the last spaced letter wins
+    ("B.,", "B", "B"),  # marks are stripped one kind at a time, "," first, then "."
+    ("B,.", None, "B"),  # so here the "," stays and " B " is not found
+    ("It lives in a house.", None, "A"),  # five words: the rule searches no option text
+    ("The object is most likely found living in a house.", "A", "A"),
+    ("A dog would eat meat, not grass", "A", None),  # any capital "A" word is a letter
+    ("hmm", None, None),
+]
+
+
+@pytest.mark.parametrize(("answer", "mmmu", "robust"), MMMU_CASES)
+def test_mmmu_rule_reads_letters_as_the_papers_evaluation(
+    answer: str, mmmu: str | None, robust: str | None
+) -> None:
+    from vlmclf.analysis.wikiqa.parse import parse_choice_mmmu
+
+    options = {"A": "in a house", "B": "in the sea", "C": "in a tree", "D": "underground"}
+    assert parse_choice_mmmu(answer, options) == mmmu
+    assert parse_choice(answer, options) == robust
+
+
+def test_paper_protocol_reads_letters_with_the_mmmu_rule(
+    tiny_wikiqa: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VLMCLF_API_CACHE", str(tmp_path / "api-cache.sqlite"))
+    root, questions = tiny_wikiqa
+    with FakeApiServer("openai", key=None, answer=lambda p: "B or C? I pick C") as server:
+        reports = {}
+        for protocol in ("clean", "paper"):
+            args = ["--model", "openai:test-model", "--base-url", server.base_url,
+                    "--images", str(root), "--questions", str(questions), "--protocol", protocol,
+                    "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / protocol),
+                    "--no-progress", "--json"]  # fmt: skip
+            result = CliRunner().invoke(wikiqa_app, args)
+            assert result.exit_code == 0, result.output
+            reports[protocol] = json.loads(result.output)
+    clean, paper = reports["clean"]["summary"], reports["paper"]["summary"]
+    assert clean["n_unparsed"] == clean["n_ok"] == 4 and clean["parser"] == "robust"
+    assert paper["n_unparsed"] == 0 and paper["answer_distribution"]["C"] == 4
+    assert paper["parser"] == "mmmu" and reports["paper"]["spec"]["options"]["parser"] == "mmmu"
+    table = Path(reports["paper"]["files"]["markdown"]).read_text()
+    assert "letters read" in table and "mmmu" in table

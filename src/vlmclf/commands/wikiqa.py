@@ -53,13 +53,17 @@ def wikiqa_command(
         int | None, typer.Option(callback=at_least(1), help="Default 16, 256 with --cot.")
     ] = None,
     protocol: Annotated[
-        str, typer.Option(help="clean (default) or paper: sets --cot, --max-new-tokens and "
-                          "--unparsed unless given.")
+        str, typer.Option(help="clean (default) or paper: sets --cot, --max-new-tokens, "
+                          "--parser and --unparsed unless given.")
     ] = "clean",
     unparsed: Annotated[
         str, typer.Option(help="An answer naming no single option: wrong (clean), or "
                           "random-letter (the paper's code: random.choice, seed 1234).")
     ] = "wrong",
+    parser: Annotated[
+        str, typer.Option(help="How a letter is read from an answer: robust (clean; None when "
+                          "unclear), or mmmu (the paper's code: the MMMU rule, last mention wins).")
+    ] = "robust",
     batch_size: Annotated[
         str,
         typer.Option(callback=batch_size_or_auto, help=batch_help(CPU_BATCH, "Questions per call")),
@@ -91,14 +95,14 @@ def wikiqa_command(
     if method not in ("generate", "likelihood"):
         fail(f"--method must be generate or likelihood, got {method!r}")
     chosen = _protocol_options(ctx, protocol, cot=cot, max_new_tokens=max_new_tokens,
-                               unparsed=unparsed)  # fmt: skip
+                               unparsed=unparsed, parser=parser)  # fmt: skip
     device, dtype = resolve_hardware(model, device, dtype)  # dtype is in the run's identity
     try:
         template = _cot_template(model, method, protocol, bool(chosen["cot"]))
         spec = wikiqa_spec(model, method, questions=questions, cot=chosen["cot"],
                            max_new_tokens=chosen["max_new_tokens"], dtype=dtype,
                            unparsed=chosen["unparsed"], protocol=protocol,
-                           prompt_template=template)  # fmt: skip
+                           prompt_template=template, parser=chosen["parser"])  # fmt: skip
     except ValueError as err:
         fail(str(err))
     options = ModelOptions(device=device, dtype=dtype, base_url=base_url, concurrency=concurrency)
@@ -185,8 +189,8 @@ def _print_wikiqa(result: dict, model: str, method: str) -> None:
     protocol = result["spec"].get("protocol", "clean")
     typer.echo(
         f"run {result['run_id']}: {model} ({method}, protocol {protocol}) ImageWikiQA accuracy "
-        f"{accuracy} on {s['n_ok']} questions; unparsed {s['n_unparsed']} ({rule}), "
-        f"failed {s['n_failed']}"
+        f"{accuracy} on {s['n_ok']} questions; letters read by the {s.get('parser', 'robust')} "
+        f"rule; unparsed {s['n_unparsed']} ({rule}), failed {s['n_failed']}"
     )
     typer.echo("answers: " + ", ".join(f"{k} {v}" for k, v in s["answer_distribution"].items()))
     for name, path in result["files"].items():

@@ -12,7 +12,13 @@ from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 
-CLASS_LISTS = ("imagenet", "flowers102", "stanford_cars", "caltech101", "fashion_mnist")
+CLASS_LISTS = (
+    "imagenet", "flowers102", "stanford_cars", "caltech101", "fashion_mnist",
+    "imagenet_first_synonym",
+)  # fmt: skip
+"""``imagenet_first_synonym``: the companion thesis's ImageNet names, the first comma-separated
+synonym of the standard ImageNet-1k label text (the WordNet lemmas of each synset, as timm's
+``imagenet_synset_to_lemma.txt`` lists them): "tench", "great white shark", "crane" twice."""
 
 
 def load_class_names(name_or_path: str) -> list[str]:

@@ -114,6 +114,35 @@ def load_image_processor(ident: str, trust_remote_code: bool = False) -> Any:
         return pil_class.from_pretrained(ident)
 
 
+_PIXTRAL = "transformers.models.pixtral"
+
+
+@functools.cache
+def processor_class(name: str) -> type:
+    """The transformers processor class ``name``, importable without torchvision where only an
+    import stands in the way: ``PixtralProcessor``'s module imports the torchvision image
+    processor for one size helper (used to count tokens, not to process), which the PIL twin
+    defines as well. Elsewhere transformers gives a placeholder that fails when called."""
+    import importlib
+    import sys
+    import types
+
+    import transformers
+
+    found = getattr(transformers, name)
+    if name != "PixtralProcessor" or not isinstance(found, transformers.utils.DummyObject):
+        return found
+    torchvision_module = f"{_PIXTRAL}.image_processing_pixtral"
+    pil = importlib.import_module(f"{_PIXTRAL}.image_processing_pil_pixtral")
+    stand_in = types.ModuleType(torchvision_module)
+    stand_in.get_resize_output_image_size = pil.get_resize_output_image_size
+    sys.modules[torchvision_module] = stand_in
+    try:
+        return importlib.import_module(f"{_PIXTRAL}.processing_pixtral").PixtralProcessor
+    finally:
+        del sys.modules[torchvision_module]
+
+
 @functools.cache
 def image_only_processor_class(processor_class: type) -> type:
     """A subclass of a Qwen-style processor without its video processor.

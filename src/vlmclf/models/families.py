@@ -2,8 +2,9 @@
 
 Families differ in prompt format, in the transformers classes that load them, in where their
 language model sits inside the wrapper, and in how positions are assigned under left padding.
-Every such difference lives in a ``FamilyAdapter`` row below; code elsewhere looks the adapter
-up (``adapter_for_config``, ``adapter_by_name``) and never branches on model names.
+Every such difference lives in a ``FamilyAdapter`` row below (the prompt formats it names are in
+``prompt_formats.py``); code elsewhere looks the adapter up (``adapter_for_config``,
+``adapter_by_name``) and never branches on model names.
 """
 
 from __future__ import annotations
@@ -14,13 +15,20 @@ from typing import Any, Literal
 
 from torch import nn
 
+from vlmclf.models.prompt_formats import (
+    blip2_prompt,
+    chat_prompt,
+    instructblip_prompt,
+    llava_next_prompt,
+    llava_prompt,
+    mllama_prompt,
+    paligemma_prompt,
+    phi3_v_prompt,
+    rendered_chat_prompt,
+)
+
 PromptFormatter = Callable[[str, Any, Any], str]
 """(question, processor, config) -> full prompt text with the family's image placeholder."""
-
-VICUNA_SYSTEM = (
-    "A chat between a curious human and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the human's questions."
-)
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,11 @@ class FamilyAdapter:
     transformers builds only with torchvision; without one, an image-only subclass is used.
     ``nest_images``: the processor takes one list of images per prompt (Gemma 3, Idefics3).
     ``first_position``: the position of a row's first real token (PaliGemma counts from 1).
+    ``add_special_tokens``: False where the processor places BOS itself (Llama 3.2 Vision's
+    puts it after a leading ``<|image|>``), so the tokenizer must not add one. (Prompts that
+    begin with BOS never get a second, whatever the family: see ``build_inputs``.)
+    ``vision_model_type``: set where one ``model_type`` holds families that differ in their
+    vision tower (``llava`` with a Pixtral tower is Pixtral-12B); it must match as well.
     """
 
     name: str
@@ -61,6 +74,8 @@ class FamilyAdapter:
     pad_text_to_max_length: bool = False
     nest_images: bool = False
     first_position: int = 0
+    add_special_tokens: bool = True
+    vision_model_type: str | None = None
 
     def prompt(self, question: str, processor: Any, config: Any) -> str:
         """The full prompt text for a bare question, image placeholder included."""
@@ -85,9 +100,9 @@ class FamilyAdapter:
         return getattr(transformers, self.model_class)
 
     def processor_cls(self) -> type:
-        import transformers
+        from vlmclf.models.compat import processor_class
 
-        return getattr(transformers, self.processor_class)
+        return processor_class(self.processor_class)
 
 
 def resolve_attribute(root: Any, dotted: str) -> Any:
@@ -98,83 +113,6 @@ def resolve_attribute(root: Any, dotted: str) -> Any:
             raise AttributeError(f"{type(root).__name__} has no {dotted!r} (missing {part!r})")
         node = getattr(node, part)
     return node
-
-
-def image_token(processor: Any, default: str = "<image>") -> str:
-    token = getattr(processor, "image_token", None) or getattr(
-        getattr(processor, "tokenizer", None), "image_token", None
-    )
-    return str(getattr(token, "content", token)) if token else default
-
-
-def chat_template_of(processor: Any) -> str | dict | None:
-    """The processor's chat template, else its tokenizer's, else None."""
-    template = getattr(processor, "chat_template", None)
-    if template:
-        return template
-    return getattr(getattr(processor, "tokenizer", None), "chat_template", None)
-
-
-def apply_image_chat_template(question: str, processor: Any) -> str:
-    """One user turn holding an image and the question, followed by the assistant's cue."""
-    conversation = [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
-    ]
-    if getattr(processor, "chat_template", None):
-        return processor.apply_chat_template(
-            conversation, add_generation_prompt=True, tokenize=False
-        )
-    tokenizer = getattr(processor, "tokenizer", None)
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            conversation, add_generation_prompt=True, tokenize=False
-        )
-    raise ValueError(
-        f"{type(processor).__name__} has no chat template; this model family needs one to place "
-        "the image in the prompt"
-    )
-
-
-def _llava_prompt(question: str, processor: Any, config: Any) -> str:
-    return f"USER: {image_token(processor)}\n{question} ASSISTANT:"
-
-
-def _llava_next_prompt(question: str, processor: Any, config: Any) -> str:
-    if chat_template_of(processor):
-        return apply_image_chat_template(question, processor)
-    text_type = getattr(getattr(config, "text_config", None), "model_type", "")
-    if text_type == "mistral":
-        return f"[INST] {image_token(processor)}\n{question} [/INST]"
-    return f"{VICUNA_SYSTEM} USER: {image_token(processor)}\n{question} ASSISTANT:"
-
-
-def _blip2_prompt(question: str, processor: Any, config: Any) -> str:
-    return f"Question: {question} Answer:"
-
-
-def _instructblip_prompt(question: str, processor: Any, config: Any) -> str:
-    return question
-
-
-def _rendered_chat_prompt(question: str, processor: Any, config: Any) -> str:
-    """The processor's chat template rendered by its tokenizer: SmolVLM's processor-level
-    ``apply_chat_template`` reads video settings, which an image-only processor lacks."""
-    conversation = [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
-    ]
-    return processor.tokenizer.apply_chat_template(
-        conversation, chat_template=chat_template_of(processor), add_generation_prompt=True,
-        tokenize=False,
-    )  # fmt: skip
-
-
-def _paligemma_prompt(question: str, processor: Any, config: Any) -> str:
-    """The image, then the task; the processor puts BOS after the image and "\\n" at the end."""
-    return f"{image_token(processor)}{question}"
-
-
-def _chat_prompt(question: str, processor: Any, config: Any) -> str:
-    return apply_image_chat_template(question, processor)
 
 
 FAMILIES: tuple[FamilyAdapter, ...] = (
@@ -199,7 +137,7 @@ FAMILIES: tuple[FamilyAdapter, ...] = (
         model_types=("llava",),
         model_class="LlavaForConditionalGeneration",
         processor_class="LlavaProcessor",
-        format_prompt=_llava_prompt,
+        format_prompt=llava_prompt,
     ),
     FamilyAdapter(
         name="llava_next",
@@ -207,7 +145,7 @@ FAMILIES: tuple[FamilyAdapter, ...] = (
         model_types=("llava_next",),
         model_class="LlavaNextForConditionalGeneration",
         processor_class="LlavaNextProcessor",
-        format_prompt=_llava_next_prompt,
+        format_prompt=llava_next_prompt,
     ),
     FamilyAdapter(
         name="blip2",
@@ -215,7 +153,7 @@ FAMILIES: tuple[FamilyAdapter, ...] = (
         model_types=("blip-2", "blip_2"),
         model_class="Blip2ForConditionalGeneration",
         processor_class="Blip2Processor",
-        format_prompt=_blip2_prompt,
+        format_prompt=blip2_prompt,
         language_model_path="language_model.model.decoder",  # OPTForCausalLM skips OPTModel
         lm_head_path="language_model.lm_head",
         position_ids="internal",  # OPT numbers positions by cumsum(attention_mask)
@@ -227,7 +165,7 @@ FAMILIES: tuple[FamilyAdapter, ...] = (
         model_types=("instructblip",),
         model_class="InstructBlipForConditionalGeneration",
         processor_class="InstructBlipProcessor",
-        format_prompt=_instructblip_prompt,
+        format_prompt=instructblip_prompt,
         language_model_path="language_model.model",
         lm_head_path="language_model.lm_head",
         image_tokens_first=True,
@@ -239,7 +177,7 @@ FAMILIES: tuple[FamilyAdapter, ...] = (
         model_types=("qwen2_vl",),
         model_class="Qwen2VLForConditionalGeneration",
         processor_class="Qwen2VLProcessor",
-        format_prompt=_chat_prompt,
+        format_prompt=chat_prompt,
         position_ids="internal",  # M-RoPE: (3, B, L) positions from input_ids + image grid + mask
         video_processor_optional=True,
     ),
@@ -249,7 +187,7 @@ FAMILIES: tuple[FamilyAdapter, ...] = (
         model_types=("qwen2_5_vl",),
         model_class="Qwen2_5_VLForConditionalGeneration",
         processor_class="Qwen2_5_VLProcessor",
-        format_prompt=_chat_prompt,
+        format_prompt=chat_prompt,
         position_ids="internal",
         video_processor_optional=True,
     ),
@@ -262,7 +200,7 @@ RECENT_FAMILIES: tuple[FamilyAdapter, ...] = (
         model_types=("llava_onevision",),
         model_class="LlavaOnevisionForConditionalGeneration",
         processor_class="LlavaOnevisionProcessor",
-        format_prompt=_chat_prompt,
+        format_prompt=chat_prompt,
         video_processor_optional=True,
     ),
     FamilyAdapter(
@@ -271,7 +209,7 @@ RECENT_FAMILIES: tuple[FamilyAdapter, ...] = (
         model_types=("gemma3",),
         model_class="Gemma3ForConditionalGeneration",
         processor_class="Gemma3Processor",
-        format_prompt=_chat_prompt,
+        format_prompt=chat_prompt,
         nest_images=True,
     ),
     FamilyAdapter(
@@ -280,7 +218,7 @@ RECENT_FAMILIES: tuple[FamilyAdapter, ...] = (
         model_types=("qwen3_vl",),
         model_class="Qwen3VLForConditionalGeneration",
         processor_class="Qwen3VLProcessor",
-        format_prompt=_chat_prompt,
+        format_prompt=chat_prompt,
         position_ids="internal",  # interleaved M-RoPE from input_ids + image grid + mask
         video_processor_optional=True,
     ),
@@ -290,7 +228,7 @@ RECENT_FAMILIES: tuple[FamilyAdapter, ...] = (
         model_types=("internvl",),
         model_class="InternVLForConditionalGeneration",
         processor_class="InternVLProcessor",
-        format_prompt=_chat_prompt,
+        format_prompt=chat_prompt,
         video_processor_optional=True,
     ),
     FamilyAdapter(
@@ -299,7 +237,7 @@ RECENT_FAMILIES: tuple[FamilyAdapter, ...] = (
         model_types=("idefics3",),
         model_class="Idefics3ForConditionalGeneration",
         processor_class="Idefics3Processor",
-        format_prompt=_chat_prompt,
+        format_prompt=chat_prompt,
         language_model_path="model.text_model",
         nest_images=True,
     ),
@@ -309,7 +247,7 @@ RECENT_FAMILIES: tuple[FamilyAdapter, ...] = (
         model_types=("smolvlm",),
         model_class="SmolVLMForConditionalGeneration",
         processor_class="SmolVLMProcessor",
-        format_prompt=_rendered_chat_prompt,
+        format_prompt=rendered_chat_prompt,
         language_model_path="model.text_model",
         video_processor_optional=True,
         nest_images=True,
@@ -320,10 +258,54 @@ RECENT_FAMILIES: tuple[FamilyAdapter, ...] = (
         model_types=("paligemma",),
         model_class="PaliGemmaForConditionalGeneration",
         processor_class="PaliGemmaProcessor",
-        format_prompt=_paligemma_prompt,
+        format_prompt=paligemma_prompt,
         first_position=1,
     ),
 )
+
+LLAMA_MISTRAL_FAMILIES: tuple[FamilyAdapter, ...] = (
+    FamilyAdapter(
+        name="mllama",
+        kind="vlm",
+        model_types=("mllama",),
+        model_class="MllamaForConditionalGeneration",
+        processor_class="MllamaProcessor",
+        format_prompt=mllama_prompt,
+        nest_images=True,
+        add_special_tokens=False,
+    ),
+    FamilyAdapter(
+        name="mistral3",
+        kind="vlm",
+        model_types=("mistral3",),
+        model_class="Mistral3ForConditionalGeneration",
+        processor_class="PixtralProcessor",
+        format_prompt=chat_prompt,
+    ),
+    FamilyAdapter(
+        name="pixtral",
+        kind="vlm",
+        model_types=("llava",),
+        vision_model_type="pixtral",
+        model_class="LlavaForConditionalGeneration",
+        processor_class="PixtralProcessor",
+        format_prompt=chat_prompt,
+    ),
+)
+REMOTE_CODE_FAMILIES: tuple[FamilyAdapter, ...] = (
+    FamilyAdapter(
+        name="phi3_v",
+        kind="vlm",
+        model_types=("phi3_v",),
+        model_class="AutoModelForCausalLM",  # the class its config's auto_map names
+        processor_class="AutoProcessor",
+        format_prompt=phi3_v_prompt,
+        language_model_path=None,
+        position_ids="internal",  # its own code: let it number positions itself
+    ),
+)
+"""Checkpoints that ship their own model code (``--trust-remote-code``)."""
+RECENT_FAMILIES = (*RECENT_FAMILIES, *LLAMA_MISTRAL_FAMILIES, *REMOTE_CODE_FAMILIES)
 """Today's open families, each with its processor's chat template as the clean prompt."""
 FAMILIES = (*FAMILIES, *RECENT_FAMILIES)
 
@@ -333,13 +315,24 @@ GENERIC_VLM = FamilyAdapter(
     model_types=(),
     model_class="AutoModelForImageTextToText",
     processor_class="AutoProcessor",
-    format_prompt=_chat_prompt,
+    format_prompt=chat_prompt,
     language_model_path=None,
     position_ids="internal",  # unknown layout: passing 2-D positions could break M-RoPE models
 )
 
 _BY_NAME = {adapter.name: adapter for adapter in (*FAMILIES, GENERIC_VLM)}
-_BY_MODEL_TYPE = {model_type: adapter for adapter in FAMILIES for model_type in adapter.model_types}
+_BY_MODEL_TYPE = {
+    model_type: adapter
+    for adapter in FAMILIES
+    if adapter.vision_model_type is None
+    for model_type in adapter.model_types
+}
+_BY_MODEL_AND_VISION_TYPE = {
+    (model_type, adapter.vision_model_type): adapter
+    for adapter in FAMILIES
+    if adapter.vision_model_type is not None
+    for model_type in adapter.model_types
+}
 
 
 def adapter_by_name(name: str) -> FamilyAdapter:
@@ -356,11 +349,14 @@ def adapter_for_model_type(model_type: str) -> FamilyAdapter:
 
 
 def adapter_for_config(config: Any) -> FamilyAdapter:
-    """Detect the family of a loaded ``transformers`` config from its ``model_type``."""
+    """Detect the family of a loaded ``transformers`` config from its ``model_type`` (and its
+    vision tower's, which tells Pixtral-12B from LLaVA)."""
     model_type = getattr(config, "model_type", None)
     if not model_type:
         raise ValueError(f"{type(config).__name__} has no model_type; cannot detect its family")
-    return adapter_for_model_type(model_type)
+    vision_type = getattr(getattr(config, "vision_config", None), "model_type", None)
+    by_vision = _BY_MODEL_AND_VISION_TYPE.get((model_type, vision_type))
+    return by_vision or adapter_for_model_type(model_type)
 
 
 def known_families() -> list[str]:

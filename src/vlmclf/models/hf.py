@@ -16,7 +16,8 @@ from transformers import BatchFeature, GenerationConfig
 
 from vlmclf.models import compat
 from vlmclf.models.base import HiddenFeatures
-from vlmclf.models.families import FamilyAdapter, image_token
+from vlmclf.models.families import FamilyAdapter
+from vlmclf.models.prompt_formats import image_token
 
 PROBE_IMAGE_SIZE = (448, 448)
 """(width, height) of the blank image ``prompt_length`` counts with by default. LLaVA-NeXT and
@@ -94,7 +95,10 @@ class HFVisionLanguageModel:
         pictures: list[Any] = _rgb(images)
         if self.adapter.nest_images:
             pictures = [[picture] for picture in pictures]
-        batch = self.processor(images=pictures, text=prompts, return_tensors="pt", padding=True)
+        options = {} if self._adds_special_tokens(prompts) else {"add_special_tokens": False}
+        batch = self.processor(
+            images=pictures, text=prompts, return_tensors="pt", padding=True, **options
+        )
         if self.adapter.qformer_reads_prompt:
             batch.update(self._qformer_inputs(prompts))
         moved = {}
@@ -107,6 +111,15 @@ class HFVisionLanguageModel:
                     value = value.to(self.dtype)
             moved[key] = value
         return BatchFeature(data=moved)
+
+    def _adds_special_tokens(self, prompts: list[str]) -> bool:
+        """False where the prompts already begin with BOS (chat templates that write it, as
+        Gemma 3's, Mistral 3's and Llama 3's do), as transformers' own processor chat path
+        decides, so the tokenizer does not add a second; and for families whose processor
+        places BOS itself (Llama 3.2 Vision)."""
+        bos = self.tokenizer.bos_token
+        begins_with_bos = bool(bos) and all(prompt.startswith(bos) for prompt in prompts)
+        return self.adapter.add_special_tokens and not begins_with_bos
 
     def _qformer_inputs(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         limit = self.model.config.qformer_config.max_position_embeddings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,8 @@ def load_processor(ident: str, adapter: FamilyAdapter, trust_remote_code: bool =
         return processor
     if adapter.video_processor_optional:
         return _image_only_processor(ident, adapter, trust_remote_code)
+    if isinstance(error, ImportError) and adapter.processor_class != "AutoProcessor":
+        return _family_processor(ident, adapter, trust_remote_code)
     reason = error or f"AutoProcessor gave a {type(processor).__name__} with no image processor"
     raise ValueError(f"cannot load the {adapter.processor_class} of {_describe(ident)}: {reason}")
 
@@ -69,6 +72,55 @@ def _image_only_processor(ident: str, adapter: FamilyAdapter, trust_remote_code:
     return processor_class(image_processor, tokenizer, chat_template=tokenizer.chat_template)
 
 
+def _family_processor(ident: str, adapter: FamilyAdapter, trust_remote_code: bool) -> Any:
+    """The family's processor class, where ``AutoProcessor`` fails on an import (Pixtral's
+    wants torchvision): loaded whole, else from its saved parts with the PIL image processor
+    (transformers 5.17 does not fall back to it by itself)."""
+    import json
+
+    from transformers import AutoTokenizer
+    from transformers.utils import cached_file
+
+    processor_class = adapter.processor_cls()
+    try:
+        return processor_class.from_pretrained(ident, trust_remote_code=trust_remote_code)
+    except ImportError:
+        pass
+    image_processor = compat.load_image_processor(ident, trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(ident, trust_remote_code=trust_remote_code)
+    saved_file = cached_file(
+        ident, "processor_config.json", _raise_exceptions_for_missing_entries=False
+    )
+    saved = json.loads(Path(saved_file).read_text(encoding="utf-8")) if saved_file else {}
+    accepted = inspect.signature(processor_class.__init__).parameters
+    settings = {k: v for k, v in saved.items() if k in accepted and k not in _PROCESSOR_PARTS}
+    return processor_class(
+        image_processor, tokenizer, chat_template=tokenizer.chat_template, **settings
+    )
+
+
+_PROCESSOR_PARTS = ("self", "image_processor", "tokenizer", "chat_template")
+
+
+REMOTE_CODE_AUTO_CLASSES = (
+    "AutoModelForImageTextToText", "AutoModelForCausalLM",
+)  # fmt: skip
+"""Auto classes a remote-code VLM's ``auto_map`` may name, in order of preference."""
+
+
+def model_class_for(config: Any, adapter: FamilyAdapter) -> type:
+    """The class that loads the weights: the adapter's, except that a checkpoint with its own
+    code (Phi-3-Vision) is loaded through whichever Auto class its ``auto_map`` names."""
+    import transformers
+
+    auto_map = getattr(config, "auto_map", None) or {}
+    if adapter.model_class.startswith("Auto") and auto_map:
+        for name in REMOTE_CODE_AUTO_CLASSES:
+            if name in auto_map and hasattr(transformers, name):
+                return getattr(transformers, name)
+    return adapter.model_cls()
+
+
 def load_hf_model(
     ident: str,
     *,
@@ -89,7 +141,7 @@ def load_hf_model(
         )  # fmt: skip
     adapter = adapter_for_config(config)
     processor = load_processor(ident, adapter, trust_remote_code)
-    model = adapter.model_cls().from_pretrained(
+    model = model_class_for(config, adapter).from_pretrained(
         ident, config=config, **compat.from_pretrained_kwargs(dtype, device_map, trust_remote_code)
     )
     return wrap_model(

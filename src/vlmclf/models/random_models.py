@@ -33,10 +33,13 @@ CLIP_MEAN, CLIP_STD = [0.4815, 0.4578, 0.4082], [0.2686, 0.2613, 0.2758]
 
 @dataclass(frozen=True)
 class RandomSpec:
-    """A family's tiny config and matching processor, before weights exist."""
+    """A family's tiny config and matching processor, before weights exist; ``finish`` edits
+    freshly initialised weights where the real init would hide a code path (Mllama's zero gates
+    switch its cross-attention off)."""
 
     config: Any
     processor: Any
+    finish: Callable[[torch.nn.Module], None] | None = None
 
 
 def _ids(tokenizer: Any) -> dict[str, int | None]:
@@ -301,6 +304,9 @@ def build_random(family: str, seed: int = 0) -> tuple[torch.nn.Module, Any, Fami
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = adapter.model_cls()(spec.config)
+        if spec.finish is not None:
+            with torch.no_grad():
+                spec.finish(model)
     model.eval()
     tokenizer = spec.processor.tokenizer
     if hasattr(model, "generation_config") and adapter.kind == "vlm":
@@ -332,10 +338,13 @@ def load_random_model(
 
 
 def _register_recent_families() -> None:
-    """Today's families live in ``random_recent`` (which builds on the helpers above)."""
+    """Today's families live in ``random_recent`` and ``random_llama_mistral`` (which build on
+    the helpers above)."""
+    from vlmclf.models.random_llama_mistral import LLAMA_MISTRAL_FAMILIES
     from vlmclf.models.random_recent import RECENT_FAMILIES
 
     RANDOM_FAMILIES.update(RECENT_FAMILIES)
+    RANDOM_FAMILIES.update(LLAMA_MISTRAL_FAMILIES)
 
 
 _register_recent_families()

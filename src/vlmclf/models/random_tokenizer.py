@@ -123,6 +123,14 @@ IDEFICS_CHAT_TEMPLATE = _turns_template(
     "<|im_start|>User:", "Assistant:", "<end_of_utterance>\n", "<image>", start=""
 )
 PIXTRAL_CHAT_TEMPLATE = _turns_template("[INST]", "", "[/INST]", "[IMG]")
+# Llama 3.2 Vision: headers around each role, "<|image|>" before the text, BOS from the template.
+MLLAMA_CHAT_TEMPLATE = _turns_template(
+    "<|start_header_id|>user<|end_header_id|>\n\n",
+    "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    "<|eot_id|>",
+    "<|image|>",
+    start="{{ bos_token }}",
+)
 
 
 @dataclass(frozen=True)
@@ -245,6 +253,18 @@ PROFILES: dict[str, TokenizerProfile] = {
         chat_template=PIXTRAL_CHAT_TEMPLATE,
         extra={"image_token": "[IMG]"},
         added=("[IMG]", "[IMG_BREAK]", "[IMG_END]", "[INST]", "[/INST]"),
+    ),
+    # Llama 3 writes <|begin_of_text|> in front of every text, as its chat template does too:
+    # the mllama adapter calls the processor without special tokens (one BOS, as in training).
+    "mllama": TokenizerProfile(
+        bos="<|begin_of_text|>",
+        eos="<|eot_id|>",
+        pad="<|finetune_right_pad_id|>",
+        prefix=("<|begin_of_text|>",),
+        chat_template=MLLAMA_CHAT_TEMPLATE,
+        extra={"image_token": "<|image|>"},
+        added=("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+               "<|image|>", "<|python_tag|>", "<|finetune_right_pad_id|>"),  # fmt: skip
     ),
     # PaliGemma's processor writes BOS itself, after the image tokens.
     "paligemma": TokenizerProfile(bos="<s>", eos="</s>", pad="<pad>", extra=IMAGE),

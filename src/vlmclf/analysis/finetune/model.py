@@ -29,7 +29,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from vlmclf.methods.likelihood.compat import answer_token_type
+from vlmclf.methods.likelihood.compat import (
+    answer_token_type,
+    last_token_inputs,
+    repeat_last_token_inputs,
+)
 from vlmclf.methods.likelihood.targets import continuation_tokens
 
 TrainParts = Literal["projector", "projector+lora"]
@@ -244,6 +248,9 @@ class HFTrainable:
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         tail, tail_mask = answer_tail(answers, self.pad_id)
         tail, tail_mask = tail.to(ids.device), tail_mask.to(mask.device)
+        repeated = last_token_inputs(inputs)  # Mllama: the answer reads the prompt's image tiles
+        for key, value in repeat_last_token_inputs(repeated, len(answers), tail.shape[1]).items():
+            inputs[key] = torch.cat([inputs[key], value], dim=1)
         labels = torch.cat([torch.full_like(ids, IGNORE), answer_labels(tail, tail_mask)], dim=1)
         inputs["input_ids"] = torch.cat([ids, tail], dim=1)
         inputs["attention_mask"] = torch.cat([mask, tail_mask], dim=1)

@@ -31,7 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from vlmclf.analysis.wikiqa.parse import parse_choice
+from vlmclf.analysis.wikiqa.parse import PARSERS, parser_for
 from vlmclf.data.imagewikiqa import LETTERS, load_imagewikiqa, split_question_text
 from vlmclf.distributed import is_main_process
 from vlmclf.loading import ModelOptions
@@ -74,6 +74,7 @@ class WikiQAGenerateMethod:
         self.spec = spec
         default = COT_MAX_NEW_TOKENS if spec.cot else DEFAULT_MAX_NEW_TOKENS
         self.max_new_tokens = spec.max_new_tokens or default
+        self.parse = parser_for(answer_parser(spec.model_dump()))
 
     def preflight(self) -> list[str]:
         return []
@@ -91,7 +92,7 @@ class WikiQAGenerateMethod:
         example = item.example
         if not isinstance(answer, str):  # an API call that gave no text for this example
             return record_without_text(example.id, example.label, answer)
-        letter = parse_choice(answer, _options(example.prompt or ""))
+        letter = self.parse(answer, _options(example.prompt or ""))
         pred = None if letter is None else LETTERS.index(letter)
         return Prediction(
             example_id=example.id, label=example.label, text=answer, pred=pred,
@@ -177,17 +178,27 @@ def wikiqa_spec(
     model: str, method: str = "generate", *, questions: str | Path | None = None,
     cot: bool = False, max_new_tokens: int | None = None, dtype: str = "float32",
     unparsed: str = "wrong", protocol: str = "clean", prompt_template: str | None = None,
+    parser: str = "robust",
 ) -> RunSpec:  # fmt: skip
     """The run identity: the shipped question set is ``imagewikiqa``, another file its path.
     The rule for unparsed answers is part of it (how the answer is read)."""
     if unparsed not in UNPARSED_RULES:
         raise ValueError(f"--unparsed must be one of {', '.join(UNPARSED_RULES)}, got {unparsed!r}")
     dataset = DATASET if questions is None else str(Path(questions).resolve())
-    options = {} if unparsed == "wrong" else {"unparsed": unparsed,
-                                              "unparsed_seed": PAPER_UNPARSED_SEED}  # fmt: skip
+    if parser not in PARSERS:
+        raise ValueError(f"--parser must be one of {', '.join(PARSERS)}, got {parser!r}")
+    options: dict[str, Any] = {} if unparsed == "wrong" else {
+        "unparsed": unparsed, "unparsed_seed": PAPER_UNPARSED_SEED}  # fmt: skip
+    if parser != "robust":  # runs stored before the option keep their identity
+        options["parser"] = parser
     return RunSpec(model=model, dataset=dataset, method=method, cot=cot,
                    max_new_tokens=max_new_tokens, dtype=dtype, protocol=protocol,
                    options=options, prompt_template=prompt_template)  # fmt: skip
+
+
+def answer_parser(spec: dict[str, Any]) -> str:
+    """The rule that reads a letter from a stored run's answers (robust before the option)."""
+    return str((spec.get("options") or {}).get("parser", "robust"))
 
 
 def unparsed_rule(spec: dict[str, Any]) -> tuple[str, int]:
@@ -266,7 +277,7 @@ def evaluate_wikiqa(
         dataset=load_imagewikiqa(images_dir, questions),
         summarize_run=lambda predictions, _names: wikiqa_summary(
             predictions, *unparsed_rule(spec.model_dump())
-        ),
+        ) | {"parser": answer_parser(spec.model_dump())},
     )
     spec_dict = spec.model_dump(exclude_defaults=True)
     return {
@@ -295,7 +306,7 @@ def wikiqa_rows(store: RunStore) -> list[dict[str, Any]]:
             "model": spec["model"], "method": spec["method"], "cot": spec.get("cot", False),
             "questions": spec["dataset"], "accuracy": summary["accuracy"], "ci_low": ci[0],
             "ci_high": ci[1], "n": summary["n"], "n_unparsed": summary["n_unparsed"],
-            "unparsed_rule": summary["unparsed_rule"],
+            "unparsed_rule": summary["unparsed_rule"], "parser": answer_parser(spec),
             "n_failed": summary["n_failed"], "run_id": record.run_id,
         })  # fmt: skip
     return sorted(rows, key=lambda r: -(r["accuracy"] or 0.0))
@@ -307,7 +318,8 @@ def write_wikiqa_report(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, 
         {"model": r["model"], "method": r["method"] + (" + CoT" if r["cot"] else ""),
          "accuracy (%)": _pct(r["accuracy"]),
          "95% CI": f"[{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]",
-         "unparsed": _unparsed_cell(r), "failed": r["n_failed"], "n": r["n"],
+         "letters read": r.get("parser", "robust"), "unparsed": _unparsed_cell(r),
+         "failed": r["n_failed"], "n": r["n"],
          "run": r["run_id"]}
         for r in rows
     ]  # fmt: skip

@@ -20,6 +20,9 @@ _MROPE_FAMILIES = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
 _ONE_BASED_POSITION_FAMILIES = {"paligemma"}
 # Prefix LMs: the prompt (token type 0) attends both ways, the answer (token type 1) causally.
 _PREFIX_LM_FAMILIES = {"paligemma"}
+# Per-token inputs beside input_ids whose value for a text token appended after the prompt is
+# the prompt's last token's value (Mllama: which image tiles each token's cross-attention reads).
+LAST_TOKEN_REPEATED_INPUTS = ("cross_attention_mask",)
 # Attention implementations that take an arbitrary additive 4D mask.
 _CUSTOM_MASK_ATTENTION = {"eager", "sdpa"}
 
@@ -76,6 +79,38 @@ def text_position_ids(model: nn.Module, positions: torch.Tensor) -> torch.Tensor
     return positions
 
 
+def last_token_inputs(inputs: dict[str, object]) -> dict[str, torch.Tensor]:
+    """The prompt's last-token slice (B, 1, ...) of each ``LAST_TOKEN_REPEATED_INPUTS`` entry,
+    to be repeated for every token scored after it."""
+    ids = inputs["input_ids"]
+    return {
+        key: value[:, -1:]
+        for key in LAST_TOKEN_REPEATED_INPUTS
+        if isinstance(value := inputs.get(key), torch.Tensor) and value.shape[:2] == ids.shape
+    }
+
+
+def repeat_last_token_inputs(
+    saved: dict[str, torch.Tensor], rows: int, length: int
+) -> dict[str, torch.Tensor]:
+    """``last_token_inputs`` for ``rows`` rows (each image's row repeated alike, as
+    ``replicate_cache`` repeats its cache) of ``length`` new tokens."""
+    out = {}
+    for key, value in saved.items():
+        value = value.repeat_interleave(rows // value.shape[0], dim=0)
+        out[key] = value.expand(-1, length, *value.shape[2:])
+    return out
+
+
+def inputs_after_cache(
+    saved: dict[str, torch.Tensor], rows: int, cached: int, length: int
+) -> dict[str, torch.Tensor]:
+    """``last_token_inputs`` for ``length`` tokens fed after ``cached`` cached ones, spanning
+    every position: transformers 5.17 picks the new tokens' rows of Mllama's mask by absolute
+    position (cached + i), 5.23 slices a mask longer than the new tokens the same way."""
+    return repeat_last_token_inputs(saved, rows, cached + length)
+
+
 def takes_custom_4d_mask(decoder: nn.Module) -> bool:
     """Whether a tree mask can be handed to this decoder as-is (transformers' masking_utils
     returns a 4D tensor mask untouched for eager and SDPA attention; FlashAttention cannot)."""
@@ -105,14 +140,6 @@ def cache_layers(cache: object) -> list[object]:
             f"unsupported cache type {type(cache).__name__}: expected a DynamicCache"
         )
     return list(layers)
-
-
-def truncate_cache(cache: object, length: int) -> None:
-    """Drop everything after the first ``length`` positions, in place (the scored nodes)."""
-    for layer in cache_layers(cache):
-        if getattr(layer, "keys", None) is not None and layer.keys.numel():
-            layer.keys = layer.keys[..., :length, :]
-            layer.values = layer.values[..., :length, :]
 
 
 def cache_length(cache: object) -> int:

@@ -73,10 +73,15 @@ def sequential_log_probs(
     for seq in sequences:
         log_probs = prefix.first_log_probs[0]
         values = []
+        saved = compat.snapshot_cache(prefix.cache)
         try:
             for step, token in enumerate(seq):
                 values.append(log_probs[token].item())
-                kwargs: dict[str, object] = {}
+                kwargs: dict[str, object] = dict(
+                    compat.inputs_after_cache(
+                        prefix.last_token_inputs, 1, prefix.length + step, 1
+                    )
+                )
                 if scorer.explicit_positions:
                     position = (
                         torch.tensor([[prefix.length + step]], device=device)
@@ -89,6 +94,6 @@ def sequential_log_probs(
                 )
                 log_probs = torch.log_softmax(output.logits[0, -1].float(), -1)
         finally:
-            compat.truncate_cache(prefix.cache, prefix.length)
+            compat.restore_cache(prefix.cache, saved)
         out.append(values)
     return out

@@ -23,7 +23,7 @@ tokens) lives in the prefill, which is the model's own forward, so neither strat
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -48,6 +48,9 @@ class Prefix:
     length: int
     first_log_probs: torch.Tensor  # (B, V) float32: log-softmax after the last prompt token
     offsets: torch.Tensor  # (B,) long
+    last_token_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Per-token inputs that scored tokens repeat from the last prompt token (Mllama's
+    ``cross_attention_mask``, (B, 1, images, tiles))."""
 
     @property
     def batch(self) -> int:
@@ -91,7 +94,9 @@ class PrefixScorer:
             if compat.uses_mrope(self.model)
             else torch.zeros(batch, dtype=torch.long, device=self.device)
         )
-        return self._prefix(output, length, offsets + compat.first_position(self.model))
+        prefix = self._prefix(output, length, offsets + compat.first_position(self.model))
+        prefix.last_token_inputs = compat.last_token_inputs(inputs)
+        return prefix
 
     @torch.no_grad()
     def prefill_text(self, input_ids: torch.Tensor) -> Prefix:
@@ -223,6 +228,7 @@ class PrefixScorer:
             prefix.length,
             prefix.first_log_probs,
             offsets,
+            prefix.last_token_inputs,
         )
         logits = self._extend(replicated, ids, positions, mask, keep).float()
         picked = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1).cpu()
@@ -245,6 +251,11 @@ class PrefixScorer:
     ) -> torch.Tensor:
         """Logits at ``keep`` for tokens placed after the cached prompt; the cache is restored."""
         kwargs: dict[str, object] = {"attention_mask": mask}
+        kwargs.update(
+            compat.inputs_after_cache(
+                prefix.last_token_inputs, ids.shape[0], prefix.length, ids.shape[1]
+            )
+        )
         if self.explicit_positions:
             kwargs["position_ids"] = compat.text_position_ids(self.model, positions)
         kwargs.update(compat.logits_kwargs(self.decoder, keep))

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
+from vlmclf.methods.likelihood import compat
 from vlmclf.methods.likelihood.scoring import Prefix, PrefixScorer, Strategy
 from vlmclf.methods.likelihood.trie import TokenSequence
 
@@ -274,6 +275,8 @@ def _unpadded_groups(
 
 
 _ZERO_EXTENDED_KEYS = ("mm_token_type_ids", "token_type_ids")
+_PER_TOKEN_KEYS = ("input_ids", "attention_mask", *_ZERO_EXTENDED_KEYS,
+                   *compat.LAST_TOKEN_REPEATED_INPUTS)  # fmt: skip
 
 
 def trim_tokens(inputs: dict[str, Any], count: int) -> dict[str, Any]:
@@ -282,8 +285,8 @@ def trim_tokens(inputs: dict[str, Any], count: int) -> dict[str, Any]:
         return inputs
     ids = inputs["input_ids"]
     out = dict(inputs)
-    for key in ("input_ids", "attention_mask", *_ZERO_EXTENDED_KEYS):
-        if key in inputs and inputs[key].shape == ids.shape:
+    for key in _PER_TOKEN_KEYS:
+        if key in inputs and inputs[key].shape[:2] == ids.shape:
             out[key] = inputs[key][:, : ids.shape[1] - count]
     return out
 
@@ -303,4 +306,7 @@ def append_tokens(inputs: dict[str, Any], tokens: TokenSequence) -> dict[str, An
             out[key] = torch.cat(
                 [inputs[key], torch.zeros_like(tail, dtype=inputs[key].dtype)], dim=1
             )
+    repeated = compat.last_token_inputs(inputs)
+    for key, value in compat.repeat_last_token_inputs(repeated, ids.shape[0], len(tokens)).items():
+        out[key] = torch.cat([inputs[key], value], dim=1)
     return out
