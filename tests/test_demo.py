@@ -27,10 +27,11 @@ def test_demo_on_a_tiny_subset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     demo = json.loads(result.stdout.strip().splitlines()[-1])
 
     rows = {row["method"]: row for row in demo["accuracies"]}
-    assert next(iter(rows)) == "zero-shot CLIP" and len(rows) == 7
-    assert [row["n"] for row in demo["accuracies"][:6]] == [24, 10, 10, 10, 10, 10]
+    assert next(iter(rows)) == "zero-shot CLIP" and len(rows) == 8
+    assert [row["n"] for row in demo["accuracies"][:7]] == [24, 10, 10, 10, 10, 10, 10]
     assert {row["model"] for row in demo["accuracies"]} == {
         "organism:clip", "organism:vlm", "organism:vlm-finetuned", "organism:vlm-uniform",
+        "organism:vlm-reversed",
     }  # fmt: skip
     assert all(0.0 <= row["accuracy"] <= 1.0 for row in demo["accuracies"])
     assert "The photo features a" in demo["accuracies"][2]["method"]  # the paper's answer prefix

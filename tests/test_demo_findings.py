@@ -218,3 +218,32 @@ def test_joint_bootstrap_is_deterministic_and_drops_undefined_resamples():
     assert value == 0.15 and ci == joint_bootstrap(columns, lambda c: float(c["x"].mean()))[1]
     _, none = joint_bootstrap(columns, lambda c: math.nan)
     assert none is None
+
+
+def test_frequency_intervention_by_reversal_holds_when_accuracy_moves_with_the_counts():
+    zipf = {f"c{i}": 0.3 + 0.07 * i for i in range(10)}  # easy classes are the frequent ones
+    reversed_counts = {f"c{i}": 2 ** (9 - i) for i in range(10)}
+    # accuracy moves with log(count factor), on top of each class's own difficulty
+    moved = {f"c{i}": zipf[f"c{i}"] + 0.03 * (9 - 2 * i) for i in range(10)}
+    finding = judge.frequency_intervention(
+        zipf, dict(zipf), COUNTS, reversed_zipf=moved, reversed_counts=reversed_counts
+    )
+    assert finding["verdict"].startswith("holds: reversing")
+    assert finding["details"]["reversal"]["spearman"] == pytest.approx(1.0)
+    factor = finding["details"]["per_class"]["count_factor"]
+    assert factor["c0"] == pytest.approx(512.0) and factor["c9"] == pytest.approx(1 / 512)
+    assert "reversed ranking" in finding["evidence"]
+
+
+def test_frequency_intervention_by_reversal_fails_when_accuracy_stays():
+    zipf = {f"c{i}": 0.3 + 0.07 * i for i in range(10)}
+    reversed_counts = {f"c{i}": 2 ** (9 - i) for i in range(10)}
+    finding = judge.frequency_intervention(
+        zipf, dict(zipf), COUNTS, reversed_zipf=dict(zipf), reversed_counts=reversed_counts
+    )
+    assert finding["verdict"].startswith("not shown")
+    against = {f"c{i}": zipf[f"c{i}"] - 0.03 * (9 - 2 * i) for i in range(10)}
+    opposite = judge.frequency_intervention(
+        zipf, dict(zipf), COUNTS, reversed_zipf=against, reversed_counts=reversed_counts
+    )
+    assert opposite["verdict"].startswith("reversed")

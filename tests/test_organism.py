@@ -230,6 +230,14 @@ def test_every_shipped_organism_has_weights_config_and_a_reproducing_command():
     uniform = json.loads((default_weights_dir("vlm-uniform") / "training_record.json").read_text())
     assert "--freq uniform" in uniform["command"]
     assert len(set(uniform["data"]["captions"]["counts"].values())) == 1
+    # the reversed organism: the Zipf organism's caption counts, its class ranking reversed
+    zipf = json.loads((default_weights_dir("vlm") / "training_record.json").read_text())
+    flipped = json.loads((default_weights_dir("vlm-reversed") / "training_record.json").read_text())
+    ranking = zipf["data"]["captions"]["ranking"]
+    zipf_counts = zipf["data"]["captions"]["counts"]
+    flipped_counts = flipped["data"]["captions"]["counts"]
+    assert [flipped_counts[n] for n in reversed(ranking)] == [zipf_counts[n] for n in ranking]
+    assert "--freq" in flipped["command"] and flipped["args"]["seed"] == zipf["args"]["seed"]
     with pytest.raises(ValueError, match="organism:vlm-uniform"):
         load_organism("organism:vlm-uniformish")
 

@@ -4,8 +4,9 @@ A weights folder holds ``config.json`` (what was built), one small safetensors f
 projector or the CLIP's heads) and ``training_record.json`` (how it was trained, with the one
 command that reproduces it). Shipped organisms (``ORGANISMS``): ``organism:vlm`` and
 ``organism:clip`` (what ``vlmclf organism train`` wrote), ``organism:vlm-finetuned`` (the VLM's
-projector fine-tuned on Fashion-MNIST labels by ``vlmclf finetune``) and ``organism:vlm-uniform``
-(a VLM whose projector saw every class in equally many captions: the frequency intervention).
+projector fine-tuned on Fashion-MNIST labels by ``vlmclf finetune``), and the two frequency
+interventions: ``organism:vlm-uniform`` (a VLM whose projector saw every class in equally many
+captions) and ``organism:vlm-reversed`` (the Zipf law with the ``vlm`` ranking reversed).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ ORGANISMS: dict[str, tuple[Kind, str]] = {
     "clip": ("clip", "clip"),
     "vlm-finetuned": ("vlm", "vlm_finetuned"),
     "vlm-uniform": ("vlm", "vlm_uniform"),
+    "vlm-reversed": ("vlm", "vlm_reversed"),
 }
 """``organism:<name>`` -> (the kind of model, its folder under ``weights/``)."""
 
@@ -158,7 +160,8 @@ def load_organism(
     weights_dir: str | None = None,
 ) -> OrganismVLM | OrganismCLIP:
     """A shipped organism (``organism:vlm``, ``organism:clip``, ``organism:vlm-finetuned``,
-    ``organism:vlm-uniform``) with its shipped weights, or the ones in ``weights_dir``.
+    ``organism:vlm-uniform``, ``organism:vlm-reversed``) with its shipped weights, or the ones
+    in ``weights_dir``.
 
     The VLM's language model goes to ``device`` in ``dtype`` (image encoding stays on the CPU);
     the CLIP always runs on the CPU in float32. ``seed`` is accepted for the registry's uniform

@@ -13,8 +13,10 @@ likelihood re-scoring, frequency statistics), on Fashion-MNIST's test split:
    shipped with its training record) reaches CLIP's level.
 4. As the label set shrinks (K offered classes) the gap narrows and the VLM's error relative to
    CLIP's grows (the paper's Figure 2).
-5. The frequency intervention: an organism whose projector saw every class equally often
-   (``organism:vlm-uniform``) against the Zipf one, on the same images.
+5. The frequency interventions, on the same images: an organism trained on the Zipf law with
+   its class ranking reversed (``organism:vlm-reversed``: does each class's accuracy move with
+   the factor its captions changed by?) and one whose projector saw every class equally often
+   (``organism:vlm-uniform``).
 
 A verdict "holds" only when its interval excludes the null; otherwise it says what was seen.
 ``run.py`` runs and derives, ``findings.py`` judges, ``rescoring.py`` re-scores stored

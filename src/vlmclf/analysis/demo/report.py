@@ -26,30 +26,51 @@ def findings_rows(findings: list[dict[str, Any]]) -> list[dict[str, str]]:
 
 
 def draw_frequency(result: dict[str, Any], out: Path) -> Path:
-    """Per-class accuracy of the Zipf and the uniform organism against the Zipf counts."""
+    """Left: per-class accuracy of the Zipf and the uniform organism against the Zipf counts.
+    Right (when the reversed organism ran): each class's accuracy change against the factor by
+    which reversing the ranking changed its captions."""
     import matplotlib.pyplot as plt
 
     finding = next(f for f in result["findings"] if f["id"] == "5")
+    per_class = finding["details"]["per_class"]
     counts = result["caption_counts"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    reversal = "reversal" in per_class
+    fig, axes = plt.subplots(1, 2 if reversal else 1, figsize=(12 if reversal else 7, 4.5))
+    left = axes[0] if reversal else axes
     for key, label in (("zipf", "Zipf-frequency organism"), ("uniform", "uniform-frequency")):
-        accuracy = finding["details"]["per_class"][key]
+        accuracy = per_class[key]
         names = [n for n in counts if n in accuracy]
-        ax.scatter([counts[n] for n in names], [accuracy[n] for n in names], label=label)
+        left.scatter([counts[n] for n in names], [accuracy[n] for n in names], label=label)
         if key == "zipf":
-            for n in names:
-                ax.annotate(n, (counts[n], accuracy[n]), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points")  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_xlabel("captions mentioning the class in the Zipf organism's training data (log)")
-    ax.set_ylabel("per-class accuracy (open-world generation)")
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_title("Frequency intervention: same images, same encoder, captions Zipf vs uniform")
-    ax.legend(fontsize=8)
+            _label_points(left, names, [counts[n] for n in names], [accuracy[n] for n in names])
+    left.set_xscale("log")
+    left.set_xlabel("captions mentioning the class in the Zipf organism's training data (log)")
+    left.set_ylabel("per-class accuracy (open-world generation)")
+    left.set_ylim(-0.05, 1.05)
+    left.set_title("Zipf vs uniform captions (same images, same encoder)", fontsize=10)
+    left.legend(fontsize=8)
+    if reversal:
+        right = axes[1]
+        factor, change = per_class["count_factor"], per_class["reversal"]
+        names = list(change)
+        xs, ys = [factor[n] for n in names], [change[n] for n in names]
+        right.scatter(xs, ys, color="tab:green")
+        _label_points(right, names, xs, ys)
+        right.axhline(0, color="grey", linewidth=0.8)
+        right.set_xscale("log")
+        right.set_xlabel("factor by which reversing the ranking changed the class's captions")
+        right.set_ylabel("accuracy change (reversed − Zipf organism)")
+        right.set_title("Reversed Zipf ranking: does accuracy follow?", fontsize=10)
+    fig.suptitle("Frequency intervention on the organism")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def _label_points(ax: Any, names: list[str], xs: list[float], ys: list[float]) -> None:
+    for name, x, y in zip(names, xs, ys, strict=True):
+        ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
 
 
 def draw_label_set_size(result: dict[str, Any], out: Path) -> Path:

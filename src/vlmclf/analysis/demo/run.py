@@ -25,6 +25,7 @@ VLM = "organism:vlm"
 CLIP = "organism:clip"
 FINETUNED = "organism:vlm-finetuned"
 UNIFORM = "organism:vlm-uniform"
+REVERSED = "organism:vlm-reversed"
 LABEL_SET_SIZES = (2, 3, 5, 7, 10)
 
 GEN = "generation (open world)"
@@ -32,6 +33,7 @@ LIK = "likelihood"
 CFG = "likelihood + CFG"
 TUNED = "generation, fine-tuned projector"
 UNI = "generation, uniform-frequency organism"
+REV = "generation, reversed-frequency organism"
 PROBE = "linear probe, last token (clean)"
 
 
@@ -63,6 +65,7 @@ def model_runs() -> dict[str, RunSpec]:
         LIK: RunSpec(model=VLM, **common, method="likelihood", options={"answer_prefix": prefix}),
         TUNED: RunSpec(model=FINETUNED, **common, method="generate", setting="open"),
         UNI: RunSpec(model=UNIFORM, **common, method="generate", setting="open"),
+        REV: RunSpec(model=REVERSED, **common, method="generate", setting="open"),
     }
 
 
@@ -101,7 +104,8 @@ def run_demo(
         runs[name] = run(spec, replace(config, limit=sizes.n_vlm), make_method, load_model=loader)
     step(f"{VLM}: linear probe ({sizes.n_probe_train} train, {sizes.n_clip} test images)")
     probe = _probe(sizes, config, out_dir, loader)
-    result = judge_runs(runs, probe, training_caption_counts())
+    counts = {"zipf": training_caption_counts(), "reversed": training_caption_counts(REVERSED)}
+    result = judge_runs(runs, probe, counts)
     result["sizes"] = sizes.__dict__
     result["runs"] = {name: r.run_id for name, r in runs.items()}
     result["probe_analysis"] = probe["analysis_id"]
@@ -132,16 +136,17 @@ def _probe(sizes: DemoSizes, config: RunConfig, out_dir: Path, loader: Any) -> d
     }
 
 
-def training_caption_counts(name: str = "vlm") -> dict[str, int]:
+def training_caption_counts(model: str = VLM) -> dict[str, int]:
     """Captions per class in a shipped projector's training data (the frequency knob)."""
     from vlmclf.organism.load import RECORD_FILE, default_weights_dir
 
+    name = model.removeprefix("organism:")
     record = json.loads((default_weights_dir(name) / RECORD_FILE).read_text())
     return dict(record["data"]["captions"]["counts"])
 
 
 def judge_runs(
-    runs: dict[str, RunResult], probe: dict[str, Any], counts: dict[str, int]
+    runs: dict[str, RunResult], probe: dict[str, Any], counts: dict[str, dict[str, int]]
 ) -> dict[str, Any]:
     """Every finding from the runs' predictions (CFG and label-set sizes derived from them)."""
     names = runs["CLIP"].class_names
@@ -159,7 +164,7 @@ def judge_runs(
     curve = label_set_columns(runs["CLIP"].predictions, runs[LIK].predictions, names)
     per_class = {
         key: per_class_accuracy(runs[name].predictions, names, rule="contain")
-        for key, name in (("zipf", GEN), ("uniform", UNI))
+        for key, name in (("zipf", GEN), ("uniform", UNI), ("reversed", REV))
     }
     found = [
         judge.clip_above(columns, "CLIP", vlm_methods),
@@ -167,7 +172,10 @@ def judge_runs(
         judge.probe_recovers(columns, "CLIP", best, PROBE),
         judge.finetune_reaches(columns, "CLIP", GEN, TUNED),
         judge.label_set_size(curve, LABEL_SET_SIZES),
-        judge.frequency_intervention(per_class["zipf"], per_class["uniform"], counts),
+        judge.frequency_intervention(
+            per_class["zipf"], per_class["uniform"], counts["zipf"],
+            reversed_zipf=per_class["reversed"], reversed_counts=counts["reversed"],
+        ),
     ]
     for finding, number in zip(found, ("1a", "1b", "2", "3", "4", "5"), strict=True):
         finding["id"] = number
@@ -176,7 +184,8 @@ def judge_runs(
         "findings": found,
         "likelihood": {**settings, "cfg_t_per_fold": ts, "n_paired": int(len(columns["CLIP"]))},
         "probe_ids_scored": len(probe_ids),
-        "caption_counts": counts,
+        "caption_counts": counts["zipf"],
+        "reversed_caption_counts": counts["reversed"],
     }
 
 
