@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from store_probe import rows_committed
+from store_probe import kill_process_tree, rows_committed
 from typer.testing import CliRunner
 
 from tests.fixtures_data import make_fashion_tree
@@ -220,7 +219,7 @@ def test_a_killed_job_resumes_with_another_number_of_ranks(
     deadline = time.monotonic() + TIMEOUT_S
     while rows_committed(store) < 2 * BATCH and time.monotonic() < deadline and job.poll() is None:
         time.sleep(0.05)
-    os.killpg(job.pid, signal.SIGKILL)  # torchrun and both ranks, mid-run
+    kill_process_tree(job.pid)  # torchrun and its ranks (each in its own session)
     job.wait()
     at_kill = rows_committed(store)
     assert 0 < at_kill < N_EXAMPLES, "the kill should land part-way through the run"

@@ -14,8 +14,6 @@ micro-batches, or with 3 ranks (another summation order), equality holds up to f
 from __future__ import annotations
 
 import csv
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +24,7 @@ import pytest
 import torch
 from fixtures_data import write_noisy_colour_folder
 from safetensors.torch import load_file
+from store_probe import kill_process_tree
 from typer.testing import CliRunner
 
 from tests.test_distributed import (
@@ -157,7 +156,7 @@ def test_a_killed_probe_job_resumes_from_its_chunks_with_another_number_of_ranks
     cache = tmp_path / "cache"
     while len(chunk_files(cache)) < 2 and time.monotonic() < deadline and job.poll() is None:
         time.sleep(0.05)
-    os.killpg(job.pid, signal.SIGKILL)  # torchrun and both ranks, the main one holding
+    kill_process_tree(job.pid)  # torchrun and its ranks (each in its own session)
     job.wait()
     assert len(chunk_files(cache)) == 2 and not feature_files(cache)  # the first step's chunks
 
