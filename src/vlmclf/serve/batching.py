@@ -47,6 +47,14 @@ class Job:
     error: RequestError | None = None
     finished: bool = False
     held: bool = False  # while True, the outcome is kept back from the waiting handler
+    pieces: queue.SimpleQueue[str] = field(default_factory=queue.SimpleQueue)
+    emitted: bool = False  # text already went out: the request cannot be answered again
+
+    def emit(self, piece: str) -> None:
+        """Text decoded so far, for a streaming handler (sent before the job finishes)."""
+        if piece:
+            self.emitted = True
+            self.pieces.put(piece)
 
     def finish(self, answer: Answer | None = None, error: RequestError | None = None) -> None:
         if not self.finished:
@@ -60,7 +68,7 @@ class Job:
             self.done.set()
 
     def group_key(self) -> Hashable:
-        """Requests with equal keys can share one model call."""
+        """Requests with equal keys can share one model call (the engine may ask for less)."""
         if self.request.wants_logprobs:
             return ("score",)
         return ("generate", self.request.max_tokens)
@@ -76,6 +84,7 @@ class MicroBatcher:
         window_s: float = 0.005,
         max_batch: int = 8,
         max_wait_s: float = 0.1,
+        group_key: Callable[[Job], Hashable] = Job.group_key,
     ):
         if window_s < 0 or max_batch < 1 or max_wait_s < window_s:
             raise ValueError(
@@ -91,6 +100,7 @@ class MicroBatcher:
         self._arriving_lock = threading.Lock()
         self.batch_sizes: list[int] = []  # what each model call got (for tests and the bench)
         self._run_group = run_group
+        self._group_key = group_key
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="vlmclf-serve-model", daemon=True)
         self._thread.start()
@@ -138,7 +148,7 @@ class MicroBatcher:
             live = [job for job in batch if not self._drop_if_cancelled(job)]
             groups: dict[Hashable, list[Job]] = {}
             for job in live:
-                groups.setdefault(job.group_key(), []).append(job)
+                groups.setdefault(self._group_key(job), []).append(job)
             for job in live:  # answers go out only once the batcher expects their clients back
                 job.held = True
             for group in groups.values():

@@ -13,6 +13,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import queue
 import select
 import socket
 import threading
@@ -25,12 +26,12 @@ from vlmclf.serve.batching import CLIENT_GONE, Job, MicroBatcher
 from vlmclf.serve.engine import ModelEngine
 from vlmclf.serve.images import ImageDecoder
 from vlmclf.serve.protocol import (
+    ChunkStream,
     RequestError,
     completion_body,
     error_body,
     model_object,
     parse_chat_request,
-    stream_chunks,
 )
 
 logger = logging.getLogger("vlmclf.serve")
@@ -150,6 +151,8 @@ class ChatModelServer:
             self.engine.run_group,
             window_s=self.limits.batch_window_ms / 1000.0,
             max_batch=self.limits.max_batch,
+            max_wait_s=self.limits.batch_max_wait_ms / 1000.0,
+            group_key=self.engine.group_key,
         )
 
     @property
@@ -206,6 +209,18 @@ class ChatModelServer:
         if job.error is not None:
             raise job.error
         return job.answer
+
+    @staticmethod
+    def next_piece(job: Job, client_gone: Any) -> str | None:
+        """The job's next streamed text piece; None once it has finished and all were taken."""
+        while True:
+            try:
+                return job.pieces.get(timeout=0.05)
+            except queue.Empty:
+                if job.done.is_set() and job.pieces.empty():
+                    return None
+                if client_gone():
+                    job.cancelled.set()
 
 
 def _handler_class(server: ChatModelServer) -> type[BaseHTTPRequestHandler]:
@@ -282,11 +297,16 @@ def _handler_class(server: ChatModelServer) -> type[BaseHTTPRequestHandler]:
                 raise RequestError(404, f"no route POST {path}", "not_found")
             with server.arriving():
                 job = server.submit(self._read_json())
-            request, answer = job.request, server.wait(job, self._client_gone)
-            if request.stream:
-                self._send_stream(stream_chunks(answer, server.served_name, request.include_usage))
+            if job.request.stream:
+                try:
+                    self._stream(job)
+                finally:  # a client that stopped reading the stream cancels its generation
+                    if not job.finished:
+                        job.cancelled.set()
             else:
-                self._send(200, completion_body(answer, server.served_name))
+                self._send(
+                    200, completion_body(server.wait(job, self._client_gone), server.served_name)
+                )
 
         def _read_json(self) -> dict[str, Any]:
             raw = self.headers.get("Content-Length")
@@ -347,16 +367,39 @@ def _handler_class(server: ChatModelServer) -> type[BaseHTTPRequestHandler]:
             if self.command != "HEAD":
                 self.wfile.write(data)
 
-        def _send_stream(self, chunks: list[dict[str, Any]]) -> None:
+        def _stream(self, job: Job) -> None:
+            """Server-Sent Events: text pieces as the model decodes them, then the finish.
+
+            Nothing is sent before the first piece or the outcome, so a request that fails
+            before any text still gets its JSON error with the right status."""
+            stream = ChunkStream(server.served_name, job.request.include_usage)
+            piece = server.next_piece(job, self._client_gone)
+            if piece is None and job.error is not None:
+                raise job.error
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream; charset=utf-8")
             self.send_header("Cache-Control", "no-cache")
             self.send_header("Connection", "close")  # the stream ends when the connection does
             self.end_headers()
             self.close_connection = True
-            for chunk in chunks:
-                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            self._event(stream.opening())
+            streamed = piece is not None
+            while piece is not None:
+                self._event(stream.text(piece))
+                piece = server.next_piece(job, self._client_gone)
+            if job.error is not None:
+                err = job.error
+                self._event(error_body(str(err), err.code, err.param))
+            elif job.answer is not None:
+                for chunk in ([] if streamed else stream.whole(job.answer)) + stream.closing(
+                    job.answer
+                ):
+                    self._event(chunk)
             self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+
+        def _event(self, chunk: dict[str, Any]) -> None:
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
             self.wfile.flush()
 
         def _error(self, err: RequestError, close: bool = False) -> None:
