@@ -116,6 +116,22 @@ class MicroBatcher:
             with self._arriving_lock:
                 self._arriving -= 1
 
+    def expect(self) -> Callable[[], None]:
+        """Count a request as on its way from the moment its connection is accepted (before a
+        handler thread has read a byte of it: in a burst of new connections that takes longer
+        than the window); call the returned function, any number of times, when it is not."""
+        with self._arriving_lock:
+            self._arriving += 1
+        released = threading.Event()
+
+        def release() -> None:
+            with self._arriving_lock:
+                if not released.is_set():
+                    released.set()
+                    self._arriving -= 1
+
+        return release
+
     def submit(self, job: Job) -> Job:
         with self._arriving_lock:
             self._returning = max(0, self._returning - 1)

@@ -18,6 +18,7 @@ import select
 import socket
 import threading
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -71,11 +72,17 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False
 
     def __init__(
-        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        max_connections: int,
+        expect_request: Callable[[], Callable[[], None]],
     ):
         host = address[0]
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._slots = threading.BoundedSemaphore(max_connections)
+        self._expect_request = expect_request
+        self._first_request = threading.local()  # per handler thread: its release function
         super().__init__(address, handler)
 
     def server_bind(self) -> None:
@@ -89,13 +96,25 @@ class _Server(ThreadingHTTPServer):
             _refuse_busy(request)
             self.shutdown_request(request)
             return
-        super().process_request(request, client_address)
+        release = self._expect_request()  # a new connection: its request is on its way
+        try:
+            super().process_request(request, (client_address, release))
+        except BaseException:
+            release()
+            raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        address, release = client_address
+        self._first_request.release = release
         try:
-            super().process_request_thread(request, client_address)
+            super().process_request_thread(request, address)
         finally:
+            release()
             self._slots.release()
+
+    def first_request_seen(self) -> None:
+        """Called by a handler once its connection's first request is in hand (or answered)."""
+        getattr(self._first_request, "release", lambda: None)()
 
 
 def _refuse_busy(sock: socket.socket) -> None:
@@ -138,7 +157,9 @@ class ChatModelServer:
         self.batcher: MicroBatcher | None = None
         self._serving = False
         try:
-            self.httpd = _Server((host, port), _handler_class(self), self.limits.max_connections)
+            self.httpd = _Server(
+                (host, port), _handler_class(self), self.limits.max_connections, self.expect_request
+            )
         except OSError as err:
             raise ServeError(f"cannot listen on {host} port {port}: {err.strerror or err}") from err
         if model is not None:
@@ -196,6 +217,10 @@ class ChatModelServer:
             raise RequestError(503, "the model is still loading", "server_busy")
         return self.batcher.submit(Job(request, self.decoder.decode(request.image_bytes)))
 
+    def expect_request(self) -> Callable[[], None]:
+        """Tell the batcher a request is on its way; returns what to call when it is not."""
+        return self.batcher.expect() if self.batcher is not None else lambda: None
+
     def arriving(self) -> Any:
         """While held, the batcher waits for this request before starting a batch without it."""
         return self.batcher.arriving() if self.batcher is not None else contextlib.nullcontext()
@@ -237,6 +262,12 @@ def _handler_class(server: ChatModelServer) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             self._guarded(self._post)
+
+        def handle_one_request(self) -> None:
+            try:
+                super().handle_one_request()
+            finally:  # whatever the first request was, it is no longer on its way
+                self.server.first_request_seen()
 
         def do_OPTIONS(self) -> None:
             self.send_response(204)
@@ -296,6 +327,7 @@ def _handler_class(server: ChatModelServer) -> type[BaseHTTPRequestHandler]:
             if path != "/v1/chat/completions":
                 raise RequestError(404, f"no route POST {path}", "not_found")
             with server.arriving():
+                self.server.first_request_seen()
                 job = server.submit(self._read_json())
             if job.request.stream:
                 try:
