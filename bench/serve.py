@@ -4,8 +4,9 @@ Starts servers in this process on loopback ports with the given model: one that 
 (up to ``--concurrency`` requests per batch) and one with ``--max-batch 1`` (one request at a
 time: what the server did before micro-batching); with ``--compare-generate`` also one that
 micro-batches but answers with the model's own ``generate`` instead of the server's greedy
-decoder. The ``--n`` different images go out in rounds of ``--round`` (24); every round is
-sent in every mode (one request after another, or from ``--concurrency`` client threads), the
+decoder. The clients are ``--concurrency`` processes, the same in every mode. The
+``--n`` different images go out in rounds of ``--round`` (24); every round is
+sent in every mode (one request after another, or from ``--concurrency`` client processes), the
 order of the modes rotating from round to round, so that a change of load on a shared machine
 falls on every mode alike. Prints each mode's requests/s, the ratios, whether each mode gave the
 sequential answers, and the load average before and after, all from this run, as JSON.
@@ -19,14 +20,15 @@ import argparse
 import base64
 import io
 import json
+import multiprocessing
 import os
 import random
 import statistics
 import threading
 import time
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing.pool import Pool
 
 import torch
 from PIL import Image
@@ -64,13 +66,21 @@ def ask(base_url: str, url: str, max_tokens: int) -> str:
         return json.loads(response.read())["choices"][0]["message"]["content"]
 
 
-def timed(base_url: str, urls: list[str], max_tokens: int, concurrency: int) -> tuple[float, list]:
+def timed(base_url: str, urls: list[str], max_tokens: int) -> tuple[float, list]:
+    """Seconds to answer ``urls`` one after another, and the answers."""
     start = time.perf_counter()
-    if concurrency == 1:
-        answers = [ask(base_url, url, max_tokens) for url in urls]
-    else:
-        with ThreadPoolExecutor(concurrency) as pool:
-            answers = list(pool.map(lambda u: ask(base_url, u, max_tokens), urls))
+    answers = [ask(base_url, url, max_tokens) for url in urls]
+    return time.perf_counter() - start, answers
+
+
+def ask_one(order: tuple[str, str, int]) -> str:
+    return ask(*order)
+
+
+def timed_concurrently(clients: Pool, base_url: str, urls: list[str], max_tokens: int):
+    """Seconds to answer ``urls`` from all the client processes at once, and the answers."""
+    start = time.perf_counter()
+    answers = clients.map(ask_one, [(base_url, url, max_tokens) for url in urls], chunksize=1)
     return time.perf_counter() - start, answers
 
 
@@ -85,9 +95,14 @@ class Mode:
     answers: list[str] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=list)
 
-    def run(self, urls: list[str], max_tokens: int) -> None:
+    def run(self, clients: Pool, urls: list[str], max_tokens: int) -> None:
+        """One client sends ``urls`` one after another, or every client at once."""
         sizes_before = len(self.server.batcher.batch_sizes)
-        seconds, answers = timed(self.server.base_url, urls, max_tokens, self.concurrency)
+        base_url = self.server.base_url
+        if self.concurrency == 1:
+            seconds, answers = clients.apply(timed, (base_url, urls, max_tokens))
+        else:
+            seconds, answers = timed_concurrently(clients, base_url, urls, max_tokens)
         self.seconds += seconds
         self.answers += answers
         self.batch_sizes += self.server.batcher.batch_sizes[sizes_before:]
@@ -127,16 +142,22 @@ def main() -> None:
         generating = start_server(model, args, args.concurrency, model_generate=True)
         modes += [Mode("generate_sequential", generating, 1),
                   Mode("generate_concurrent", generating, args.concurrency)]  # fmt: skip
+    # the clients are processes of their own, as real clients are: they take no share of the
+    # server's interpreter lock, and a burst of them is not spread out waiting for one
+    clients = multiprocessing.get_context("spawn").Pool(args.concurrency)
     try:
-        for mode in modes:  # warm-up: prefix states, allocator, first-call costs
-            timed(mode.server.base_url, urls[:2], args.max_tokens, 1)
+        for mode in modes:  # warm-up: prefix states, allocator, the clients' threads
+            mode.run(clients, urls[:2], args.max_tokens)
+            mode.seconds, mode.answers, mode.batch_sizes = 0.0, [], []
         load_before = os.getloadavg()[0]
         for number, start in enumerate(range(0, len(urls), args.round)):
             shift = number % len(modes)
             for mode in modes[shift:] + modes[:shift]:
-                mode.run(urls[start : start + args.round], args.max_tokens)
+                mode.run(clients, urls[start : start + args.round], args.max_tokens)
         load_after = os.getloadavg()[0]
     finally:
+        clients.close()
+        clients.join()
         for server in {mode.server for mode in modes}:
             server.shutdown()
     print(json.dumps(summary(args, modes, load_before, load_after)))
@@ -153,6 +174,7 @@ def summary(args: argparse.Namespace, modes: list[Mode], load_before: float, loa
         "concurrent_over_sequential": round(rps["concurrent"] / rps["sequential"], 2),
         "unbatched_over_sequential": round(rps["concurrent_unbatched"] / rps["sequential"], 2),
         "mean_batch_concurrent": round(statistics.mean(by_name["concurrent"].batch_sizes), 2),
+        "batches_concurrent": by_name["concurrent"].batch_sizes,
     }  # fmt: skip
     if "generate_sequential" in rps:
         generate_sequential = rps["generate_sequential"]

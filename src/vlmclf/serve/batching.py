@@ -7,9 +7,11 @@ batch. While a batch runs, new requests queue, so under load batches fill withou
 
 The window alone splits batches on a busy machine: when a batch of 8 is answered, its 8 clients
 send their next requests at once, but reading and decoding them takes longer than a few
-milliseconds when the CPU is shared, so the first would start alone. The handlers therefore say
-when a request is on its way (``arriving``), and while any is, the batcher waits for it, up to
-``max_wait_s``. It also expects the clients it has just answered to come back: until as many
+milliseconds when the CPU is shared, so the first would start alone. The server therefore says
+when a request is on its way, from the moment its connection is accepted (``expect``) until the
+handler has submitted it (``arriving``), and while any is, the batcher waits for it, up to
+``max_wait_s``; and the window runs from the last arrival, not the first, so a burst whose
+connections come in a few milliseconds apart is collected whole. It also expects the clients it has just answered to come back: until as many
 requests as the last batch answered have arrived (or ``max_wait_s`` after that batch ended), it
 waits for them, so two cohorts of clients that once fell out of step merge again instead of
 alternating half-full batches forever. A lone sequential client is never waited for: its own
@@ -97,6 +99,7 @@ class MicroBatcher:
         self._arriving = 0
         self._returning = 0  # clients answered by the last batch that have not come back yet
         self._returning_until = 0.0  # when that expectation lapses
+        self._last_arrival = 0.0  # when a connection, a request or a job last came in
         self._arriving_lock = threading.Lock()
         self.batch_sizes: list[int] = []  # what each model call got (for tests and the bench)
         self._run_group = run_group
@@ -110,6 +113,7 @@ class MicroBatcher:
         """Held by a handler while it reads and decodes a request it will submit."""
         with self._arriving_lock:
             self._arriving += 1
+            self._last_arrival = time.monotonic()
         try:
             yield
         finally:
@@ -122,6 +126,7 @@ class MicroBatcher:
         than the window); call the returned function, any number of times, when it is not."""
         with self._arriving_lock:
             self._arriving += 1
+            self._last_arrival = time.monotonic()
         released = threading.Event()
 
         def release() -> None:
@@ -135,6 +140,7 @@ class MicroBatcher:
     def submit(self, job: Job) -> Job:
         with self._arriving_lock:
             self._returning = max(0, self._returning - 1)
+            self._last_arrival = time.monotonic()
         self._queue.put(job)
         return job
 
@@ -144,8 +150,12 @@ class MicroBatcher:
             self._returning_until = time.monotonic() + self.max_wait_s
 
     def _deadline(self, start: float) -> float:
-        """Until when to keep collecting: longer while requests are known to be on their way."""
-        deadline = start + self.window_s
+        """Until when to keep collecting: longer while requests are known to be on their way,
+        and ``window_s`` after the last arrival (a burst is collected whole; a lone request
+        waits ``window_s``, as before)."""
+        deadline = max(
+            start + self.window_s, min(self._last_arrival + self.window_s, start + self.max_wait_s)
+        )
         if self._arriving > 0:
             deadline = max(deadline, start + self.max_wait_s)
         if self._returning > 0:
