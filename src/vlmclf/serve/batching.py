@@ -2,8 +2,9 @@
 
 One worker thread owns the model. It takes the first waiting request, collects whatever else
 arrives within ``window_s`` (up to ``max_batch``), drops the requests whose clients have gone,
-and hands each group of compatible requests (same kind, same token budget) to the engine as one
-batch. While a batch runs, new requests queue, so under load batches fill without waiting.
+and hands each group of compatible requests (same kind; same token budget unless the engine's
+greedy decoder mixes budgets) to the engine as one batch. While a batch runs, new requests
+queue, so under load batches fill without waiting.
 
 The window alone splits batches on a busy machine: when a batch of 8 is answered, its 8 clients
 send their next requests at once, but reading and decoding them takes longer than a few
@@ -11,11 +12,12 @@ milliseconds when the CPU is shared, so the first would start alone. The server 
 when a request is on its way, from the moment its connection is accepted (``expect``) until the
 handler has submitted it (``arriving``), and while any is, the batcher waits for it, up to
 ``max_wait_s``; and the window runs from the last arrival, not the first, so a burst whose
-connections come in a few milliseconds apart is collected whole. It also expects the clients it has just answered to come back: until as many
-requests as the last batch answered have arrived (or ``max_wait_s`` after that batch ended), it
-waits for them, so two cohorts of clients that once fell out of step merge again instead of
-alternating half-full batches forever. A lone sequential client is never waited for: its own
-next request is the one expected.
+connections come in a few milliseconds apart is collected whole. It also expects the clients
+it has just answered to come back: until as many requests as the last batch answered have
+arrived (or ``max_wait_s`` after that batch ended), it waits for them, so two cohorts of
+clients that once fell out of step merge again instead of alternating half-full batches
+forever. A lone sequential client is never waited for: its own next request is the one
+expected, and it waits ``window_s`` as before.
 """
 
 from __future__ import annotations
