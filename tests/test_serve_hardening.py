@@ -307,3 +307,19 @@ def test_a_connection_counts_as_a_request_on_its_way_from_the_moment_it_is_accep
         assert served.batcher.batch_sizes == [2]
     finally:
         served.shutdown()
+
+
+def test_a_burst_of_new_connections_is_not_dropped_by_a_short_listen_backlog():
+    # socketserver's default backlog of 5 drops the SYN of a sixth simultaneous client, which
+    # retries a second later; nothing accepts here, so the kernel's queue alone must hold them
+    served = ChatModelServer(None, "slow", port=0, limits=LIMITS)
+    host, port = served.httpd.server_address[:2]
+    sockets = []
+    try:
+        for _ in range(12):
+            sockets.append(socket.create_connection((host, port), timeout=0.5))
+    finally:
+        for sock in sockets:
+            sock.close()
+        served.shutdown()
+    assert len(sockets) == 12

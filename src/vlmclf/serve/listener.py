@@ -2,7 +2,8 @@
 
 Past ``max_connections`` a new connection gets a JSON 503 at once instead of a thread; every
 accepted connection is reported to the batcher (``expect_request``) before a handler thread has
-read a byte of it, so a burst of new clients is batched whole.
+read a byte of it, and the listen backlog holds ``max_connections``, so a burst of new clients
+is batched whole.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class ConnectionServer(ThreadingHTTPServer):
         host = address[0]
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._slots = threading.BoundedSemaphore(max_connections)
+        # socketserver listens with a backlog of 5: a sixth client connecting at the same
+        # moment has its SYN dropped and retries a second later (a batch short by one)
+        self.request_queue_size = max(max_connections, 5)
         self._expect_request = expect_request
         self._first_request = threading.local()  # per handler thread: its release function
         super().__init__(address, handler)
