@@ -1,12 +1,17 @@
 """`vlmclf serve` throughput: sequential requests against 8 concurrent ones, in one run.
 
-Starts the server in this process on a loopback port with the given model, sends ``--n``
-different images one after another, then the same number again from ``--concurrency`` client
-threads (micro-batched into batched generates), then once more concurrently against a server
-with ``--max-batch 1`` (one request at a time: what the server did before micro-batching).
-Prints requests/s for each and the ratios, all measured in this run, as JSON.
+Starts servers in this process on loopback ports with the given model: one that micro-batches
+(up to ``--concurrency`` requests per batch) and one with ``--max-batch 1`` (one request at a
+time: what the server did before micro-batching); with ``--compare-generate`` also one that
+micro-batches but answers with the model's own ``generate`` instead of the server's greedy
+decoder. The clients are ``--concurrency`` processes, the same in every mode. The
+``--n`` different images go out in rounds of ``--round`` (24); every round is
+sent in every mode (one request after another, or from ``--concurrency`` client processes), the
+order of the modes rotating from round to round, so that a change of load on a shared machine
+falls on every mode alike. Prints each mode's requests/s, the ratios, whether each mode gave the
+sequential answers, and the load average before and after, all from this run, as JSON.
 
-    python bench/serve.py [--model organism:vlm] [--n 32] [--concurrency 8] [--max-tokens 16]
+    python bench/serve.py [--model organism:vlm] [--n 48] [--concurrency 8] [--max-tokens 16]
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ import argparse
 import base64
 import io
 import json
+import multiprocessing
+import os
 import random
 import statistics
 import threading
 import time
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing.pool import Pool
 
 import torch
 from PIL import Image
@@ -58,73 +66,129 @@ def ask(base_url: str, url: str, max_tokens: int) -> str:
         return json.loads(response.read())["choices"][0]["message"]["content"]
 
 
-def timed(base_url: str, urls: list[str], max_tokens: int, concurrency: int) -> tuple[float, list]:
+def timed(base_url: str, urls: list[str], max_tokens: int) -> tuple[float, list]:
+    """Seconds to answer ``urls`` one after another, and the answers."""
     start = time.perf_counter()
-    if concurrency == 1:
-        answers = [ask(base_url, url, max_tokens) for url in urls]
-    else:
-        with ThreadPoolExecutor(concurrency) as pool:
-            answers = list(pool.map(lambda u: ask(base_url, u, max_tokens), urls))
+    answers = [ask(base_url, url, max_tokens) for url in urls]
     return time.perf_counter() - start, answers
 
 
-def measure(model, urls: list[str], args: argparse.Namespace, max_batch: int) -> dict:
+def ask_one(order: tuple[str, str, int]) -> str:
+    return ask(*order)
+
+
+def timed_concurrently(clients: Pool, base_url: str, urls: list[str], max_tokens: int):
+    """Seconds to answer ``urls`` from all the client processes at once, and the answers."""
+    start = time.perf_counter()
+    answers = clients.map(ask_one, [(base_url, url, max_tokens) for url in urls], chunksize=1)
+    return time.perf_counter() - start, answers
+
+
+@dataclass
+class Mode:
+    """One way of sending the requests, and what it measured over all rounds."""
+
+    name: str
+    server: ChatModelServer
+    concurrency: int
+    seconds: float = 0.0
+    answers: list[str] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
+
+    def run(self, clients: Pool, urls: list[str], max_tokens: int) -> None:
+        """One client sends ``urls`` one after another, or every client at once."""
+        sizes_before = len(self.server.batcher.batch_sizes)
+        base_url = self.server.base_url
+        if self.concurrency == 1:
+            seconds, answers = clients.apply(timed, (base_url, urls, max_tokens))
+        else:
+            seconds, answers = timed_concurrently(clients, base_url, urls, max_tokens)
+        self.seconds += seconds
+        self.answers += answers
+        self.batch_sizes += self.server.batcher.batch_sizes[sizes_before:]
+
+
+def start_server(model, args: argparse.Namespace, max_batch: int, model_generate: bool):
     limits = ServeLimits(max_batch=max_batch, batch_window_ms=args.window_ms)
     server = ChatModelServer(model, "bench", port=0, limits=limits)
+    if model_generate:
+        server.engine.greedy = None  # answer with the model's own batched generate
     server.start_in_thread()
-    try:
-        timed(server.base_url, urls[:2], args.max_tokens, 1)  # warm-up
-        server.batcher.batch_sizes.clear()
-        out = {}
-        for name, concurrency in (("sequential", 1), ("concurrent", args.concurrency)):
-            if max_batch == 1 and name == "sequential":
-                continue
-            sizes_before = len(server.batcher.batch_sizes)
-            seconds, answers = timed(server.base_url, urls, args.max_tokens, concurrency)
-            sizes = server.batcher.batch_sizes[sizes_before:]
-            out[name] = {
-                "seconds": round(seconds, 3),
-                "requests_per_s": round(len(urls) / seconds, 3),
-                "mean_batch": round(statistics.mean(sizes), 2),
-                "answers": answers,
-            }
-        return out
-    finally:
-        server.shutdown()
+    return server
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="organism:vlm")
-    parser.add_argument("--n", type=int, default=32)
+    parser.add_argument("--n", type=int, default=48)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--window-ms", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on 2 cores)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--round", type=int, default=24,
+                        help="requests per round (each starts one burst of clients)")  # fmt: skip
+    parser.add_argument("--compare-generate", action="store_true",
+                        help="also measure the model's own generate behind a server")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     urls = make_image_urls(args.n, args.seed)
-    batched = measure(model, urls, args, max_batch=args.concurrency)
-    unbatched = measure(model, urls, args, max_batch=1)
-    sequential = batched["sequential"]
-    same = sum(a == b for a, b in zip(sequential["answers"], batched["concurrent"]["answers"],
-                                      strict=True))  # fmt: skip
+    batching = start_server(model, args, args.concurrency, model_generate=False)
+    one_at_a_time = start_server(model, args, 1, model_generate=False)
+    modes = [Mode("sequential", batching, 1), Mode("concurrent", batching, args.concurrency),
+             Mode("concurrent_unbatched", one_at_a_time, args.concurrency)]  # fmt: skip
+    if args.compare_generate:
+        generating = start_server(model, args, args.concurrency, model_generate=True)
+        modes += [Mode("generate_sequential", generating, 1),
+                  Mode("generate_concurrent", generating, args.concurrency)]  # fmt: skip
+    # the clients are processes of their own, as real clients are: they take no share of the
+    # server's interpreter lock, and a burst of them is not spread out waiting for one
+    clients = multiprocessing.get_context("spawn").Pool(args.concurrency)
+    try:
+        for mode in modes:  # warm-up: prefix states, allocator, the clients' threads
+            mode.run(clients, urls[:2], args.max_tokens)
+            mode.seconds, mode.answers, mode.batch_sizes = 0.0, [], []
+        load_before = os.getloadavg()[0]
+        for number, start in enumerate(range(0, len(urls), args.round)):
+            shift = number % len(modes)
+            for mode in modes[shift:] + modes[:shift]:
+                mode.run(clients, urls[start : start + args.round], args.max_tokens)
+        load_after = os.getloadavg()[0]
+    finally:
+        clients.close()
+        clients.join()
+        for server in {mode.server for mode in modes}:
+            server.shutdown()
+    print(json.dumps(summary(args, modes, load_before, load_after)))
+
+
+def summary(args: argparse.Namespace, modes: list[Mode], load_before: float, load_after: float):
+    by_name = {mode.name: mode for mode in modes}
+    sequential = by_name["sequential"]
+    rps = {mode.name: len(mode.answers) / mode.seconds for mode in modes}
     result = {
         "model": args.model, "n_requests": args.n, "concurrency": args.concurrency,
         "max_tokens": args.max_tokens, "torch_threads": args.threads,
-        "sequential_rps": sequential["requests_per_s"],
-        "concurrent_rps": batched["concurrent"]["requests_per_s"],
-        "concurrent_unbatched_rps": unbatched["concurrent"]["requests_per_s"],
-        "concurrent_over_sequential": round(
-            batched["concurrent"]["requests_per_s"] / sequential["requests_per_s"], 2),
-        "unbatched_over_sequential": round(
-            unbatched["concurrent"]["requests_per_s"] / sequential["requests_per_s"], 2),
-        "mean_batch_concurrent": batched["concurrent"]["mean_batch"],
-        "answers_equal_to_sequential": f"{same}/{args.n}",
+        **{f"{name}_rps": round(value, 3) for name, value in rps.items()},
+        "concurrent_over_sequential": round(rps["concurrent"] / rps["sequential"], 2),
+        "unbatched_over_sequential": round(rps["concurrent_unbatched"] / rps["sequential"], 2),
+        "mean_batch_concurrent": round(statistics.mean(by_name["concurrent"].batch_sizes), 2),
+        "batches_concurrent": by_name["concurrent"].batch_sizes,
     }  # fmt: skip
-    print(json.dumps(result))
+    if "generate_sequential" in rps:
+        generate_sequential = rps["generate_sequential"]
+        result["generate_concurrent_over_generate_sequential"] = round(
+            rps["generate_concurrent"] / generate_sequential, 2
+        )
+        result["sequential_over_generate_sequential"] = round(
+            rps["sequential"] / generate_sequential, 2
+        )
+    for mode in modes[1:]:
+        same = sum(a == b for a, b in zip(sequential.answers, mode.answers, strict=True))
+        result[f"{mode.name}_answers_equal_to_sequential"] = f"{same}/{args.n}"
+    result["load_average_before_after"] = [round(load_before, 2), round(load_after, 2)]
+    return result
 
 
 if __name__ == "__main__":

@@ -282,3 +282,44 @@ def test_the_batcher_waits_for_the_clients_it_just_answered_but_not_for_a_lone_o
         assert batcher.batch_sizes == [8]
     finally:
         batcher.close()
+
+
+def test_a_connection_counts_as_a_request_on_its_way_from_the_moment_it_is_accepted():
+    # a burst of new clients: one request is read and decoded while another client's
+    # connection is open but its bytes have not been read yet; both belong in one batch
+    limits = ServeLimits(batch_window_ms=5, batch_max_wait_ms=2000)
+    served = ChatModelServer(SlowModel(0.0), "slow", port=0, limits=limits)
+    served.start_in_thread()
+    try:
+        host, port = served.httpd.server_address[:2]
+        quiet = socket.create_connection((host, port), timeout=10)  # accepted, nothing sent yet
+        time.sleep(0.2)
+        replies: list[tuple[int, dict]] = []
+        first = threading.Thread(target=lambda: replies.append(
+            exchange(served, post("/v1/chat/completions", chat_body()))))  # fmt: skip
+        first.start()
+        time.sleep(0.3)  # far past the 5 ms window
+        quiet.sendall(post("/v1/chat/completions", chat_body()))
+        assert b" 200 " in quiet.recv(65536).split(b"\r\n")[0]
+        quiet.close()
+        first.join(10)
+        assert replies and replies[0][0] == 200
+        assert served.batcher.batch_sizes == [2]
+    finally:
+        served.shutdown()
+
+
+def test_a_burst_of_new_connections_is_not_dropped_by_a_short_listen_backlog():
+    # socketserver's default backlog of 5 drops the SYN of a sixth simultaneous client, which
+    # retries a second later; nothing accepts here, so the kernel's queue alone must hold them
+    served = ChatModelServer(None, "slow", port=0, limits=LIMITS)
+    host, port = served.httpd.server_address[:2]
+    sockets = []
+    try:
+        for _ in range(12):
+            sockets.append(socket.create_connection((host, port), timeout=0.5))
+    finally:
+        for sock in sockets:
+            sock.close()
+        served.shutdown()
+    assert len(sockets) == 12

@@ -56,7 +56,7 @@ def serve_command(
     """Serve a model at http://HOST:PORT/v1 (chat completions, one image per request)."""
     from vlmclf.loading import ModelOptions, load_any_model
     from vlmclf.serve import ChatModelServer, ServeError, ServeLimits
-    from vlmclf.serve.server import is_loopback
+    from vlmclf.serve.listener import is_loopback
 
     device, dtype = resolve_hardware(model, device, dtype)
     try:

@@ -2,18 +2,22 @@
 
 One worker thread owns the model. It takes the first waiting request, collects whatever else
 arrives within ``window_s`` (up to ``max_batch``), drops the requests whose clients have gone,
-and hands each group of compatible requests (same kind, same token budget) to the engine as one
-batch. While a batch runs, new requests queue, so under load batches fill without waiting.
+and hands each group of compatible requests (same kind; same token budget unless the engine's
+greedy decoder mixes budgets) to the engine as one batch. While a batch runs, new requests
+queue, so under load batches fill without waiting.
 
 The window alone splits batches on a busy machine: when a batch of 8 is answered, its 8 clients
 send their next requests at once, but reading and decoding them takes longer than a few
-milliseconds when the CPU is shared, so the first would start alone. The handlers therefore say
-when a request is on its way (``arriving``), and while any is, the batcher waits for it, up to
-``max_wait_s``. It also expects the clients it has just answered to come back: until as many
-requests as the last batch answered have arrived (or ``max_wait_s`` after that batch ended), it
-waits for them, so two cohorts of clients that once fell out of step merge again instead of
-alternating half-full batches forever. A lone sequential client is never waited for: its own
-next request is the one expected.
+milliseconds when the CPU is shared, so the first would start alone. The server therefore says
+when a request is on its way, from the moment its connection is accepted (``expect``) until the
+handler has submitted it (``arriving``), and while any is, the batcher waits for it, up to
+``max_wait_s``; and the window runs from the last arrival, not the first, so a burst whose
+connections come in a few milliseconds apart is collected whole. It also expects the clients
+it has just answered to come back: until as many requests as the last batch answered have
+arrived (or ``max_wait_s`` after that batch ended), it waits for them, so two cohorts of
+clients that once fell out of step merge again instead of alternating half-full batches
+forever. A lone sequential client is never waited for: its own next request is the one
+expected, and it waits ``window_s`` as before.
 """
 
 from __future__ import annotations
@@ -47,6 +51,14 @@ class Job:
     error: RequestError | None = None
     finished: bool = False
     held: bool = False  # while True, the outcome is kept back from the waiting handler
+    pieces: queue.SimpleQueue[str] = field(default_factory=queue.SimpleQueue)
+    emitted: bool = False  # text already went out: the request cannot be answered again
+
+    def emit(self, piece: str) -> None:
+        """Text decoded so far, for a streaming handler (sent before the job finishes)."""
+        if piece:
+            self.emitted = True
+            self.pieces.put(piece)
 
     def finish(self, answer: Answer | None = None, error: RequestError | None = None) -> None:
         if not self.finished:
@@ -60,7 +72,7 @@ class Job:
             self.done.set()
 
     def group_key(self) -> Hashable:
-        """Requests with equal keys can share one model call."""
+        """Requests with equal keys can share one model call (the engine may ask for less)."""
         if self.request.wants_logprobs:
             return ("score",)
         return ("generate", self.request.max_tokens)
@@ -76,6 +88,7 @@ class MicroBatcher:
         window_s: float = 0.005,
         max_batch: int = 8,
         max_wait_s: float = 0.1,
+        group_key: Callable[[Job], Hashable] = Job.group_key,
     ):
         if window_s < 0 or max_batch < 1 or max_wait_s < window_s:
             raise ValueError(
@@ -88,9 +101,11 @@ class MicroBatcher:
         self._arriving = 0
         self._returning = 0  # clients answered by the last batch that have not come back yet
         self._returning_until = 0.0  # when that expectation lapses
+        self._last_arrival = 0.0  # when a connection, a request or a job last came in
         self._arriving_lock = threading.Lock()
         self.batch_sizes: list[int] = []  # what each model call got (for tests and the bench)
         self._run_group = run_group
+        self._group_key = group_key
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="vlmclf-serve-model", daemon=True)
         self._thread.start()
@@ -100,15 +115,34 @@ class MicroBatcher:
         """Held by a handler while it reads and decodes a request it will submit."""
         with self._arriving_lock:
             self._arriving += 1
+            self._last_arrival = time.monotonic()
         try:
             yield
         finally:
             with self._arriving_lock:
                 self._arriving -= 1
 
+    def expect(self) -> Callable[[], None]:
+        """Count a request as on its way from the moment its connection is accepted (before a
+        handler thread has read a byte of it: in a burst of new connections that takes longer
+        than the window); call the returned function, any number of times, when it is not."""
+        with self._arriving_lock:
+            self._arriving += 1
+            self._last_arrival = time.monotonic()
+        released = threading.Event()
+
+        def release() -> None:
+            with self._arriving_lock:
+                if not released.is_set():
+                    released.set()
+                    self._arriving -= 1
+
+        return release
+
     def submit(self, job: Job) -> Job:
         with self._arriving_lock:
             self._returning = max(0, self._returning - 1)
+            self._last_arrival = time.monotonic()
         self._queue.put(job)
         return job
 
@@ -118,8 +152,12 @@ class MicroBatcher:
             self._returning_until = time.monotonic() + self.max_wait_s
 
     def _deadline(self, start: float) -> float:
-        """Until when to keep collecting: longer while requests are known to be on their way."""
-        deadline = start + self.window_s
+        """Until when to keep collecting: longer while requests are known to be on their way,
+        and ``window_s`` after the last arrival (a burst is collected whole; a lone request
+        waits ``window_s``, as before)."""
+        deadline = max(
+            start + self.window_s, min(self._last_arrival + self.window_s, start + self.max_wait_s)
+        )
         if self._arriving > 0:
             deadline = max(deadline, start + self.max_wait_s)
         if self._returning > 0:
@@ -138,7 +176,7 @@ class MicroBatcher:
             live = [job for job in batch if not self._drop_if_cancelled(job)]
             groups: dict[Hashable, list[Job]] = {}
             for job in live:
-                groups.setdefault(job.group_key(), []).append(job)
+                groups.setdefault(self._group_key(job), []).append(job)
             for job in live:  # answers go out only once the batcher expects their clients back
                 job.held = True
             for group in groups.values():

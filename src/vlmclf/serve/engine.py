@@ -1,7 +1,10 @@
 """Answering a batch of checked requests with a local vlmclf model.
 
-Generation uses the model's own batched ``generate(images, questions, max_new_tokens)``;
-log-probabilities come from the likelihood engine's prefill (``make_target``), the same numbers
+Generation uses ``GreedyDecoder`` where the model has the organism's prompt interface (a shared
+prompt prefix computed once, rows that leave the batch when done, tokens streamed as decoded,
+token budgets mixed in one batch), and the model's own batched
+``generate(images, questions, max_new_tokens)`` otherwise; log-probabilities come from the
+likelihood engine's prefill (``make_target``), the same numbers
 ``--method likelihood`` uses. A batch whose every client has gone is stopped between two forward
 passes by a pre-forward hook on the language model, so an abandoned long answer does not hold
 the model.
@@ -10,13 +13,15 @@ the model.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import torch
 
 from vlmclf.serve.batching import CLIENT_GONE, Job
+from vlmclf.serve.greedy import Decoded, GreedyDecoder, GreedyRow
 from vlmclf.serve.protocol import Answer, RequestError
+from vlmclf.serve.text_stream import TextStream
 
 logger = logging.getLogger("vlmclf.serve")
 
@@ -34,6 +39,14 @@ class ModelEngine:
         self._target: Any = None
         self._prompt_lengths: dict[tuple[str, tuple[int, int]], int] = {}
         self._hooked = _install_cancel_hook(model, self._all_clients_gone)
+        self.greedy = GreedyDecoder(model) if GreedyDecoder.supports(model) else None
+        """The server's own decoder; None: the model's generate (other models, or to compare)."""
+
+    def group_key(self, job: Job) -> Hashable:
+        """Jobs with equal keys share a batch; the greedy decoder mixes token budgets."""
+        if self.greedy is not None and not job.request.wants_logprobs:
+            return ("generate",)
+        return job.group_key()
 
     @property
     def can_cancel(self) -> bool:
@@ -51,15 +64,21 @@ class ModelEngine:
             return
         except Exception as err:  # noqa: BLE001 - isolate the request that caused it
             if len(jobs) > 1:
-                for job in jobs:
-                    self.run_group([job])
+                for job in jobs:  # a streamed answer cannot be taken back and sent again
+                    if job.emitted:
+                        job.finish(error=_as_request_error(err))
+                    else:
+                        self.run_group([job])
                 return
             jobs[0].finish(error=_as_request_error(err))
             return
         finally:
             self._active = []
         for job, answer in zip(jobs, answers, strict=True):
-            job.finish(answer)
+            if isinstance(answer, RequestError):
+                job.finish(error=answer)
+            else:
+                job.finish(answer)
 
     def _all_clients_gone(self) -> bool:
         active = self._active
@@ -67,7 +86,29 @@ class ModelEngine:
 
     # ----- generation --------------------------------------------------------------------
 
-    def _generate(self, jobs: list[Job]) -> list[Answer]:
+    def _generate(self, jobs: list[Job]) -> list[Answer | RequestError]:
+        if self.greedy is None:
+            return list(self._generate_whole(jobs))
+        streams = [TextStream(self.model.tokenizer) if job.request.stream else None for job in jobs]
+        rows = [_greedy_row(job, stream) for job, stream in zip(jobs, streams, strict=True)]
+        decoded = self.greedy.decode(rows)
+        return [
+            self._greedy_answer(job, result, stream)
+            for job, result, stream in zip(jobs, decoded, streams, strict=True)
+        ]
+
+    def _greedy_answer(
+        self, job: Job, result: Decoded, stream: TextStream | None
+    ) -> Answer | RequestError:
+        if result.cancelled:
+            return RequestError(CLIENT_GONE, "the client went away", "client_gone")
+        text = self.model.tokenizer.decode(result.token_ids, skip_special_tokens=True).strip()
+        if stream is not None:
+            job.emit(stream.finish(text))
+        finish = "stop" if result.stopped else "length"
+        return Answer(text, self._prompt_tokens(job), len(result.token_ids), finish)
+
+    def _generate_whole(self, jobs: list[Job]) -> list[Answer]:
         max_tokens = jobs[0].request.max_tokens
         texts = self.model.generate(
             [job.image for job in jobs], [job.request.question for job in jobs], max_tokens
@@ -138,6 +179,16 @@ class ModelEngine:
         if tokenizer is None:
             return 0
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _greedy_row(job: Job, stream: TextStream | None) -> GreedyRow:
+    def on_token(token: int) -> None:
+        if stream is not None:
+            job.emit(stream.push(token))
+
+    return GreedyRow(
+        job.image, job.request.question, job.request.max_tokens, on_token, job.cancelled.is_set
+    )
 
 
 def _measure(*ways: Callable[[], int]) -> int:

@@ -283,27 +283,53 @@ def completion_body(answer: Answer, served_name: str) -> dict[str, Any]:
     }
 
 
-def stream_chunks(answer: Answer, served_name: str, include_usage: bool) -> list[dict[str, Any]]:
-    """The ``chat.completion.chunk`` events of one answer, in the order OpenAI sends them."""
-    envelope = _envelope("chat.completion.chunk", served_name)
-    usage: dict[str, Any] = {"usage": None} if include_usage else {}
+class ChunkStream:
+    """The ``chat.completion.chunk`` events of one answer, in the order OpenAI sends them: a role
+    chunk, text chunks (sent as tokens are decoded, or all at the end), a finish chunk, and a
+    usage chunk when ``stream_options.include_usage`` asked for one. All share one id."""
 
-    def chunk(
-        delta: dict[str, Any], finish: str | None = None, logprobs: dict[str, Any] | None = None
+    def __init__(self, served_name: str, include_usage: bool):
+        self.envelope = _envelope("chat.completion.chunk", served_name)
+        self.include_usage = include_usage
+
+    def _chunk(
+        self,
+        delta: dict[str, Any],
+        finish: str | None = None,
+        logprobs: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
-        return {**envelope, "choices": [choice], **usage}
+        usage: dict[str, Any] = {"usage": None} if self.include_usage else {}
+        return {**self.envelope, "choices": [choice], **usage}
 
-    pieces = re.findall(r"\s*\S+", answer.text) or []
-    chunks = [chunk({"role": "assistant", "content": ""})]
-    for index, piece in enumerate(pieces):
-        chunks.append(chunk({"content": piece}, logprobs=_logprobs(answer) if index == 0 else None))
-    if not pieces and answer.first_token is not None:
-        chunks.append(chunk({"content": ""}, logprobs=_logprobs(answer)))
-    chunks.append(chunk({}, answer.finish_reason))
-    if include_usage:
-        chunks.append({**envelope, "choices": [], "usage": usage_body(answer)})
-    return chunks
+    def opening(self) -> dict[str, Any]:
+        return self._chunk({"role": "assistant", "content": ""})
+
+    def text(self, piece: str) -> dict[str, Any]:
+        return self._chunk({"content": piece})
+
+    def whole(self, answer: Answer) -> list[dict[str, Any]]:
+        """The text chunks of an answer generated in one piece: one per word."""
+        pieces = re.findall(r"\s*\S+", answer.text) or []
+        chunks = [
+            self._chunk({"content": piece}, logprobs=_logprobs(answer) if index == 0 else None)
+            for index, piece in enumerate(pieces)
+        ]
+        if not pieces and answer.first_token is not None:
+            chunks.append(self._chunk({"content": ""}, logprobs=_logprobs(answer)))
+        return chunks
+
+    def closing(self, answer: Answer) -> list[dict[str, Any]]:
+        chunks = [self._chunk({}, answer.finish_reason)]
+        if self.include_usage:
+            chunks.append({**self.envelope, "choices": [], "usage": usage_body(answer)})
+        return chunks
+
+
+def stream_chunks(answer: Answer, served_name: str, include_usage: bool) -> list[dict[str, Any]]:
+    """All chunk events of an answer generated in one piece."""
+    stream = ChunkStream(served_name, include_usage)
+    return [stream.opening(), *stream.whole(answer), *stream.closing(answer)]
 
 
 def usage_body(answer: Answer) -> dict[str, int]:

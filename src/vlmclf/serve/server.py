@@ -10,27 +10,29 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import ipaddress
 import json
 import logging
+import queue
 import select
 import socket
 import threading
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from vlmclf.serve.batching import CLIENT_GONE, Job, MicroBatcher
 from vlmclf.serve.engine import ModelEngine
 from vlmclf.serve.images import ImageDecoder
+from vlmclf.serve.listener import ConnectionServer
 from vlmclf.serve.protocol import (
+    ChunkStream,
     RequestError,
     completion_body,
     error_body,
     model_object,
     parse_chat_request,
-    stream_chunks,
 )
 
 logger = logging.getLogger("vlmclf.serve")
@@ -54,62 +56,6 @@ class ServeLimits:
 
 class ServeError(Exception):
     """The server cannot start (address in use, unknown host); the message says why."""
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-    def __init__(
-        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int
-    ):
-        host = address[0]
-        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._slots = threading.BoundedSemaphore(max_connections)
-        super().__init__(address, handler)
-
-    def server_bind(self) -> None:
-        if self.address_family == socket.AF_INET6:
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        super().server_bind()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """Refuse at once, with a 503, past ``max_connections`` open connections."""
-        if not self._slots.acquire(blocking=False):
-            _refuse_busy(request)
-            self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-
-def _refuse_busy(sock: socket.socket) -> None:
-    data = json.dumps(
-        error_body("too many open connections; retry shortly", "server_busy")
-    ).encode()
-    head = (
-        f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(data)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
-    )
-    try:
-        sock.settimeout(1.0)
-        sock.sendall(head.encode() + data)
-    except OSError:
-        pass
 
 
 class ChatModelServer:
@@ -137,7 +83,9 @@ class ChatModelServer:
         self.batcher: MicroBatcher | None = None
         self._serving = False
         try:
-            self.httpd = _Server((host, port), _handler_class(self), self.limits.max_connections)
+            self.httpd = ConnectionServer(
+                (host, port), _handler_class(self), self.limits.max_connections, self.expect_request
+            )
         except OSError as err:
             raise ServeError(f"cannot listen on {host} port {port}: {err.strerror or err}") from err
         if model is not None:
@@ -150,6 +98,8 @@ class ChatModelServer:
             self.engine.run_group,
             window_s=self.limits.batch_window_ms / 1000.0,
             max_batch=self.limits.max_batch,
+            max_wait_s=self.limits.batch_max_wait_ms / 1000.0,
+            group_key=self.engine.group_key,
         )
 
     @property
@@ -193,6 +143,10 @@ class ChatModelServer:
             raise RequestError(503, "the model is still loading", "server_busy")
         return self.batcher.submit(Job(request, self.decoder.decode(request.image_bytes)))
 
+    def expect_request(self) -> Callable[[], None]:
+        """Tell the batcher a request is on its way; returns what to call when it is not."""
+        return self.batcher.expect() if self.batcher is not None else lambda: None
+
     def arriving(self) -> Any:
         """While held, the batcher waits for this request before starting a batch without it."""
         return self.batcher.arriving() if self.batcher is not None else contextlib.nullcontext()
@@ -206,6 +160,18 @@ class ChatModelServer:
         if job.error is not None:
             raise job.error
         return job.answer
+
+    @staticmethod
+    def next_piece(job: Job, client_gone: Any) -> str | None:
+        """The job's next streamed text piece; None once it has finished and all were taken."""
+        while True:
+            try:
+                return job.pieces.get(timeout=0.05)
+            except queue.Empty:
+                if job.done.is_set() and job.pieces.empty():
+                    return None
+                if client_gone():
+                    job.cancelled.set()
 
 
 def _handler_class(server: ChatModelServer) -> type[BaseHTTPRequestHandler]:
@@ -222,6 +188,12 @@ def _handler_class(server: ChatModelServer) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             self._guarded(self._post)
+
+        def handle_one_request(self) -> None:
+            try:
+                super().handle_one_request()
+            finally:  # whatever the first request was, it is no longer on its way
+                self.server.first_request_seen()
 
         def do_OPTIONS(self) -> None:
             self.send_response(204)
@@ -281,12 +253,18 @@ def _handler_class(server: ChatModelServer) -> type[BaseHTTPRequestHandler]:
             if path != "/v1/chat/completions":
                 raise RequestError(404, f"no route POST {path}", "not_found")
             with server.arriving():
+                self.server.first_request_seen()
                 job = server.submit(self._read_json())
-            request, answer = job.request, server.wait(job, self._client_gone)
-            if request.stream:
-                self._send_stream(stream_chunks(answer, server.served_name, request.include_usage))
+            if job.request.stream:
+                try:
+                    self._stream(job)
+                finally:  # a client that stopped reading the stream cancels its generation
+                    if not job.finished:
+                        job.cancelled.set()
             else:
-                self._send(200, completion_body(answer, server.served_name))
+                self._send(
+                    200, completion_body(server.wait(job, self._client_gone), server.served_name)
+                )
 
         def _read_json(self) -> dict[str, Any]:
             raw = self.headers.get("Content-Length")
@@ -347,16 +325,39 @@ def _handler_class(server: ChatModelServer) -> type[BaseHTTPRequestHandler]:
             if self.command != "HEAD":
                 self.wfile.write(data)
 
-        def _send_stream(self, chunks: list[dict[str, Any]]) -> None:
+        def _stream(self, job: Job) -> None:
+            """Server-Sent Events: text pieces as the model decodes them, then the finish.
+
+            Nothing is sent before the first piece or the outcome, so a request that fails
+            before any text still gets its JSON error with the right status."""
+            stream = ChunkStream(server.served_name, job.request.include_usage)
+            piece = server.next_piece(job, self._client_gone)
+            if piece is None and job.error is not None:
+                raise job.error
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream; charset=utf-8")
             self.send_header("Cache-Control", "no-cache")
             self.send_header("Connection", "close")  # the stream ends when the connection does
             self.end_headers()
             self.close_connection = True
-            for chunk in chunks:
-                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            self._event(stream.opening())
+            streamed = piece is not None
+            while piece is not None:
+                self._event(stream.text(piece))
+                piece = server.next_piece(job, self._client_gone)
+            if job.error is not None:
+                err = job.error
+                self._event(error_body(str(err), err.code, err.param))
+            elif job.answer is not None:
+                for chunk in ([] if streamed else stream.whole(job.answer)) + stream.closing(
+                    job.answer
+                ):
+                    self._event(chunk)
             self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+
+        def _event(self, chunk: dict[str, Any]) -> None:
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
             self.wfile.flush()
 
         def _error(self, err: RequestError, close: bool = False) -> None:
