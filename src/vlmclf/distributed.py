@@ -111,13 +111,32 @@ def ensure_process_group() -> None:
 
 
 def shutdown() -> None:
-    """Destroy the process group, if this process made one."""
+    """Leave together, then destroy the process group (if this process made one).
+
+    A rank that finishes early (the others while the main rank trains a probe or summarises)
+    waits at a last barrier: tearing gloo down while a peer still holds its connections made
+    the early rank abort at exit ("terminate called without an active exception") now and
+    then. A peer that already died breaks the barrier at once; the barrier's error is moot
+    at exit and is dropped."""
     if not is_distributed():
         return
     import torch.distributed as dist
 
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if not dist.is_initialized():
+        return
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=_exit_wait())
+        else:
+            dist.barrier()
+    except Exception:  # noqa: BLE001 - leaving anyway; the job's own error was reported
+        pass
+    dist.destroy_process_group()
+
+
+def _exit_wait() -> timedelta:
+    """How long an early rank waits for the others at exit: the job's collective timeout."""
+    return timedelta(minutes=float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_MIN))
 
 
 def _collective(name: str, call: Callable[[], T]) -> T:
