@@ -105,8 +105,7 @@ def ensure_process_group() -> None:
     backend = os.environ.get(BACKEND_ENV) or ("nccl" if cuda else "gloo")
     if cuda and place().local_rank < torch.cuda.device_count():
         torch.cuda.set_device(place().local_rank)  # `cuda` now means this rank's own GPU
-    minutes = float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_MIN)
-    dist.init_process_group(backend=backend, timeout=timedelta(minutes=minutes))
+    dist.init_process_group(backend=backend, timeout=collective_timeout())
     atexit.register(shutdown)
 
 
@@ -126,7 +125,7 @@ def shutdown() -> None:
         return
     try:
         if dist.get_backend() == "gloo":
-            dist.monitored_barrier(timeout=_exit_wait())
+            dist.monitored_barrier(timeout=collective_timeout())
         else:
             dist.barrier()
     except Exception:  # noqa: BLE001 - leaving anyway; the job's own error was reported
@@ -134,8 +133,8 @@ def shutdown() -> None:
     dist.destroy_process_group()
 
 
-def _exit_wait() -> timedelta:
-    """How long an early rank waits for the others at exit: the job's collective timeout."""
+def collective_timeout() -> timedelta:
+    """How long a rank waits for the others in any collective, the exit barrier included."""
     return timedelta(minutes=float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_MIN))
 
 

@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vlmclf.analysis.probe.settings import clip_baseline_values
+from vlmclf.analysis.probe.settings import clip_baseline_values, epochs_for
 from vlmclf.methods.prompts import PAPER_WORDINGS
 from vlmclf.protocols import resolve, split_for
 
@@ -184,7 +184,7 @@ def table3(ctx: Context) -> list[Step]:
     settings = resolve(ctx.protocol, "probe")
     steps = []
     for ds in ctx.datasets:
-        epochs = settings.get("epochs_imagenet" if ds == "imagenet" else "epochs", 50)
+        epochs = epochs_for(settings, "epochs", ds) or 50
         argv = ["probe", "--model", ctx.model, *_data_args(ctx, ds, option="--eval-split")]
         argv += ["--train-split", split_for(ctx.protocol, ds, "train") or "train"]
         argv += ["--protocol", ctx.protocol, "--epochs", str(epochs), "--lr", str(settings["lr"])]

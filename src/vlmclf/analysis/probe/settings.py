@@ -21,11 +21,9 @@ PROBE_OPTIONS = (
 def protocol_probe_values(protocol: str, dataset: str) -> dict[str, Any]:
     """The options ``protocol`` sets for a probe evaluated on ``dataset`` (None: not set)."""
     settings = resolve(protocol, "probe")
-    on_imagenet = parse_dataset_spec(dataset)[0] == "imagenet"
-    epochs = settings.get("epochs_imagenet") if on_imagenet else None
     reshuffle = settings.get("reshuffle_each_epoch")
     return {
-        "epochs": epochs or settings.get("epochs"),
+        "epochs": epochs_for(settings, "epochs", dataset),
         "lr": settings.get("lr"),
         "probe_batch_size": settings.get("probe_batch_size"),
         "weight_decays": settings.get("weight_decays"),
@@ -45,10 +43,15 @@ def clip_baseline_values(protocol: str, dataset: str) -> tuple[int | None, bool]
     trains it on L2-normalised image embeddings for 300 epochs (40 on ImageNet). (None, False):
     the protocol trains it like the VLM's probe."""
     settings = resolve(protocol, "probe")
-    on_imagenet = parse_dataset_spec(dataset)[0] == "imagenet"
-    epochs = settings.get("clip_epochs_imagenet") if on_imagenet else None
     normalise = str(settings.get("clip_features", "")).startswith("l2")
-    return epochs or settings.get("clip_epochs"), normalise
+    return epochs_for(settings, "clip_epochs", dataset), normalise
+
+
+def epochs_for(settings: dict[str, Any], key: str, dataset: str) -> int | None:
+    """``key``'s epochs, or ``<key>_imagenet``'s on ImageNet where the protocol has one (the
+    paper's scripts train fewer epochs on ImageNet's 1.28M images)."""
+    on_imagenet = parse_dataset_spec(dataset)[0] == "imagenet"
+    return (settings.get(f"{key}_imagenet") if on_imagenet else None) or settings.get(key)
 
 
 def resolve_probe_options(
