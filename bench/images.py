@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from vlmclf.data.images import DEFAULT_MAX_DECODED_PIXELS, reduced_size
-from vlmclf.prefetch import PREFETCH_BYTES
+from vlmclf.run.prefetch import PREFETCH_BYTES
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 CLASSES = ("dawn", "dusk")

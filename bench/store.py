@@ -90,8 +90,8 @@ class SyntheticRun:
 
 def write_v3(path: Path, names: list[str], rows: Any) -> None:
     """Rows as schema 3 stored them: scores and extra as JSON text."""
-    from vlmclf.store import _SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, APPLICATION_ID
-    from vlmclf.store_json import dumps
+    from vlmclf.store.json_safe import dumps
+    from vlmclf.store.run_store import _SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, APPLICATION_ID
 
     db = sqlite3.connect(path, isolation_level=None)
     db.executescript(_SCHEMA_V1 + _SCHEMA_V2 + _SCHEMA_V3)
@@ -149,7 +149,7 @@ def phase_write(layout: str, path: Path, n: int, prior: bool) -> dict[str, Any]:
 
 def phase_summary(layout: str, path: Path) -> dict[str, Any]:
     from vlmclf.metrics import summarize
-    from vlmclf.metrics_columnar import summarize_columns
+    from vlmclf.metrics.columnar import summarize_columns
     from vlmclf.store import RunStore
 
     began = time.perf_counter()
@@ -165,7 +165,7 @@ def phase_summary(layout: str, path: Path) -> dict[str, Any]:
 
 def phase_export(layout: str, path: Path, out: Path, fmt: str) -> dict[str, Any]:
     from vlmclf.store import RunStore
-    from vlmclf.store_export import write_jsonl, write_parquet
+    from vlmclf.store.export import write_jsonl, write_parquet
 
     began = time.perf_counter()
     with RunStore(path, read_only=True) as store:

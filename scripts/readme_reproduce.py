@@ -36,7 +36,7 @@ def reproduce(*args: str) -> tuple[str, str]:
 
 
 def section() -> str:
-    from vlmclf.reproduce import TABLES
+    from vlmclf.paper.reproduce import TABLES
 
     parts = []
     command, out = reproduce("--list")

@@ -21,7 +21,7 @@ from vlmclf.data.images import (
     open_image,
     reduced_size,
 )
-from vlmclf.identity import image_preprocessing_identity
+from vlmclf.run.identity import image_preprocessing_identity
 
 ORIENTATION = 0x0112
 

@@ -59,7 +59,7 @@ def test_label_set_restriction_equals_a_real_k_run(tmp_path: Path):
     computes from scratch (same offered classes, same predictions)."""
     from vlmclf.analysis.demo.rescoring import restrict_to_k
     from vlmclf.methods import make_method
-    from vlmclf.runner import RunConfig, run
+    from vlmclf.run.runner import RunConfig, run
     from vlmclf.spec import RunSpec
 
     config = RunConfig(store_path=tmp_path / "runs.sqlite", limit=12, batch_size=12,

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from tests.fixtures_data import make_fashion_tree
 from vlmclf.cli import app
-from vlmclf.sharding import batch_share
+from vlmclf.run.sharding import batch_share
 from vlmclf.store import RunStore
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -139,7 +139,7 @@ def test_batch_shares_recut_into_the_single_process_batches(
 
 
 def test_a_bad_rank_environment_is_one_clear_error(monkeypatch: pytest.MonkeyPatch):
-    from vlmclf.distributed import place
+    from vlmclf.run.distributed import place
 
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(ValueError, match="WORLD_SIZE must be an integer"):
@@ -151,8 +151,14 @@ def test_a_bad_rank_environment_is_one_clear_error(monkeypatch: pytest.MonkeyPat
 
 
 def test_a_plain_process_runs_everything_itself_and_sees_errors_unchanged():
-    from vlmclf.distributed import every_rank, from_main, gather_to_main, is_main_process, on_main
-    from vlmclf.sharding import gather_in_steps
+    from vlmclf.run.distributed import (
+        every_rank,
+        from_main,
+        gather_to_main,
+        is_main_process,
+        on_main,
+    )
+    from vlmclf.run.sharding import gather_in_steps
 
     assert is_main_process() and gather_to_main(7) == [7]
     assert on_main(lambda: 1) == from_main(lambda: 2) - 1 == every_rank(lambda: 3) - 2
@@ -166,7 +172,7 @@ def test_a_plain_process_runs_everything_itself_and_sees_errors_unchanged():
 def test_an_example_missing_on_a_rank_names_the_cause():
     from types import SimpleNamespace
 
-    from vlmclf.sharding import pending_examples
+    from vlmclf.run.sharding import pending_examples
 
     examples = [SimpleNamespace(id=name) for name in ("a", "b", "c")]
     assert [e.id for e in pending_examples(examples, ["c", "a"])] == ["c", "a"]

@@ -15,13 +15,18 @@ from test_eval import eval_json, make_image_folder
 from test_identity import BLUE, RED, ColourMethod, config_for, write_manifest
 from typer.testing import CliRunner
 
-from vlmclf.batching import CUDA_AUTO_BATCH, BatchSizer, predict_with_fallback, resolve_batch_size
 from vlmclf.cli import app
 from vlmclf.data.types import Example
-from vlmclf.loading import checkpoint_dtype, resolve_device, resolve_dtype
 from vlmclf.methods.base import LoadedExample
 from vlmclf.records import Prediction
-from vlmclf.runner import run
+from vlmclf.run.batching import (
+    CUDA_AUTO_BATCH,
+    BatchSizer,
+    predict_with_fallback,
+    resolve_batch_size,
+)
+from vlmclf.run.loading import checkpoint_dtype, resolve_device, resolve_dtype
+from vlmclf.run.runner import run
 from vlmclf.spec import RunSpec
 from vlmclf.store import RunStore
 
@@ -178,7 +183,7 @@ def flat(output: str) -> str:
 def test_on_a_gpu_rank_eval_resolves_everything_before_the_run(bf16_checkpoint, monkeypatch):
     """torchrun rank 1 on a 2-GPU box: the run gets cuda:1, the checkpoint's bfloat16 in its
     RunSpec (so in its identity) and the CUDA batch cap; nothing says auto any more."""
-    import vlmclf.runner
+    import vlmclf.run.runner
 
     machine(monkeypatch, cuda=2, local_rank="1")
     seen = {}
@@ -187,7 +192,7 @@ def test_on_a_gpu_rank_eval_resolves_everything_before_the_run(bf16_checkpoint, 
         seen.update(spec=spec, config=config)
         raise ValueError("captured")
 
-    monkeypatch.setattr(vlmclf.runner, "run", capture)
+    monkeypatch.setattr(vlmclf.run.runner, "run", capture)
     args = ["eval", "--model", f"hf:{bf16_checkpoint}", "--method", "generate",
             "--dataset", "x.jsonl", "--no-progress"]  # fmt: skip
     result = CliRunner().invoke(app, args)
@@ -200,8 +205,8 @@ def test_on_a_gpu_rank_eval_resolves_everything_before_the_run(bf16_checkpoint, 
 
 def test_sweep_resolves_the_dtype_of_each_model(bf16_checkpoint: Path):
     from vlmclf.analysis.sweep.run import _with_model_dtype
-    from vlmclf.loading import ModelOptions
-    from vlmclf.runner import RunConfig
+    from vlmclf.run.loading import ModelOptions
+    from vlmclf.run.runner import RunConfig
 
     on_gpu = RunConfig(model=ModelOptions(device="cuda", dtype="auto"))
     assert _with_model_dtype(on_gpu, f"hf:{bf16_checkpoint}").model.dtype == "bfloat16"

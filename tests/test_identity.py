@@ -22,11 +22,11 @@ from typer.testing import CliRunner
 
 from vlmclf.cli import app
 from vlmclf.data.types import Example
-from vlmclf.identity import examples_fingerprint
 from vlmclf.methods import make_method
 from vlmclf.metrics import summarize
 from vlmclf.records import Prediction
-from vlmclf.runner import RunConfig, run, run_identity
+from vlmclf.run.identity import examples_fingerprint
+from vlmclf.run.runner import RunConfig, run, run_identity
 from vlmclf.spec import RunSpec
 from vlmclf.store import RunStore
 
@@ -174,8 +174,8 @@ def test_image_max_side_and_verify_images(manifest: Path, tmp_path: Path):
     def run_id(**extra: object) -> str:
         from dataclasses import replace
 
-        from vlmclf.identity import identity_run_id
-        from vlmclf.loading import ModelOptions
+        from vlmclf.run.identity import identity_run_id
+        from vlmclf.run.loading import ModelOptions
 
         cfg = replace(config, **{k: v for k, v in extra.items() if k != "side"})
         cfg.model = ModelOptions(image_max_side=extra.get("side"))
@@ -252,7 +252,7 @@ def test_edited_chat_template_changes_the_resolved_prompt(tmp_path: Path):
 
 
 def test_environment_change_on_resume_warns_once(manifest, tmp_path, monkeypatch):
-    import vlmclf.runner as runner
+    import vlmclf.run.runner as runner
 
     calls: list[int] = []
     colour_run(clip_spec(manifest), config_for(tmp_path), calls)
@@ -282,7 +282,7 @@ def test_v2_store_stays_readable_and_never_matches_a_new_identity(manifest, tmp_
     """A store written by schema 2: its run is listed as it was and a new run does not reuse it."""
     path = tmp_path / "runs.sqlite"
     spec = clip_spec(manifest)
-    from vlmclf.store import _SCHEMA_V1, _SCHEMA_V2, APPLICATION_ID
+    from vlmclf.store.run_store import _SCHEMA_V1, _SCHEMA_V2, APPLICATION_ID
 
     db = sqlite3.connect(path)
     db.executescript(_SCHEMA_V1 + _SCHEMA_V2)
@@ -345,7 +345,7 @@ class _Server:  # what fast_settings reads of a server
 
 
 def api_config(tmp_path: Path, server: FakeApiServer, **extra: object) -> RunConfig:
-    from vlmclf.loading import ModelOptions
+    from vlmclf.run.loading import ModelOptions
 
     return config_for(tmp_path, model=ModelOptions(base_url=server.base_url), **extra)
 
@@ -535,7 +535,7 @@ def test_store_replaces_failures_but_never_an_answer(tmp_path: Path):
 def test_hub_revision_is_read_from_the_local_cache(tmp_path: Path, monkeypatch):
     from huggingface_hub import constants
 
-    from vlmclf.identity import weights_fingerprint
+    from vlmclf.run.identity import weights_fingerprint
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     assert weights_fingerprint("hf:org/model") is None
@@ -563,7 +563,7 @@ def test_a_v2_store_read_only_is_listed_and_exported_without_upgrading(manifest,
     """`results` and `export` open stores read-only (no upgrade): schema 2 must still read."""
     path = tmp_path / "runs.sqlite"
     spec = clip_spec(manifest)
-    from vlmclf.store import _SCHEMA_V1, _SCHEMA_V2, APPLICATION_ID
+    from vlmclf.store.run_store import _SCHEMA_V1, _SCHEMA_V2, APPLICATION_ID
 
     db = sqlite3.connect(path)
     db.executescript(_SCHEMA_V1 + _SCHEMA_V2)

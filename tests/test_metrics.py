@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from vlmclf import metrics
 from vlmclf.metrics import (
     accuracy,
     balanced_accuracy,
@@ -25,6 +24,7 @@ from vlmclf.metrics import (
     summarize,
     topk_accuracy,
 )
+from vlmclf.metrics import classification as metrics
 from vlmclf.records import Prediction as P
 
 NAMES = ["cat", "missile", "dog", "missile", "sunglasses", "sunglasses"]

@@ -217,8 +217,8 @@ def test_shipped_records_describe_the_training():
 def test_every_shipped_organism_has_weights_config_and_a_reproducing_command():
     """``organism:<name>`` for each shipped name: its folder holds what loading needs and the
     one command that produced it; the uniform organism differs from the Zipf one in --freq."""
-    from vlmclf.identity import weights_fingerprint
     from vlmclf.organism.load import ORGANISMS, WEIGHT_FILES, default_weights_dir, read_config
+    from vlmclf.run.identity import weights_fingerprint
 
     for name, (kind, _) in ORGANISMS.items():
         folder = default_weights_dir(name)

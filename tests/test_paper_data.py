@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from vlmclf.cli import app
 from vlmclf.data import load_dataset
-from vlmclf.runner import select_examples
+from vlmclf.run.runner import select_examples
 from vlmclf.store import RunStore
 
 NAMES = ["apple", "banana", "cherry"]

@@ -10,8 +10,8 @@ from PIL import Image
 
 from vlmclf.data.types import BadExampleError, Example
 from vlmclf.methods.base import LoadedExample
-from vlmclf.prefetch import ByteBudget, decoded_batches, image_bytes
 from vlmclf.records import Prediction
+from vlmclf.run.prefetch import ByteBudget, decoded_batches, image_bytes
 
 SIDE = 500
 IMAGE_BYTES = SIDE * SIDE * 3

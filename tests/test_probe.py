@@ -12,6 +12,7 @@ import typer
 from fixtures_data import write_noisy_colour_folder
 from typer.testing import CliRunner
 
+from vlmclf.analysis.probe.config import CLEAN_LABEL
 from vlmclf.analysis.probe.features import (
     cached_features,
     extract_features,
@@ -26,7 +27,6 @@ from vlmclf.analysis.probe.run import (
     run_probe,
 )
 from vlmclf.analysis.probe.train import (
-    CLEAN_LABEL,
     clean_protocol,
     paper_protocol,
     stratified_split,
@@ -282,7 +282,7 @@ def test_paper_settings_train_exactly_like_the_paper_code():
 
 
 def test_protocol_resolves_the_probe_settings():
-    from vlmclf.analysis.probe.settings import protocol_probe_values
+    from vlmclf.paper.probe_settings import protocol_probe_values
 
     paper = protocol_probe_values("paper", "flowers102")
     assert (paper["epochs"], paper["standardize"], paper["shuffle"], paper["shuffle_seed"]) == (
@@ -345,8 +345,8 @@ def test_clean_linear_probe_matches_scikit_learn():
     """Independent: scikit-learn's L2 logistic regression on the same standardised features
     (its C = 1 / (n * wd) gives the same objective up to scale) finds the same optimum."""
     linear_model = pytest.importorskip("sklearn.linear_model")
+    from vlmclf.analysis.probe.config import standardiser
     from vlmclf.analysis.probe.convex import fit_logistic
-    from vlmclf.analysis.probe.train import standardiser
 
     x, y = _blobs(25, 2, 4.0)
     mean, std = standardiser(x)
@@ -364,7 +364,7 @@ def test_clean_linear_probe_matches_scikit_learn():
 
 
 def test_paper_clip_baseline_settings_follow_the_papers_code():
-    from vlmclf.analysis.probe.settings import clip_baseline_values
+    from vlmclf.paper.probe_settings import clip_baseline_values
 
     assert clip_baseline_values("paper", "imagenet") == (40, True)
     assert clip_baseline_values("paper", "fashion_mnist") == (300, True)

@@ -18,7 +18,7 @@ from vlmclf.analysis.probe.chunks import HOLD_ENV, partial_folder, plan_chunks
 from vlmclf.analysis.probe.features import cached_features, extract_features, load_feature_file
 from vlmclf.analysis.probe.run import ProbeConfig, ProbeRequest, ProbeRuntime, run_probe
 from vlmclf.data import load_dataset
-from vlmclf.loading import ModelOptions, load_any_model
+from vlmclf.run.loading import ModelOptions, load_any_model
 
 QUESTION = "What type of object is in this photo?"
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")

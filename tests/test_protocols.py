@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from vlmclf import protocols
 from vlmclf.cli import app
 from vlmclf.models import hf
+from vlmclf.models.prompt_formats import fill_template
+from vlmclf.paper import protocols
 from vlmclf.spec import RunSpec
 
 CLASSES = ["airliner", "golden retriever", "tabby cat", "tiger cat"]
@@ -272,6 +273,4 @@ def test_unknown_protocol_is_a_one_line_error(folder, tmp_path):
 
 
 def test_template_fill_keeps_braces_in_questions():
-    assert (
-        protocols.fill_template("A {image} {question}", "<i>", "x {image} y") == "A <i> x {image} y"
-    )
+    assert fill_template("A {image} {question}", "<i>", "x {image} y") == "A <i> x {image} y"

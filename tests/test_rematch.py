@@ -25,7 +25,7 @@ from vlmclf.methods.answer_mapping import (
 )
 from vlmclf.models.nli import load_nli
 from vlmclf.records import Prediction
-from vlmclf.runner import RunConfig, run
+from vlmclf.run.runner import RunConfig, run
 from vlmclf.spec import RunSpec
 from vlmclf.store import RunStore
 

@@ -24,6 +24,7 @@ from report_fixtures import (
 )
 from typer.testing import CliRunner
 
+import vlmclf.analysis.views  # noqa: F401 - the analyses register their figures and tables
 from vlmclf.cli import app
 from vlmclf.metrics import summarize
 from vlmclf.report import html as report_html

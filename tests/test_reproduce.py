@@ -11,8 +11,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from vlmclf import reproduce
 from vlmclf.cli import app
+from vlmclf.paper import reproduce
+from vlmclf.paper.steps import Context
 from vlmclf.store import RunStore
 
 
@@ -146,7 +147,7 @@ def slow_dataset_mean_cfg(predictions, class_names, t: float, agg: str) -> float
 
 
 def test_likelihood_rows_match_a_slow_recomputation(folder, tmp_path):
-    from vlmclf.reproduce_likelihood import likelihood_table_cells
+    from vlmclf.paper.reproduce_likelihood import likelihood_table_cells
 
     store = tmp_path / "r.sqlite"
     out = in_process([
@@ -154,7 +155,7 @@ def test_likelihood_rows_match_a_slow_recomputation(folder, tmp_path):
         str(folder), "--method", "likelihood", "--protocol", "paper", "--dtype", "float32",
         "--store", str(store),
     ])  # fmt: skip
-    ctx = reproduce.Context(model="random:llava", datasets=("imagefolder",), protocol="paper")
+    ctx = Context(model="random:llava", datasets=("imagefolder",), protocol="paper")
     cells = likelihood_table_cells(out, ctx, "imagefolder")
     with RunStore(store) as runs:
         predictions = runs.predictions(out["run_id"])

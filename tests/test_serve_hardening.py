@@ -196,12 +196,12 @@ def test_ipv6_loopback():
 
 
 def test_cli_a_port_in_use_fails_before_the_model_loads(monkeypatch):
-    import vlmclf.loading
+    import vlmclf.run.loading
 
     def must_not_load(*_args, **_kwargs):
         raise AssertionError("the model was loaded although the port is taken")
 
-    monkeypatch.setattr(vlmclf.loading, "load_any_model", must_not_load)
+    monkeypatch.setattr(vlmclf.run.loading, "load_any_model", must_not_load)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -213,12 +213,12 @@ def test_cli_a_port_in_use_fails_before_the_model_loads(monkeypatch):
 
 
 def test_cli_warns_loudly_when_listening_beyond_loopback_without_a_key(monkeypatch):
-    import vlmclf.loading
+    import vlmclf.run.loading
 
     def stop_here(*_args, **_kwargs):
         raise ValueError("stopped before loading, as the test wants")
 
-    monkeypatch.setattr(vlmclf.loading, "load_any_model", stop_here)
+    monkeypatch.setattr(vlmclf.run.loading, "load_any_model", stop_here)
     monkeypatch.delenv("VLMCLF_SERVE_API_KEY", raising=False)
     result = CliRunner().invoke(app, ["serve", "--model", "x", "--host", "0.0.0.0", "--port", "0"])
     assert "WARNING: listening on 0.0.0.0 without an API key" in result.output

@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from vlmclf.records import Prediction
-from vlmclf.store import SCHEMA_VERSION, RunStore, StoreError, from_json_safe
+from vlmclf.store import SCHEMA_VERSION, RunStore, StoreError
+from vlmclf.store.json_safe import from_json_safe
 
 NAMES = ["cat", "dog", "missile", "missile", "bird"]
 TRICKY_FLOATS = [0.1 + 0.2, 5e-324, -0.0, 1.7976931348623157e308, math.nan, math.inf, -math.inf]

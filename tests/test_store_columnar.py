@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from vlmclf.metrics import per_class_accuracy, summarize
-from vlmclf.metrics_columnar import per_class_accuracy_columns, summarize_columns
+from vlmclf.metrics.columnar import per_class_accuracy_columns, summarize_columns
 from vlmclf.records import Prediction, PredictionColumns
 from vlmclf.store import RunStore
 
@@ -104,7 +104,7 @@ def test_streamed_dataset_mean_calibration_equals_the_list_version(tmp_path: Pat
     from test_store_packed import likelihood_prediction
 
     from vlmclf.methods import finalize_prediction_chunks, finalize_predictions
-    from vlmclf.run_results import StoredPredictions
+    from vlmclf.run.results import StoredPredictions
     from vlmclf.spec import RunSpec
 
     spec = RunSpec(model="m", dataset="d", method="likelihood",

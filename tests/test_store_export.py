@@ -14,7 +14,7 @@ from test_store_packed import NAMES, likelihood_prediction
 
 from vlmclf.records import Prediction
 from vlmclf.store import RunStore
-from vlmclf.store_export import write_jsonl, write_parquet
+from vlmclf.store.export import write_jsonl, write_parquet
 
 ROOT = Path(__file__).parents[1]
 
@@ -40,7 +40,7 @@ def test_export_reads_in_chunks_and_equals_the_whole_list_export(tmp_path, monke
                 yield rows
 
         monkeypatch.setattr(RunStore, "_row_pages", counting)
-        monkeypatch.setattr("vlmclf.store.EXPORT_CHUNK_ROWS", 16)
+        monkeypatch.setattr("vlmclf.store.run_store.EXPORT_CHUNK_ROWS", 16)
         assert store.export("r", tmp_path / "a.jsonl", "jsonl") == 70
         assert pages == [16, 16, 16, 16, 6]  # never more than a chunk in memory
         assert store.export("r", tmp_path / "a.parquet", "parquet") == 70

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from vlmclf.records import Prediction
-from vlmclf.store import _SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, APPLICATION_ID, RunStore
-from vlmclf.store_arrays import pack_floats, unpack_floats
-from vlmclf.store_json import dumps
+from vlmclf.store.arrays import pack_floats, unpack_floats
+from vlmclf.store.json_safe import dumps
+from vlmclf.store.run_store import _SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, APPLICATION_ID, RunStore
 
 NAMES = ["chat noir", "Schäferhund", "missile", "missile", "猫", "emoji 🐈"]
 DISTINCT = list(dict.fromkeys(NAMES))

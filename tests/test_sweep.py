@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from vlmclf.analysis.sweep.report import relative_errors
 from vlmclf.analysis.sweep.run import SweepCell, cell_spec, parse_axes, parse_axis, run_sweep
 from vlmclf.commands.sweep import sweep_command
-from vlmclf.runner import RunConfig
+from vlmclf.run.runner import RunConfig
 from vlmclf.store import RunStore
 
 

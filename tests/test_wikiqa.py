@@ -28,7 +28,7 @@ from vlmclf.analysis.wikiqa.run import (
 from vlmclf.commands.wikiqa import wikiqa_app
 from vlmclf.data.imagewikiqa import LETTERS, load_imagewikiqa, read_questions
 from vlmclf.data.types import BadExampleError
-from vlmclf.loading import ModelOptions
+from vlmclf.run.loading import ModelOptions
 from vlmclf.store import RunStore
 
 OPTIONS = {"A": "Fowler's position", "B": "Upright position", "C": "Trendelenburg position",

@@ -1,10 +1,10 @@
 """RunSpec: what the user asked for, and nothing that changes only speed or how much is done.
 
 The spec is hashed with default-valued fields left out, so adding a new option with a default
-later keeps the hash. A run's id is not this hash alone: ``vlmclf.identity`` adds the content the
-spec resolved to (prompts, classes, templates, examples, weights, server) and hashes it all;
-``RunSpec.run_id`` is the id of runs stored before content identities (schema 2). Things that
-change only speed or how much is done (batch size, device, --limit, --store) are in neither.
+later keeps the hash. A run's id is not this hash alone: ``vlmclf.run.identity`` adds the
+content the spec resolved to (prompts, classes, templates, examples, weights, server) and hashes
+it all; ``RunSpec.run_id`` is the id of runs stored before content identities (schema 2). Things
+that change only speed or how much is done (batch size, device, --limit, --store) are in neither.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class RunSpec(BaseModel):
     max_new_tokens: int | None = None
     dtype: str = "float32"
     match: str = "contain"
-    protocol: str = "clean"  # the table the settings were resolved from (vlmclf.protocols)
+    protocol: str = "clean"  # the table the settings were resolved from (vlmclf.paper.protocols)
     prompt_template: str | None = None  # None: the family's own format; else {image}, {question}
     options: dict[str, str | int | float | bool | None] = {}
 

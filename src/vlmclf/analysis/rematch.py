@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vlmclf.identity import identity_run_id
 from vlmclf.methods.answer_mapping import (
     Matcher,
     apply_matcher,
@@ -29,8 +28,9 @@ from vlmclf.methods.answer_mapping import (
     match_id,
     parse_match_id,
 )
-from vlmclf.metrics_columnar import summarize_columns
+from vlmclf.metrics.columnar import summarize_columns
 from vlmclf.report.tables import csv_table, markdown_table
+from vlmclf.run.identity import identity_run_id
 from vlmclf.spec import RunSpec
 from vlmclf.store import RunRecord, RunStore
 

@@ -77,7 +77,7 @@ def _number(value: float) -> str:
 
 def batch_size_or_auto(value: str) -> str:
     """An option callback for ``--batch-size``: ``auto`` or a whole number >= 1."""
-    from vlmclf.batching import parse_batch_size
+    from vlmclf.run.batching import parse_batch_size
 
     try:
         return parse_batch_size(value)
@@ -92,7 +92,7 @@ DTYPE_HELP = "auto (the checkpoint's own on a GPU, float32 on CPU), float32, flo
 
 
 def batch_help(cpu_default: int, what: str = "Examples per model call") -> str:
-    from vlmclf.batching import CUDA_AUTO_BATCH
+    from vlmclf.run.batching import CUDA_AUTO_BATCH
 
     return (f"{what}: a number, or auto ({cpu_default} on CPU and MPS; on CUDA the largest "
             f"that fits, from {CUDA_AUTO_BATCH} down).")  # fmt: skip
@@ -103,7 +103,7 @@ def resolve_hardware(
 ) -> tuple[str, str]:
     """(device, dtype) with ``auto`` resolved, or a one-line error and exit 2. Without a
     ``model`` (several models, each resolved in its turn) the dtype is only checked."""
-    from vlmclf.loading import parse_dtype, resolve_device, resolve_dtype
+    from vlmclf.run.loading import parse_dtype, resolve_device, resolve_dtype
 
     try:
         resolved = resolve_device(device)
@@ -115,8 +115,8 @@ def resolve_hardware(
 
 
 def resolve_batch(requested: str, device: str, cpu_default: int) -> int:
-    """``--batch-size`` as the int the runner uses (see ``vlmclf.batching``)."""
-    from vlmclf.batching import resolve_batch_size
+    """``--batch-size`` as the int the runner uses (see ``vlmclf.run.batching``)."""
+    from vlmclf.run.batching import resolve_batch_size
 
     return resolve_batch_size(requested, device, cpu_default)
 
@@ -138,8 +138,8 @@ class CleanErrorsGroup(TyperGroup):
         return name, command, rest
 
     def invoke(self, ctx: Any) -> Any:
-        from vlmclf.distributed import RankFailed, is_main_process
-        from vlmclf.interrupts import SIGTERM_EXIT_CODE, Terminated
+        from vlmclf.run.distributed import RankFailed, is_main_process
+        from vlmclf.run.interrupts import SIGTERM_EXIT_CODE, Terminated
         from vlmclf.store import StoreError
 
         main = is_main_process()  # under torchrun only the main rank prints results
@@ -164,7 +164,7 @@ class CleanErrorsGroup(TyperGroup):
 
 def _refuse_torchrun_unless_sharded(name: str | None) -> None:
     """A command that does not shard would run N times over and write N times: refuse it."""
-    from vlmclf.distributed import is_distributed, is_main_process
+    from vlmclf.run.distributed import is_distributed, is_main_process
 
     if name is None or name in TORCHRUN_COMMANDS or not is_distributed():
         return

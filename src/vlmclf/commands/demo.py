@@ -42,10 +42,12 @@ def demo_command(
     progress: Annotated[bool, typer.Option(help="Progress bars on stderr.")] = True,
 ) -> None:
     """The paper's findings on the organism (Fashion-MNIST), each with its 95% interval."""
-    from vlmclf.analysis.demo import DemoSizes, findings_rows, run_demo
-    from vlmclf.loading import ModelOptions
+    from vlmclf.analysis.demo.report import findings_rows
+    from vlmclf.analysis.demo.run import DemoLikelihood, DemoSizes, run_demo
+    from vlmclf.paper.protocols import resolve
     from vlmclf.report.tables import text_table
-    from vlmclf.runner import RunConfig
+    from vlmclf.run.loading import ModelOptions
+    from vlmclf.run.runner import RunConfig
 
     # the organism's weights are float32: its runs keep their ids on any device
     device, dtype = resolve_hardware("organism:vlm", device, "auto")
@@ -54,7 +56,10 @@ def demo_command(
         progress=progress, model=ModelOptions(device=device, dtype=dtype),
     )  # fmt: skip
     sizes = DemoSizes(n_clip=n_clip, n_vlm=n_vlm, n_probe_train=n_probe_train)
-    result = run_demo(sizes, config, out, on_step=lambda message: typer.echo(message, err=True))
+    likelihood = DemoLikelihood.from_settings(resolve("paper", "likelihood"))
+    result = run_demo(
+        sizes, likelihood, config, out, on_step=lambda message: typer.echo(message, err=True)
+    )
     if as_json:
         typer.echo(json.dumps(result))
         return

@@ -173,8 +173,8 @@ def finetune_command(
     with `vlmclf eval --model`. Exits 3 with a report if the loss diverges."""
     from vlmclf.analysis.finetune.log import TrainingDiverged
     from vlmclf.analysis.finetune.run import FinetuneRequest, FinetuneRuntime, run_finetune
-    from vlmclf.distributed import is_main_process
-    from vlmclf.loading import ModelOptions
+    from vlmclf.run.distributed import is_main_process
+    from vlmclf.run.loading import ModelOptions
 
     for name, value in (("--batch-size", batch_size), ("--micro-batch", micro_batch),
                         ("--steps", steps), ("--train-limit", train_limit),

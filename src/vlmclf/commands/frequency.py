@@ -36,7 +36,7 @@ def frequency_command(
     from vlmclf.analysis.frequency.run import run_frequency_analysis
     from vlmclf.analysis.frequency.stats import BIN_SCHEMES
     from vlmclf.data import load_class_names
-    from vlmclf.metrics_columnar import per_class_accuracy_columns
+    from vlmclf.metrics.columnar import per_class_accuracy_columns
     from vlmclf.report.runs import resolve_run_id
     from vlmclf.store import RunStore
 

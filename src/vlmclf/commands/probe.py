@@ -42,7 +42,7 @@ def parse_weight_decays(text: str) -> tuple[float, ...]:
 
 def _protocol_options(ctx: typer.Context, protocol: str, dataset: str) -> dict[str, Any]:
     """The probe options after the protocol's values: explicit options win."""
-    from vlmclf.analysis.probe.settings import PROBE_OPTIONS, resolve_probe_options
+    from vlmclf.paper.probe_settings import PROBE_OPTIONS, resolve_probe_options
 
     given = {name: ctx.params[name] for name in PROBE_OPTIONS}
     explicit = {  # typer ships its own click: compare the source by name
@@ -61,7 +61,7 @@ def _clip_baseline_options(
 ) -> dict[str, Any]:
     """The CLIP baseline's own settings: --clip-epochs, else the protocol's (the paper's code:
     L2-normalised embeddings, 300 epochs, 40 on ImageNet; clean: as the VLM's probe)."""
-    from vlmclf.analysis.probe.settings import clip_baseline_values
+    from vlmclf.paper.probe_settings import clip_baseline_values
 
     if clip_model is None:
         return {}
@@ -171,7 +171,7 @@ def probe_command(
 ) -> None:
     """Probe a VLM's hidden states: the paper's protocol and a clean one, both reported."""
     from vlmclf.analysis.probe.run import ProbeConfig, ProbeRequest, ProbeRuntime, run_probe
-    from vlmclf.loading import ModelOptions
+    from vlmclf.run.loading import ModelOptions
 
     o = _protocol_options(ctx, protocol, dataset)
     try:

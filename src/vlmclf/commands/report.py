@@ -21,6 +21,7 @@ def report_command(
     ),
 ) -> None:
     """Write one self-contained HTML page: Table 1, per-class views, figures, run identities."""
+    import vlmclf.analysis.views  # noqa: F401 - registers every analysis with the report
     from vlmclf.report.html import write_report
     from vlmclf.store import StoreError
 

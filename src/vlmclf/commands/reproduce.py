@@ -50,8 +50,9 @@ def reproduce_command(
 ) -> None:
     """Print the exact commands for a table or figure of the paper (or the thesis); with --run,
     run them and write the table in the paper's layout beside its published numbers."""
-    from vlmclf.protocols import PROTOCOLS
-    from vlmclf.reproduce import PAPER_DATASETS, TABLES, Context, layout, run_steps, table_by_name
+    from vlmclf.paper.protocols import PROTOCOLS
+    from vlmclf.paper.reproduce import TABLES, layout, run_steps, table_by_name
+    from vlmclf.paper.steps import PAPER_DATASETS, Context
 
     if list_tables:
         width = max(len(name) for name in TABLES)

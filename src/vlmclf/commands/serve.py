@@ -54,7 +54,7 @@ def serve_command(
     ] = 1024,
 ) -> None:
     """Serve a model at http://HOST:PORT/v1 (chat completions, one image per request)."""
-    from vlmclf.loading import ModelOptions, load_any_model
+    from vlmclf.run.loading import ModelOptions, load_any_model
     from vlmclf.serve import ChatModelServer, ServeError, ServeLimits
     from vlmclf.serve.listener import is_loopback
 

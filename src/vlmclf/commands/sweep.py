@@ -64,9 +64,9 @@ def sweep_command(
 ) -> None:
     """Run every cell of the grid (stored runs are reused), then write tables and figures."""
     from vlmclf.analysis.sweep.run import parse_axes, run_sweep
-    from vlmclf.loading import ModelOptions
     from vlmclf.report.tables import text_table
-    from vlmclf.runner import RunConfig
+    from vlmclf.run.loading import ModelOptions
+    from vlmclf.run.runner import RunConfig
 
     model_list = [m.strip() for m in models.split(",") if m.strip()]
     try:

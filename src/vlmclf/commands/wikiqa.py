@@ -87,8 +87,8 @@ def wikiqa_command(
     if ctx.invoked_subcommand is not None:
         return
     from vlmclf.analysis.wikiqa.run import run_wikiqa, wikiqa_spec
-    from vlmclf.distributed import is_main_process
-    from vlmclf.loading import ModelOptions
+    from vlmclf.run.distributed import is_main_process
+    from vlmclf.run.loading import ModelOptions
 
     if model is None or images is None:
         fail("wikiqa needs --model and --images (or the subcommand `build`)")
@@ -132,7 +132,7 @@ def _protocol_options(ctx: typer.Context, protocol: str, **given: object) -> dic
     """The options after the protocol's wikiqa settings: explicit options win. Only settings
     that differ from the clean protocol's (our defaults) are applied, so a clean run keeps the
     identity it had before protocols."""
-    from vlmclf.protocols import DEFAULT_PROTOCOL, resolve
+    from vlmclf.paper.protocols import DEFAULT_PROTOCOL, resolve
 
     try:
         settings = resolve(protocol, "wikiqa")
@@ -152,7 +152,7 @@ def _cot_template(model: str, method: str, protocol: str, cot: bool) -> str | No
     assistant's turn marker (the paper's ``...ASSISTANT: Let's think step by step.``); None
     leaves the cue at the end of the question (our clean protocol, and API models in the
     paper's code)."""
-    from vlmclf.protocols import model_family, prompt_template, resolve
+    from vlmclf.paper.protocols import model_family, prompt_template, resolve
 
     if not cot or method != "generate":
         return None
@@ -235,7 +235,7 @@ def wikiqa_build_command(
     """Generate questions from Wikipedia text and keep those that need the object's identity."""
     from vlmclf.analysis.wikiqa.build import chat_from_model, read_wiki, run_wikiqa_build
     from vlmclf.data import load_class_names, load_dataset
-    from vlmclf.loading import ModelOptions, load_any_model, resolve_dtype
+    from vlmclf.run.loading import ModelOptions, load_any_model, resolve_dtype
 
     device, dtype = resolve_hardware(None, device, dtype)
     try:

@@ -5,7 +5,7 @@ base, alt3, alt1, alt2 (``alt1`` and ``alt2`` kept their meaning when ``alt3`` w
 ``thesis`` is the companion thesis's closed-world question, which carries the label list itself
 (``{labels}``). The closed-world suffix and the CoT cue are the paper's strings; where the cue
 goes (user turn, or the assistant prefix of the paper's templates) is the protocol's business
-(``vlmclf.protocols``). The token budgets here are vlmclf's (clean) defaults, not the paper's
+(``vlmclf.paper.protocols``). The token budgets here are vlmclf's (clean) defaults, not the paper's
 64 / 512.
 """
 

@@ -17,7 +17,7 @@ from transformers import BatchFeature, GenerationConfig
 from vlmclf.models import compat
 from vlmclf.models.base import HiddenFeatures
 from vlmclf.models.families import FamilyAdapter
-from vlmclf.models.prompt_formats import image_token
+from vlmclf.models.prompt_formats import fill_template, image_token
 
 PROBE_IMAGE_SIZE = (448, 448)
 """(width, height) of the blank image ``prompt_length`` counts with by default. LLaVA-NeXT and
@@ -79,8 +79,6 @@ class HFVisionLanguageModel:
         """The family's full prompt for a bare question, with the image placeholder; a run's
         ``prompt_template`` (``{image}``, ``{question}``) replaces the family's format."""
         if self.prompt_template is not None:
-            from vlmclf.protocols import fill_template
-
             return fill_template(self.prompt_template, image_token(self.processor), question)
         return self.adapter.prompt(question, self.processor, self.model.config)
 

@@ -22,6 +22,12 @@ def image_token(processor: Any, default: str = "<image>") -> str:
     return str(getattr(token, "content", token)) if token else default
 
 
+def fill_template(template: str, image: str, question: str) -> str:
+    """``template`` with the image placeholder and the question put in (in that order, so a
+    question that happens to contain ``{image}`` stays as written)."""
+    return template.replace("{image}", image).replace("{question}", question)
+
+
 def chat_template_of(processor: Any) -> str | dict | None:
     """The processor's chat template, else its tokenizer's, else None."""
     template = getattr(processor, "chat_template", None)

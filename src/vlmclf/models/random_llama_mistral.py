@@ -17,7 +17,7 @@ import transformers as tf
 from torch import nn
 
 from vlmclf.models.compat import processor_class
-from vlmclf.models.random_models import (
+from vlmclf.models.random_parts import (
     CLIP_MEAN,
     CLIP_STD,
     CONTEXT,
@@ -27,8 +27,8 @@ from vlmclf.models.random_models import (
     TEXT_HIDDEN,
     VISION,
     RandomSpec,
-    _ids,
-    _llama_text,
+    llama_text,
+    token_ids,
 )
 from vlmclf.models.random_tokenizer import build_tokenizer
 
@@ -61,7 +61,7 @@ def _mllama() -> RandomSpec:
     text = tf.MllamaTextConfig(
         vocab_size=len(tokenizer), hidden_size=TEXT_HIDDEN, intermediate_size=TEXT_FFN,
         num_hidden_layers=3, cross_attention_layers=[1], num_attention_heads=TEXT_HEADS,
-        num_key_value_heads=2, max_position_embeddings=CONTEXT, **_ids(tokenizer),
+        num_key_value_heads=2, max_position_embeddings=CONTEXT, **token_ids(tokenizer),
     )  # fmt: skip
     config = tf.MllamaConfig(
         vision_config=vision, text_config=text, image_token_index=tokenizer.image_token_id
@@ -102,7 +102,7 @@ def _mistral3() -> RandomSpec:
     merge = 2
     config = tf.Mistral3Config(
         vision_config=_pixtral_vision(),
-        text_config=_llama_text(tokenizer, tf.MistralConfig, sliding_window=None),
+        text_config=llama_text(tokenizer, tf.MistralConfig, sliding_window=None),
         image_token_index=tokenizer.image_token_id,
         spatial_merge_size=merge,
         vision_feature_layer=-1,
@@ -117,7 +117,7 @@ def _pixtral() -> RandomSpec:
     tokenizer = build_tokenizer("pixtral")
     config = tf.LlavaConfig(
         vision_config=_pixtral_vision(),
-        text_config=_llama_text(tokenizer, tf.MistralConfig, sliding_window=None),
+        text_config=llama_text(tokenizer, tf.MistralConfig, sliding_window=None),
         image_token_index=tokenizer.image_token_id,
         vision_feature_select_strategy="full",
         vision_feature_layer=-1,

@@ -10,7 +10,6 @@ seed give the same weights. They prove plumbing and numerics, not accuracy.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,65 +19,29 @@ from transformers import GenerationConfig
 
 from vlmclf.models.compat import image_only_processor_class
 from vlmclf.models.families import FamilyAdapter, adapter_by_name
+from vlmclf.models.random_llama_mistral import LLAMA_MISTRAL_FAMILIES
+from vlmclf.models.random_parts import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGE_SIZE,
+    NUM_QUERY_TOKENS,
+    OPT_CONTEXT,
+    QWEN_MERGE,
+    QWEN_PATCH,
+    TEXT_FFN,
+    TEXT_HEADS,
+    TEXT_HIDDEN,
+    TEXT_LAYERS,
+    VISION,
+    RandomSpec,
+    clip_image_processor,
+    clip_vision,
+    llama_text,
+    qwen_text,
+    token_ids,
+)
+from vlmclf.models.random_recent import RECENT_FAMILIES
 from vlmclf.models.random_tokenizer import build_tokenizer
-
-IMAGE_SIZE = 32
-VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
-TEXT_HIDDEN, TEXT_FFN, TEXT_LAYERS, TEXT_HEADS = 64, 128, 2, 4
-CONTEXT = 8192  # rotary models: long enough for a closed-world prompt listing 1000 names
-OPT_CONTEXT = 2048  # OPT learns one embedding per position, so keep its table small
-NUM_QUERY_TOKENS = 8
-CLIP_MEAN, CLIP_STD = [0.4815, 0.4578, 0.4082], [0.2686, 0.2613, 0.2758]
-
-
-@dataclass(frozen=True)
-class RandomSpec:
-    """A family's tiny config and matching processor, before weights exist; ``finish`` edits
-    freshly initialised weights where the real init would hide a code path (Mllama's zero gates
-    switch its cross-attention off)."""
-
-    config: Any
-    processor: Any
-    finish: Callable[[torch.nn.Module], None] | None = None
-
-
-def _ids(tokenizer: Any) -> dict[str, int | None]:
-    return {
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
-
-
-def _clip_vision(patch_size: int) -> tf.CLIPVisionConfig:
-    return tf.CLIPVisionConfig(
-        **VISION, num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=patch_size,
-        projection_dim=32,
-    )  # fmt: skip
-
-
-def _clip_image_processor(**extra: Any) -> Any:
-    return tf.CLIPImageProcessorPil(
-        size={"shortest_edge": IMAGE_SIZE},
-        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-        image_mean=CLIP_MEAN,
-        image_std=CLIP_STD,
-        **extra,
-    )
-
-
-def _llama_text(tokenizer: Any, config_class: type = tf.LlamaConfig, **extra: Any) -> Any:
-    return config_class(
-        vocab_size=len(tokenizer),
-        hidden_size=TEXT_HIDDEN,
-        intermediate_size=TEXT_FFN,
-        num_hidden_layers=TEXT_LAYERS,
-        num_attention_heads=TEXT_HEADS,
-        num_key_value_heads=2,
-        max_position_embeddings=CONTEXT,
-        **_ids(tokenizer),
-        **extra,
-    )
 
 
 def _clip() -> RandomSpec:
@@ -86,12 +49,12 @@ def _clip() -> RandomSpec:
     config = tf.CLIPConfig(
         text_config={
             "vocab_size": len(tokenizer), **VISION, "num_attention_heads": 4,
-            "max_position_embeddings": 77, "projection_dim": 32, **_ids(tokenizer),
+            "max_position_embeddings": 77, "projection_dim": 32, **token_ids(tokenizer),
         },
-        vision_config=_clip_vision(16).to_dict(),
+        vision_config=clip_vision(16).to_dict(),
         projection_dim=32,
     )  # fmt: skip
-    return RandomSpec(config, tf.CLIPProcessor(_clip_image_processor(), tokenizer))
+    return RandomSpec(config, tf.CLIPProcessor(clip_image_processor(), tokenizer))
 
 
 def _siglip() -> RandomSpec:
@@ -99,7 +62,7 @@ def _siglip() -> RandomSpec:
     config = tf.SiglipConfig(
         text_config={
             "vocab_size": len(tokenizer), **VISION, "num_attention_heads": 4,
-            "max_position_embeddings": 64, **_ids(tokenizer),
+            "max_position_embeddings": 64, **token_ids(tokenizer),
         },
         vision_config={**VISION, "num_attention_heads": 4, "image_size": IMAGE_SIZE,
                        "patch_size": 16},
@@ -112,8 +75,8 @@ def _llava() -> RandomSpec:
     tokenizer = build_tokenizer("llama")
     patch = 8
     config = tf.LlavaConfig(
-        vision_config=_clip_vision(patch),
-        text_config=_llama_text(tokenizer),
+        vision_config=clip_vision(patch),
+        text_config=llama_text(tokenizer),
         image_token_index=tokenizer.image_token_id,
         image_seq_length=(IMAGE_SIZE // patch) ** 2,
         vision_feature_select_strategy="default",
@@ -121,7 +84,7 @@ def _llava() -> RandomSpec:
         pad_token_id=tokenizer.pad_token_id,
     )
     processor = tf.LlavaProcessor(
-        image_processor=_clip_image_processor(),
+        image_processor=clip_image_processor(),
         tokenizer=tokenizer,
         patch_size=patch,
         vision_feature_select_strategy="default",
@@ -135,8 +98,8 @@ def _llava_next() -> RandomSpec:
     patch = 16
     pinpoints = [[32, 64], [64, 32], [64, 64], [96, 32], [32, 96]]
     config = tf.LlavaNextConfig(
-        vision_config=_clip_vision(patch),
-        text_config=_llama_text(tokenizer, tf.MistralConfig, sliding_window=None),
+        vision_config=clip_vision(patch),
+        text_config=llama_text(tokenizer, tf.MistralConfig, sliding_window=None),
         image_token_index=tokenizer.image_token_id,
         image_grid_pinpoints=pinpoints,
         image_seq_length=(IMAGE_SIZE // patch) ** 2,
@@ -186,7 +149,8 @@ def _blip2() -> RandomSpec:
     text = tf.OPTConfig(
         vocab_size=len(tokenizer), hidden_size=TEXT_HIDDEN, ffn_dim=TEXT_FFN,
         num_hidden_layers=TEXT_LAYERS, num_attention_heads=TEXT_HEADS,
-        word_embed_proj_dim=TEXT_HIDDEN, max_position_embeddings=OPT_CONTEXT, **_ids(tokenizer),
+        word_embed_proj_dim=TEXT_HIDDEN, max_position_embeddings=OPT_CONTEXT,
+        **token_ids(tokenizer),
     )  # fmt: skip
     config = tf.Blip2Config(
         vision_config=_blip_vision(),
@@ -207,7 +171,7 @@ def _instructblip() -> RandomSpec:
     config = tf.InstructBlipConfig(
         vision_config=_blip_vision(),
         qformer_config=_qformer(len(qformer_tokenizer), qformer_tokenizer.pad_token_id),
-        text_config=_llama_text(tokenizer).to_dict(),
+        text_config=llama_text(tokenizer).to_dict(),
         num_query_tokens=NUM_QUERY_TOKENS,
         image_token_index=image_token_id,
     )
@@ -217,25 +181,10 @@ def _instructblip() -> RandomSpec:
     return RandomSpec(config, processor)
 
 
-QWEN_PATCH, QWEN_MERGE = 8, 2
-
-
-def _qwen_text(tokenizer: Any) -> dict[str, Any]:
-    return {
-        "vocab_size": len(tokenizer), "hidden_size": TEXT_HIDDEN, "intermediate_size": TEXT_FFN,
-        "num_hidden_layers": TEXT_LAYERS, "num_attention_heads": TEXT_HEADS,
-        "num_key_value_heads": 2, "max_position_embeddings": CONTEXT,
-        # head_dim 16 -> 8 rotary frequencies split over (time, height, width)
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
-                            "mrope_section": [2, 3, 3]},
-        **_ids(tokenizer),
-    }  # fmt: skip
-
-
 def _qwen_spec(config_class: type, processor_class: type, vision: dict[str, Any]) -> RandomSpec:
     tokenizer = build_tokenizer("qwen")
     config = config_class(
-        text_config=_qwen_text(tokenizer),
+        text_config=qwen_text(tokenizer),
         vision_config={
             **vision, "patch_size": QWEN_PATCH, "spatial_merge_size": QWEN_MERGE,
             "temporal_patch_size": 2,
@@ -281,6 +230,8 @@ RANDOM_FAMILIES: dict[str, Callable[[], RandomSpec]] = {
     "instructblip": _instructblip,
     "qwen2_vl": _qwen2_vl,
     "qwen2_5_vl": _qwen2_5_vl,
+    **RECENT_FAMILIES,
+    **LLAMA_MISTRAL_FAMILIES,
 }
 
 
@@ -310,7 +261,7 @@ def build_random(family: str, seed: int = 0) -> tuple[torch.nn.Module, Any, Fami
     model.eval()
     tokenizer = spec.processor.tokenizer
     if hasattr(model, "generation_config") and adapter.kind == "vlm":
-        model.generation_config = GenerationConfig(do_sample=False, **_ids(tokenizer))
+        model.generation_config = GenerationConfig(do_sample=False, **token_ids(tokenizer))
     return model, spec.processor, adapter
 
 
@@ -335,16 +286,3 @@ def load_random_model(
 
     model, processor, adapter = build_random(family, seed)
     return wrap_model(model, processor, adapter, f"random:{family}", device=device, dtype=dtype)
-
-
-def _register_recent_families() -> None:
-    """Today's families live in ``random_recent`` and ``random_llama_mistral`` (which build on
-    the helpers above)."""
-    from vlmclf.models.random_llama_mistral import LLAMA_MISTRAL_FAMILIES
-    from vlmclf.models.random_recent import RECENT_FAMILIES
-
-    RANDOM_FAMILIES.update(RECENT_FAMILIES)
-    RANDOM_FAMILIES.update(LLAMA_MISTRAL_FAMILIES)
-
-
-_register_recent_families()

@@ -15,7 +15,7 @@ from typing import Any
 import transformers as tf
 
 from vlmclf.models.compat import without_video_processor
-from vlmclf.models.random_models import (
+from vlmclf.models.random_parts import (
     CLIP_MEAN,
     CLIP_STD,
     CONTEXT,
@@ -28,9 +28,9 @@ from vlmclf.models.random_models import (
     TEXT_LAYERS,
     VISION,
     RandomSpec,
-    _ids,
-    _llama_text,
-    _qwen_text,
+    llama_text,
+    qwen_text,
+    token_ids,
 )
 from vlmclf.models.random_tokenizer import build_tokenizer
 
@@ -50,7 +50,7 @@ def _llava_onevision() -> RandomSpec:
     pinpoints = [[32, 64], [64, 32], [64, 64]]
     config = tf.LlavaOnevisionConfig(
         vision_config=_siglip_vision(patch),
-        text_config=_llama_text(tokenizer, tf.Qwen2Config),
+        text_config=llama_text(tokenizer, tf.Qwen2Config),
         image_token_index=tokenizer.image_token_id,
         video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
         image_grid_pinpoints=pinpoints,
@@ -79,7 +79,7 @@ def _gemma_text(tokenizer: Any, config_class: type, **extra: Any) -> Any:
     return config_class(
         vocab_size=len(tokenizer), hidden_size=TEXT_HIDDEN, intermediate_size=TEXT_FFN,
         num_hidden_layers=TEXT_LAYERS, num_attention_heads=TEXT_HEADS, num_key_value_heads=2,
-        head_dim=TEXT_HIDDEN // TEXT_HEADS, max_position_embeddings=CONTEXT, **_ids(tokenizer),
+        head_dim=TEXT_HIDDEN // TEXT_HEADS, max_position_embeddings=CONTEXT, **token_ids(tokenizer),
         **extra,
     )  # fmt: skip
 
@@ -117,7 +117,7 @@ def _qwen3_vl() -> RandomSpec:
     are added to the first decoder layer's image positions."""
     tokenizer = build_tokenizer("qwen3")
     text = {
-        **_qwen_text(tokenizer), "head_dim": TEXT_HIDDEN // TEXT_HEADS,
+        **qwen_text(tokenizer), "head_dim": TEXT_HIDDEN // TEXT_HEADS,
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
                             "mrope_section": [2, 3, 3], "mrope_interleaved": True},
     }  # fmt: skip
@@ -154,7 +154,7 @@ def _internvl() -> RandomSpec:
             hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
             image_size=[IMAGE_SIZE, IMAGE_SIZE], patch_size=[patch, patch],
         ),
-        text_config=_llama_text(tokenizer, tf.Qwen2Config),
+        text_config=llama_text(tokenizer, tf.Qwen2Config),
         image_token_id=tokenizer.context_image_token_id,
         image_seq_length=tokens_per_tile,
         downsample_ratio=0.5,
@@ -178,7 +178,7 @@ def _idefics_parts(config_class: type, processor_class: type) -> RandomSpec:
     config = config_class(
         vision_config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
                        "intermediate_size": 64, "image_size": IMAGE_SIZE, "patch_size": patch},
-        text_config=_llama_text(tokenizer).to_dict(),
+        text_config=llama_text(tokenizer).to_dict(),
         image_token_id=tokenizer.image_token_id,
         scale_factor=2,
     )  # fmt: skip

@@ -9,7 +9,6 @@ loss, wall time), which is what ships in ``src/vlmclf/organism/weights/``.
 from __future__ import annotations
 
 import json
-import math
 import platform
 import sys
 import time
@@ -20,8 +19,8 @@ from typing import Any, Literal
 import torch
 
 from vlmclf.organism.load import RECORD_FILE
-
-LOSS_CURVE_POINTS = 50
+from vlmclf.organism.train_clip import train_clip
+from vlmclf.organism.train_vlm import train_vlm
 
 
 def train_organism(
@@ -41,12 +40,10 @@ def train_organism(
     to ``train_vlm`` / ``train_clip`` (batch_size, lr, captions, data_root, ...).
     """
     out_dir = Path(out_dir)
-    if kind == "vlm":
-        from vlmclf.organism.train_vlm import train_vlm as trainer
-    elif kind == "clip":
-        from vlmclf.organism.train_clip import train_clip as trainer
-    else:
+    trainers = {"vlm": train_vlm, "clip": train_clip}
+    if kind not in trainers:
         raise ValueError(f"unknown organism kind {kind!r}; use 'vlm' or 'clip'")
+    trainer = trainers[kind]
     log = _stderr_logger() if progress else _silent
     torch.manual_seed(seed)
     started = time.perf_counter()
@@ -79,37 +76,6 @@ def environment() -> dict[str, Any]:
         "transformers": transformers.__version__,
         "torch_threads": torch.get_num_threads(),
         "machine": platform.machine(),
-    }
-
-
-def cosine_lr(step: int, total: int, peak: float, warmup_fraction: float = 0.03) -> float:
-    """Linear warm-up then cosine decay to zero (LLaVA's stage-1 schedule)."""
-    warmup = max(1, round(total * warmup_fraction)) if total > 10 else 0
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def loss_summary(losses: list[float]) -> dict[str, Any]:
-    """First and final loss (mean of the last tenth of steps) and a curve of at most
-    LOSS_CURVE_POINTS step-window means."""
-    if not losses:
-        raise ValueError("no training steps were run")
-    window = max(1, math.ceil(len(losses) / LOSS_CURVE_POINTS))
-    curve = [
-        {"step": start + 1, "mean_loss": round(sum(chunk) / len(chunk), 5)}
-        for start in range(0, len(losses), window)
-        for chunk in [losses[start : start + window]]
-    ]
-    tail = losses[-max(1, len(losses) // 10) :]
-    return {
-        "first_step_loss": round(losses[0], 5),
-        "last_step_loss": round(losses[-1], 5),
-        "final_loss": round(sum(tail) / len(tail), 5),
-        "final_loss_steps": len(tail),
-        "curve_window": window,
-        "curve": curve,
     }
 
 

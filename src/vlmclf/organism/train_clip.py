@@ -22,7 +22,7 @@ from vlmclf.organism.clip import ContrastiveHeads, contrastive_loss
 from vlmclf.organism.components import encode_sentences
 from vlmclf.organism.features import dataset_visual_tokens
 from vlmclf.organism.load import clip_config, save_weights
-from vlmclf.organism.train import cosine_lr, loss_summary
+from vlmclf.organism.schedule import cosine_lr, loss_summary
 
 DEFAULT_STEPS = 2000
 DEFAULT_BATCH = 64

@@ -31,7 +31,7 @@ from vlmclf.organism.captions import (
 from vlmclf.organism.components import load_language_model
 from vlmclf.organism.features import dataset_visual_tokens
 from vlmclf.organism.load import save_weights, vlm_config
-from vlmclf.organism.train import cosine_lr, loss_summary
+from vlmclf.organism.schedule import cosine_lr, loss_summary
 from vlmclf.organism.vlm import OrganismVLM, Projector
 
 DEFAULT_STEPS = 200

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from vlmclf.metrics_columnar import per_class_accuracy_columns, summarize_columns
+from vlmclf.metrics.columnar import per_class_accuracy_columns, summarize_columns
 from vlmclf.report.html_figures import analysis_figures, analysis_table, per_class_figure
 from vlmclf.report.html_parts import (
     ClassRow,

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import base64
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from vlmclf.report.analyses import view_for
 
 MAX_BARS = 40  # per-class bars drawn in full up to this many classes; beyond, worst and best
 MAX_LABEL = 40  # characters of a class name on an axis (the tables show it whole)
@@ -80,53 +82,8 @@ def per_class_figure(per_class: Mapping[str, float], title: str) -> str | None:
 
 
 # ----- stored analyses ------------------------------------------------------------------------
-# Each drawer writes the analysis's own figures into a folder and returns their paths; the
-# plotting code is the analysis's, so the page shows the same figures as `reports/`.
-Drawer = Callable[[dict[str, Any], Path], list[Path]]
-
-
-def _draw_probe(result: dict[str, Any], folder: Path) -> list[Path]:
-    from vlmclf.analysis.probe.report import plot_probe
-
-    return [plot_probe(result, folder / "probe.png")]
-
-
-def _draw_sweep(result: dict[str, Any], folder: Path) -> list[Path]:
-    from vlmclf.analysis.sweep.report import write_sweep_report
-
-    files = write_sweep_report(result["rows"], result["axes"], result["n_distinct"], folder)
-    return [Path(path) for name, path in files.items() if name.startswith("figure")]
-
-
-def _draw_frequency(result: dict[str, Any], folder: Path) -> list[Path]:
-    from vlmclf.analysis.frequency.stats import plot_frequency_vs_accuracy
-
-    if not result.get("bins"):
-        return []
-    n = (result.get("correlation") or {}).get("n_classes", len(result["bins"]))
-    title = f"Class-name frequency vs accuracy ({n} classes)"
-    return [plot_frequency_vs_accuracy(result["bins"], folder / "frequency.png", title)]
-
-
-def _draw_rematch(result: dict[str, Any], folder: Path) -> list[Path]:
-    from vlmclf.analysis.rematch import plot_rematch
-
-    return [plot_rematch(result["rows"], folder / "rematch.png")] if result.get("rows") else []
-
-
-def _draw_demo(result: dict[str, Any], folder: Path) -> list[Path]:
-    from vlmclf.analysis.demo.report import draw_demo
-
-    return draw_demo(result, folder)
-
-
-DRAWERS: dict[str, Drawer] = {
-    "demo": _draw_demo,
-    "probe": _draw_probe,
-    "sweep": _draw_sweep,
-    "frequency": _draw_frequency,
-    "rematch": _draw_rematch,
-}
+# The analyses register their drawers and tables (report/analyses.py); the drawers use the
+# analysis's own plotting code, so the page shows the same figures as `reports/`.
 
 
 def analysis_figures(kind: str, result: dict[str, Any]) -> tuple[list[str], str | None]:
@@ -134,7 +91,7 @@ def analysis_figures(kind: str, result: dict[str, Any]) -> tuple[list[str], str 
 
     Analyses' result layouts evolve with their code; a result this version cannot draw costs
     its figure, with the reason shown on the page, not the whole report."""
-    drawer = DRAWERS.get(kind)
+    drawer = view_for(kind).draw
     if drawer is None:
         return [], None
     with tempfile.TemporaryDirectory() as tmp, _pyplot():
@@ -147,22 +104,10 @@ def analysis_figures(kind: str, result: dict[str, Any]) -> tuple[list[str], str 
 
 def analysis_table(kind: str, result: dict[str, Any]) -> list[dict[str, Any]]:
     """The analysis's headline table as rows (empty where the kind has none or cannot be read)."""
+    reader = view_for(kind).table
+    if reader is None:
+        return []
     try:
-        if kind == "probe":
-            from vlmclf.analysis.probe.report import markdown_rows, probe_rows
-
-            return markdown_rows(probe_rows(result))
-        if kind == "sweep":
-            from vlmclf.analysis.sweep.report import AXES
-
-            keys = ("model", "dataset", *AXES, "accuracy", "ci_low", "ci_high", "n", "run_id")
-            return [{key: row.get(key) for key in keys} for row in result["rows"]]
-        if kind == "demo":
-            from vlmclf.analysis.demo.report import findings_rows
-
-            return findings_rows(result["findings"])
-        if kind in ("rematch", "wikiqa") and isinstance(result.get("rows"), list):
-            return list(result["rows"])
+        return reader(result)
     except (KeyError, TypeError, ValueError, IndexError):
         return []
-    return []

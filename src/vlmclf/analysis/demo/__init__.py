@@ -22,8 +22,3 @@ A verdict "holds" only when its interval excludes the null; otherwise it says wh
 ``run.py`` runs and derives, ``findings.py`` judges, ``rescoring.py`` re-scores stored
 predictions (CFG, label-set sizes), ``report.py`` writes the figures, Markdown and HTML page.
 """
-
-from vlmclf.analysis.demo.report import findings_rows
-from vlmclf.analysis.demo.run import DemoSizes, run_demo
-
-__all__ = ["DemoSizes", "findings_rows", "run_demo"]

@@ -1,7 +1,7 @@
 """The demo's outputs: two figures, a Markdown summary and the one-page HTML report.
 
 The findings are stored as a ``demo`` analysis in the run store, so ``vlmclf report`` draws
-them like any other analysis (``DRAWERS`` and ``analysis_table`` in ``report.html_figures``);
+them like any other analysis (registered in ``analysis/views.py``);
 the demo's page holds its runs, its probe and this analysis, and nothing else in the store.
 """
 

@@ -11,13 +11,14 @@ from typing import Any
 
 import numpy as np
 
+import vlmclf.analysis.views  # noqa: F401 - registers every analysis with the report
 from vlmclf.analysis.demo import findings as judge
+from vlmclf.analysis.demo.report import write_reports
 from vlmclf.analysis.demo.rescoring import aligned_correctness, crossfit_cfg, restrict_to_k
-from vlmclf.loading import LastModelLoader
 from vlmclf.methods import make_method
 from vlmclf.metrics import bootstrap_ci, per_class_accuracy
-from vlmclf.protocols import resolve
-from vlmclf.runner import RunConfig, RunResult, run
+from vlmclf.run.loading import LastModelLoader
+from vlmclf.run.runner import RunConfig, RunResult, run
 from vlmclf.spec import RunSpec
 
 DATASET = "fashion_mnist"
@@ -46,20 +47,29 @@ class DemoSizes:
     n_probe_train: int = 1000
 
 
-def paper_likelihood() -> dict[str, Any]:
-    """The paper protocol's likelihood settings the demo uses: answer prefix, CFG prior, grid."""
-    settings = resolve("paper", "likelihood")
-    return {
-        "answer_prefix": settings["answer_prefix"],
-        "cfg_prior": settings["cfg_prior"],
-        "cfg_grid": [float(t) for t in settings["cfg_grid"]],
-    }
+@dataclass(frozen=True)
+class DemoLikelihood:
+    """The likelihood settings the demo uses: the paper protocol's answer prefix, CFG prior and
+    grid (``from_settings(resolve("paper", "likelihood"))``; the command resolves them)."""
+
+    answer_prefix: str
+    cfg_prior: str
+    cfg_grid: tuple[float, ...]
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> DemoLikelihood:
+        grid = tuple(float(t) for t in settings["cfg_grid"])
+        return cls(settings["answer_prefix"], settings["cfg_prior"], grid)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"answer_prefix": self.answer_prefix, "cfg_prior": self.cfg_prior,
+                "cfg_grid": list(self.cfg_grid)}  # fmt: skip
 
 
-def model_runs() -> dict[str, RunSpec]:
+def model_runs(likelihood: DemoLikelihood) -> dict[str, RunSpec]:
     """Every model pass but CLIP's and the probe's, named as in the report."""
     common = {"dataset": DATASET}
-    prefix = paper_likelihood()["answer_prefix"]
+    prefix = likelihood.answer_prefix
     return {
         GEN: RunSpec(model=VLM, **common, method="generate", setting="open"),
         LIK: RunSpec(model=VLM, **common, method="likelihood", options={"answer_prefix": prefix}),
@@ -84,16 +94,15 @@ class Steps:
 
 def run_demo(
     sizes: DemoSizes,
+    likelihood: DemoLikelihood,
     config: RunConfig,
     out_dir: Path,
     on_step: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
     """Run every part, judge the findings, store them as a ``demo`` analysis, write reports."""
-    from vlmclf.analysis.demo.report import write_reports
-
     out_dir.mkdir(parents=True, exist_ok=True)
     loader = LastModelLoader()
-    specs = model_runs()
+    specs = model_runs(likelihood)
     step = Steps(len(specs) + 2, on_step)
     step(f"{CLIP}: zero-shot on {sizes.n_clip} test images")
     clip_spec = RunSpec(model=CLIP, dataset=DATASET, method="clip")
@@ -105,7 +114,7 @@ def run_demo(
     step(f"{VLM}: linear probe ({sizes.n_probe_train} train, {sizes.n_clip} test images)")
     probe = _probe(sizes, config, out_dir, loader)
     counts = {"zipf": training_caption_counts(), "reversed": training_caption_counts(REVERSED)}
-    result = judge_runs(runs, probe, counts)
+    result = judge_runs(runs, probe, counts, likelihood)
     result["sizes"] = sizes.__dict__
     result["runs"] = {name: r.run_id for name, r in runs.items()}
     result["probe_analysis"] = probe["analysis_id"]
@@ -146,11 +155,14 @@ def training_caption_counts(model: str = VLM) -> dict[str, int]:
 
 
 def judge_runs(
-    runs: dict[str, RunResult], probe: dict[str, Any], counts: dict[str, dict[str, int]]
+    runs: dict[str, RunResult],
+    probe: dict[str, Any],
+    counts: dict[str, dict[str, int]],
+    likelihood: DemoLikelihood,
 ) -> dict[str, Any]:
     """Every finding from the runs' predictions (CFG and label-set sizes derived from them)."""
     names = runs["CLIP"].class_names
-    settings = paper_likelihood()
+    settings = likelihood.as_dict()
     guided, ts = crossfit_cfg(runs[LIK].predictions, names, settings["cfg_grid"],
                               prior=settings["cfg_prior"])  # fmt: skip
     predictions = {name: r.predictions for name, r in runs.items()} | {CFG: guided}
@@ -180,7 +192,7 @@ def judge_runs(
     for finding, number in zip(found, ("1a", "1b", "2", "3", "4", "5"), strict=True):
         finding["id"] = number
     return {
-        "accuracies": accuracy_rows(runs, guided, probe, ts),
+        "accuracies": accuracy_rows(runs, guided, probe, ts, likelihood.answer_prefix),
         "findings": found,
         "likelihood": {**settings, "cfg_t_per_fold": ts, "n_paired": int(len(columns["CLIP"]))},
         "probe_ids_scored": len(probe_ids),
@@ -205,14 +217,18 @@ def label_set_columns(clip: list, vlm: list, names: list[str]) -> dict[str, np.n
 
 
 def accuracy_rows(
-    runs: dict[str, RunResult], guided: list, probe: dict[str, Any], ts: list[float]
+    runs: dict[str, RunResult],
+    guided: list,
+    probe: dict[str, Any],
+    ts: list[float],
+    answer_prefix: str,
 ) -> list[dict[str, Any]]:
     """One row per way of classifying: accuracy with its 95% CI and n."""
     rows = []
     for name, result in runs.items():
         method = "zero-shot CLIP" if name == "CLIP" else name
         if name == LIK:
-            method = f"likelihood, answer prefix {paper_likelihood()['answer_prefix']!r}"
+            method = f"likelihood, answer prefix {answer_prefix!r}"
         rows.append(_row(result.spec.model, method, result.summary["n"],
                          result.summary["accuracy"], result.summary["ci95"]))  # fmt: skip
         if name == LIK:

@@ -13,7 +13,7 @@ DDP wraps a small module holding only the trained parameters (the projector, the
 LoRA adapters): constructing it broadcasts rank 0's values of exactly those, and its forward is
 the trainable's loss on a micro-batch. A rank with no image to train on in a step still joins
 the gradient all-reduce with a zero loss. Loading and the forward passes of a step are run with
-failure sharing (``vlmclf.distributed``), so a rank that raises stops every rank at the same
+failure sharing (``vlmclf.run.distributed``), so a rank that raises stops every rank at the same
 point, with its error, before anyone enters the all-reduce.
 """
 
@@ -29,10 +29,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vlmclf.analysis.finetune.model import Trainable
 from vlmclf.analysis.finetune.trainer import LoadedBatch, Trainer
-from vlmclf.distributed import ensure_process_group, every_rank_gathered, place
+from vlmclf.run.distributed import ensure_process_group, every_rank_gathered, place
 
 if TYPE_CHECKING:
-    from vlmclf.analysis.finetune.run import FinetuneRequest, FinetuneRuntime
+    from vlmclf.analysis.finetune.request import FinetuneRequest, FinetuneRuntime
 
 
 def rank_block(indices: list[int], rank: int, world_size: int) -> list[int]:

@@ -14,13 +14,12 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from vlmclf.analysis.finetune.data import (
-    CAPTION_TEMPLATE,
     InstructionStats,
     TrainItem,
     classification_items,
@@ -29,26 +28,23 @@ from vlmclf.analysis.finetune.data import (
 )
 from vlmclf.analysis.finetune.log import (
     LossLog,
-    Schedule,
     TrainingDiverged,
     plot_loss_curve,
     write_divergence_report,
 )
 from vlmclf.analysis.finetune.model import (
     LoraSettings,
-    LoraTargets,
     Trainable,
-    Trainables,
-    TrainParts,
     lora_settings,
     make_trainable,
 )
 from vlmclf.analysis.finetune.parallel import DistributedTrainer
+from vlmclf.analysis.finetune.request import FinetuneRequest, FinetuneRuntime
 from vlmclf.analysis.finetune.trainer import Trainer, total_steps
 from vlmclf.analysis.probe.features import weights_fingerprint
 from vlmclf.data import load_dataset
 from vlmclf.data.readers import parse_dataset_spec
-from vlmclf.distributed import (
+from vlmclf.run.distributed import (
     every_rank,
     from_main,
     is_distributed,
@@ -56,71 +52,14 @@ from vlmclf.distributed import (
     on_main,
     place,
 )
-from vlmclf.loading import ModelOptions, load_any_model
-from vlmclf.runner import select_examples
+from vlmclf.run.loading import load_any_model
+from vlmclf.run.runner import select_examples
 from vlmclf.store import RunStore
 
 __all__ = [
     "FinetuneOutcome", "FinetuneRequest", "FinetuneRuntime", "Trainer", "TrainingDiverged",
     "run_finetune", "total_steps",
 ]  # fmt: skip
-
-
-@dataclass(frozen=True)
-class FinetuneRequest:
-    """What decides a fine-tuned model (stored as the analysis spec). Defaults are vlmclf's
-    (1 epoch, LoRA rank 8 on attention); the paper's are in ``data/protocols/paper.json``."""
-
-    model: str
-    dataset: str
-    train_split: str = "train"
-    eval_split: str | None = None
-    data_root: str | None = None
-    train_data_root: str | None = None
-    classes: str | None = None
-    train: TrainParts = "projector"
-    trainable: Trainables = "projector"
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    lora_targets: LoraTargets = "attention"
-    match: str = "contain"
-    lr_projector: float = 2e-5
-    lr_lora: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.03
-    schedule: Schedule = "cosine"
-    batch_size: int = 64
-    epochs: float = 1.0
-    steps: int | None = None
-    train_limit: int | None = None
-    max_grad_norm: float = 1.0
-    spike_factor: float = 5.0
-    spike_window: int = 50
-    grad_spike_factor: float = 100.0
-    caption_data: bool = False
-    caption_template: str = CAPTION_TEMPLATE
-    mix_instructions: str | None = None
-    mix_ratio: float = 0.5
-    image_folder: str | None = None
-    seed: int = 0
-
-    def spec(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class FinetuneRuntime:
-    """Where and how; none of it changes the trained weights (micro-batching is exact)."""
-
-    out_dir: Path
-    store_path: Path = Path("vlmclf-runs.sqlite")
-    micro_batch: int | None = None
-    eval_limit: int | None = None
-    eval_batch_size: int = 8
-    workers: int = 4
-    progress: bool = False
-    model_options: ModelOptions = field(default_factory=ModelOptions)
 
 
 @dataclass
@@ -165,7 +104,7 @@ def generation_accuracy(
     (sharded across the ranks under torchrun). ``model``: the loaded model to use for
     ``model_spec`` instead of loading it."""
     from vlmclf.methods import make_method
-    from vlmclf.runner import RunConfig, run
+    from vlmclf.run.runner import RunConfig, run
     from vlmclf.spec import RunSpec
 
     name, spec_split = parse_dataset_spec(request.dataset)

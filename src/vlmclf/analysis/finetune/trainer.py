@@ -25,7 +25,7 @@ from vlmclf.analysis.finetune.model import Trainable
 from vlmclf.data.types import BadExampleError
 
 if TYPE_CHECKING:
-    from vlmclf.analysis.finetune.run import FinetuneRequest, FinetuneRuntime
+    from vlmclf.analysis.finetune.request import FinetuneRequest, FinetuneRuntime
 
 
 def total_steps(request: FinetuneRequest, n_items: int) -> int:

@@ -15,7 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlmclf.analysis.probe.train import ProbeConfig, TrainedProbe, standardiser
+from vlmclf.analysis.probe.config import (
+    ProbeConfig,
+    TrainedProbe,
+    identity_scaling,
+    standardiser,
+)
 
 MAX_ITERATIONS = 1000
 GRADIENT_TOLERANCE = 1e-3
@@ -71,7 +76,7 @@ def clean_linear(
             "the clean protocol's linear probe needs weight decays > 0 (without a penalty the "
             f"optimum of separable data is at infinity); got {list(config.weight_decays)}"
         )
-    mean, std = standardiser(fit[0]) if config.standardize else _identity(fit[0])
+    mean, std = standardiser(fit[0]) if config.standardize else identity_scaling(fit[0])
     fit_x, val_x = (fit[0] - mean) / std, (val[0] - mean) / std
     rows: dict[float, dict[str, Any]] = {}
     previous = None
@@ -83,7 +88,7 @@ def clean_linear(
         previous = model
     grid = [rows[wd] for wd in config.weight_decays]
     choice = max(grid, key=lambda row: row["val_accuracy"])  # first best in grid order
-    mean, std = standardiser(train[0]) if config.standardize else _identity(train[0])
+    mean, std = standardiser(train[0]) if config.standardize else identity_scaling(train[0])
     final, final_info = fit_logistic((train[0] - mean) / std, train[1], n_classes,
                                      choice["weight_decay"], seed=config.seed)  # fmt: skip
     chosen = {
@@ -93,9 +98,3 @@ def clean_linear(
         "all_converged": all(row["converged"] for row in grid) and final_info["converged"],
     }  # fmt: skip
     return grid, chosen, TrainedProbe(final, mean, std, [])
-
-
-def _identity(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    from vlmclf.analysis.probe.train import identity_scaling
-
-    return identity_scaling(x)

@@ -42,15 +42,15 @@ from vlmclf.analysis.probe.chunks import (
 )
 from vlmclf.cache import cache_root
 from vlmclf.data.types import Example
-from vlmclf.identity import (
+from vlmclf.methods.base import LoadedExample
+from vlmclf.models.base import ImageTextEncoder
+from vlmclf.records import Prediction
+from vlmclf.run.identity import (
     examples_fingerprint,
     image_preprocessing_identity,
     prompt_format_for,
     weights_fingerprint,
 )
-from vlmclf.methods.base import LoadedExample
-from vlmclf.models.base import ImageTextEncoder
-from vlmclf.records import Prediction
 
 FeatureKind = Literal["hidden", "image_embedding"]
 HIDDEN_POOLINGS = ("last_token", "mean")
@@ -179,7 +179,7 @@ def extract_part(
 ) -> ChunkContent:
     """Run the model over ``examples`` (decoded ahead in threads); undecodable ones are skipped
     and listed in ``failures`` with the reason. ``on_batch`` is told how many were done."""
-    from vlmclf.prefetch import decoded_batches
+    from vlmclf.run.prefetch import decoded_batches
 
     ids: list[str] = []
     labels: list[int] = []

@@ -5,7 +5,7 @@ differ between nodes), reads the cache and lists the chunks still missing (``Chu
 Missing chunk i goes to rank i % N, which extracts the whole chunk on its own device, in the
 batches one process would cut, and sends the chunk's content to the main rank; the main rank
 writes the chunk files, so the cache needs to live on its node only, like the store. Ranks walk
-the chunks in lockstep (``vlmclf.sharding.gather_in_steps``), one chunk per rank per step, so a
+the chunks in lockstep (``vlmclf.run.sharding.gather_in_steps``), one chunk per rank per step, so a
 rank holds one chunk at a time and a killed job leaves whole chunks, which a relaunch with any N
 (or a plain process) keeps. Every chunk is extracted by one rank exactly as a single process
 extracts it, so the assembled file is bit for bit the single-process file (on the same hardware).
@@ -31,8 +31,8 @@ from vlmclf.analysis.probe.features import (
     read_cached_features,
 )
 from vlmclf.data.types import Example
-from vlmclf.distributed import every_rank, from_main, on_main, place, shard
-from vlmclf.sharding import gather_in_steps
+from vlmclf.run.distributed import every_rank, from_main, on_main, place, shard
+from vlmclf.run.sharding import gather_in_steps
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vlmclf.analysis.probe.train import CLEAN_LABEL, PAPER_LABEL
+from vlmclf.analysis.probe.config import CLEAN_LABEL, PAPER_LABEL
 from vlmclf.report.cells import markdown_cell
 from vlmclf.report.tables import csv_table, markdown_table
 

@@ -19,23 +19,18 @@ from typing import Any
 import torch
 
 from vlmclf.analysis.probe.chunks import DEFAULT_CHUNK_EXAMPLES
+from vlmclf.analysis.probe.config import CLEAN_LABEL, PAPER_LABEL, REPORTED, ProbeConfig
 from vlmclf.analysis.probe.features import FeatureKind, FeatureSet, cached_features
 from vlmclf.analysis.probe.ranks import cached_features_across_ranks
 from vlmclf.analysis.probe.report import write_probe_report
-from vlmclf.analysis.probe.train import (
-    CLEAN_LABEL,
-    PAPER_LABEL,
-    REPORTED,
-    ProbeConfig,
-    probe_both_protocols,
-)
+from vlmclf.analysis.probe.train import probe_both_protocols
 from vlmclf.data import load_dataset
 from vlmclf.data.readers import parse_dataset_spec
 from vlmclf.data.types import Dataset
-from vlmclf.distributed import every_rank, is_distributed, is_main_process
-from vlmclf.loading import ModelOptions, load_any_model
 from vlmclf.methods.prompts import open_question
-from vlmclf.runner import select_examples
+from vlmclf.run.distributed import every_rank, is_distributed, is_main_process
+from vlmclf.run.loading import ModelOptions, load_any_model
+from vlmclf.run.runner import select_examples
 from vlmclf.store import RunStore
 
 __all__ = ["CLEAN_LABEL", "PAPER_LABEL", "ProbeConfig", "ProbeOutcome", "ProbeRequest", "run_probe"]
@@ -61,7 +56,7 @@ class ProbeRequest:
     config: ProbeConfig = field(default_factory=ProbeConfig)
     clip_epochs: int | None = None  # the CLIP baseline's epochs when not ``config.epochs``
     clip_l2_normalize: bool = False  # the CLIP baseline on L2-normalised embeddings (paper)
-    protocol: str = "clean"  # the table the settings were resolved from (analysis/probe/settings)
+    protocol: str = "clean"  # the table the settings were resolved from (paper/probe_settings)
     dtype: str = "float32"  # the model's compute dtype while extracting (part of the feature key)
 
     def spec(self) -> dict[str, Any]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from vlmclf.distributed import is_main_process
 from vlmclf.methods import make_method
 from vlmclf.methods.likelihood.scores import rescore, sweep_cfg_predictions
 from vlmclf.metrics import summarize
-from vlmclf.runner import RunConfig, RunResult, run
+from vlmclf.run.distributed import is_main_process
+from vlmclf.run.runner import RunConfig, RunResult, run
 from vlmclf.spec import RunSpec
 from vlmclf.store import RunStore
 

@@ -2,7 +2,7 @@
 strategy move a VLM's accuracy (paper Section 3, Figure 2, Figure 4, Table 7).
 
 A sweep is the full grid over the axes given, for every model and dataset. Each cell is one
-RunSpec run by ``vlmclf.runner.run``, so every cell's predictions land in the run store like any
+RunSpec run by ``vlmclf.run.runner.run``, so every cell's predictions land in the run store like any
 ``eval`` run: a repeated or interrupted sweep reuses and resumes them, and a cell whose spec equals
 an earlier ``eval`` run is that run. Closed-world choices come from ``sample_choices(label, K,
 order, seed, example_id)``, so every model sees the same choices for the same example, and
@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from vlmclf.data.readers import parse_dataset_spec
-from vlmclf.loading import LastModelLoader, load_any_model, resolve_dtype
-from vlmclf.runner import ModelLoader, RunConfig, run
+from vlmclf.run.loading import LastModelLoader, load_any_model, resolve_dtype
+from vlmclf.run.runner import ModelLoader, RunConfig, run
 from vlmclf.spec import RunSpec
 
 AXES = ("k", "prompt", "order", "cot", "strategy")
@@ -205,7 +205,7 @@ def run_sweep(
     95% bootstrap CI, n, failures and error (None when the cell ran).
     """
     from vlmclf.analysis.sweep.report import write_sweep_report
-    from vlmclf.distributed import is_main_process
+    from vlmclf.run.distributed import is_main_process
     from vlmclf.store import RunStore
 
     if not models or not datasets:

@@ -33,8 +33,6 @@ from typing import Any
 
 from vlmclf.analysis.wikiqa.parse import PARSERS, parser_for
 from vlmclf.data.imagewikiqa import LETTERS, load_imagewikiqa, split_question_text
-from vlmclf.distributed import is_main_process
-from vlmclf.loading import ModelOptions
 from vlmclf.methods import use_prompt_template
 from vlmclf.methods.base import LoadedExample
 from vlmclf.methods.outcomes import flag_of_text, record_without_text
@@ -42,7 +40,9 @@ from vlmclf.methods.prompts import COT_MAX_NEW_TOKENS, COT_SUFFIX
 from vlmclf.metrics import summarize
 from vlmclf.records import Prediction
 from vlmclf.report.tables import csv_table, markdown_table
-from vlmclf.runner import RunConfig, run
+from vlmclf.run.distributed import is_main_process
+from vlmclf.run.loading import ModelOptions
+from vlmclf.run.runner import RunConfig, run
 from vlmclf.spec import RunSpec
 from vlmclf.store import RunStore
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from vlmclf.data.readers import parse_dataset_spec
-from vlmclf.protocols import resolve
+from vlmclf.paper.protocols import resolve
 
 PROBE_OPTIONS = (
     "epochs", "lr", "probe_batch_size", "weight_decays", "val_fraction", "standardize",

@@ -1,18 +1,18 @@
 """Run a RunSpec to completion: select examples, skip what is stored, classify, persist.
 
 Every batch is written to the store as soon as it is classified, so a run killed at any moment
-resumes where it stopped: the same content gives the same run id (``vlmclf.identity``, computed
+resumes where it stopped: the same content gives the same run id (``vlmclf.run.identity``, computed
 without loading the model) and the examples already done are skipped. Images are decoded in a
 thread pool a few batches ahead of the model.
 
 Transient failures (out-of-memory, a model runtime error, an API that gave up) are stored but not
 done: the next run of the same command retries them. On out-of-memory the batch shrinks to the
-largest size that fits (``vlmclf.batching``) until one example alone does not fit.
+largest size that fits (``vlmclf.run.batching``) until one example alone does not fit.
 
-Under torchrun (``vlmclf.distributed``) the main rank alone opens the store, starts the run and
+Under torchrun (``vlmclf.run.distributed``) the main rank alone opens the store, starts the run and
 finds what is pending; every rank classifies its share of whole batches and the main rank writes
-each step's batches in the single-process order (``vlmclf.sharding``), so the stored result is the
-same whatever the number of ranks, and a killed job resumes with any number.
+each step's batches in the single-process order (``vlmclf.run.sharding``), so the stored result
+is the same whatever the number of ranks, and a killed job resumes with any number.
 """
 
 from __future__ import annotations
@@ -28,11 +28,21 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from vlmclf.batching import BatchSizer, predict_with_fallback
 from vlmclf.data import load_dataset
 from vlmclf.data.types import Dataset, Example
-from vlmclf.distributed import SharedResult, every_rank, from_main, is_main_process, on_main
-from vlmclf.identity import (
+from vlmclf.methods import check_label_set_size
+from vlmclf.methods.base import LoadedExample, Method
+from vlmclf.methods.prompts import (
+    COT_MAX_NEW_TOKENS,
+    DEFAULT_MAX_NEW_TOKENS,
+    build_question,
+    load_templates,
+)
+from vlmclf.models.prompt_formats import fill_template
+from vlmclf.records import Prediction
+from vlmclf.run.batching import BatchSizer, predict_with_fallback
+from vlmclf.run.distributed import SharedResult, every_rank, from_main, is_main_process, on_main
+from vlmclf.run.identity import (
     content_identity,
     environment_changes,
     environment_facts,
@@ -43,21 +53,11 @@ from vlmclf.identity import (
     resolved_prompts,
     weights_fingerprint,
 )
-from vlmclf.interrupts import is_interruption, mark_interrupted, sigterm_raises_terminated
-from vlmclf.loading import ModelOptions, load_any_model
-from vlmclf.methods import check_label_set_size
-from vlmclf.methods.base import LoadedExample, Method
-from vlmclf.methods.prompts import (
-    COT_MAX_NEW_TOKENS,
-    DEFAULT_MAX_NEW_TOKENS,
-    build_question,
-    load_templates,
-)
-from vlmclf.prefetch import decoded_batches
-from vlmclf.protocols import fill_template
-from vlmclf.records import Prediction
-from vlmclf.run_results import StoredPredictions, Summarizer
-from vlmclf.sharding import BatchShare, batch_share, gather_in_steps, pending_examples
+from vlmclf.run.interrupts import is_interruption, mark_interrupted, sigterm_raises_terminated
+from vlmclf.run.loading import ModelOptions, load_any_model
+from vlmclf.run.prefetch import decoded_batches
+from vlmclf.run.results import StoredPredictions, Summarizer
+from vlmclf.run.sharding import BatchShare, batch_share, gather_in_steps, pending_examples
 from vlmclf.spec import RunSpec
 from vlmclf.store import RunStore
 
@@ -155,7 +155,7 @@ def _max_new_tokens(spec: RunSpec) -> int | None:
 
 
 def _server_url(spec: RunSpec, options: ModelOptions) -> str | None:
-    from vlmclf.loading import is_api_spec
+    from vlmclf.run.loading import is_api_spec
 
     if not is_api_spec(spec.model) or options.base_url is None:
         return None
@@ -390,7 +390,7 @@ def _classify_all(
 ) -> int:
     """Classify this rank's ``share`` batch by batch, storing each batch before the next one
     starts: under torchrun the main rank (the one holding ``store``) writes every step's
-    batches, all ranks' in batch order (``vlmclf.sharding``)."""
+    batches, all ranks' in batch order (``vlmclf.run.sharding``)."""
     failures = 0
     written = 0
     sizer = BatchSizer(config.batch_size)

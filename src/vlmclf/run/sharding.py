@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from vlmclf.distributed import (
+from vlmclf.run.distributed import (
     Failure,
     broadcast_from_main,
     failure_of,
@@ -54,7 +54,7 @@ def gather_in_steps(results: Iterator[R], n_steps: int, consume: Callable[[list[
     them to ``consume`` before the next step begins.
 
     An exception in any rank's ``results`` or in ``consume`` stops every rank after that step
-    (see ``vlmclf.distributed``); what ``consume`` already took stays taken.
+    (see ``vlmclf.run.distributed``); what ``consume`` already took stays taken.
     """
     if not is_distributed():
         for result in results:

@@ -74,12 +74,6 @@ def prompt_template(settings: Settings, family: str | None, cot: bool, protocol:
     return template
 
 
-def fill_template(template: str, image: str, question: str) -> str:
-    """``template`` with the image placeholder and the question put in (in that order, so a
-    question that happens to contain ``{image}`` stays as written)."""
-    return template.replace("{image}", image).replace("{question}", question)
-
-
 # ---------------------------------------------------------------------------- model families
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlmclf.methods import finalize_prediction_chunks, needs_finalizing
-from vlmclf.metrics_columnar import summarize_columns
+from vlmclf.metrics.columnar import summarize_columns
 from vlmclf.records import Prediction, PredictionColumns
 from vlmclf.spec import RunSpec
 from vlmclf.store import RunStore

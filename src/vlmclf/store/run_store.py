@@ -38,11 +38,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vlmclf.records import Prediction, PredictionColumns
-from vlmclf.store_export import EXPORT_CHUNK_ROWS, write_jsonl, write_parquet
-from vlmclf.store_json import dumps as _dumps
-from vlmclf.store_json import from_json_safe, to_json_safe
-from vlmclf.store_json import loads as _loads
-from vlmclf.store_rows import (
+from vlmclf.store.export import EXPORT_CHUNK_ROWS, write_jsonl, write_parquet
+from vlmclf.store.json_safe import dumps as _dumps
+from vlmclf.store.json_safe import from_json_safe, to_json_safe
+from vlmclf.store.json_safe import loads as _loads
+from vlmclf.store.rows import (
     OUTCOME_BEFORE_V3,
     PRED_COLUMNS,
     PRED_COLUMNS_WITHOUT_ARRAYS,
@@ -184,7 +184,8 @@ class RunRecord:
     meta: dict[str, Any] = field(default_factory=dict)
     n_transient: int = 0
     identity: dict[str, Any] | None = None
-    """What the run id hashes (see ``vlmclf.identity``); None for a run stored before schema 3."""
+    """What the run id hashes (see ``vlmclf.run.identity``); None for a run stored before
+    schema 3."""
 
 
 @dataclass(frozen=True)

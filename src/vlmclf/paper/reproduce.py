@@ -1,8 +1,8 @@
 """`vlmclf reproduce TABLE`: the exact commands behind each of the paper's tables and figures.
 
 A table is a list of ``Step``s: one vlmclf command each, and how to read its ``--json`` output
-into cells (row, column). The settings come from the protocol (``vlmclf.protocols``), passed as
-``--protocol`` to eval and spelled out as options for the analyses; ``run_steps`` runs the
+into cells (row, column). The settings come from the protocol (``vlmclf.paper.protocols``),
+passed as ``--protocol`` to eval and spelled out as options for the analyses; ``run_steps`` runs the
 commands as a user would (a subprocess each, resumable through the store) and ``layout`` writes
 the cells in the table's rows and columns next to the paper's published numbers where
 ``data/protocols/published.json`` has one.
@@ -15,66 +15,14 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
-from vlmclf.analysis.probe.settings import clip_baseline_values, epochs_for
 from vlmclf.methods.prompts import PAPER_WORDINGS
-from vlmclf.protocols import resolve, split_for
-
-PAPER_DATASETS = ("imagenet", "flowers102", "stanford_cars", "caltech101")
-Cells = dict[tuple[str, str], float | None]
-Reader = Callable[[dict[str, Any], "Context"], Cells]
-
-
-@dataclass(frozen=True)
-class Context:
-    """What the user chose: the model, where the data is, the protocol, sizes and hardware."""
-
-    model: str
-    data_root: str | None = None
-    datasets: tuple[str, ...] = PAPER_DATASETS
-    protocol: str = "paper"
-    clip_model: str | None = None
-    limit: int | None = None
-    store: str | None = None
-    device: str | None = None
-    dtype: str | None = None
-    corpus: tuple[str, ...] = ()
-    wikiqa_images: str | None = None
-    finetuned_model: str | None = None
-
-    def root(self, dataset: str) -> str | None:
-        """One dataset: ``--data-root`` is its folder; several: ``<data-root>/<name>``."""
-        if self.data_root is None:
-            return None
-        return self.data_root if len(self.datasets) == 1 else str(Path(self.data_root) / dataset)
-
-
-@dataclass(frozen=True)
-class Step:
-    """One command and the cells its JSON output fills."""
-
-    argv: tuple[str, ...]
-    read: Reader
-    note: str = ""
-
-    def shell(self) -> str:
-        return shlex.join(["vlmclf", *self.argv])
-
-
-@dataclass(frozen=True)
-class Table:
-    name: str
-    title: str
-    layout: str  # what the rows and columns are, as the paper lays them out (our reading)
-    build: Callable[[Context], list[Step]]
-    value: str = "accuracy (%)"
-    notes: tuple[str, ...] = field(default_factory=tuple)
-    protocol: str | None = None  # a table that belongs to one protocol (the thesis's)
-
+from vlmclf.paper.probe_settings import clip_baseline_values, epochs_for
+from vlmclf.paper.protocols import resolve, split_for
+from vlmclf.paper.reproduce_likelihood import likelihood_table_cells
+from vlmclf.paper.steps import Cells, Context, Reader, Step, Table
 
 # --------------------------------------------------------------------------- command pieces
 
@@ -172,8 +120,6 @@ def likelihood_steps(ctx: Context, dataset: str) -> list[Step]:
 
 def likelihood_cells(dataset: str) -> Reader:
     def read(out: dict[str, Any], ctx: Context) -> Cells:
-        from vlmclf.reproduce_likelihood import likelihood_table_cells
-
         return likelihood_table_cells(out, ctx, dataset)
 
     return read

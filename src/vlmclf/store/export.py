@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmclf.records import Prediction
-from vlmclf.store_json import dumps
+from vlmclf.store.json_safe import dumps
 
 _FIELDS = tuple(f.name for f in fields(Prediction))
 EXPORT_CHUNK_ROWS = 256

@@ -25,7 +25,7 @@ from vlmclf.records import (
     Prediction,
     PredictionColumns,
 )
-from vlmclf.store_arrays import (
+from vlmclf.store.arrays import (
     content_id,
     pack_named,
     pack_scores,
@@ -33,8 +33,8 @@ from vlmclf.store_arrays import (
     unpack_named,
     unpack_scores,
 )
-from vlmclf.store_json import dumps as _dumps
-from vlmclf.store_json import loads as _loads
+from vlmclf.store.json_safe import dumps as _dumps
+from vlmclf.store.json_safe import loads as _loads
 
 PACKED_EXTRA = ("token_logprobs", "image_free")
 

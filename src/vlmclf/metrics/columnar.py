@@ -1,11 +1,12 @@
-"""The metrics of ``metrics.py`` on numpy columns, for runs too large for Prediction objects.
+"""The metrics of ``metrics.classification`` on numpy columns, for runs too large for one
+Prediction object per row.
 
 ``summarize_columns`` gives exactly the numbers of ``metrics.summarize`` (same conventions:
 classes are names, every answer counts, no evidence is None, two correctness rules; see that
 module) from ``PredictionColumns`` chunks, e.g. ``RunStore.column_chunks``. Scores are ranked
 chunk by chunk and dropped; what is kept for the whole run is a few bytes per row. Per-class
-figures loop over classes, never over rows, and add up in the same order as ``metrics.py``,
-so floats agree to the bit.
+figures loop over classes, never over rows, and add up in the same order as
+``metrics.classification``, so floats agree to the bit.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from vlmclf.metrics import (
+from vlmclf.metrics.classification import (
     Rule,
     bootstrap_ci,
     canonical_indices,

@@ -7,16 +7,14 @@ Predictions keep every class name's token log-probs, so no model pass is repeate
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from vlmclf.methods.likelihood.scores import score_matrices
-from vlmclf.protocols import resolve
+from vlmclf.paper.protocols import resolve
+from vlmclf.paper.steps import Cells, Context
 from vlmclf.store import RunStore
-
-if TYPE_CHECKING:
-    from vlmclf.reproduce import Cells, Context
 
 
 def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:

@@ -1,0 +1,537 @@
+"""`vlmclf eval`: classify a dataset with a model and store every prediction.
+
+The command's options fall into small groups (``EvalOptions``): what to ask, how to read a
+likelihood, which data, which hardware, which API limits, where to write. The body turns them
+into a RunSpec (what decides the result, after the protocol's defaults) and a RunConfig (how it
+is computed), runs it and prints the summary.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Self
+
+import typer
+
+from vlmclf.commands.common import (
+    DEFAULT_STORE,
+    DEVICE_HELP,
+    DTYPE_HELP,
+    SEED_MAX,
+    at_least,
+    batch_help,
+    batch_size_or_auto,
+    fail,
+    finite_number,
+    number_in,
+    resolve_batch,
+    resolve_hardware,
+)
+
+if TYPE_CHECKING:
+    from vlmclf.run.runner import RunConfig, RunResult
+    from vlmclf.spec import RunSpec
+
+CPU_BATCH = 8  # --batch-size auto on CPU and MPS
+
+
+class MethodName(StrEnum):
+    clip = "clip"
+    generate = "generate"
+    likelihood = "likelihood"
+    classifier = "classifier"
+
+
+class Setting(StrEnum):
+    open = "open"
+    closed = "closed"
+
+
+class Order(StrEnum):
+    fixed = "fixed"
+    random = "random"
+
+
+class Aggregate(StrEnum):
+    sum = "sum"
+    mean = "mean"
+
+
+class Calibration(StrEnum):
+    none = "none"
+    dataset_mean = "dataset_mean"
+
+
+def eval_command(
+    ctx: typer.Context,
+    model: Annotated[
+        str,
+        typer.Option(
+            help="hf:<id|path>, random:<family>, organism:vlm|clip, open_clip:<arch>:<weights> "
+            "(or open_clip:hf-hub:<id>, open_clip:local-dir:<dir>, then ?tokenizer=DIR...), "
+            "openai:|anthropic:|gemini:<model>."
+        ),
+    ],
+    dataset: Annotated[
+        str,
+        typer.Option(
+            help="A manifest .jsonl, or NAME[:split] (imagenet, flowers102, stanford_cars, "
+            "caltech101, fashion_mnist, imagefolder)."
+        ),
+    ],
+    method: Annotated[MethodName, typer.Option(help="How to classify.")],
+    setting: Annotated[
+        Setting, typer.Option(help="open: ask; closed: list the label set in the prompt.")
+    ] = Setting.open,
+    k: Annotated[
+        int | None,
+        typer.Option("--k", help="Label-set size for the closed world (default: all classes)."),
+    ] = None,
+    order: Annotated[Order, typer.Option(help="Order of the offered labels.")] = Order.fixed,
+    prompt: Annotated[
+        str, typer.Option(help="base, alt1, alt2, alt3, thesis, or the question itself.")
+    ] = "base",
+    cot: Annotated[bool, typer.Option("--cot", help='Add "Let\'s think step by step."')] = False,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            help="clean (ours), paper (the paper's code) or thesis: the defaults of every "
+            "option below; options given explicitly still win."
+        ),
+    ] = "clean",
+    prompt_template: Annotated[
+        str | None,
+        typer.Option(help="Replace the family's prompt format: text with {image} and {question}."),
+    ] = None,
+    templates: Annotated[
+        str, typer.Option(help="CLIP templates: paper, imagenet80, or a JSON file.")
+    ] = "paper",
+    max_new_tokens: Annotated[
+        int | None,
+        typer.Option(
+            callback=at_least(1), help="Answer length budget (default 32, 256 with --cot)."
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            callback=at_least(1), help="Evaluate a fixed random subset of this many examples."
+        ),
+    ] = None,
+    sample: Annotated[
+        str,
+        typer.Option(help="How --limit picks: default, or paper (random.seed(1234); shuffle)."),
+    ] = "default",
+    seed: Annotated[
+        int,
+        typer.Option(
+            callback=number_in(0, SEED_MAX), help="Seed for choice sampling (and random: models)."
+        ),
+    ] = 0,
+    batch_size: Annotated[
+        str, typer.Option(callback=batch_size_or_auto, help=batch_help(CPU_BATCH))
+    ] = "auto",
+    workers: Annotated[
+        int, typer.Option(callback=at_least(1), help="Threads decoding images ahead of the model.")
+    ] = 4,
+    split: Annotated[
+        str | None, typer.Option(help="Dataset split (default: the layout's test/val split).")
+    ] = None,
+    data_root: Annotated[str | None, typer.Option(help="Where the dataset lives on disk.")] = None,
+    classes: Annotated[
+        str | None, typer.Option(help="Class-name list: a shipped name or a JSON/text file.")
+    ] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "auto",
+    device_map: Annotated[
+        str | None, typer.Option(help="'auto' to spread a large model over GPUs.")
+    ] = None,
+    trust_remote_code: Annotated[
+        bool, typer.Option("--trust-remote-code", help="Allow a checkpoint's own code to run.")
+    ] = False,
+    base_url: Annotated[
+        str | None, typer.Option(help="API base URL (any OpenAI-compatible server).")
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option(callback=at_least(1), help="Parallel API requests.")
+    ] = 4,
+    max_requests: Annotated[
+        int | None, typer.Option(callback=at_least(1), help="Stop after this many API requests.")
+    ] = None,
+    max_cost: Annotated[
+        float | None,
+        typer.Option(
+            callback=number_in(0, low_open=True),
+            help="Stop when the estimated API cost (USD) reaches this.",
+        ),
+    ] = None,
+    price_file: Annotated[
+        Path | None,
+        typer.Option(help='API prices, JSON {"model": {"input": USD/1M, "output": USD/1M}}.'),
+    ] = None,
+    image_max_side: Annotated[
+        int | None,
+        typer.Option(
+            callback=at_least(1), help="Downscale images sent to APIs to this longest side."
+        ),
+    ] = None,
+    decode_max_pixels: Annotated[
+        int | None,
+        typer.Option(
+            callback=at_least(0),
+            help="Decode images with more pixels than this reduced to this many, keeping aspect "
+            "(default 4096x4096 = 16777216, above every supported processor's input); "
+            "0 decodes at full size. Part of the run id.",
+        ),
+    ] = None,
+    agg: Annotated[
+        Aggregate, typer.Option(help="Likelihood: sum or mean of the class-name token log-probs.")
+    ] = Aggregate.sum,
+    cfg: Annotated[
+        float | None,
+        typer.Option(
+            callback=finite_number,
+            help="Likelihood: classifier-free guidance t·logp(c|img) + (1-t)·logp(c).",
+        ),
+    ] = None,
+    calibration: Annotated[
+        Calibration,
+        typer.Option(help="Likelihood: dataset_mean uses the paper code's prior (needs --cfg)."),
+    ] = Calibration.none,
+    answer_prefix: Annotated[
+        str | None, typer.Option(help="Likelihood: text the answer starts with before the name.")
+    ] = None,
+    match: Annotated[
+        str,
+        typer.Option(
+            help="How answers map to labels: contain (the paper's), strict, exact, nli, embed."
+        ),
+    ] = "contain",
+    nli_model: Annotated[
+        str | None, typer.Option(help="--match nli: hf:<NLI checkpoint> or random:bart_nli.")
+    ] = None,
+    embed_model: Annotated[
+        str | None, typer.Option(help="--match embed: a local sentence-transformers folder.")
+    ] = None,
+    cfg_sweep: Annotated[
+        bool,
+        typer.Option("--cfg-sweep", help="Likelihood: choose t on --val-split, report test once."),
+    ] = False,
+    val_split: Annotated[str, typer.Option(help="Split that --cfg-sweep tunes t on.")] = "train",
+    val_limit: Annotated[
+        int | None,
+        typer.Option(callback=at_least(1), help="Examples of --val-split for --cfg-sweep."),
+    ] = 200,
+    verify_images: Annotated[
+        bool,
+        typer.Option("--verify-images", help="Hash image bytes into the run's identity."),
+    ] = False,
+    retry_failed: Annotated[
+        bool,
+        typer.Option("--retry-failed", help="Ask again about unreadable inputs too."),
+    ] = False,
+    store: Annotated[
+        Path, typer.Option("--store", help="SQLite file that keeps every run and prediction.")
+    ] = DEFAULT_STORE,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of the table.")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+) -> None:
+    """Classify a dataset with a model and store every prediction (re-running resumes)."""
+    options = EvalOptions.from_context(ctx)
+    spec, config = run_plan(options)
+    result = run_eval(spec, config, options)
+    print_result(result, spec, options.output)
+
+
+# ----- the option groups -------------------------------------------------------------------
+
+
+class _Group:
+    """A group of the command's options, read by name from the parsed parameters."""
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> Self:
+        return cls(**{f.name: params[f.name] for f in fields(cls)})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Question(_Group):
+    """What the model is asked and how its answer is read."""
+
+    model: str
+    method: MethodName
+    setting: Setting
+    k: int | None
+    order: Order
+    prompt: str
+    cot: bool
+    protocol: str
+    prompt_template: str | None
+    templates: str
+    max_new_tokens: int | None
+    seed: int
+    match: str
+    nli_model: str | None
+    embed_model: str | None
+
+
+@dataclass(frozen=True)
+class LikelihoodChoices(_Group):
+    """How class-name likelihoods become a prediction, and the optional CFG sweep."""
+
+    agg: Aggregate
+    cfg: float | None
+    calibration: Calibration
+    answer_prefix: str | None
+    cfg_sweep: bool
+    val_split: str
+    val_limit: int | None
+
+
+@dataclass(frozen=True)
+class DataChoices(_Group):
+    """Which examples, from where, decoded how."""
+
+    dataset: str
+    split: str | None
+    data_root: str | None
+    classes: str | None
+    limit: int | None
+    sample: str
+    decode_max_pixels: int | None
+    verify_images: bool
+    retry_failed: bool
+
+
+@dataclass(frozen=True)
+class Hardware(_Group):
+    """Where the model runs; none of it changes a prediction but the dtype."""
+
+    device: str
+    dtype: str
+    device_map: str | None
+    trust_remote_code: bool
+    batch_size: str
+    workers: int
+
+
+@dataclass(frozen=True)
+class ApiLimits(_Group):
+    """What an API model may be sent and spend."""
+
+    base_url: str | None
+    concurrency: int
+    max_requests: int | None
+    max_cost: float | None
+    price_file: Path | None
+    image_max_side: int | None
+
+
+@dataclass(frozen=True)
+class Output(_Group):
+    store: Path
+    as_json: bool
+    progress: bool
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """Every option of ``vlmclf eval``, after the protocol's defaults (explicit options win)."""
+
+    question: Question
+    likelihood: LikelihoodChoices
+    data: DataChoices
+    hardware: Hardware
+    api: ApiLimits
+    output: Output
+
+    @classmethod
+    def from_context(cls, ctx: typer.Context) -> EvalOptions:
+        params = dict(ctx.params)
+        _check_combinations(params)
+        params.update(_protocol_options(ctx))
+        for name, kind in (("setting", Setting), ("order", Order), ("calibration", Calibration)):
+            params[name] = kind(params[name])
+        return cls(
+            Question.from_params(params),
+            LikelihoodChoices.from_params(params),
+            DataChoices.from_params(params),
+            Hardware.from_params(params),
+            ApiLimits.from_params(params),
+            Output.from_params(params),
+        )
+
+
+def _check_combinations(params: dict[str, Any]) -> None:
+    """Options that cannot go together, refused before anything is resolved or loaded."""
+    if params["k"] is not None and params["k"] < 2:
+        fail(f"--k must be at least 2, got {params['k']}")
+    if params["sample"] not in ("default", "paper"):
+        fail(f"--sample must be 'default' or 'paper', got {params['sample']!r}")
+    if params["setting"] is Setting.closed and params["method"] in (
+        MethodName.clip, MethodName.classifier,
+    ):  # fmt: skip
+        fail(
+            "--setting closed is for generative models; for CLIP and classifiers use --k to "
+            "restrict the label set"
+        )
+
+
+PROTOCOL_OPTIONS = (
+    "setting", "order", "prompt", "cot", "max_new_tokens", "templates", "dtype", "match",
+    "answer_prefix", "cfg", "calibration", "prompt_template", "sample",
+)  # fmt: skip
+
+
+def _protocol_options(ctx: typer.Context) -> dict[str, Any]:
+    """The protocol-governed option values after the protocol's defaults: explicit options win."""
+    from vlmclf.paper.protocols import resolve_eval
+
+    params = ctx.params
+    given = {name: params[name] for name in PROTOCOL_OPTIONS}
+    given = {k: v.value if isinstance(v, StrEnum) else v for k, v in given.items()}
+    explicit = {  # typer ships its own click: compare the source by name
+        name
+        for name in PROTOCOL_OPTIONS
+        if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"
+    }
+    try:
+        return resolve_eval(params["protocol"], params["method"].value, params["model"], given,
+                            explicit)  # fmt: skip
+    except ValueError as err:
+        fail(str(err))
+
+
+# ----- from options to a run ---------------------------------------------------------------
+
+
+def run_plan(options: EvalOptions) -> tuple[RunSpec, RunConfig]:
+    """The RunSpec (what decides the result) and the RunConfig (how it is computed)."""
+    from vlmclf.run.loading import ModelOptions
+    from vlmclf.run.runner import RunConfig
+
+    q, data, hw, api = options.question, options.data, options.hardware, options.api
+    device, dtype = resolve_hardware(q.model, hw.device, hw.dtype)  # dtype is identity
+    spec = run_spec(q, options.likelihood, data, dtype)
+    model = ModelOptions(
+        device=device, dtype=dtype, device_map=hw.device_map,
+        trust_remote_code=hw.trust_remote_code, seed=q.seed, base_url=api.base_url,
+        concurrency=api.concurrency, max_requests=api.max_requests, max_cost_usd=api.max_cost,
+        image_max_side=api.image_max_side,
+        price_file=None if api.price_file is None else str(api.price_file),
+    )  # fmt: skip
+    config = RunConfig(
+        store_path=options.output.store, data_root=data.data_root, classes=data.classes,
+        limit=data.limit, sample=data.sample,
+        batch_size=resolve_batch(hw.batch_size, device, CPU_BATCH), workers=hw.workers,
+        progress=options.output.progress, model=model, verify_images=data.verify_images,
+        retry_failed=data.retry_failed,
+    )  # fmt: skip
+    return spec, config
+
+
+def run_spec(q: Question, lik: LikelihoodChoices, data: DataChoices, dtype: str) -> RunSpec:
+    from vlmclf.spec import RunSpec
+
+    name, _, spec_split = (
+        (data.dataset, "", "") if data.dataset.endswith(".jsonl") else data.dataset.partition(":")
+    )
+    return RunSpec(
+        model=q.model,
+        dataset=name,
+        split=data.split or spec_split or None,
+        method=q.method.value,
+        setting=q.setting.value,
+        prompt=q.prompt,
+        k=q.k,
+        order=q.order.value,
+        seed=q.seed,
+        cot=q.cot,
+        templates=q.templates,
+        options=_likelihood_options(q.method, lik),
+        match=_match_id(q),
+        max_new_tokens=q.max_new_tokens,
+        dtype=dtype,
+        protocol=q.protocol,
+        prompt_template=q.prompt_template,
+    )
+
+
+def _match_id(q: Question) -> str:
+    """The canonical answer-mapping id (generation only; 'contain' is the paper's rule)."""
+    from vlmclf.methods.answer_mapping import match_id
+
+    if q.match != "contain" and q.method is not MethodName.generate:
+        fail("--match applies to --method generate (other methods score every class)")
+    try:
+        return match_id(q.match, nli_model=q.nli_model, embed_model=q.embed_model)
+    except ValueError as err:
+        fail(str(err))
+
+
+def _likelihood_options(method: MethodName, lik: LikelihoodChoices) -> dict[str, str | float]:
+    """Likelihood settings that differ from the defaults (so default runs keep their ids)."""
+    if method is not MethodName.likelihood:
+        if lik.agg is not Aggregate.sum or lik.cfg is not None or (
+            lik.calibration is not Calibration.none
+        ):  # fmt: skip
+            fail("--agg, --cfg and --calibration apply to --method likelihood")
+        if lik.cfg_sweep:
+            fail("--cfg-sweep applies to --method likelihood")
+        return {}
+    chosen = {
+        "agg": lik.agg.value if lik.agg is not Aggregate.sum else None,
+        "cfg": lik.cfg,
+        "calibration": lik.calibration.value if lik.calibration is not Calibration.none else None,
+        "answer_prefix": lik.answer_prefix,
+    }
+    return {key: value for key, value in chosen.items() if value is not None}
+
+
+def run_eval(spec: RunSpec, config: RunConfig, options: EvalOptions) -> RunResult:
+    """The run (or the CFG sweep) under the chosen image decoding, with every expected failure
+    as a one-line error."""
+    from vlmclf.data.images import decode_settings_for, decoding_with
+    from vlmclf.methods import make_method
+    from vlmclf.models.api import ApiError
+    from vlmclf.run.runner import run
+
+    lik = options.likelihood
+    try:
+        with decoding_with(decode_settings_for(options.data.decode_max_pixels)):
+            if lik.cfg_sweep:
+                from vlmclf.analysis.sweep.cfg import run_cfg_sweep
+
+                return run_cfg_sweep(spec, config, val_split=lik.val_split,
+                                     val_limit=lik.val_limit)  # fmt: skip
+            return run(spec, config, make_method)
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    except ApiError as err:  # a missing key, a 401, an unknown model, a spent budget
+        fail(f"{err} (answers received so far are stored; re-running resumes)", code=1)
+
+
+def print_result(result: RunResult, spec: RunSpec, output: Output) -> None:
+    """The summary (table or JSON) on stdout; what is incomplete or failed on stderr."""
+    from vlmclf.report.summary import summary_json, summary_table
+
+    store = str(output.store)
+    if output.as_json:
+        typer.echo(json.dumps(summary_json(result.run_id, spec, result.summary, store)))
+    else:
+        typer.echo(summary_table(result.run_id, spec, result.summary, store))
+    summary = result.summary
+    if summary.get("n_transient"):
+        typer.echo(
+            f"incomplete: {summary['n_transient']} transient failures; re-run the same "
+            "command to retry them (the headline is provisional)",
+            err=True,
+        )
+    if summary["n"] > 0 and summary["n_failed"] == summary["n"]:
+        typer.echo("error: every example failed; see `vlmclf export` for the reasons", err=True)
+        raise typer.Exit(1)

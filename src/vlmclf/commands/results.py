@@ -1,0 +1,85 @@
+"""`vlmclf results` lists the stored runs with their metrics; `vlmclf export RUN` writes one
+run's predictions, a row per example."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vlmclf.commands.common import DEFAULT_STORE, fail
+
+
+class TableFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+class ExportFormat(StrEnum):
+    jsonl = "jsonl"
+    parquet = "parquet"
+
+
+StoreOpt = Annotated[
+    Path, typer.Option("--store", help="SQLite file that keeps every run and prediction.")
+]
+
+
+def results_command(
+    store: StoreOpt = DEFAULT_STORE,
+    fmt: Annotated[
+        TableFormat, typer.Option("--format", help="table, csv or json.")
+    ] = TableFormat.table,
+) -> None:
+    """List stored runs with their metrics."""
+    from vlmclf.report.cells import csv_row
+    from vlmclf.report.runs import runs_rows
+
+    if not store.exists():
+        fail(f"no store at {store} (run `vlmclf eval` first or pass --store)")
+    rows = runs_rows(store, with_identity=fmt is TableFormat.json)
+    if fmt is TableFormat.json:
+        typer.echo(json.dumps(rows, indent=2))
+    elif fmt is TableFormat.csv:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["run_id"])
+        writer.writeheader()
+        writer.writerows(csv_row(row) for row in rows)
+        sys.stdout.write(buffer.getvalue())
+    else:
+        from vlmclf.report.tables import text_table
+
+        typer.echo(text_table(rows) if rows else f"no runs in {store}")
+
+
+def export_command(
+    run_id: Annotated[
+        str, typer.Argument(help="A run id from `vlmclf results` (a unique prefix is enough).")
+    ],
+    fmt: Annotated[
+        ExportFormat, typer.Option("--format", help="jsonl or parquet.")
+    ] = ExportFormat.jsonl,
+    out: Annotated[
+        Path | None, typer.Option(help="Output file (default: <run_id>.<format>).")
+    ] = None,
+    store: StoreOpt = DEFAULT_STORE,
+) -> None:
+    """Write a run's predictions, one row per example."""
+    from vlmclf.report.runs import resolve_run_id
+    from vlmclf.store import RunStore
+
+    with RunStore(store, read_only=True) as runs:
+        try:
+            full_id = resolve_run_id(runs, run_id)
+        except ValueError as err:
+            fail(str(err))
+        path = out or Path(f"{full_id}.{fmt.value}")
+        count = runs.export(full_id, path, fmt.value)
+    typer.echo(f"wrote {count} predictions to {path}")
