@@ -53,6 +53,53 @@ def test_demo_on_a_tiny_subset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     assert page.count('alt="demo figure"') == 2
     assert "finding of the paper" in page  # the findings table of the stored demo analysis
 
+    lines = [line for line in result.stderr.splitlines() if line.startswith("[")]
+    assert lines[0].startswith("[1/7] organism:clip: zero-shot on 24 test images (at ")
+    assert lines[0].endswith("time left: estimated after the first step)")
+    assert all(" left)" in line for line in lines[1:7]) and lines[-1].startswith("[done] 7 steps")
+
+
+def test_quick_takes_the_quick_sizes_and_explicit_sizes_win(monkeypatch: pytest.MonkeyPatch):
+    from vlmclf.analysis.demo import run as demo_run
+
+    asked = []
+
+    def fake_run_demo(sizes, *args, **kwargs):
+        asked.append(sizes)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(demo_run, "run_demo", fake_run_demo)
+    CliRunner().invoke(app, ["demo", "--quick"])
+    CliRunner().invoke(app, ["demo", "--quick", "--n-vlm", "7"])
+    CliRunner().invoke(app, ["demo"])
+    quick = demo_run.QUICK_SIZES
+    assert asked == [quick, demo_run.DemoSizes(quick.n_clip, 7, quick.n_probe_train),
+                     demo_run.DemoSizes()]  # fmt: skip
+    assert quick.n_clip < 500 and quick.n_vlm < 200 and quick.n_probe_train < 1000
+
+
+def test_the_progress_line_estimates_the_time_left_from_measured_steps():
+    from vlmclf.analysis.demo.progress import PlannedStep, StepClock
+
+    now = [100.0]
+    lines: list[str] = []
+    plan = [PlannedStep("a", "clip", 100), PlannedStep("b", "generate", 20),
+            PlannedStep("c", "clip", 50)]  # fmt: skip  (costs 100, 100, 50)
+    clock = StepClock(plan, lines.append, clock=lambda: now[0])
+    clock.start_next()
+    now[0] += 40  # step a: 100 units in 40 s
+    clock.start_next()
+    now[0] += 80  # step b: 100 units in 80 s -> 200 units in 120 s
+    clock.start_next()
+    now[0] += 5
+    assert clock.finish() == 125
+    assert lines == [
+        "[1/3] a (at 0 s; time left: estimated after the first step)",
+        "[2/3] b (at 40 s; about 60 s left)",  # 40 s / 100 units x 150 units
+        "[3/3] c (at 120 s; about 30 s left)",  # 120 s / 200 units x 50 units
+        "[done] 3 steps in 125 s",
+    ]
+
 
 def test_label_set_restriction_equals_a_real_k_run(tmp_path: Path):
     """Re-deciding a stored all-class CLIP run among K offered classes gives what `--k K`

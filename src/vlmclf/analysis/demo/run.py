@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 
 import vlmclf.analysis.views  # noqa: F401 - registers every analysis with the report
 from vlmclf.analysis.demo import findings as judge
+from vlmclf.analysis.demo.progress import PlannedStep, StepClock
 from vlmclf.analysis.demo.report import write_reports
 from vlmclf.analysis.demo.rescoring import aligned_correctness, crossfit_cfg, restrict_to_k
 from vlmclf.methods import make_method
@@ -47,6 +47,11 @@ class DemoSizes:
     n_probe_train: int = 1000
 
 
+QUICK_SIZES = DemoSizes(n_clip=150, n_vlm=60, n_probe_train=300)
+"""``vlmclf demo --quick``: the same findings at about a third of the images (prefixes of the
+full demo's, so a later full run reuses them); the intervals are wider and say so."""
+
+
 @dataclass(frozen=True)
 class DemoLikelihood:
     """The likelihood settings the demo uses: the paper protocol's answer prefix, CFG prior and
@@ -79,19 +84,6 @@ def model_runs(likelihood: DemoLikelihood) -> dict[str, RunSpec]:
     }
 
 
-class Steps:
-    """Numbered progress lines with each step's wall time (what the timing in the README is)."""
-
-    def __init__(self, total: int, on_step: Callable[[str], None]) -> None:
-        self.total, self.done, self.on_step = total, 0, on_step
-        self.started = time.monotonic()
-
-    def __call__(self, message: str) -> None:
-        self.done += 1
-        elapsed = time.monotonic() - self.started
-        self.on_step(f"[{self.done}/{self.total}] {message} (at {elapsed:.0f} s)")
-
-
 def run_demo(
     sizes: DemoSizes,
     likelihood: DemoLikelihood,
@@ -103,15 +95,15 @@ def run_demo(
     out_dir.mkdir(parents=True, exist_ok=True)
     loader = LastModelLoader()
     specs = model_runs(likelihood)
-    step = Steps(len(specs) + 2, on_step)
-    step(f"{CLIP}: zero-shot on {sizes.n_clip} test images")
+    clock = StepClock(demo_plan(sizes, specs), on_step)
+    clock.start_next()
     clip_spec = RunSpec(model=CLIP, dataset=DATASET, method="clip")
     runs = {"CLIP": run(clip_spec, replace(config, limit=sizes.n_clip), make_method,
                         load_model=loader)}  # fmt: skip
     for name, spec in specs.items():
-        step(f"{spec.model}: {name} on {sizes.n_vlm} test images")
+        clock.start_next()
         runs[name] = run(spec, replace(config, limit=sizes.n_vlm), make_method, load_model=loader)
-    step(f"{VLM}: linear probe ({sizes.n_probe_train} train, {sizes.n_clip} test images)")
+    clock.start_next()
     probe = _probe(sizes, config, out_dir, loader)
     counts = {"zipf": training_caption_counts(), "reversed": training_caption_counts(REVERSED)}
     result = judge_runs(runs, probe, counts, likelihood)
@@ -119,8 +111,24 @@ def run_demo(
     result["runs"] = {name: r.run_id for name, r in runs.items()}
     result["probe_analysis"] = probe["analysis_id"]
     result["files"] = write_reports(result, config.store_path, out_dir)
+    result["wall_time_s"] = round(clock.finish(), 1)
     (out_dir / "demo.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def demo_plan(sizes: DemoSizes, specs: dict[str, RunSpec]) -> list[PlannedStep]:
+    """The demo's model passes in the order they run, with their sizes (for the progress line)."""
+    plan = [PlannedStep(f"{CLIP}: zero-shot on {sizes.n_clip} test images", "clip", sizes.n_clip)]
+    for name, spec in specs.items():
+        kind = "likelihood" if spec.method == "likelihood" else "generate"
+        plan.append(PlannedStep(f"{spec.model}: {name} on {sizes.n_vlm} test images", kind,
+                                sizes.n_vlm))  # fmt: skip
+    probe_images = sizes.n_probe_train + sizes.n_clip
+    plan.append(PlannedStep(
+        f"{VLM}: linear probe ({sizes.n_probe_train} train, {sizes.n_clip} test images)",
+        "probe", probe_images,
+    ))  # fmt: skip
+    return plan
 
 
 def _probe(sizes: DemoSizes, config: RunConfig, out_dir: Path, loader: Any) -> dict[str, Any]:
