@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-COST_PER_IMAGE = {"clip": 1.0, "generate": 5.0, "likelihood": 3.0, "probe": 1.5}
+COST_PER_IMAGE = {"clip": 1.0, "generate": 5.0, "likelihood": 4.0, "probe": 3.0}
 """Relative CPU cost of one image in each kind of step (the organism on 2 cores, rounded); only
 the ratios matter: the measured rate rescales them."""
 
