@@ -40,7 +40,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "report": BOTTOM | {"store", "metrics"},
     "run": _MODELS | {"methods"},
     "analysis": _ANALYSIS,
-    "paper": _ANALYSIS | {"paper"},
+    "paper": _ANALYSIS,
     "commands": _ANALYSIS | {"paper", "serve"},
     "cli": _ANALYSIS | {"paper", "serve", "commands"},
     "__main__": frozenset({"cli"}),

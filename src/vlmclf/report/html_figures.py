@@ -1,6 +1,6 @@
 """Figures for the HTML report, as inline ``data:image/png;base64`` URIs (the page needs no
-other file and no network), and the stored analyses (probe, sweep, frequency, ...) drawn with
-the plotting code those analyses already use for their own reports."""
+other file and no network), and the stored analyses (probe, sweep, frequency, ...) drawn by
+the drawers they registered in ``report.analyses``."""
 
 from __future__ import annotations
 
