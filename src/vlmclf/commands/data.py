@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -16,9 +17,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Dataset utilities.")
 def manifest_command(
     layout: Annotated[
         str,
-        typer.Option(
-            help="imagenet, flowers102, stanford_cars, caltech101, fashion_mnist, imagefolder."
-        ),
+        typer.Option(help="A layout name (see `vlmclf data list`): imagenet, cub200, ..."),
     ],
     root: Annotated[Path, typer.Option(help="The dataset's folder.")],
     out: Annotated[Path, typer.Option(help="The manifest to write (.jsonl).")],
@@ -34,3 +33,19 @@ def manifest_command(
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     typer.echo(f"wrote {count} examples to {out}")
+
+
+@data_app.command("list")
+def list_command(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per layout or source.")
+    ] = False,
+) -> None:
+    """Every dataset layout and source: class count, default split, splits, files expected."""
+    from vlmclf.data.catalog import catalog_rows, format_catalog
+
+    if as_json:
+        for row in catalog_rows():
+            typer.echo(json.dumps(row))
+    else:
+        typer.echo(format_catalog())

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from vlmclf.data.catalog import BENCHMARK_LAYOUTS
 from vlmclf.data.classnames import load_class_names
 from vlmclf.data.idx import FASHION_MNIST_ROOT, read_fashion_mnist
 from vlmclf.data.label_check import warn_near_duplicate_labels
@@ -32,6 +33,7 @@ DEFAULT_SPLITS = {
     "caltech101": "test",
     "fashion_mnist": "test",
     "imagefolder": "test",
+    **{name: layout.default_split for name, layout in BENCHMARK_LAYOUTS.items()},
 }
 LAYOUTS = tuple(DEFAULT_SPLITS)
 ALL_SPLITS = "all"
@@ -42,6 +44,7 @@ _FIXED_CLASS_READERS = {
     "flowers102": read_flowers102,
     "stanford_cars": read_stanford_cars,
     "caltech101": read_caltech101,
+    **{name: layout.read for name, layout in BENCHMARK_LAYOUTS.items()},
 }
 
 
