@@ -294,3 +294,23 @@ def test_eval_closed_generation_on_oxford_pets(tmp_path: Path) -> None:
         "Abyssinian", "American Bulldog", "Yorkshire Terrier",
     }  # fmt: skip
     assert all(len(p.choices) == 3 and p.label in p.choices for p in predictions)
+
+
+@pytest.mark.slow  # about 30 s: two ranks each import torch and transformers
+def test_two_torchrun_ranks_store_what_one_process_stores_on_cifar(tmp_path: Path) -> None:
+    """Rows of pickle batches shard like files: each rank decodes its own share of the rows."""
+    from tests.test_distributed import json_lines, launch, stored_rows, torchrun
+
+    base = tmp_path / "data" / "cifar-10-batches-py"
+    write_cifar_batch(base / "test_batch", np.arange(9 * 3072).astype(np.uint8).reshape(9, 3072),
+                      [i % 10 for i in range(9)], b"labels")  # fmt: skip
+    args = ["eval", "--model", "random:clip", "--method", "clip", "--dataset", "cifar10",
+            "--data-root", str(tmp_path / "data"), "--batch-size", "2", "--json",
+            "--no-progress"]  # fmt: skip
+    one = CliRunner().invoke(app, [*args, "--store", str(tmp_path / "one.sqlite")])
+    assert one.exit_code == 0, one.output
+    two = launch([*torchrun(2), "-m", "vlmclf", *args, "--store", str(tmp_path / "two.sqlite")])
+    assert two.returncode == 0, two.stderr[-3000:]
+    (printed,) = json_lines(two.stdout)
+    assert printed["n"] == 9 and printed["run_id"] == json_lines(one.stdout)[-1]["run_id"]
+    assert stored_rows(tmp_path / "two.sqlite") == stored_rows(tmp_path / "one.sqlite")
