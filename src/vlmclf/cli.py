@@ -16,6 +16,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 from vlmclf.commands.common import CleanErrorsGroup
 from vlmclf.commands.data import data_app
 from vlmclf.commands.demo import demo_command
+from vlmclf.commands.errors import errors_command
 from vlmclf.commands.eval import eval_command
 from vlmclf.commands.finetune import finetune_command
 from vlmclf.commands.frequency import frequency_command
@@ -46,6 +47,7 @@ app.command("probe")(probe_command)
 app.command("finetune")(finetune_command)
 app.command("sweep")(sweep_command)
 app.command("rematch")(rematch_command)
+app.command("errors")(errors_command)
 app.command("reproduce")(reproduce_command)
 app.command("report")(report_command)
 app.add_typer(wikiqa_app, name="wikiqa")
