@@ -366,7 +366,8 @@ def plot_attribution(result: dict[str, Any], path: Path) -> Path:
     ax.set_xticks(range(len(GROUPS)), ["fine-grained", "coarse"])
     ax.set_ylabel("accuracy change (better component)")
     ax.set_title("Encoder effect / LLM effect per dataset group")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
