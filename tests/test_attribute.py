@@ -83,6 +83,8 @@ def test_components_come_from_checkpoint_configs(tmp_path: Path) -> None:
     assert components_from_config({"model_type": "clip"}) is None
     assert components_of_model(f"hf:{tmp_path / 'nothing'}") is None
     assert components_of_model("random:llava") is None
+    assert components_of_model("organism:vlm") == components_of_model("organism:vlm-uniform") == {
+        "encoder": "efficientnet-lite0", "llm": "SmolLM2-135M-Instruct.Q4_1.gguf"}
 
 
 def test_single_swaps_pair_models_that_differ_in_one_component() -> None:

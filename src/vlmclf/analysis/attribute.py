@@ -33,6 +33,7 @@ import numpy as np
 
 from vlmclf.data.readers import parse_dataset_spec
 from vlmclf.metrics.columnar import correctness_columns
+from vlmclf.organism.load import ORGANISMS, default_weights_dir
 from vlmclf.store import RunRecord, RunStore
 
 COMPONENTS = ("encoder", "llm")
@@ -92,6 +93,10 @@ def components_from_config(config: Mapping[str, Any]) -> dict[str, str] | None:
     """A VLM checkpoint's vision tower and language model, named by what its config.json says
     (a name or path where it records one, else the architecture's shape); None when the config
     is not a two-tower VLM's."""
+    if isinstance(config.get("image_encoder"), str) and isinstance(
+        config.get("language_model"), str
+    ):  # the organism's config.json
+        return {"encoder": config["image_encoder"], "llm": config["language_model"]}
     vision, text = config.get("vision_config"), config.get("text_config")
     if not isinstance(vision, dict) or not isinstance(text, dict):
         return None
@@ -108,11 +113,14 @@ def _shape(config: Mapping[str, Any]) -> str:
 
 
 def components_of_model(model: str) -> dict[str, str] | None:
-    """Components read from a local checkpoint's config.json (``hf:<folder>``, or a hub id
-    already in the local cache); None when there is none to read. Never downloads."""
-    target = model.split(":", 1)[1] if model.startswith("hf:") else model
-    path = Path(target) / "config.json"
-    if not path.is_file():
+    """Components read from a local checkpoint's config.json (``hf:<folder>``, a hub id
+    already in the local cache, or a shipped organism); None when there is none to read.
+    Never downloads."""
+    target = model.split(":", 1)[1] if model.startswith(("hf:", "organism:")) else model
+    path: Path | None = Path(target) / "config.json"
+    if model.startswith("organism:") and target in ORGANISMS:
+        path = default_weights_dir(target) / "config.json"
+    if path is None or not path.is_file():
         path = _cached_config(target)
     if path is None:
         return None
