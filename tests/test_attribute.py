@@ -163,7 +163,7 @@ def test_cli_prints_the_table_and_verdicts_and_refuses_unknown_models(tmp_path: 
     assert "encoder effect, fine - coarse: +0.126 [" in result.output
     assert "larger on fine-grained data" in result.output
     payload = json.loads(CliRunner().invoke(
-        app, [*base, "--components", str(components), "--json"]).output)  # fmt: skip
+        app, [*base, "--components", str(components), "--json"]).stdout)  # fmt: skip
     rows = effect_rows(payload)
     assert [(r["group"], r["component"]) for r in rows][:4] == [
         ("fine", "encoder"), ("fine", "llm"), ("coarse", "encoder"), ("coarse", "llm")]

@@ -232,7 +232,7 @@ def test_cli_json_report_view_and_figure(tmp_path: Path) -> None:
         "--out", str(tmp_path / "out"), "--json",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
-    payload = json.loads(result.output)
+    payload = json.loads(result.stdout)  # stderr may carry a model-loading bar
     assert payload["run_id"] == run_id and payload["n"] == len(ANSWERS)
     assert set(payload["types"]) == set(ERROR_TYPES)
     assert -1 <= payload["similarity"]["mean"] <= 1
@@ -248,3 +248,18 @@ def test_cli_json_report_view_and_figure(tmp_path: Path) -> None:
     assert text.exit_code == 0 and "accuracy at the parent level" in text.output
     missing = CliRunner().invoke(app, ["errors", run_id, "--store", str(store_path)])
     assert missing.exit_code == 2 and "not ImageNet's" in missing.output
+
+
+def test_the_report_gives_a_typed_run_a_column_per_error_type(tmp_path: Path) -> None:
+    from vlmclf.report.html import render_report
+
+    store_path = tmp_path / "runs.sqlite"
+    run_id = _stored_run(store_path, [(text, 0) for text, _, _, _ in ANSWERS])
+    with RunStore(store_path) as store:
+        error_types(store, run_id, from_parent_map(TREE, CLASSES), n_boot=50)
+    page = render_report(store_path)
+    run_section = page[page.index(f'id="run-{run_id}"'):]
+    head = run_section[:run_section.index("</thead>")]
+    assert all(f"<th>{kind}</th>" for kind in ERROR_TYPES)
+    assert [kind for kind in ERROR_TYPES if f"<th>{kind}</th>" in head] == list(ERROR_TYPES)
+    assert '<h3>errors ' in page and 'alt="errors figure"' in page
