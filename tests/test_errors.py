@@ -57,6 +57,14 @@ ANSWERS = [  # (answer for a golden retriever, type, levels up, right at the par
 WORDNET_MISSING = wordnet_available()
 
 
+@pytest.fixture(scope="module")
+def imagenet_typer() -> ErrorTyper:
+    """ImageNet's classes in WordNet 3.0, built once for the module (a few seconds)."""
+    if WORDNET_MISSING is not None:
+        pytest.skip(WORDNET_MISSING)
+    return ErrorTyper(hierarchy_for_run(load_class_names("imagenet")))
+
+
 def test_every_type_is_reached_on_a_hand_built_tree() -> None:
     typer_ = ErrorTyper(from_parent_map(TREE, CLASSES))
     for text, kind, levels, at_parent in ANSWERS:
@@ -163,20 +171,38 @@ def test_every_shipped_wnid_is_the_wordnet_synset_of_its_class() -> None:
 
 
 @pytest.mark.skipif(WORDNET_MISSING is not None, reason=str(WORDNET_MISSING))
-def test_wordnet_types_imagenet_answers_offline() -> None:
+def test_wordnet_types_imagenet_answers_offline(imagenet_typer: ErrorTyper) -> None:
     names = load_class_names("imagenet")
-    tree = hierarchy_for_run(names)
+    typer_, tree = imagenet_typer, imagenet_typer.hierarchy
     assert tree.source.startswith("WordNet 3.0")
     golden = names.index("Golden Retriever")
     assert tree.class_nodes[golden] == "golden_retriever.n.01"
     assert tree.ancestors("golden_retriever.n.01")["retriever.n.01"] == 1
-    typer_ = ErrorTyper(tree)
     assert typer_.classify("This is a golden retriever.", golden) == ("exact", None, True)
     assert typer_.classify("A retriever", golden) == ("coarser", 1, True)
     assert typer_.classify("It is a dog.", golden)[:2] == ("coarser", 4)
     assert typer_.classify("a Labrador retriever", golden)[0] == "sibling"
     assert typer_.classify("a tabby cat", golden)[0] == "other_class"
     assert typer_.classify("qwertyuiop", golden)[0] == "no_class"
+
+
+@pytest.mark.skipif(WORDNET_MISSING is not None, reason=str(WORDNET_MISSING))
+def test_the_first_word_shortcut_finds_what_the_full_strict_search_finds(
+    imagenet_typer: ErrorTyper,
+) -> None:
+    from vlmclf.methods.matching import match_label
+
+    typer_ = imagenet_typer
+    every_name = sorted(typer_.hierarchy.name_index())
+    rng = np.random.default_rng(0)
+    fillers = ["a", "photo of", "the", "-", "(", ")", "dog-like", "tiger cat's", ",", "x"]
+    for _ in range(300):
+        parts = [str(rng.choice(every_name)) if rng.random() < 0.4 else str(rng.choice(fillers))
+                 for _ in range(rng.integers(1, 7))]  # fmt: skip
+        text = " ".join(parts) if rng.random() < 0.7 else "".join(parts)
+        full = match_label(text, every_name)
+        expected = [] if full is None else typer_._nodes_of[every_name[full]]
+        assert typer_.answer_nodes(text) == expected, text
 
 
 def _stored_run(path: Path, answers: list[tuple[str | None, int]]) -> str:
