@@ -73,6 +73,13 @@ def test_every_type_is_reached_on_a_hand_built_tree() -> None:
     assert typer_.classify("a golden retriever", 2)[0] == "other_class"  # true class: cat
 
 
+def test_a_tree_and_a_class_list_that_differ_in_case_are_one_tree() -> None:
+    lowered = {child.lower(): parent.lower() for child, parent in TREE.items()}
+    typer_ = ErrorTyper(from_parent_map(lowered, ["Golden Retriever", "Labrador Retriever", "Cat"]))
+    for text, kind, levels, at_parent in ANSWERS:
+        assert typer_.classify(text, 0) == (kind, levels, at_parent), text
+
+
 def test_a_name_on_two_nodes_takes_the_type_closest_to_the_truth() -> None:
     tree = Hierarchy(
         names={"bird": ("bird",), "crane.bird": ("crane", "grus"), "crane.machine": ("crane",),
