@@ -11,13 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 import vlmclf.analysis.views  # noqa: F401 - registers the report's views
-from vlmclf.analysis.attribute import (
+from vlmclf.analysis.attribute import effect_rows, run_attribution, single_swaps
+from vlmclf.analysis.components import (
     components_from_config,
     components_of_model,
-    effect_rows,
     read_components_file,
-    run_attribution,
-    single_swaps,
 )
 from vlmclf.cli import app
 from vlmclf.records import Prediction
