@@ -18,11 +18,11 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from vlmclf.data.classnames import load_class_names
+from vlmclf.data.layouts_robustness import shipped_wnids
 
 WORDNET_DIR = Path("/usr/share/wordnet")
 """Where Debian's ``wordnet-base`` puts the WordNet 3.0 database files."""
@@ -211,11 +211,9 @@ def _join_levels(lower: dict[str, str], upper: dict[str, str], folder: Path) -> 
     return parent_of
 
 
-@cache
 def imagenet_wnids() -> tuple[str, ...]:
     """The 1000 ImageNet-1k wnids in class-index order (sorted)."""
-    text = resources.files("vlmclf.data").joinpath("classnames", "imagenet_wnids.json")
-    return tuple(json.loads(text.read_text("utf-8")))
+    return shipped_wnids("imagenet")
 
 
 def wnids_for_classes(class_names: Sequence[str]) -> list[str] | None:
