@@ -141,3 +141,76 @@ def closed_world_questions(data, classes, seed, n_labels, batch_size, init_promp
         ]
         asked.extend(questions)
     return data, asked
+
+
+# ------------------------------- training_analysis/llava: LLaVA's vicuna_v1 and preprocess_v1
+# The paper trains with LLaVA's train.py (copied into training_analysis/llava/train.py) and
+# evaluates with model_vqa.py --conv-mode vicuna_v1; both use LLaVA's own helpers, copied here
+# from haotian-liu/LLaVA at c121f0432da27facab705978f83c4ada465e46fd (llava/conversation.py,
+# llava/mm_utils.py, llava/constants.py).
+
+IGNORE_INDEX = -100
+IMAGE_TOKEN_INDEX = -200
+VICUNA_V1_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+
+
+def vicuna_v1_prompt(messages):
+    """``conv_vicuna_v1.get_prompt()`` (SeparatorStyle.TWO, sep " ", sep2 "</s>") for
+    ``messages`` [(role, message or None)]."""
+    system, sep, sep2 = VICUNA_V1_SYSTEM, " ", "</s>"
+    seps = [sep, sep2]
+    ret = system + seps[0]
+    for i, (role, message) in enumerate(messages):
+        if message:
+            ret += role + ": " + message + seps[i % 2]
+        else:
+            ret += role + ":"
+    return ret
+
+
+def tokenizer_image_token(prompt, tokenizer, image_token_index=IMAGE_TOKEN_INDEX):
+    prompt_chunks = [tokenizer(chunk).input_ids for chunk in prompt.split('<image>')]
+
+    def insert_separator(X, sep):
+        return [ele for sublist in zip(X, [sep]*len(X)) for ele in sublist][:-1]
+
+    input_ids = []
+    offset = 0
+    if len(prompt_chunks) > 0 and len(prompt_chunks[0]) > 0 and prompt_chunks[0][0] == tokenizer.bos_token_id:
+        offset = 1
+        input_ids.append(prompt_chunks[0][0])
+
+    for x in insert_separator(prompt_chunks, [image_token_index] * (offset + 1)):
+        input_ids.extend(x[offset:])
+    return input_ids
+
+
+def preprocess_v1_one(conversation, tokenizer):
+    """train.py's ``preprocess_v1`` for one conversation with an image: (input_ids, targets).
+    CHANGED: lists for tensors; one conversation; the multi-round tokenizer fix-up (rounds
+    after the first) is not reached by a one-round conversation."""
+    input_ids = tokenizer_image_token(conversation, tokenizer)
+    target = list(input_ids)
+    sep = " " + "ASSISTANT" + ": "
+    total_len = len(target)
+    rounds = conversation.split("</s>")
+    cur_len = 1
+    target[:cur_len] = [IGNORE_INDEX] * cur_len
+    for i, rou in enumerate(rounds):
+        if rou == "":
+            break
+        parts = rou.split(sep)
+        if len(parts) != 2:
+            break
+        parts[0] += sep
+        round_len = len(tokenizer_image_token(rou, tokenizer))
+        instruction_len = len(tokenizer_image_token(parts[0], tokenizer)) - 2
+        target[cur_len : cur_len + instruction_len] = [IGNORE_INDEX] * instruction_len
+        cur_len += round_len
+    target[cur_len:] = [IGNORE_INDEX] * (total_len - cur_len)
+    if cur_len != total_len:  # CHANGED: model_max_length check dropped (short conversations)
+        target[:] = [IGNORE_INDEX] * total_len
+    return input_ids, target

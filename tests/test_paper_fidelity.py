@@ -241,3 +241,86 @@ def test_the_cue_changes_what_the_papers_parser_reads_and_we_read_what_it_reads(
         assert (paper, parse_choice_mmmu(answer, options)) == ("C", None)
     if answer == ".B,":  # the cue keeps the leading "." from being stripped
         assert (paper, parse_choice_mmmu(answer, options)) == (None, "B")
+
+
+# ------------------------------------------------ item 4: the fine-tuning conversation
+
+VICUNA_V1 = (
+    "A chat between a curious user and an artificial intelligence assistant. The assistant "
+    "gives helpful, detailed, and polite answers to the user's questions. USER: {image}\n"
+    "{question} ASSISTANT:"
+)
+FINETUNE_QUESTION = "What type of object is in the photo?"
+
+
+def test_paper_finetune_trains_on_the_vicuna_v1_tokens_llava_trains_on(llava_dir):
+    """The items' token ids and loss mask equal LLaVA's ``preprocess_v1`` of the paper's
+    conversation ``...USER: <image>\\nWhat type of object is in the photo? ASSISTANT: {label}</s>``
+    (the image's tokens stand as one placeholder, as LLaVA's own code writes them)."""
+    import paper_code
+
+    from vlmclf.analysis.finetune.model import make_trainable
+    from vlmclf.models.families import adapter_by_name
+    from vlmclf.models.hf import HFVisionLanguageModel
+    from vlmclf.paper.finetune_settings import resolve_finetune_options
+
+    chosen = resolve_finetune_options("paper", f"hf:{llava_dir}", {"match": "contain"}, set())
+    assert chosen["prompt_template"] == VICUNA_V1 and chosen["question"] == FINETUNE_QUESTION
+    assert chosen["eval_max_new_tokens"] == 1024 and chosen["match"] == "exact"
+    processor, model = paper_model(llava_dir)
+    wrapper = HFVisionLanguageModel(model, processor, adapter_by_name("llava"), "tiny")
+    wrapper.prompt_template = chosen["prompt_template"]
+    trainable = make_trainable(wrapper, "projector")
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    for label in ("Dress", "Ankle boot", "T-shirt/top"):
+        answer = trainable.answer_ids(FINETUNE_QUESTION, label)
+        prompt = wrapper.build_inputs([Image.new("RGB", (28, 28))], [FINETUNE_QUESTION])
+        ids = [paper_code.IMAGE_TOKEN_INDEX if t == image_id else t
+               for t in prompt["input_ids"][0].tolist()]  # fmt: skip
+        ids = [t for i, t in enumerate(ids) if t != paper_code.IMAGE_TOKEN_INDEX or i == 0
+               or ids[i - 1] != paper_code.IMAGE_TOKEN_INDEX]  # one placeholder  # fmt: skip
+        conversation = paper_code.vicuna_v1_prompt(
+            [("USER", f"<image>\n{FINETUNE_QUESTION}"), ("ASSISTANT", label)]
+        )
+        paper_ids, paper_targets = paper_code.preprocess_v1_one(conversation, processor.tokenizer)
+        assert ids + answer == paper_ids
+        assert [paper_code.IGNORE_INDEX] * len(ids) + answer == paper_targets
+
+
+def test_paper_finetune_evaluates_as_model_vqa_does(llava_dir, manifest, tmp_path):
+    """``finetune --protocol paper``: the paper's settings unless given, and the before/after
+    runs asked in vicuna_v1, greedy up to 1024 new tokens, the new tokens read, exact match."""
+    import paper_code
+
+    from vlmclf.store import RunStore
+
+    store = tmp_path / "runs.sqlite"
+    out = run_cli(
+        "finetune", "--model", f"hf:{llava_dir}", "--dataset", str(manifest), "--train-split",
+        "test", "--eval-split", "test", "--protocol", "paper", "--steps", "1", "--batch-size",
+        "2", "--train-limit", "2", "--eval-limit", "2", "--dtype", "float32", "--store",
+        str(store), "--out", str(tmp_path / "ft"),
+    )  # fmt: skip
+    with RunStore(store, read_only=True) as runs:
+        (analysis,) = runs.list_analyses("finetune")
+        after = runs.get_run(out["after"]["run_id"])
+        predictions = runs.predictions(out["after"]["run_id"])
+    spec = analysis.spec
+    assert (spec["protocol"], spec["match"], spec["lora_rank"], spec["epochs"]) == (
+        "paper", "exact", 128, 50)  # fmt: skip
+    assert spec["prompt_template"] == VICUNA_V1 and spec["question"] == FINETUNE_QUESTION
+    assert after.spec["prompt_template"] == VICUNA_V1 and after.spec["max_new_tokens"] == 1024
+    assert after.spec["prompt"] == FINETUNE_QUESTION and after.spec["match"] == "exact"
+    processor, model = paper_model(tmp_path / "ft")
+    for prediction in predictions:
+        prompt = paper_code.vicuna_v1_prompt(
+            [("USER", f"<image>\n{FINETUNE_QUESTION}"), ("ASSISTANT", None)]
+        )
+        inputs = processor(text=[prompt], images=[Image.open(manifest.parent /
+                           prediction.example_id)], return_tensors="pt")  # fmt: skip
+        with torch.inference_mode():
+            output = model.generate(**inputs, do_sample=False, num_beams=1, max_new_tokens=1024)
+        new = output[:, inputs["input_ids"].shape[1] :]
+        text = processor.tokenizer.batch_decode(new, skip_special_tokens=True)[0].strip()
+        assert prediction.text == text
+        assert prediction.hit == (CLASSES[prediction.label].lower() == text.lower())
