@@ -324,3 +324,93 @@ def test_paper_finetune_evaluates_as_model_vqa_does(llava_dir, manifest, tmp_pat
         text = processor.tokenizer.batch_decode(new, skip_special_tokens=True)[0].strip()
         assert prediction.text == text
         assert prediction.hit == (CLASSES[prediction.label].lower() == text.lower())
+
+
+# ------------------------------------------------ item 6: the offered closed-world labels
+
+
+def closed_run(manifest: Path, store: Path, protocol: str, *extra: str) -> dict:
+    return run_cli(
+        "eval", "--model", "random:llava", "--dataset", str(manifest), "--split", "test",
+        "--method", "generate", "--setting", "closed", "--protocol", protocol, "--dtype",
+        "float32", "--max-new-tokens", "1", "--store", str(store), *extra,
+    )  # fmt: skip
+
+
+def offered_questions(store: Path, run_id: str, class_names: list[str]) -> dict[str, str]:
+    """Each stored example's closed-world question, rebuilt from its stored offered labels."""
+    from vlmclf.methods.prompts import build_question
+    from vlmclf.store import RunStore
+
+    with RunStore(store, read_only=True) as runs:
+        rows = runs.predictions(run_id)
+    return {p.example_id: build_question("base", [class_names[i] for i in p.choices])
+            for p in rows}  # fmt: skip
+
+
+@pytest.mark.parametrize("k", ["4", None])
+def test_paper_protocol_offers_the_papers_global_stream_image_by_image(manifest, tmp_path, k):
+    """main_results/main.py: the split shuffled with seed 1234, then each image's labels from
+    the same ``random`` stream, in order. vlmclf offers the same question to each image, also
+    when it runs a subset first and extends it later (the stream is drawn by position)."""
+    import paper_code
+
+    store = tmp_path / "runs.sqlite"
+    k_args = ("--k", k) if k else ()
+    first = closed_run(manifest, store, "paper", *k_args, "--limit", "9")
+    whole = closed_run(manifest, store, "paper", *k_args)  # extends the same run
+    assert first["run_id"] == whole["run_id"]
+    assert whole["spec"]["options"]["offer"] == "paper_stream"
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    n_labels = int(k) if k else len(set(CLASSES))
+    data, asked = paper_code.closed_world_questions(rows, CLASSES, 1234, n_labels, 8)
+    expected = {row["image"]: question for row, question in zip(data, asked, strict=True)}
+    ours = offered_questions(store, whole["run_id"], sorted(CLASSES))
+    assert ours == expected  # 30 of 30
+
+
+def copy_with_absolute_paths(manifest: Path, folder: Path) -> Path:
+    """The manifest's images copied under ``folder/images``, listed by absolute path from a
+    manifest kept elsewhere (``folder/lists``), as a user on another machine would have it."""
+    import shutil
+
+    (folder / "lists").mkdir(parents=True)
+    lines = []
+    for line in manifest.read_text().splitlines():
+        row = json.loads(line)
+        target = folder / "images" / "test" / row["image"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(manifest.parent / row["image"], target)
+        lines.append(json.dumps({**row, "image": str(target)}))
+    path = folder / "lists" / "fm.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_clean_offers_the_same_labels_to_a_copied_dataset(manifest, tmp_path):
+    """Clean seeds each example from a location-independent key (here the path below the
+    images' common folder), so two copies in different places are offered the same labels;
+    the new rule is in the identity of runs whose keys are not their ids."""
+    from vlmclf.data import load_dataset
+    from vlmclf.data.choices import sample_choices
+    from vlmclf.methods.prompts import build_question
+    from vlmclf.store import RunStore
+
+    store = tmp_path / "runs.sqlite"
+    copies = [copy_with_absolute_paths(manifest, tmp_path / name) for name in ("alice", "bob")]
+    runs = [closed_run(path, store, "clean", "--k", "4") for path in copies]
+    offered = [offered_questions(store, run["run_id"], sorted(CLASSES)) for run in runs]
+    assert len(offered[0]) == 30 and list(offered[0]) != list(offered[1])  # other ids
+    assert list(offered[0].values()) == list(offered[1].values())  # the same labels
+    data = load_dataset(str(copies[0]), split="test")
+    assert {e.seed_key for e in data.examples} == {f"{i:02d}.png" for i in range(30)}
+    names = sorted(CLASSES)
+    for example in data.examples:  # drawn from the key, not from the absolute path
+        by_key = sample_choices(example.label, names, 4, "fixed", 0, example.seed_key)
+        assert offered[0][example.id] == build_question("base", [names[i] for i in by_key])
+    # a relative manifest's ids are its keys: its runs keep the identity they had
+    relative = closed_run(manifest, store, "clean", "--k", "4")
+    with RunStore(store, read_only=True) as stored:
+        identities = [stored.get_run(run["run_id"]).identity for run in (*runs, relative)]
+    assert all("choice_keys" in identity for identity in identities[:2])
+    assert "choice_keys" not in identities[2]

@@ -279,6 +279,7 @@ class Question(_Group):
     nli_model: str | None
     embed_model: str | None
     answer_marker: str | None = None  # the protocol's: read the answer after it (paper's code)
+    offer: str | None = None  # the protocol's draw of offered labels (paper: its global stream)
 
 
 @dataclass(frozen=True)
@@ -476,8 +477,13 @@ def _match_id(q: Question) -> str:
 
 
 def _answer_options(q: Question) -> dict[str, str]:
-    """How a generated answer is read, where the protocol reads it the paper's way."""
-    return {} if q.answer_marker is None else {"answer_marker": q.answer_marker}
+    """How a generated answer is read and the offered labels drawn, where the protocol does
+    it the paper's way (runs that offer no labels keep their ids)."""
+    chosen = {} if q.answer_marker is None else {"answer_marker": q.answer_marker}
+    offers = q.setting.value == "closed" or (q.k is not None and q.method.value != "generate")
+    if q.offer is not None and offers and q.order.value == "random":
+        chosen["offer"] = q.offer
+    return chosen
 
 
 def _likelihood_options(method: MethodName, lik: LikelihoodChoices) -> dict[str, str | float]:

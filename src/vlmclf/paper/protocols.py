@@ -172,6 +172,7 @@ def resolve_eval(
         chosen["prompt_template"] = prompt_template(settings, family, cot, protocol)
     chosen["family"] = family
     chosen["answer_marker"] = settings.get("answer_marker") if method == "generate" else None
+    chosen["offer"] = settings.get("offer")
     return chosen
 
 
