@@ -278,6 +278,8 @@ class Question(_Group):
     match: str
     nli_model: str | None
     embed_model: str | None
+    answer_marker: str | None = None  # the protocol's: read the answer after it (paper's code)
+    offer: str | None = None  # the protocol's draw of offered labels (paper: its global stream)
 
 
 @dataclass(frozen=True)
@@ -453,7 +455,7 @@ def run_spec(q: Question, lik: LikelihoodChoices, data: DataChoices, dtype: str)
         seed=q.seed,
         cot=q.cot,
         templates=q.templates,
-        options=_likelihood_options(q.method, lik),
+        options=_likelihood_options(q.method, lik) | _answer_options(q),
         match=_match_id(q),
         max_new_tokens=q.max_new_tokens,
         dtype=dtype,
@@ -472,6 +474,16 @@ def _match_id(q: Question) -> str:
         return match_id(q.match, nli_model=q.nli_model, embed_model=q.embed_model)
     except ValueError as err:
         fail(str(err))
+
+
+def _answer_options(q: Question) -> dict[str, str]:
+    """How a generated answer is read and the offered labels drawn, where the protocol does
+    it the paper's way (runs that offer no labels keep their ids)."""
+    chosen = {} if q.answer_marker is None else {"answer_marker": q.answer_marker}
+    offers = q.setting.value == "closed" or (q.k is not None and q.method.value != "generate")
+    if q.offer is not None and offers and q.order.value == "random":
+        chosen["offer"] = q.offer
+    return chosen
 
 
 def _likelihood_options(method: MethodName, lik: LikelihoodChoices) -> dict[str, str | float]:

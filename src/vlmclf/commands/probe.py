@@ -171,6 +171,7 @@ def probe_command(
 ) -> None:
     """Probe a VLM's hidden states: the paper's protocol and a clean one, both reported."""
     from vlmclf.analysis.probe.run import ProbeConfig, ProbeRequest, ProbeRuntime, run_probe
+    from vlmclf.paper.probe_settings import probe_prompt
     from vlmclf.run.loading import ModelOptions
 
     o = _protocol_options(ctx, protocol, dataset)
@@ -184,11 +185,13 @@ def probe_command(
     except ValueError as err:
         fail(str(err))
     device, dtype = resolve_hardware(model, device, o["dtype"])  # dtype keys the features
+    template, positions = probe_prompt(protocol, model)
     request = ProbeRequest(
         model=model, dataset=dataset, train_split=train_split, eval_split=eval_split,
         train_dataset=train_dataset, data_root=data_root, train_data_root=train_data_root,
         classes=classes, layer=o["layer"], prompt=o["prompt"], train_limit=train_limit,
         limit=limit, clip_model=clip_model, config=config, protocol=protocol, dtype=dtype,
+        prompt_template=template, positions=positions,
         **_clip_baseline_options(protocol, dataset, clip_model, clip_epochs),
     )  # fmt: skip
     runtime = ProbeRuntime(

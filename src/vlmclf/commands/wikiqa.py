@@ -102,7 +102,8 @@ def wikiqa_command(
         spec = wikiqa_spec(model, method, questions=questions, cot=chosen["cot"],
                            max_new_tokens=chosen["max_new_tokens"], dtype=dtype,
                            unparsed=chosen["unparsed"], protocol=protocol,
-                           prompt_template=template, parser=chosen["parser"])  # fmt: skip
+                           prompt_template=template, parser=chosen["parser"],
+                           answer_marker=_answer_marker(model, method, protocol))  # fmt: skip
     except ValueError as err:
         fail(str(err))
     options = ModelOptions(device=device, dtype=dtype, base_url=base_url, concurrency=concurrency)
@@ -159,7 +160,22 @@ def _cot_template(model: str, method: str, protocol: str, cot: bool) -> str | No
     if resolve(protocol, "wikiqa").get("cot_placement") != "assistant prefix":
         return None
     family = model_family(model)
+    own = resolve(protocol, "wikiqa", family)  # imagewikiqa/main.py's CoT prompts, where they
+    if "prompt_template" in own:  # differ from main_results/main.py's (LLaVA-NeXT has one)
+        return prompt_template(own, family, True, protocol)
     return prompt_template(resolve(protocol, "generate", family), family, True, protocol)
+
+
+def _answer_marker(model: str, method: str, protocol: str) -> str | None:
+    """The marker the protocol reads a generated answer after (the paper's code: the whole
+    decoded output, then the text after the last ``ASSISTANT:``, ``Answer:`` or ``[/INST]``,
+    so for LLaVA the letter is parsed from text that begins with the CoT cue); None: the
+    new tokens alone (clean)."""
+    from vlmclf.paper.protocols import model_family, resolve
+
+    if method != "generate" or not resolve(protocol, "wikiqa").get("answer_read"):
+        return None
+    return resolve(protocol, "generate", model_family(model)).get("answer_marker")
 
 
 _MISSING_IMAGE_WORDS = ("image not found", "no such file", "not an image", "cannot open")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vlmclf.data.catalog import BENCHMARK_LAYOUTS
@@ -175,15 +175,17 @@ def read_manifest(
     if split is not None and not selected:
         present = sorted({r.split or "(no split field)" for r in rows})
         raise ValueError(f"{manifest}: no lines with split {split!r} (splits present: {present})")
-    examples = _manifest_examples(manifest, selected, index, base)
+    examples = _manifest_examples(manifest, selected, index, base, rows)
     return Dataset(manifest.stem, split or ALL_SPLITS, class_names, examples)
 
 
 def _manifest_examples(
-    manifest: Path, rows: list[ManifestRow], index: dict[str, int], base: Path
-) -> list[Example]:
+    manifest: Path, rows: list[ManifestRow], index: dict[str, int], base: Path,
+    all_rows: list[ManifestRow] | None = None,
+) -> list[Example]:  # fmt: skip
     first_row: dict[str, ManifestRow] = {}
     examples = []
+    keys = _location_free_keys(all_rows or rows, base)
     for row in rows:
         image = Path(row.image)
         path = image if image.is_absolute() else base / image
@@ -191,8 +193,28 @@ def _manifest_examples(
         if same_file in first_row:
             raise ValueError(_duplicate_image_message(manifest, row, first_row[same_file]))
         first_row[same_file] = row
-        examples.append(file_example(row.image, index[row.label], row.split or ALL_SPLITS, path))
+        example = file_example(row.image, index[row.label], row.split or ALL_SPLITS, path)
+        key = keys.get(row.image)
+        examples.append(example if key is None else replace(example, key=key))
     return examples
+
+
+def _location_free_keys(rows: list[ManifestRow], base: Path) -> dict[str, str]:
+    """Seed keys for the absolute image paths of a manifest (relative ones are keys already):
+    the path relative to ``base`` (the data root or the manifest's folder) where the image lies
+    under it, else relative to the folder all the manifest's absolute images share, so that
+    the same images listed from another folder or machine draw the same offered labels."""
+    absolute = [row.image for row in rows if Path(row.image).is_absolute()]
+    if not absolute:
+        return {}
+    base = Path(os.path.abspath(base))
+    root = Path(os.path.commonpath([os.path.dirname(image) for image in absolute]))
+    keys = {}
+    for image in absolute:
+        path = Path(image)
+        anchor = base if path.is_relative_to(base) else root
+        keys[image] = path.relative_to(anchor).as_posix()
+    return keys
 
 
 def _duplicate_image_message(manifest: Path, row: ManifestRow, first: ManifestRow) -> str:

@@ -320,6 +320,9 @@ class MappedMethod:
     def preflight(self) -> list[str]:
         return self.method.preflight()
 
+    def use_examples(self, examples: Any, wanted: Any) -> None:
+        self.method.use_examples(examples, wanted)
+
     def predict(self, batch: list[Any]) -> list[Prediction]:
         predictions = self.method.predict(batch)
         return apply_matcher(predictions, self.class_names, self.matcher, label=self.match)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 
-from vlmclf.data.choices import sample_choices
 from vlmclf.methods.base import LoadedExample, PromptedMethod
 from vlmclf.methods.matching import contains_name, match_label
 from vlmclf.methods.outcomes import flag_of_text, record_without_text
@@ -37,8 +36,7 @@ class GenerateMethod(PromptedMethod):
         if prompt_length is None or not context:
             return []
         if self.spec.setting == "closed":
-            all_choices = sample_choices(0, self.class_names, self.spec.k, "fixed", 0, "preflight")
-            question = self.question_for(all_choices)
+            question = self.question_for(self.preflight_choices())
         else:
             question = self.question_for(None)
         needed = prompt_length(question) + self.max_new_tokens
@@ -51,7 +49,7 @@ class GenerateMethod(PromptedMethod):
         ]
 
     def predict(self, batch: list[LoadedExample]) -> list[Prediction]:
-        choices = [self.choices_for(item.example.id, item.example.label) for item in batch]
+        choices = [self.choices_for(e.id, e.label, e.key) for e in (i.example for i in batch)]
         questions = [self.question_for(c) for c in choices]
         start = time.perf_counter()
         answers = self.model.generate(

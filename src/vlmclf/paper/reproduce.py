@@ -155,8 +155,10 @@ def table3(ctx: Context) -> list[Step]:
         ]
         argv += ["--weight-decay", str(fine["weight_decay"]), "--warmup-ratio",
                  str(fine["warmup_ratio"]), "--batch-size", str(fine["batch_size"])]  # fmt: skip
+        argv += ["--protocol", ctx.protocol]  # the conversation trained and evaluated
         note = (
             f"then: vlmclf eval --model hf:<checkpoint> --method generate --match {fine['match']}"
+            " (--eval-limit N scores it here, asked as it was trained)"
         )
         steps.append(Step((*argv, *_common(ctx)), lambda out, ctx: {}, note))
     return steps

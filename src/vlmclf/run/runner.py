@@ -17,6 +17,8 @@ is the same whatever the number of ranks, and a killed job resumes with any numb
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import sys
 import time
@@ -188,12 +190,24 @@ def run_identity(spec: RunSpec, config: RunConfig, class_names: list[str],
         base_url=_server_url(spec, config.model),
         weights=weights_fingerprint(spec.model),
         examples=examples_fingerprint(examples, config.verify_images),
+        choice_keys=_choice_keys(spec, examples),
     )
     shown = {
         "resolved_prompt": prompts[0] if prompts else None,
         "verify_images": config.verify_images,
     }
     return identity, shown
+
+
+def _choice_keys(spec: RunSpec, examples: Sequence[Example]) -> str | None:
+    """A hash of the seed keys of a run that offers labels, where a key is not the example id
+    (a manifest's absolute paths): such runs drew from the ids before keys existed, so their
+    identity changes with the rule, and any other run keeps its id."""
+    offers = spec.setting == "closed" or spec.k is not None
+    if not offers or all(example.key is None for example in examples):
+        return None
+    keys = json.dumps([example.seed_key for example in examples])
+    return hashlib.sha256(keys.encode()).hexdigest()[:16]
 
 
 ModelLoader = Callable[[str, ModelOptions], object]
@@ -232,7 +246,11 @@ def run(
 
         def build() -> tuple[object, Method]:
             model = load_model(spec.model, config.model)
-            return model, build_method(model, class_names, spec)
+            method = build_method(model, class_names, spec)
+            use_examples = getattr(method, "use_examples", None)
+            if callable(use_examples):  # the paper's label stream runs over the whole split
+                use_examples(dataset.examples, {example.id for example in examples})
+            return model, method
 
         def interrupted() -> None:
             store.finish_run(run_id, "interrupted", time.perf_counter() - started)

@@ -96,6 +96,18 @@ REPORTED_TEXT = {"paper": "the paper protocol's column (best test epoch: optimis
                  "clean": "the clean protocol's column (chosen on validation)"}  # fmt: skip
 
 
+def prompt_line(result: dict[str, Any]) -> str:
+    """The prompt the features were extracted with and what the mean pools over."""
+    template = result.get("prompt_template")
+    shown = (template or "").replace("\n", "\\n")  # one line in the report
+    prompt = f"prompt `{shown}`" if template else "the family's own prompt"
+    pooled = (
+        "every position (pads included where a batch pads)"
+        if result.get("positions") == "all" else "the real tokens"
+    )  # fmt: skip
+    return f"Features: {prompt} with question `{result.get('question')}`; mean over {pooled}."
+
+
 def settings_lines(result: dict[str, Any]) -> list[str]:
     """How the probes were trained and which column the protocol reports."""
     settings = result.get("settings")
@@ -106,7 +118,7 @@ def settings_lines(result: dict[str, Any]) -> list[str]:
         f"({settings['dtype']}), shuffled {settings['shuffle']}, {settings['epochs']} epochs, "
         f"Adam lr {settings['lr']:g}, batch {settings['batch_size']}."
     )
-    lines = [trained]
+    lines = [trained, prompt_line(result)]
     baseline = result.get("clip_baseline") or {}
     if baseline.get("epochs") is not None:
         embeddings = "L2-normalised" if baseline.get("l2_normalized") else "its"
