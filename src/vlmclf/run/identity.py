@@ -174,6 +174,18 @@ def image_preprocessing_identity(image_max_side: int | None) -> dict[str, Any]:
     return {key: value for key, value in settings.items() if value is not None}
 
 
+# ----- half precision ------------------------------------------------------------------------
+HALF_PRECISION_LOADING = "from_pretrained"
+"""How a half-precision model is made: as ``from_pretrained(dir, dtype=...)`` makes it, buffers
+(rotary ``inv_freq``) kept in float32 (issue 25). Earlier runs cast the whole model, buffers
+included, and got other numbers; naming the rule keeps those runs from being resumed into."""
+
+
+def half_precision_identity(dtype: str) -> dict[str, str]:
+    """``{"half_precision": rule}`` for a float16/bfloat16 run, nothing for float32 (ids kept)."""
+    return {} if dtype == "float32" else {"half_precision": HALF_PRECISION_LOADING}
+
+
 # ----- the whole identity --------------------------------------------------------------------
 def content_identity(
     spec_json: str,
@@ -194,6 +206,7 @@ def content_identity(
         "classes": _sha(json.dumps(list(class_names))),
         "examples": examples,
     }
+    identity.update(half_precision_identity(identity["spec"].get("dtype", "float32")))
     optional = {
         "templates": None if templates is None else _sha(json.dumps(list(templates))),
         "prompts": None if prompts is None else _sha(json.dumps(list(prompts))),

@@ -47,6 +47,7 @@ from vlmclf.models.base import ImageTextEncoder
 from vlmclf.records import Prediction
 from vlmclf.run.identity import (
     examples_fingerprint,
+    half_precision_identity,
     image_preprocessing_identity,
     prompt_format_for,
     weights_fingerprint,
@@ -83,7 +84,10 @@ class FeatureKey:
     dtype: str = "float32"  # the model's compute dtype: bf16 features are not float32 features
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "poolings": list(self.poolings), "format": CACHE_FORMAT}
+        return {
+            **self.__dict__, "poolings": list(self.poolings), "format": CACHE_FORMAT,
+            **half_precision_identity(self.dtype),
+        }  # fmt: skip
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:20]
