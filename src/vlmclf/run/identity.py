@@ -226,10 +226,15 @@ def identity_run_id(identity: dict[str, Any]) -> str:
 
 # ----- environment (recorded, not hashed) ----------------------------------------------------
 def environment_facts(device: str) -> dict[str, str]:
-    """Library versions, device and image backend: recorded beside a run, never part of its id."""
+    """Library versions, device, torch's CPU thread count and image backend: recorded beside a
+    run, never part of its id. The thread count is one because CPU float sums are split by it:
+    likelihood scores move by up to ~1e-6 between thread counts (torchrun gives each rank one)."""
     from importlib.metadata import PackageNotFoundError, version
 
+    import torch
+
     facts = {"python": platform.python_version(), "device": device}
+    facts["torch_threads"] = str(torch.get_num_threads())
     for package in ("vlmclf", "torch", "transformers", "pillow", "open_clip_torch"):
         try:
             facts[package] = version(package)
@@ -248,10 +253,19 @@ def environment_facts(device: str) -> dict[str, str]:
     return facts
 
 
+LATER_FACTS = frozenset({"torch_threads"})
+"""Facts recorded since a later release: a run stored before has none, which is no change."""
+
+
 def environment_changes(before: dict[str, str], now: dict[str, str]) -> list[str]:
-    """``name old -> new`` for every recorded fact that differs."""
-    return [
-        f"{name} {before.get(name, '?')} -> {now.get(name, '?')}"
-        for name in sorted(set(before) | set(now))
-        if before.get(name) != now.get(name)
-    ]
+    """``name old -> new`` for every recorded fact that differs (a thread count with why)."""
+    names = sorted(set(before) | set(now))
+    changes = []
+    for name in names:
+        if before.get(name) == now.get(name) or (name in LATER_FACTS and name not in before):
+            continue
+        change = f"{name} {before.get(name, '?')} -> {now.get(name, '?')}"
+        if name == "torch_threads":
+            change += " (CPU scores can move by ~1e-6 with the thread count)"
+        changes.append(change)
+    return changes
