@@ -88,6 +88,18 @@ def _embeddings(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
+@pytest.mark.parametrize("family", ["blip2", "instructblip"])
+def test_float16_keeps_what_transformers_keeps_in_float32(family, tmp_path):
+    """BLIP-2's Q-Former and query tokens stay float32 in float16 (``_keep_in_fp32_modules``),
+    which ``model.to(float16)`` would round."""
+    folder = tmp_path / family
+    model_class = _save_family(family, folder)
+    reference = model_class.from_pretrained(folder, dtype=torch.float16).eval()
+    ours = load_model(f"random:{family}", dtype="float16", seed=0)
+    _same_state(ours.model, reference)
+    assert ours.model.query_tokens.dtype == torch.float32
+
+
 def test_rotary_inv_freq_stays_float32_in_bf16():
     """The buffer ``model.to(bfloat16)`` used to round: as transformers keeps it."""
     model = load_model("random:llava", dtype="bfloat16")

@@ -58,7 +58,8 @@ def as_loaded_in(model: nn.Module, dtype: str) -> nn.Module:
     import tempfile
 
     wanted = torch_dtype(dtype)
-    if next(model.parameters()).dtype == wanted:
+    loaded_so = getattr(getattr(model, "config", None), "dtype", None) == wanted  # from_pretrained
+    if loaded_so or next(model.parameters()).dtype == wanted:
         return model
     with tempfile.TemporaryDirectory(prefix="vlmclf-dtype-") as folder:
         model.save_pretrained(folder)
