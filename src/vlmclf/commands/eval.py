@@ -207,11 +207,13 @@ def eval_command(
     match: Annotated[
         str,
         typer.Option(
-            help="How answers map to labels: contain (the paper's), strict, exact, nli, embed."
+            help="How answers map to labels: contain (the paper's), strict, exact, nli, "
+            "zeroshot (the thesis's pipeline rule), embed."
         ),
     ] = "contain",
     nli_model: Annotated[
-        str | None, typer.Option(help="--match nli: hf:<NLI checkpoint> or random:bart_nli.")
+        str | None,
+        typer.Option(help="--match nli/zeroshot: hf:<NLI checkpoint> or random:bart_nli."),
     ] = None,
     embed_model: Annotated[
         str | None, typer.Option(help="--match embed: a local sentence-transformers folder.")

@@ -13,7 +13,9 @@ from vlmclf.commands.common import DEFAULT_STORE, DEVICE_HELP, fail, out_dir_for
 
 def rematch_command(
     run_id: Annotated[str, typer.Argument(help="A generation run (id or unique prefix).")],
-    match: Annotated[str, typer.Option(help="contain, strict, exact, nli or embed.")] = "strict",
+    match: Annotated[
+        str, typer.Option(help="contain, strict, exact, nli, zeroshot or embed.")
+    ] = "strict",
     nli_model: Annotated[
         str | None,
         typer.Option(help="hf:<NLI checkpoint> (default: hf:facebook/bart-large-mnli)."),
@@ -24,7 +26,10 @@ def rematch_command(
     ] = None,
     hypothesis: Annotated[
         str | None,
-        typer.Option(help="Label template with {} (nli: 'This is a photo of a {}.')."),
+        typer.Option(
+            help="Label template with {} (nli: 'This is a photo of a {}.', "
+            "zeroshot: 'This example is {}.')."
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     out: Annotated[Path | None, typer.Option(help="Folder for the table and figure.")] = None,

@@ -73,6 +73,7 @@ def export_command(
 ) -> None:
     """Write a run's predictions, one row per example."""
     from vlmclf.report.runs import resolve_run_id
+    from vlmclf.run.results import export_run
     from vlmclf.store import RunStore
 
     with RunStore(store, read_only=True) as runs:
@@ -81,5 +82,5 @@ def export_command(
         except ValueError as err:
             fail(str(err))
         path = out or Path(f"{full_id}.{fmt.value}")
-        count = runs.export(full_id, path, fmt.value)
+        count = export_run(runs, full_id, path, fmt.value)
     typer.echo(f"wrote {count} predictions to {path}")

@@ -344,9 +344,10 @@ def wrap_model(
     dtype: str = "float32",
     placed: bool = False,
 ) -> HFVisionLanguageModel | HFImageTextEncoder:
-    """Move ``model`` to ``device``/``dtype`` (unless ``placed`` by a device map) and wrap it."""
+    """Put ``model`` in ``dtype`` as transformers loads it and on ``device`` (unless ``placed``
+    by a device map), and wrap it."""
     if not placed:
-        model = model.to(device=compat.torch_device(device), dtype=compat.torch_dtype(dtype))
+        model = compat.as_loaded_in(model, dtype).to(device=compat.torch_device(device))
     if adapter.kind == "encoder":
         return HFImageTextEncoder(model, processor, adapter, name)
     return HFVisionLanguageModel(model, processor, adapter, name)

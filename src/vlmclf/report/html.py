@@ -33,6 +33,7 @@ from vlmclf.report.html_parts import (
     pct,
     pct_ci,
 )
+from vlmclf.report.published import published_note, run_cell
 from vlmclf.report.runs import resolve_run_id
 from vlmclf.spec import RunSpec
 from vlmclf.store import AnalysisRecord, RunRecord, RunStore
@@ -136,8 +137,17 @@ def _cell_html(view: RunView) -> str:
     title = f"run {record.run_id}, n={s.get('n')}, failed={s.get('n_failed')}"
     return (
         f'<a href="#run-{esc(record.run_id)}" title="{esc(title)}">{pct(s.get("accuracy"))}</a> '
-        f"{pct_ci(s.get('ci95'))}{status}"
+        f"{pct_ci(s.get('ci95'))}{status}{_published_html(view)}"
     )
+
+
+def _published_html(view: RunView) -> str:
+    """The number the paper prints for this cell and ours minus it, or that it prints none."""
+    cell = run_cell(view.record.spec)
+    accuracy = view.summary.get("accuracy")
+    ours = float(accuracy) if isinstance(accuracy, int | float) else None
+    where = f' title="{esc(cell.where)}"' if cell is not None else ""
+    return f'<br><span class="paper"{where}>({esc(published_note(ours, cell))})</span>'
 
 
 def table1_html(views: Sequence[RunView]) -> str:
@@ -167,7 +177,8 @@ def table1_html(views: Sequence[RunView]) -> str:
         f'<table id="table1"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
         '<p class="note">Accuracy (%) with its 95% bootstrap interval over examples. Generation: '
         "the paper's rule (the answer contains the true class name); likelihood and CLIP: top-1 "
-        "over the class scores. Each number links to its run below.</p>"
+        "over the class scores. Each number links to its run below; under it, the number the "
+        "paper prints for that cell and ours minus it (Δ), or that it prints none.</p>"
     )
 
 

@@ -639,9 +639,17 @@ class RunStore:
         return self._class_lists[run_id]
 
     # ----- export -------------------------------------------------------------------------
-    def export(self, run_id: str, path: str | Path, fmt: Literal["jsonl", "parquet"]) -> int:
+    def export(
+        self,
+        run_id: str,
+        path: str | Path,
+        fmt: Literal["jsonl", "parquet"],
+        chunks: Iterable[list[Prediction]] | None = None,
+    ) -> int:
         """Write one row/object per prediction (``run_id`` + every Prediction field), a chunk
-        of rows at a time: memory stays bounded whatever the run's size. Returns the count."""
+        of rows at a time: memory stays bounded whatever the run's size. Returns the count.
+        ``chunks`` (default: the stored rows as they are) lets a caller export finalized rows
+        (``run.results.export_run``: a calibrated run's calibrated predictions)."""
         if self.get_run(run_id) is None:
             raise KeyError(f"no run {run_id!r} in {self.path}")
         writers = {"jsonl": write_jsonl, "parquet": write_parquet}
@@ -649,7 +657,8 @@ class RunStore:
             raise ValueError(f"export format must be 'jsonl' or 'parquet', not {fmt!r}")
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
-        chunks = self.prediction_chunks(run_id, chunk_rows=EXPORT_CHUNK_ROWS)
+        if chunks is None:
+            chunks = self.prediction_chunks(run_id, chunk_rows=EXPORT_CHUNK_ROWS)
         return writers[fmt](out, run_id, chunks)
 
 

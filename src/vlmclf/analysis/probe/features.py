@@ -48,6 +48,7 @@ from vlmclf.models.prompt_formats import fill_template
 from vlmclf.records import Prediction
 from vlmclf.run.identity import (
     examples_fingerprint,
+    half_precision_identity,
     image_preprocessing_identity,
     prompt_format_for,
     weights_fingerprint,
@@ -85,7 +86,10 @@ class FeatureKey:
     positions: str = "real"  # hf.FEATURE_POSITIONS: the mean over real tokens or all positions
 
     def as_dict(self) -> dict[str, Any]:
-        fields = {**self.__dict__, "poolings": list(self.poolings), "format": CACHE_FORMAT}
+        fields = {
+            **self.__dict__, "poolings": list(self.poolings), "format": CACHE_FORMAT,
+            **half_precision_identity(self.dtype),
+        }  # fmt: skip
         if self.positions == "real":  # the files written before the paper's pooling keep keys
             del fields["positions"]
         return fields
