@@ -140,7 +140,7 @@ class CleanErrorsGroup(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         from vlmclf.run.distributed import RankFailed, is_main_process
         from vlmclf.run.interrupts import SIGTERM_EXIT_CODE, Terminated
-        from vlmclf.store import StoreError
+        from vlmclf.store import RunBusyError, StoreError
 
         main = is_main_process()  # under torchrun only the main rank prints results
         with warnings.catch_warnings(), _stdout_of_main_rank_only(main):
@@ -151,6 +151,8 @@ class CleanErrorsGroup(TyperGroup):
                 if err.quiet:
                     raise typer.Exit(1) from None
                 fail(str(err), 1)
+            except RunBusyError as err:  # another process computes this run: not twice
+                fail(str(err), RunBusyError.exit_code)
             except StoreError as err:
                 fail(str(err))
             except Terminated:

@@ -13,6 +13,10 @@ Under torchrun (``vlmclf.run.distributed``) the main rank alone opens the store,
 finds what is pending; every rank classifies its share of whole batches and the main rank writes
 each step's batches in the single-process order (``vlmclf.run.sharding``), so the stored result
 is the same whatever the number of ranks, and a killed job resumes with any number.
+
+The main rank holds the run's lease (``vlmclf.store.leases``) while it computes: a second process
+that starts the same run stops at once naming the first, and a run whose holder died is shown
+``interrupted``.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ from vlmclf.run.prefetch import decoded_batches
 from vlmclf.run.results import StoredPredictions, Summarizer
 from vlmclf.run.sharding import BatchShare, batch_share, gather_in_steps, pending_examples
 from vlmclf.spec import RunSpec
-from vlmclf.store import RunStore
+from vlmclf.store import Heartbeat, RunStore
 
 SUBSET_SEED = 0
 PAPER_SUBSET_SEED = 1234
@@ -238,8 +242,8 @@ def run(
             store.finish_run(run_id, "interrupted", time.perf_counter() - started)
 
         try:
-            with sigterm_raises_terminated():
-                outcome = _execute(store, run_id, config, build, todo, already, warn)
+            with sigterm_raises_terminated(), _heartbeat_on_main(store, run_id) as beat:
+                outcome = _execute(store, run_id, config, build, todo, already, warn, beat)
         except BaseException as err:
             if store is None:  # the main rank records how the run ended
                 raise
@@ -293,6 +297,17 @@ def _store_on_main(path: Path) -> Iterator[RunStore | None]:
         return
     with store:
         yield store
+
+
+@contextmanager
+def _heartbeat_on_main(store: RunStore | None, run_id: str) -> Iterator[Heartbeat | None]:
+    """On the main rank, the run's lease renewed in a thread while it computes (one logical
+    owner per torchrun job); None on the other ranks."""
+    if store is None:
+        yield None
+        return
+    with Heartbeat(lambda: store.renew_lease(run_id)) as beat:
+        yield beat
 
 
 def _start_on_main(
@@ -363,6 +378,7 @@ def _execute(
     todo: list[Example],
     already: int,
     warn: Callable[[str], None],
+    beat: Heartbeat | None = None,
 ) -> _Outcome:
     """Load the model only when something is left to do, then classify what is left. Under
     torchrun a rank loads its model only if it has batches to run (the main rank always has),
@@ -374,7 +390,8 @@ def _execute(
     warnings = method.preflight() if method is not None else []
     for message in warnings:
         warn(message)
-    written = _classify_all(store, run_id, method, share, config, len(todo) + already, already)
+    written = _classify_all(store, run_id, method, share, config, len(todo) + already, already,
+                            beat)  # fmt: skip
     usage = model.usage() if callable(getattr(model, "usage", None)) else None
     return _Outcome(written, warnings, usage)
 
@@ -387,6 +404,7 @@ def _classify_all(
     config: RunConfig,
     total: int,
     already: int,
+    beat: Heartbeat | None = None,
 ) -> int:
     """Classify this rank's ``share`` batch by batch, storing each batch before the next one
     starts: under torchrun the main rank (the one holding ``store``) writes every step's
@@ -407,6 +425,8 @@ def _classify_all(
     def write(step: list[list[Prediction]]) -> None:
         nonlocal written, failures
         assert store is not None  # only the main rank is given steps to write
+        if beat is not None:
+            beat.check()  # a process that lost the run's lease must not write on
         for predictions in step:
             written += store.add_predictions(run_id, predictions)
             failures += sum(not p.ok for p in predictions)
