@@ -63,8 +63,9 @@ class _Retry:
 
 
 # A 500 with the same body twice in a row is not retried five more times in this run (that only
-# multiplies requests), but it stays the server's fault: a transient failure the next run retries. 429/502/503/504 are load and
-# gateway states whose bodies repeat while they pass, so they keep the normal retries.
+# multiplies requests), but it stays the server's fault: a transient failure the next run
+# retries. 429/502/503/504 are load and gateway states whose bodies repeat while they pass, so
+# they keep the normal retries.
 DETERMINISTIC_STATUS = frozenset({500})
 
 
