@@ -242,7 +242,10 @@ def eval_command(
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
     """Classify a dataset with a model and store every prediction (re-running resumes)."""
+    from vlmclf.commands.eval_checks import check_before_running
+
     options = EvalOptions.from_context(ctx)
+    check_before_running(options)  # before anything is stored or loaded
     spec, config = run_plan(options)
     result = run_eval(spec, config, options)
     print_result(result, spec, options.output)

@@ -292,6 +292,7 @@ class RunStore:
             n_tables = self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         if app_id != APPLICATION_ID and (app_id != 0 or n_tables or version):
             raise StoreError(f"{self.path}: SQLite file is not a vlmclf store")
+        _check_version_number(self.path, version, n_tables)
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"{self.path}: store schema version {version} is newer than this vlmclf "
@@ -743,6 +744,19 @@ def _shown_status(
     session = max(0.0, min(now, held.heartbeat_at if not held.alive(now) else now)
                   - held.started_at)  # fmt: skip
     return ("running" if held.alive(now) else "interrupted"), elapsed_s + session
+
+
+def _check_version_number(path: Path, version: int, n_tables: int) -> None:
+    """A vlmclf store whose schema version was damaged (negative, or 0 while it has tables):
+    migrating it would replay CREATE TABLE over its tables, so say what is wrong instead."""
+    if version < 0:
+        raise StoreError(f"{path}: damaged vlmclf store, schema version {version} is negative "
+                         "(PRAGMA user_version was overwritten); restore it or use another "
+                         "--store")  # fmt: skip
+    if version == 0 and n_tables:
+        raise StoreError(f"{path}: damaged vlmclf store, schema version 0 but it holds "
+                         f"{n_tables} table(s) (PRAGMA user_version was overwritten); restore "
+                         "it or use another --store")  # fmt: skip
 
 
 def _writable(path: Path) -> bool:
