@@ -245,7 +245,7 @@ def eval_command(
     from vlmclf.commands.eval_checks import check_before_running
 
     options = EvalOptions.from_context(ctx)
-    check_before_running(options)  # before anything is stored or loaded
+    check_before_running(options.question)  # before anything is stored or loaded
     spec, config = run_plan(options)
     result = run_eval(spec, config, options)
     print_result(result, spec, options.output)

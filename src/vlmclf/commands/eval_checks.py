@@ -5,21 +5,19 @@ must fail in one line without leaving a `failed` run in the store or loading a m
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import Any
 
 from vlmclf.commands.common import fail
-
-if TYPE_CHECKING:
-    from vlmclf.commands.eval import EvalOptions
 
 PROMPTING_METHODS = ("generate", "likelihood")
 TEMPLATE_FIELDS = ("image", "question")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
-def check_before_running(options: EvalOptions) -> None:
-    """Every check below; each ends the command with one ``error:`` line and exit 2."""
-    q = options.question
+def check_before_running(q: Any) -> None:
+    """Every check below on eval's ``Question`` options (typed loosely: this module must not
+    import ``commands.eval``, which calls it); each ends the command with one ``error:`` line
+    and exit 2."""
     check_model_spec(q.model)
     if q.method.value not in PROMPTING_METHODS:
         return
