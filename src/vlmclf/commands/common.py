@@ -16,6 +16,8 @@ from typing import Any, NoReturn
 import typer
 from typer.core import TyperGroup
 
+from vlmclf.terminal import safe_log_output, terminal_safe
+
 DEFAULT_STORE = Path("vlmclf-runs.sqlite")
 TORCHRUN_COMMANDS = ("eval", "sweep", "wikiqa", "probe", "finetune")
 """Commands that shard their work across torchrun's ranks; the others refuse to run under it."""
@@ -23,8 +25,9 @@ REPORTS_DIR = Path("reports")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """Print a clear error on stderr and exit with ``code``."""
-    typer.echo(f"error: {message}", err=True)
+    """Print a clear error on stderr and exit with ``code``; what the message quotes (a
+    server's body, a file's field) cannot drive the terminal, nor break the one line."""
+    typer.echo(f"error: {terminal_safe(message, one_line=True)}", err=True)
     raise typer.Exit(code)
 
 
@@ -143,6 +146,7 @@ class CleanErrorsGroup(TyperGroup):
         from vlmclf.store import RunBusyError, StoreError
 
         main = is_main_process()  # under torchrun only the main rank prints results
+        safe_log_output()  # vlmclf's log warnings quote servers and clients: escaped
         with warnings.catch_warnings(), _stdout_of_main_rank_only(main):
             _print_data_warnings_plainly(main)
             try:
@@ -197,7 +201,7 @@ def _print_data_warnings_plainly(main: bool = True) -> None:
 
     def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
         if issubclass(category, DataWarning):
-            typer.echo(f"warning: {message}", err=True)
+            typer.echo(f"warning: {terminal_safe(message)}", err=True)
         else:
             shown(message, category, *args, **kwargs)
 

@@ -64,6 +64,7 @@ from vlmclf.run.results import StoredPredictions, Summarizer
 from vlmclf.run.sharding import BatchShare, batch_share, gather_in_steps, pending_examples
 from vlmclf.spec import RunSpec
 from vlmclf.store import Heartbeat, RunStore
+from vlmclf.terminal import terminal_safe
 
 SUBSET_SEED = 0
 PAPER_SUBSET_SEED = 1234
@@ -220,7 +221,9 @@ def run(
     ``summarize_run`` replaces the summary with a task-specific one (given the whole prediction
     list: for small runs; by default the run is summarised from column chunks).
     """
-    warn = on_warning or (lambda message: print(f"warning: {message}", file=sys.stderr))
+    warn = on_warning or (
+        lambda message: print(f"warning: {terminal_safe(message)}", file=sys.stderr)
+    )
     if not is_main_process():  # under torchrun the main rank alone prints
         warn = _ignore
     dataset, examples, class_names = every_rank(lambda: _selected(spec, config, dataset))
