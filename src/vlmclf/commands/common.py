@@ -172,7 +172,12 @@ def _refuse_torchrun_unless_sharded(name: str | None) -> None:
     """A command that does not shard would run N times over and write N times: refuse it."""
     from vlmclf.run.distributed import is_distributed, is_main_process
 
-    if name is None or name in TORCHRUN_COMMANDS or not is_distributed():
+    if name is None or not is_distributed():
+        return
+    if name in TORCHRUN_COMMANDS:
+        from vlmclf.run.launcher_watch import stop_with_launcher
+
+        stop_with_launcher()  # from the start: a rank whose launcher died stops too
         return
     if not is_main_process():
         raise typer.Exit(2)
