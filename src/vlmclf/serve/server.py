@@ -327,6 +327,8 @@ def _handler_class(server: ChatModelServer) -> type[BaseHTTPRequestHandler]:
                 body = json.loads(data)
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise RequestError(400, f"the body is not JSON: {err}") from err
+            except RecursionError as err:  # [[[[...]]]] 100,000 deep: the client's mistake
+                raise RequestError(400, "the body's JSON is nested too deeply") from err
             if not isinstance(body, dict):
                 raise RequestError(400, "the body must be a JSON object")
             return body

@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from vlmclf.records import Prediction, PredictionColumns
 from vlmclf.store.export import EXPORT_CHUNK_ROWS, write_jsonl, write_parquet
@@ -714,16 +714,20 @@ class RunStore:
         return self._class_lists[run_id]
 
     # ----- export -------------------------------------------------------------------------
-    def export(self, run_id: str, path: str | Path, fmt: Literal["jsonl", "parquet"]) -> int:
+    def export(
+        self, run_id: str, path: str | Path | BinaryIO, fmt: Literal["jsonl", "parquet"]
+    ) -> int:
         """Write one row/object per prediction (``run_id`` + every Prediction field), a chunk
-        of rows at a time: memory stays bounded whatever the run's size. Returns the count."""
+        of rows at a time: memory stays bounded whatever the run's size. Returns the count.
+        ``path`` may be an open binary stream (standard output), which is not closed."""
         if self.get_run(run_id) is None:
             raise KeyError(f"no run {run_id!r} in {self.path}")
         writers = {"jsonl": write_jsonl, "parquet": write_parquet}
         if fmt not in writers:
             raise ValueError(f"export format must be 'jsonl' or 'parquet', not {fmt!r}")
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
+        out = Path(path) if isinstance(path, str | Path) else path
+        if isinstance(out, Path):
+            out.parent.mkdir(parents=True, exist_ok=True)
         chunks = self.prediction_chunks(run_id, chunk_rows=EXPORT_CHUNK_ROWS)
         return writers[fmt](out, run_id, chunks)
 
