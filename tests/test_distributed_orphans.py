@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -57,6 +58,9 @@ def test_killing_the_launcher_stops_every_rank_and_keeps_committed_rows(
             time.sleep(0.05)
         ranks = [p for p in _descendants(job.pid) if _alive(p)]
         assert len(ranks) >= 2, ranks  # the two ranks (and nothing else torchrun started)
+        with contextlib.closing(sqlite3.connect(store, timeout=5)) as db:
+            holders = db.execute("SELECT pid FROM leases").fetchall()
+        assert len(holders) == 1 and holders[0][0] in ranks  # one logical owner: the main rank
         os.kill(job.pid, signal.SIGKILL)  # the launcher alone
         job.wait()
         deadline = time.monotonic() + 30

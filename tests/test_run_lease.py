@@ -145,3 +145,40 @@ def test_a_finished_run_releases_its_lock_and_a_closed_store_is_not_alive(tmp_pa
         reader.start_run("r", "{}", NAMES, 2)
         reader.finish_run("r", "done", 1.0)
         assert reader.get_run("r").status == "done" and reader.get_run("r").lease is None
+
+
+def test_with_wait_the_second_run_waits_for_the_first_then_sends_nothing(
+    tmp_path: Path,
+) -> None:
+    root = make_image_folder(tmp_path / "images", per_class=2)  # 8 images
+    store = tmp_path / "runs.sqlite"
+    env = {**_env(tmp_path), "VLMCLF_LEASE_STALE_S": "6"}  # a heartbeat (and poll) each second
+    hang_after = lambda index, prompt: HANG if index >= ANSWERED_FIRST else None  # noqa: E731
+    with FakeApiServer("openai", plan=hang_after) as server:
+        first = subprocess.Popen(_eval_command(server, root, store), env=env, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        second = None
+        try:
+            _wait_for(lambda: rows_committed(store) == ANSWERED_FIRST and server.in_flight == 1)
+            waiting = [*_eval_command(server, root, store), "--wait"]
+            second = subprocess.Popen(waiting, env=env, text=True, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE)  # fmt: skip
+            said = second.stderr.readline()  # blocks until it says that it waits
+            assert "waiting (--wait)" in said and f"pid {first.pid}" in said, said
+            time.sleep(1.0)
+            assert second.poll() is None  # waiting, not computing: no request of its own
+            assert len(server.chat_requests) == ANSWERED_FIRST + 1
+            server.plan = None
+            server.release.set()  # the first run goes on and finishes
+            _, first_err = first.communicate(timeout=300)
+            assert first.returncode == 0, first_err
+            asked = len(server.chat_requests)
+            out, err = second.communicate(timeout=300)
+        finally:
+            for process in (first, second):
+                if process is not None and process.poll() is None:
+                    process.kill()
+                    process.communicate()
+    assert second.returncode == 0, err
+    assert len(server.chat_requests) == asked  # everything was done by the first
+    assert json.loads(out.strip().splitlines()[-1])["n"] == 8

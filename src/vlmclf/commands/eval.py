@@ -233,6 +233,10 @@ def eval_command(
         bool,
         typer.Option("--retry-failed", help="Ask again about unreadable inputs too."),
     ] = False,
+    wait: Annotated[
+        bool,
+        typer.Option("--wait", help="If another process is computing this run, wait for it."),
+    ] = False,
     store: Annotated[
         Path, typer.Option("--store", help="SQLite file that keeps every run and prediction.")
     ] = DEFAULT_STORE,
@@ -340,6 +344,7 @@ class Output(_Group):
     store: Path
     as_json: bool
     progress: bool
+    wait: bool  # for another process computing the same run (its lease)
 
 
 @dataclass(frozen=True)
@@ -433,7 +438,7 @@ def run_plan(options: EvalOptions) -> tuple[RunSpec, RunConfig]:
         limit=data.limit, sample=data.sample,
         batch_size=resolve_batch(hw.batch_size, device, CPU_BATCH), workers=hw.workers,
         progress=options.output.progress, model=model, verify_images=data.verify_images,
-        retry_failed=data.retry_failed,
+        retry_failed=data.retry_failed, wait_for_holder=options.output.wait,
     )  # fmt: skip
     return spec, config
 

@@ -63,7 +63,8 @@ from vlmclf.run.prefetch import decoded_batches
 from vlmclf.run.results import StoredPredictions, Summarizer
 from vlmclf.run.sharding import BatchShare, batch_share, gather_in_steps, pending_examples
 from vlmclf.spec import RunSpec
-from vlmclf.store import Heartbeat, RunStore
+from vlmclf.store import Heartbeat, RunBusyError, RunStore
+from vlmclf.store.leases import heartbeat_s
 from vlmclf.terminal import terminal_safe
 
 SUBSET_SEED = 0
@@ -86,6 +87,7 @@ class RunConfig:
     model: ModelOptions = field(default_factory=ModelOptions)
     verify_images: bool = False  # hash image bytes into the identity, not just size and mtime
     retry_failed: bool = False  # ask again about data failures too (transient ones always are)
+    wait_for_holder: bool = False  # another live process computes this run: wait, then resume
 
 
 @dataclass
@@ -324,13 +326,34 @@ def _start_on_main(
     def start() -> tuple[dict, list[str], int]:
         assert store is not None
         environment = _check_environment(store, run_id, config, warn)
-        store.start_run(run_id, spec.canonical_json(), class_names, n_total=len(examples),
-                        identity=identity)  # fmt: skip
+        start_run = lambda: store.start_run(  # noqa: E731
+            run_id, spec.canonical_json(), class_names, n_total=len(examples), identity=identity
+        )
+        _start_or_wait(start_run, config.wait_for_holder, warn)
         done = store.done_ids(run_id, retry_data_failures=config.retry_failed)
         return environment, [e.id for e in examples if e.id not in done], len(done)
 
     environment, pending, already = from_main(start)
     return environment, every_rank(lambda: pending_examples(examples, pending)), already
+
+
+def _start_or_wait(
+    start_run: Callable[[], None], wait: bool, warn: Callable[[str], None]
+) -> None:
+    """Start the run; if another live process holds it, raise ``RunBusyError`` (naming it), or
+    with ``wait`` poll until the holder is gone, then take over what it left."""
+    told = False
+    while True:
+        try:
+            start_run()
+            return
+        except RunBusyError as busy:
+            if not wait:
+                raise
+            if not told:
+                warn(f"{busy}; waiting (--wait)")
+                told = True
+            time.sleep(heartbeat_s())
 
 
 def summarize_stored_run(
