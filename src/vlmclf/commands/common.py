@@ -16,6 +16,8 @@ from typing import Any, NoReturn
 import typer
 from typer.core import TyperGroup
 
+from vlmclf.terminal import safe_log_output, terminal_safe
+
 DEFAULT_STORE = Path("vlmclf-runs.sqlite")
 TORCHRUN_COMMANDS = ("eval", "sweep", "wikiqa", "probe", "finetune")
 """Commands that shard their work across torchrun's ranks; the others refuse to run under it."""
@@ -23,8 +25,9 @@ REPORTS_DIR = Path("reports")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """Print a clear error on stderr and exit with ``code``."""
-    typer.echo(f"error: {message}", err=True)
+    """Print a clear error on stderr and exit with ``code``; what the message quotes (a
+    server's body, a file's field) cannot drive the terminal, nor break the one line."""
+    typer.echo(f"error: {terminal_safe(message, one_line=True)}", err=True)
     raise typer.Exit(code)
 
 
@@ -140,9 +143,10 @@ class CleanErrorsGroup(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         from vlmclf.run.distributed import RankFailed, is_main_process
         from vlmclf.run.interrupts import SIGTERM_EXIT_CODE, Terminated
-        from vlmclf.store import StoreError
+        from vlmclf.store import RunBusyError, StoreError
 
         main = is_main_process()  # under torchrun only the main rank prints results
+        safe_log_output()  # vlmclf's log warnings quote servers and clients: escaped
         with warnings.catch_warnings(), _stdout_of_main_rank_only(main):
             _print_data_warnings_plainly(main)
             try:
@@ -151,6 +155,8 @@ class CleanErrorsGroup(TyperGroup):
                 if err.quiet:
                     raise typer.Exit(1) from None
                 fail(str(err), 1)
+            except RunBusyError as err:  # another process computes this run: not twice
+                fail(str(err), RunBusyError.exit_code)
             except StoreError as err:
                 fail(str(err))
             except Terminated:
@@ -166,7 +172,12 @@ def _refuse_torchrun_unless_sharded(name: str | None) -> None:
     """A command that does not shard would run N times over and write N times: refuse it."""
     from vlmclf.run.distributed import is_distributed, is_main_process
 
-    if name is None or name in TORCHRUN_COMMANDS or not is_distributed():
+    if name is None or not is_distributed():
+        return
+    if name in TORCHRUN_COMMANDS:
+        from vlmclf.run.launcher_watch import stop_with_launcher
+
+        stop_with_launcher()  # from the start: a rank whose launcher died stops too
         return
     if not is_main_process():
         raise typer.Exit(2)
@@ -195,7 +206,7 @@ def _print_data_warnings_plainly(main: bool = True) -> None:
 
     def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
         if issubclass(category, DataWarning):
-            typer.echo(f"warning: {message}", err=True)
+            typer.echo(f"warning: {terminal_safe(message)}", err=True)
         else:
             shown(message, category, *args, **kwargs)
 

@@ -235,6 +235,10 @@ def eval_command(
         bool,
         typer.Option("--retry-failed", help="Ask again about unreadable inputs too."),
     ] = False,
+    wait: Annotated[
+        bool,
+        typer.Option("--wait", help="If another process is computing this run, wait for it."),
+    ] = False,
     store: Annotated[
         Path, typer.Option("--store", help="SQLite file that keeps every run and prediction.")
     ] = DEFAULT_STORE,
@@ -244,7 +248,10 @@ def eval_command(
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
     """Classify a dataset with a model and store every prediction (re-running resumes)."""
+    from vlmclf.commands.eval_checks import check_before_running
+
     options = EvalOptions.from_context(ctx)
+    check_before_running(options.question)  # before anything is stored or loaded
     spec, config = run_plan(options)
     result = run_eval(spec, config, options)
     print_result(result, spec, options.output)
@@ -341,6 +348,7 @@ class Output(_Group):
     store: Path
     as_json: bool
     progress: bool
+    wait: bool  # for another process computing the same run (its lease)
 
 
 @dataclass(frozen=True)
@@ -434,7 +442,7 @@ def run_plan(options: EvalOptions) -> tuple[RunSpec, RunConfig]:
         limit=data.limit, sample=data.sample,
         batch_size=resolve_batch(hw.batch_size, device, CPU_BATCH), workers=hw.workers,
         progress=options.output.progress, model=model, verify_images=data.verify_images,
-        retry_failed=data.retry_failed,
+        retry_failed=data.retry_failed, wait_for_holder=options.output.wait,
     )  # fmt: skip
     return spec, config
 

@@ -19,6 +19,7 @@ from vlmclf.commands.common import (
     number_in,
     resolve_hardware,
 )
+from vlmclf.terminal import terminal_safe
 
 Opt = typer.Option
 EXIT_DIVERGED = 3
@@ -258,7 +259,7 @@ def _report_divergence(stop: Any, out_dir: Path, as_json: bool) -> None:
         typer.echo(json.dumps({"status": "diverged", "divergence": stop.report.as_dict(),
                                "report": str(stop.report_path), "log": str(log)}))  # fmt: skip
         return
-    typer.echo(f"error: {stop.report.message()}", err=True)
+    typer.echo(f"error: {terminal_safe(stop.report.message())}", err=True)
     typer.echo(f"report: {stop.report_path}\nloss log: {log}", err=True)
 
 
@@ -273,7 +274,7 @@ def _print_summary(result: dict, analysis_id: str, store: Path, files: dict[str,
             continue
         scored = result[when]
         if scored.get("error"):
-            typer.echo(f"accuracy {when}: not measured ({scored['error']})")
+            typer.echo(f"accuracy {when}: not measured ({terminal_safe(scored['error'])})")
             continue
         accuracy = "-" if scored["accuracy"] is None else f"{scored['accuracy']:.3f}"
         typer.echo(f"accuracy {when}: {accuracy} on {scored['n']} examples ({scored['model']})")

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from vlmclf.commands.common import DEFAULT_STORE, fail, out_dir_for
+from vlmclf.terminal import terminal_safe
 
 
 def frequency_command(
@@ -82,7 +83,7 @@ def frequency_command(
     top = sorted(result["counts"].items(), key=lambda kv: -kv[1])[:5]
     typer.echo(
         f"{result['n_units']} text units; most mentioned: "
-        + ", ".join(f"{name} ({n})" for name, n in top)
+        + ", ".join(f"{terminal_safe(name, one_line=True)} ({n})" for name, n in top)
     )
     if result["correlation"]:
         c = result["correlation"]
@@ -96,7 +97,7 @@ def frequency_command(
         )
     for name, path in result["files"].items():
         if path:
-            typer.echo(f"{name}: {path}")
+            typer.echo(f"{name}: {terminal_safe(path)}")
 
 
 def _coefficient(value: float | None) -> str:

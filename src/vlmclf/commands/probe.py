@@ -22,6 +22,7 @@ from vlmclf.commands.common import (
     resolve_batch,
     resolve_hardware,
 )
+from vlmclf.terminal import terminal_safe
 
 CPU_BATCH = 16  # --batch-size auto on CPU and MPS
 
@@ -211,9 +212,9 @@ def probe_command(
         payload = {"analysis_id": outcome.analysis_id, **outcome.result, "files": files}
         typer.echo(json.dumps(payload))
         return
-    typer.echo(outcome.files["markdown"].read_text())
+    typer.echo(terminal_safe(outcome.files["markdown"].read_text()))  # class names inside
     for warning in outcome.result["warnings"]:
-        typer.echo(f"warning: {warning}", err=True)
+        typer.echo(f"warning: {terminal_safe(warning)}", err=True)
     failed = outcome.result["n_failed"]
     if failed["train"] or failed["eval"]:
         typer.echo(f"skipped undecodable images: {failed['train']} train, {failed['eval']} eval")

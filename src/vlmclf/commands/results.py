@@ -67,7 +67,7 @@ def export_command(
         ExportFormat, typer.Option("--format", help="jsonl or parquet.")
     ] = ExportFormat.jsonl,
     out: Annotated[
-        Path | None, typer.Option(help="Output file (default: <run_id>.<format>).")
+        Path | None, typer.Option(help="Output file (default: <run_id>.<format>; - for stdout).")
     ] = None,
     store: StoreOpt = DEFAULT_STORE,
 ) -> None:
@@ -81,6 +81,23 @@ def export_command(
             full_id = resolve_run_id(runs, run_id)
         except ValueError as err:
             fail(str(err))
+        if out is not None and str(out) == "-":
+            count = _export_to_stdout(runs, full_id, fmt)
+            typer.echo(f"wrote {count} predictions to standard output", err=True)
+            return
         path = out or Path(f"{full_id}.{fmt.value}")
         count = export_run(runs, full_id, path, fmt.value)
     typer.echo(f"wrote {count} predictions to {path}")
+
+
+def _export_to_stdout(runs: object, run_id: str, fmt: ExportFormat) -> int:
+    """``--out -``: the rows on standard output (the usual convention), for a pipe; binary
+    Parquet is not written to a terminal."""
+    if fmt is ExportFormat.parquet and sys.stdout.isatty():
+        fail("--out - with --format parquet writes binary: redirect it to a file or a pipe")
+    from vlmclf.run.results import export_run
+
+    sys.stdout.flush()
+    count = export_run(runs, run_id, sys.stdout.buffer, fmt.value)  # type: ignore[arg-type]
+    sys.stdout.buffer.flush()
+    return count

@@ -22,6 +22,7 @@ from vlmclf.commands.common import (
     resolve_batch,
     resolve_hardware,
 )
+from vlmclf.terminal import terminal_safe
 
 CPU_BATCH = 8  # --batch-size auto on CPU and MPS
 
@@ -105,4 +106,4 @@ def sweep_command(
 def _print_cell(row: dict[str, Any]) -> None:
     values = " ".join(f"{k}={row[k]}" for k in ("k", "prompt", "order", "cot", "strategy"))
     outcome = f"error: {row['error']}" if row["error"] else f"accuracy {row['accuracy']:.3f}"
-    typer.echo(f"{row['model']} {row['dataset']} {values}: {outcome}", err=True)
+    typer.echo(terminal_safe(f"{row['model']} {row['dataset']} {values}: {outcome}"), err=True)

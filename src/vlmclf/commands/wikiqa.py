@@ -25,6 +25,7 @@ from vlmclf.commands.common import (
     resolve_batch,
     resolve_hardware,
 )
+from vlmclf.terminal import terminal_safe
 
 CPU_BATCH = 8  # --batch-size auto on CPU and MPS
 
@@ -125,7 +126,7 @@ def wikiqa_command(
         if not is_main_process():  # the main rank reads the store and says why
             raise typer.Exit(1)
         hint = _failure_hint(store, result["run_id"], images)
-        typer.echo(f"error: every question failed; {hint}", err=True)
+        typer.echo(f"error: every question failed; {terminal_safe(hint)}", err=True)
         raise typer.Exit(1)
 
 
@@ -208,7 +209,8 @@ def _print_wikiqa(result: dict, model: str, method: str) -> None:
         f"{accuracy} on {s['n_ok']} questions; letters read by the {s.get('parser', 'robust')} "
         f"rule; unparsed {s['n_unparsed']} ({rule}), failed {s['n_failed']}"
     )
-    typer.echo("answers: " + ", ".join(f"{k} {v}" for k, v in s["answer_distribution"].items()))
+    answers = ", ".join(f"{k} {v}" for k, v in s["answer_distribution"].items())
+    typer.echo("answers: " + terminal_safe(answers))
     for name, path in result["files"].items():
         typer.echo(f"{name}: {path}")
 

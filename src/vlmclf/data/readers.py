@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
 from vlmclf.data.catalog import BENCHMARK_LAYOUTS
 from vlmclf.data.classnames import load_class_names
@@ -231,10 +233,29 @@ def _duplicate_image_message(manifest: Path, row: ManifestRow, first: ManifestRo
     return message
 
 
+MAX_MANIFEST_LINE_BYTES = 1 << 20
+"""A manifest line holds one image's path, label and split: 1 MiB is far beyond any real one,
+and reading a 1 GB line whole would take gigabytes of memory before it could be refused."""
+
+
+def _bounded_lines(manifest: Path, lines: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of each line; a line over ``MAX_MANIFEST_LINE_BYTES`` is an error
+    naming it, found after reading at most that much of it."""
+    number = 0
+    while raw := lines.readline(MAX_MANIFEST_LINE_BYTES + 1):
+        number += 1
+        if len(raw) > MAX_MANIFEST_LINE_BYTES and not raw.endswith(b"\n"):
+            raise ValueError(
+                f"{manifest} line {number}: longer than {MAX_MANIFEST_LINE_BYTES // 1024} KiB; "
+                "a manifest line holds one image's path, label and split (is this a manifest?)"
+            )
+        yield number, raw
+
+
 def _parse_manifest(manifest: Path) -> list[ManifestRow]:
     rows = []
     with manifest.open("rb") as lines:
-        for number, raw in enumerate(lines, start=1):
+        for number, raw in _bounded_lines(manifest, lines):
             text = _decode_manifest_line(manifest, number, raw)
             if text.strip():
                 rows.append(_parse_manifest_line(manifest, number, text))

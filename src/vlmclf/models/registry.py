@@ -75,15 +75,8 @@ def load_model(
     ``device_map="auto"`` is passed to ``from_pretrained`` (then ``device`` is not used).
     ``seed`` fixes the weights of ``random:`` models.
     """
+    loader = _loader_for(spec)
     prefix, name = split_spec(spec)
-    if prefix not in _LOADERS:
-        _import_plugins()
-    loader = _LOADERS.get(prefix)
-    if loader is None:
-        raise ValueError(
-            f"unknown model prefix {prefix!r} in {spec!r}; known prefixes: "
-            f"{', '.join(known_prefixes())}, and for API models openai, anthropic, gemini"
-        )
     return loader(
         name,
         device=device,
@@ -92,6 +85,25 @@ def load_model(
         trust_remote_code=trust_remote_code,
         seed=seed,
     )
+
+
+def check_spec(spec: str) -> None:
+    """ValueError (one line) unless ``spec`` names a local model kind this vlmclf can load;
+    loads nothing, so a command can check it before it stores anything."""
+    _loader_for(spec)
+
+
+def _loader_for(spec: str) -> Callable[..., Any]:
+    prefix, _ = split_spec(spec)
+    if prefix not in _LOADERS:
+        _import_plugins()
+    loader = _LOADERS.get(prefix)
+    if loader is None:
+        raise ValueError(
+            f"unknown model prefix {prefix!r} in {spec!r}; known prefixes: "
+            f"{', '.join(known_prefixes())}, and for API models openai, anthropic, gemini"
+        )
+    return loader
 
 
 def is_encoder(model: object) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from vlmclf.spec import RunSpec
+from vlmclf.terminal import terminal_safe
 
 
 def _fmt(value: float | None, ci: list[float] | None = None) -> str:
@@ -98,7 +99,7 @@ def summary_table(run_id: str, spec: RunSpec, summary: dict[str, Any], store_pat
     rows.insert(2, ("protocol", protocol_line(spec)))  # right after "what"
     rows.append(("store", store_path))
     width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+    return "\n".join(f"{name:<{width}}  {terminal_safe(value)}" for name, value in rows)
 
 
 def summary_json(

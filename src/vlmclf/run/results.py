@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from vlmclf.methods import finalize_prediction_chunks, needs_finalizing
 from vlmclf.metrics.columnar import summarize_columns
@@ -78,7 +79,7 @@ class StoredPredictions:
         return summarize_columns(self.column_chunks(store), self.class_names)
 
 
-def export_run(store: RunStore, run_id: str, path: str | Path, fmt: str) -> int:
+def export_run(store: RunStore, run_id: str, path: str | Path | BinaryIO, fmt: str) -> int:
     """``vlmclf export``: every stored prediction of ``run_id`` as the summary sees it, so a
     run calibrated with the dataset-mean prior exports its calibrated scores, pred and hit (the
     stored rows hold the uncalibrated ones until the whole run is in). Returns the count."""

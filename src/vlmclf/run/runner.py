@@ -13,6 +13,10 @@ Under torchrun (``vlmclf.run.distributed``) the main rank alone opens the store,
 finds what is pending; every rank classifies its share of whole batches and the main rank writes
 each step's batches in the single-process order (``vlmclf.run.sharding``), so the stored result
 is the same whatever the number of ranks, and a killed job resumes with any number.
+
+The main rank holds the run's lease (``vlmclf.store.leases``) while it computes: a second process
+that starts the same run stops at once naming the first, and a run whose holder died is shown
+``interrupted``.
 """
 
 from __future__ import annotations
@@ -61,7 +65,9 @@ from vlmclf.run.prefetch import decoded_batches
 from vlmclf.run.results import StoredPredictions, Summarizer
 from vlmclf.run.sharding import BatchShare, batch_share, gather_in_steps, pending_examples
 from vlmclf.spec import RunSpec
-from vlmclf.store import RunStore
+from vlmclf.store import Heartbeat, RunBusyError, RunStore
+from vlmclf.store.leases import heartbeat_s
+from vlmclf.terminal import terminal_safe
 
 SUBSET_SEED = 0
 PAPER_SUBSET_SEED = 1234
@@ -83,6 +89,7 @@ class RunConfig:
     model: ModelOptions = field(default_factory=ModelOptions)
     verify_images: bool = False  # hash image bytes into the identity, not just size and mtime
     retry_failed: bool = False  # ask again about data failures too (transient ones always are)
+    wait_for_holder: bool = False  # another live process computes this run: wait, then resume
 
 
 @dataclass
@@ -230,7 +237,9 @@ def run(
     ``summarize_run`` replaces the summary with a task-specific one (given the whole prediction
     list: for small runs; by default the run is summarised from column chunks).
     """
-    warn = on_warning or (lambda message: print(f"warning: {message}", file=sys.stderr))
+    warn = on_warning or (
+        lambda message: print(f"warning: {terminal_safe(message)}", file=sys.stderr)
+    )
     if not is_main_process():  # under torchrun the main rank alone prints
         warn = _ignore
     dataset, examples, class_names = every_rank(lambda: _selected(spec, config, dataset))
@@ -256,8 +265,8 @@ def run(
             store.finish_run(run_id, "interrupted", time.perf_counter() - started)
 
         try:
-            with sigterm_raises_terminated():
-                outcome = _execute(store, run_id, config, build, todo, already, warn)
+            with sigterm_raises_terminated(), _heartbeat_on_main(store, run_id) as beat:
+                outcome = _execute(store, run_id, config, build, todo, already, warn, beat)
         except BaseException as err:
             if store is None:  # the main rank records how the run ended
                 raise
@@ -313,6 +322,17 @@ def _store_on_main(path: Path) -> Iterator[RunStore | None]:
         yield store
 
 
+@contextmanager
+def _heartbeat_on_main(store: RunStore | None, run_id: str) -> Iterator[Heartbeat | None]:
+    """On the main rank, the run's lease renewed in a thread while it computes (one logical
+    owner per torchrun job); None on the other ranks."""
+    if store is None:
+        yield None
+        return
+    with Heartbeat(lambda: store.renew_lease(run_id)) as beat:
+        yield beat
+
+
 def _start_on_main(
     store: RunStore | None, spec: RunSpec, run_id: str, identity: dict, class_names: list[str],
     examples: list[Example], config: RunConfig, warn: Callable[[str], None],
@@ -324,13 +344,34 @@ def _start_on_main(
     def start() -> tuple[dict, list[str], int]:
         assert store is not None
         environment = _check_environment(store, run_id, config, warn)
-        store.start_run(run_id, spec.canonical_json(), class_names, n_total=len(examples),
-                        identity=identity)  # fmt: skip
+        start_run = lambda: store.start_run(  # noqa: E731
+            run_id, spec.canonical_json(), class_names, n_total=len(examples), identity=identity
+        )
+        _start_or_wait(start_run, config.wait_for_holder, warn)
         done = store.done_ids(run_id, retry_data_failures=config.retry_failed)
         return environment, [e.id for e in examples if e.id not in done], len(done)
 
     environment, pending, already = from_main(start)
     return environment, every_rank(lambda: pending_examples(examples, pending)), already
+
+
+def _start_or_wait(
+    start_run: Callable[[], None], wait: bool, warn: Callable[[str], None]
+) -> None:
+    """Start the run; if another live process holds it, raise ``RunBusyError`` (naming it), or
+    with ``wait`` poll until the holder is gone, then take over what it left."""
+    told = False
+    while True:
+        try:
+            start_run()
+            return
+        except RunBusyError as busy:
+            if not wait:
+                raise
+            if not told:
+                warn(f"{busy}; waiting (--wait)")
+                told = True
+            time.sleep(heartbeat_s())
 
 
 def summarize_stored_run(
@@ -381,6 +422,7 @@ def _execute(
     todo: list[Example],
     already: int,
     warn: Callable[[str], None],
+    beat: Heartbeat | None = None,
 ) -> _Outcome:
     """Load the model only when something is left to do, then classify what is left. Under
     torchrun a rank loads its model only if it has batches to run (the main rank always has),
@@ -392,7 +434,8 @@ def _execute(
     warnings = method.preflight() if method is not None else []
     for message in warnings:
         warn(message)
-    written = _classify_all(store, run_id, method, share, config, len(todo) + already, already)
+    written = _classify_all(store, run_id, method, share, config, len(todo) + already, already,
+                            beat)  # fmt: skip
     usage = model.usage() if callable(getattr(model, "usage", None)) else None
     return _Outcome(written, warnings, usage)
 
@@ -405,6 +448,7 @@ def _classify_all(
     config: RunConfig,
     total: int,
     already: int,
+    beat: Heartbeat | None = None,
 ) -> int:
     """Classify this rank's ``share`` batch by batch, storing each batch before the next one
     starts: under torchrun the main rank (the one holding ``store``) writes every step's
@@ -425,6 +469,8 @@ def _classify_all(
     def write(step: list[list[Prediction]]) -> None:
         nonlocal written, failures
         assert store is not None  # only the main rank is given steps to write
+        if beat is not None:
+            beat.check()  # a process that lost the run's lease must not write on
         for predictions in step:
             written += store.add_predictions(run_id, predictions)
             failures += sum(not p.ok for p in predictions)

@@ -7,10 +7,12 @@ The output is the same as writing all rows at once (Parquet: one row group per c
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import io
+from collections.abc import Iterable, Iterator
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, TextIO
 
 from vlmclf.records import Prediction
 from vlmclf.store.json_safe import dumps
@@ -26,13 +28,29 @@ def export_dict(run_id: str, p: Prediction) -> dict[str, Any]:
     return {"run_id": run_id, **{name: getattr(p, name) for name in _FIELDS}}
 
 
-def write_jsonl(out: Path, run_id: str, chunks: Iterable[list[Prediction]]) -> int:
+def write_jsonl(out: Path | BinaryIO, run_id: str, chunks: Iterable[list[Prediction]]) -> int:
+    """To a file, or to an open binary stream (``export --out -``: standard output)."""
     count = 0
-    with out.open("w", encoding="utf-8") as f:
+    with _text_sink(out) as f:
         for chunk in chunks:
             f.write("".join(dumps(export_dict(run_id, p)) + "\n" for p in chunk))
             count += len(chunk)
     return count
+
+
+@contextlib.contextmanager
+def _text_sink(out: Path | BinaryIO) -> Iterator[TextIO]:
+    """UTF-8 text with "\\n" line ends into ``out``; a stream given is flushed, never closed."""
+    if isinstance(out, Path):
+        with out.open("w", encoding="utf-8") as f:
+            yield f
+        return
+    wrapper = io.TextIOWrapper(out, encoding="utf-8", newline="\n")
+    try:
+        yield wrapper
+        wrapper.flush()
+    finally:
+        wrapper.detach()
 
 
 def parquet_schema() -> Any:
@@ -49,7 +67,7 @@ def parquet_schema() -> Any:
     )  # fmt: skip
 
 
-def write_parquet(out: Path, run_id: str, chunks: Iterable[list[Prediction]]) -> int:
+def write_parquet(out: Path | BinaryIO, run_id: str, chunks: Iterable[list[Prediction]]) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
