@@ -4,6 +4,7 @@ place where store problems and data warnings become a line on stderr."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import math
@@ -22,8 +23,34 @@ TORCHRUN_COMMANDS = ("eval", "sweep", "wikiqa", "probe", "finetune")
 REPORTS_DIR = Path("reports")
 
 
+class CommandError(Exception):
+    """A command's one-line error, raised instead of printed when the Python API calls the
+    command's functions (``errors_raise``): ``code`` is the exit status the CLI would give."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+_ERRORS_RAISE = contextvars.ContextVar("errors_raise", default=False)
+
+
+@contextlib.contextmanager
+def errors_raise() -> Iterator[None]:
+    """Within, ``fail`` raises CommandError instead of printing and exiting: the Python API
+    shares the commands' checks and gives their messages to its caller as exceptions."""
+    token = _ERRORS_RAISE.set(True)
+    try:
+        yield
+    finally:
+        _ERRORS_RAISE.reset(token)
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
-    """Print a clear error on stderr and exit with ``code``."""
+    """Print a clear error on stderr and exit with ``code`` (raise CommandError inside
+    ``errors_raise``)."""
+    if _ERRORS_RAISE.get():
+        raise CommandError(message, code)
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 

@@ -8,11 +8,13 @@ is computed), runs it and prints the summary.
 
 from __future__ import annotations
 
+import inspect
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Self
+from typing import TYPE_CHECKING, Annotated, Any, Self, get_args, get_type_hints
 
 import typer
 
@@ -352,9 +354,15 @@ class EvalOptions:
 
     @classmethod
     def from_context(cls, ctx: typer.Context) -> EvalOptions:
-        params = dict(ctx.params)
+        return cls.from_params(ctx.params, _explicit_options(ctx))
+
+    @classmethod
+    def from_params(cls, given: dict[str, Any], explicit: set[str]) -> EvalOptions:
+        """The options from every parameter's value (``explicit``: those the user gave, which
+        win over the protocol's defaults); the CLI and ``vlmclf.evaluate`` both come here."""
+        params = dict(given)
         _check_combinations(params)
-        params.update(_protocol_options(ctx))
+        params.update(_protocol_options(params, explicit))
         for name, kind in (("setting", Setting), ("order", Order), ("calibration", Calibration)):
             params[name] = kind(params[name])
         return cls(
@@ -388,21 +396,24 @@ PROTOCOL_OPTIONS = (
 )  # fmt: skip
 
 
-def _protocol_options(ctx: typer.Context) -> dict[str, Any]:
+def _explicit_options(ctx: typer.Context) -> set[str]:
+    """The options given on the command line (not left at their defaults)."""
+    return {  # typer ships its own click: compare the source by name
+        name
+        for name in ctx.params
+        if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"
+    }
+
+
+def _protocol_options(params: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
     """The protocol-governed option values after the protocol's defaults: explicit options win."""
     from vlmclf.paper.protocols import resolve_eval
 
-    params = ctx.params
     given = {name: params[name] for name in PROTOCOL_OPTIONS}
     given = {k: v.value if isinstance(v, StrEnum) else v for k, v in given.items()}
-    explicit = {  # typer ships its own click: compare the source by name
-        name
-        for name in PROTOCOL_OPTIONS
-        if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"
-    }
     try:
         return resolve_eval(params["protocol"], params["method"].value, params["model"], given,
-                            explicit)  # fmt: skip
+                            explicit & set(PROTOCOL_OPTIONS))  # fmt: skip
     except ValueError as err:
         fail(str(err))
 
@@ -535,3 +546,84 @@ def print_result(result: RunResult, spec: RunSpec, output: Output) -> None:
     if summary["n"] > 0 and summary["n_failed"] == summary["n"]:
         typer.echo("error: every example failed; see `vlmclf export` for the reasons", err=True)
         raise typer.Exit(1)
+
+
+# ----- the same options from Python (``vlmclf.evaluate``) -----------------------------------
+
+PRINT_ONLY = frozenset({"as_json"})
+"""Options that only shape the CLI's printout: the Python API returns the summary instead."""
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One option of ``vlmclf eval`` as its signature defines it: the CLI and the API share it."""
+
+    name: str
+    kind: Any
+    default: Any
+    check: Callable[[Any], Any] | None
+
+    @property
+    def required(self) -> bool:
+        return self.default is inspect.Parameter.empty
+
+
+def eval_option_specs() -> dict[str, OptionSpec]:
+    """Every option of ``eval_command``: its type, default and check, read from the command's
+    own signature (the one definition of the options and their defaults)."""
+    hints = get_type_hints(eval_command, include_extras=True)
+    specs = {}
+    for name, param in inspect.signature(eval_command).parameters.items():
+        if name == "ctx" or name in PRINT_ONLY:
+            continue
+        kind, *extras = get_args(hints[name])
+        info = next((e for e in extras if isinstance(e, typer.models.OptionInfo)), None)
+        specs[name] = OptionSpec(name, kind, param.default, info.callback if info else None)
+    return specs
+
+
+def eval_params(given: dict[str, Any]) -> dict[str, Any]:
+    """Every option's value for a run asked from Python: ``given`` checked and converted the way
+    the CLI parses it, the rest at the CLI's defaults. Errors are ``fail``'s one line."""
+    specs = eval_option_specs()
+    unknown = sorted(set(given) - set(specs))
+    if unknown:
+        raise TypeError(_unknown_options_message(unknown, list(specs)))
+    missing = [name for name, spec in specs.items() if spec.required and name not in given]
+    if missing:
+        raise TypeError(f"evaluate() needs {', '.join(missing)}")
+    params = {name: _option_value(spec, given[name]) if name in given else spec.default
+              for name, spec in specs.items()}  # fmt: skip
+    return params | {name: False for name in PRINT_ONLY}
+
+
+def _unknown_options_message(unknown: list[str], known: list[str]) -> str:
+    import difflib
+
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return f"evaluate() got unknown option {', '.join(hints)}"
+
+
+def _option_value(spec: OptionSpec, value: Any) -> Any:
+    """``value`` as the CLI would have parsed it: enums from their names, paths from strings,
+    then the option's own check (a range, ``auto`` or a number)."""
+    kind = next((k for k in (spec.kind, *get_args(spec.kind)) if isinstance(k, type)), None)
+    if value is not None and kind is not None:
+        if issubclass(kind, StrEnum) and not isinstance(value, kind):
+            choices = ", ".join(member.value for member in kind)
+            if value not in {member.value for member in kind}:
+                fail(f"{spec.name}: must be one of {choices}, got {value!r}")
+            value = kind(value)
+        elif issubclass(kind, Path):
+            value = Path(value)
+        elif kind is str and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # batch_size=16 as --batch-size 16
+    if spec.check is not None:
+        try:
+            value = spec.check(value)
+        except typer.BadParameter as err:
+            fail(f"{spec.name}: {err.message}")
+    return value
