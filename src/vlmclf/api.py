@@ -74,9 +74,9 @@ class Result:
             yield from chunk
 
     def _sources(self) -> dict[str, str]:
-        dataset = load_dataset(self.spec.dataset, data_root=self.data_root,
-                               split=self.spec.split, classes=self.classes)  # fmt: skip
-        return {example.id: example.source for example in dataset.examples}
+        from vlmclf.run.run_files import example_sources
+
+        return example_sources(self.spec, self.data_root, self.classes)
 
     def _row(self, p: Prediction, sources: dict[str, str]) -> dict[str, Any]:
         names = self.class_names
@@ -105,14 +105,23 @@ def evaluate(
     """Classify ``dataset`` with ``model`` by ``method`` and store every prediction, exactly as
     ``vlmclf eval`` does (re-running resumes). ``options`` are eval's other options by their
     Python names, with its defaults (``protocol="clean"``, ``match="contain"``, ...)."""
-    from vlmclf.commands.eval import EvalOptions, eval_params, run_eval, run_plan
+    from vlmclf.commands.eval import (
+        EvalOptions,
+        check_output_path,
+        eval_params,
+        run_eval,
+        run_plan,
+        write_output_files,
+    )
 
     given = {"model": model, "dataset": dataset, "method": method, "store": store, **options}
     with errors_raise():
         params = eval_params(given)
         chosen = EvalOptions.from_params(params, explicit=set(given))
         spec, config = run_plan(chosen)
+        check_output_path(chosen.output)
         run = run_eval(spec, config, chosen)
+        write_output_files(run, spec, config, chosen.output)
     return Result(
         run_id=run.run_id, spec=spec, summary=_summary(run.run_id, spec, run.summary, config),
         class_names=run.class_names, store=Path(config.store_path), stored=run.stored,

@@ -242,11 +242,28 @@ def eval_command(
         bool, typer.Option("--json", help="Print one JSON object instead of the table.")
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    output_path: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write results_<run_id>.json here: summary, identity, protocol, versions, "
+            "git revision."
+        ),
+    ] = None,
+    log_samples: Annotated[
+        bool,
+        typer.Option(
+            "--log-samples",
+            help="With --output-path: samples_<run_id>.jsonl, one line per example (image, "
+            "label, prompt, answer, prediction, hit).",
+        ),
+    ] = False,
 ) -> None:
     """Classify a dataset with a model and store every prediction (re-running resumes)."""
     options = EvalOptions.from_context(ctx)
     spec, config = run_plan(options)
+    check_output_path(options.output)
     result = run_eval(spec, config, options)
+    write_output_files(result, spec, config, options.output)
     print_result(result, spec, options.output)
 
 
@@ -339,6 +356,8 @@ class Output(_Group):
     store: Path
     as_json: bool
     progress: bool
+    output_path: Path | None
+    log_samples: bool
 
 
 @dataclass(frozen=True)
@@ -525,6 +544,42 @@ def run_eval(spec: RunSpec, config: RunConfig, options: EvalOptions) -> RunResul
         fail(str(err))
     except ApiError as err:  # a missing key, a 401, an unknown model, a spent budget
         fail(f"{err} (answers received so far are stored; re-running resumes)", code=1)
+
+
+def check_output_path(output: Output) -> None:
+    """``--output-path`` usable before any work (a folder we can write in), and
+    ``--log-samples`` only with it."""
+    if output.log_samples and output.output_path is None:
+        fail("--log-samples writes into --output-path DIR: give both")
+    if output.output_path is None:
+        return
+    try:
+        output.output_path.mkdir(parents=True, exist_ok=True)
+        probe = output.output_path / ".vlmclf-write-check"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        fail(f"--output-path {output.output_path}: {err.strerror or err}")
+
+
+def write_output_files(
+    result: RunResult, spec: RunSpec, config: RunConfig, output: Output
+) -> list[Path]:
+    """The run's results JSON (and samples JSONL) under ``--output-path``; the run is stored
+    whatever happens here."""
+    if output.output_path is None:
+        return []
+    from vlmclf.report.summary import summary_json
+    from vlmclf.run.run_files import write_run_files
+
+    summary = summary_json(result.run_id, spec, result.summary, str(output.store))
+    try:
+        return write_run_files(output.output_path, summary, result.stored,
+                               data_root=config.data_root, classes=config.classes,
+                               log_samples=output.log_samples)  # fmt: skip
+    except (OSError, ValueError) as err:
+        fail(f"--output-path {output.output_path}: {err} (the run is stored: re-run to write "
+             "the files)", code=1)  # fmt: skip
 
 
 def print_result(result: RunResult, spec: RunSpec, output: Output) -> None:

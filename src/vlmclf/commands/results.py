@@ -9,11 +9,14 @@ import json
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from vlmclf.commands.common import DEFAULT_STORE, fail
+
+if TYPE_CHECKING:
+    from vlmclf.store import RunStore
 
 
 class TableFormat(StrEnum):
@@ -81,5 +84,20 @@ def export_command(
         except ValueError as err:
             fail(str(err))
         path = out or Path(f"{full_id}.{fmt.value}")
-        count = runs.export(full_id, path, fmt.value)
+        count = runs.export(full_id, path, fmt.value, image_sources(runs, full_id))
     typer.echo(f"wrote {count} predictions to {path}")
+
+
+def image_sources(runs: RunStore, run_id: str) -> dict[str, str] | None:
+    """Each example's image path for ``export``, from the dataset listed again where the run
+    recorded it; None (the ``image`` column empty) with one warning line when it cannot be."""
+    from vlmclf.run.run_files import stored_run_sources
+
+    record = runs.get_run(run_id)
+    if record is None:
+        return None
+    try:
+        return stored_run_sources(record.spec, record.meta)
+    except (ValueError, OSError, KeyError) as err:
+        typer.echo(f"warning: image paths left empty: {err}", err=True)
+        return None

@@ -192,8 +192,21 @@ def run_identity(spec: RunSpec, config: RunConfig, class_names: list[str],
     shown = {
         "resolved_prompt": prompts[0] if prompts else None,
         "verify_images": config.verify_images,
+        "data": data_location(spec, config),
     }
     return identity, shown
+
+
+def data_location(spec: RunSpec, config: RunConfig) -> dict[str, str | None]:
+    """Where the examples were read from, as absolute paths: lets ``export`` list the dataset
+    again for each example's image path (never part of the identity: the fingerprint is)."""
+
+    def absolute(path: str | None) -> str | None:
+        return str(Path(path).resolve()) if path and Path(path).exists() else path
+
+    dataset = absolute(spec.dataset) if spec.dataset.endswith(".jsonl") else spec.dataset
+    return {"dataset": dataset, "data_root": absolute(config.data_root),
+            "classes": absolute(config.classes)}  # fmt: skip
 
 
 ModelLoader = Callable[[str, ModelOptions], object]

@@ -30,7 +30,7 @@ import os
 import shutil
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vlmclf.records import Prediction, PredictionColumns
-from vlmclf.store.export import EXPORT_CHUNK_ROWS, write_jsonl, write_parquet
+from vlmclf.store.export import EXPORT_CHUNK_ROWS, RunNames, write_jsonl, write_parquet
 from vlmclf.store.json_safe import dumps as _dumps
 from vlmclf.store.json_safe import from_json_safe, to_json_safe
 from vlmclf.store.json_safe import loads as _loads
@@ -639,8 +639,12 @@ class RunStore:
         return self._class_lists[run_id]
 
     # ----- export -------------------------------------------------------------------------
-    def export(self, run_id: str, path: str | Path, fmt: Literal["jsonl", "parquet"]) -> int:
-        """Write one row/object per prediction (``run_id`` + every Prediction field), a chunk
+    def export(
+        self, run_id: str, path: str | Path, fmt: Literal["jsonl", "parquet"],
+        sources: Mapping[str, str] | None = None,
+    ) -> int:  # fmt: skip
+        """Write one row/object per prediction (``run_id``, the class names, the image path
+        from ``sources`` (example id -> path) where given, and every Prediction field), a chunk
         of rows at a time: memory stays bounded whatever the run's size. Returns the count."""
         if self.get_run(run_id) is None:
             raise KeyError(f"no run {run_id!r} in {self.path}")
@@ -650,7 +654,7 @@ class RunStore:
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
         chunks = self.prediction_chunks(run_id, chunk_rows=EXPORT_CHUNK_ROWS)
-        return writers[fmt](out, run_id, chunks)
+        return writers[fmt](out, run_id, chunks, RunNames(self._class_names(run_id), sources))
 
 
 def _writable(path: Path) -> bool:
