@@ -107,6 +107,7 @@ def evaluate(
     Python names, with its defaults (``protocol="clean"``, ``match="contain"``, ...)."""
     from vlmclf.commands.eval import (
         EvalOptions,
+        check_model_before_work,
         check_output_path,
         eval_params,
         run_eval,
@@ -120,6 +121,7 @@ def evaluate(
         chosen = EvalOptions.from_params(params, explicit=set(given))
         spec, config = run_plan(chosen)
         check_output_path(chosen.output)
+        check_model_before_work(spec, config)
         run = run_eval(spec, config, chosen)
         write_output_files(run, spec, config, chosen.output)
     return Result(

@@ -13,7 +13,7 @@ import typer
 # Our own progress bars say what is happening; transformers' weight-loading bars are noise.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from vlmclf.commands.common import CleanErrorsGroup
+from vlmclf.commands.common import CleanErrorsGroup, version_option
 from vlmclf.commands.data import data_app
 from vlmclf.commands.demo import demo_command
 from vlmclf.commands.eval import eval_command
@@ -36,6 +36,7 @@ app = typer.Typer(
     help="Evaluate vision-language models as image classifiers, side by side with CLIP.",
 )
 
+app.callback()(version_option)
 app.command("eval")(eval_command)
 app.command("results")(results_command)
 app.command("export")(export_command)

@@ -23,6 +23,11 @@ TORCHRUN_COMMANDS = ("eval", "sweep", "wikiqa", "probe", "finetune")
 REPORTS_DIR = Path("reports")
 
 
+def one_line(message: str) -> str:
+    """A library's multi-line message (transformers' hub errors) as one line."""
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
 class CommandError(Exception):
     """A command's one-line error, raised instead of printed when the Python API calls the
     command's functions (``errors_raise``): ``code`` is the exit status the CLI would give."""
@@ -49,6 +54,7 @@ def errors_raise() -> Iterator[None]:
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print a clear error on stderr and exit with ``code`` (raise CommandError inside
     ``errors_raise``)."""
+    message = one_line(message)
     if _ERRORS_RAISE.get():
         raise CommandError(message, code)
     typer.echo(f"error: {message}", err=True)
@@ -154,10 +160,37 @@ def out_dir_for(command: str, spec: dict[str, Any]) -> Path:
     return REPORTS_DIR / f"{command}-{digest[:10]}"
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from vlmclf import __version__
+
+        typer.echo(f"vlmclf {__version__}")
+        raise typer.Exit()
+
+
+def version_option(
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_print_version,
+        help="Print vlmclf's version and exit.",
+    ),
+) -> None:  # fmt: skip
+    """Evaluate vision-language models as image classifiers, side by side with CLIP."""
+
+
 class CleanErrorsGroup(TyperGroup):
     """The root command group: a store problem in any command (not a store, corrupt, newer
     schema, damaged, read-only, disk full, missing) is one ``error:`` line and exit 2, and a
     DataWarning is one ``warning:`` line, instead of a traceback or Python's warning format."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """Flags shown without a value placeholder, and a usage error (unknown option, bad
+        value, missing option) as one ``error:`` line with exit status 2, like every other
+        error of ours, instead of Typer's box."""
+        _flags_take_no_metavar(self)
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        return _exit_like_a_command(lambda: super(CleanErrorsGroup, self).main(
+            *args, standalone_mode=False, **kwargs))  # fmt: skip
 
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
         name, command, rest = super().resolve_command(ctx, args)
@@ -187,6 +220,62 @@ class CleanErrorsGroup(TyperGroup):
                     "terminated (SIGTERM); stored rows are kept, re-run to resume",
                     SIGTERM_EXIT_CODE,
                 )
+
+
+def _flags_take_no_metavar(command: Any) -> None:
+    """``--json``, ``--progress/--no-progress``, ``--help`` take no value: show no ``<bool>``
+    for them, in this command and every one under it."""
+    for sub in getattr(command, "commands", {}).values():
+        _flags_take_no_metavar(sub)
+    for param in getattr(command, "params", []):
+        _no_metavar_if_flag(param)
+    make_help = command.get_help_option
+    if getattr(make_help, "without_metavar", False):
+        return
+
+    def help_option(ctx: Any) -> Any:
+        return _no_metavar_if_flag(make_help(ctx))
+
+    help_option.without_metavar = True  # type: ignore[attr-defined]
+    command.get_help_option = help_option
+
+
+def _no_metavar_if_flag(param: Any) -> Any:
+    if getattr(param, "is_flag", False) and param.metavar is None:
+        param.metavar = ""
+    return param
+
+
+def _click_exceptions() -> Any:
+    """The exceptions of the click that Typer runs on: its own copy since Typer 0.2x."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # an older Typer on the click package
+        from click import exceptions
+    return exceptions
+
+
+def _exit_like_a_command(main: Callable[[], Any]) -> NoReturn:
+    """Run click's main without its own exit handling; usage errors become ``fail``'s line."""
+    import sys
+
+    errors = _click_exceptions()
+    try:
+        code = main()
+    except errors.NoArgsIsHelpError as err:  # bare `vlmclf`: the help, as before
+        err.show()
+        sys.exit(err.exit_code)
+    except errors.UsageError as err:
+        where = f" (see `{err.ctx.command_path} --help`)" if err.ctx is not None else ""
+        typer.echo(f"error: {one_line(err.format_message())}{where}", err=True)
+        sys.exit(err.exit_code)
+    except errors.ClickException as err:
+        typer.echo(f"error: {one_line(err.format_message())}", err=True)
+        sys.exit(err.exit_code)
+    except typer.Abort:
+        typer.echo("Aborted!", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _refuse_torchrun_unless_sharded(name: str | None) -> None:

@@ -139,6 +139,14 @@ def eval_command(
     workers: Annotated[
         int, typer.Option(callback=at_least(1), help="Threads decoding images ahead of the model.")
     ] = 4,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            callback=at_least(1),
+            help="CPU threads torch computes with (default: what torch picks); recorded with "
+            "the run.",
+        ),
+    ] = None,
     split: Annotated[
         str | None, typer.Option(help="Dataset split (default: the layout's test/val split).")
     ] = None,
@@ -262,6 +270,7 @@ def eval_command(
     options = EvalOptions.from_context(ctx)
     spec, config = run_plan(options)
     check_output_path(options.output)
+    check_model_before_work(spec, config)
     result = run_eval(spec, config, options)
     write_output_files(result, spec, config, options.output)
     print_result(result, spec, options.output)
@@ -337,6 +346,7 @@ class Hardware(_Group):
     trust_remote_code: bool
     batch_size: str
     workers: int
+    threads: int | None
 
 
 @dataclass(frozen=True)
@@ -460,7 +470,7 @@ def run_plan(options: EvalOptions) -> tuple[RunSpec, RunConfig]:
         limit=data.limit, sample=data.sample,
         batch_size=resolve_batch(hw.batch_size, device, CPU_BATCH), workers=hw.workers,
         progress=options.output.progress, model=model, verify_images=data.verify_images,
-        retry_failed=data.retry_failed,
+        retry_failed=data.retry_failed, threads=hw.threads,
     )  # fmt: skip
     return spec, config
 
@@ -544,6 +554,18 @@ def run_eval(spec: RunSpec, config: RunConfig, options: EvalOptions) -> RunResul
         fail(str(err))
     except ApiError as err:  # a missing key, a 401, an unknown model, a spent budget
         fail(f"{err} (answers received so far are stored; re-running resumes)", code=1)
+
+
+def check_model_before_work(spec: RunSpec, config: RunConfig) -> None:
+    """An unknown model, a missing API key or an API server that does not answer: one line
+    and exit 2 in seconds, before the store is opened (nothing stored)."""
+    from vlmclf.models.api import ApiError
+    from vlmclf.run.loading import check_model
+
+    try:
+        check_model(spec.model, config.model)
+    except (ValueError, ApiError) as err:
+        fail(str(err))
 
 
 def check_output_path(output: Output) -> None:

@@ -60,6 +60,21 @@ def split_spec(spec: str) -> tuple[str, str]:
     return prefix, name
 
 
+def loader_for(spec: str) -> ModelLoader:
+    """The loader of the spec's prefix, or a ValueError naming the known ones; loads nothing,
+    so a mistyped model is refused before any work."""
+    prefix, _ = split_spec(spec)
+    if prefix not in _LOADERS:
+        _import_plugins()
+    loader = _LOADERS.get(prefix)
+    if loader is None:
+        raise ValueError(
+            f"unknown model prefix {prefix!r} in {spec!r}; known prefixes: "
+            f"{', '.join(known_prefixes())}, and for API models openai, anthropic, gemini"
+        )
+    return loader
+
+
 def load_model(
     spec: str,
     *,
@@ -75,15 +90,8 @@ def load_model(
     ``device_map="auto"`` is passed to ``from_pretrained`` (then ``device`` is not used).
     ``seed`` fixes the weights of ``random:`` models.
     """
-    prefix, name = split_spec(spec)
-    if prefix not in _LOADERS:
-        _import_plugins()
-    loader = _LOADERS.get(prefix)
-    if loader is None:
-        raise ValueError(
-            f"unknown model prefix {prefix!r} in {spec!r}; known prefixes: "
-            f"{', '.join(known_prefixes())}, and for API models openai, anthropic, gemini"
-        )
+    loader = loader_for(spec)
+    _, name = split_spec(spec)
     return loader(
         name,
         device=device,

@@ -81,6 +81,7 @@ class RunConfig:
     model: ModelOptions = field(default_factory=ModelOptions)
     verify_images: bool = False  # hash image bytes into the identity, not just size and mtime
     retry_failed: bool = False  # ask again about data failures too (transient ones always are)
+    threads: int | None = None  # torch's CPU threads (None: what torch picks); recorded in meta
 
 
 @dataclass
@@ -193,8 +194,19 @@ def run_identity(spec: RunSpec, config: RunConfig, class_names: list[str],
         "resolved_prompt": prompts[0] if prompts else None,
         "verify_images": config.verify_images,
         "data": data_location(spec, config),
+        "threads": cpu_threads(config.threads),
     }
     return identity, shown
+
+
+def cpu_threads(requested: int | None) -> int:
+    """Cap torch's CPU threads at ``requested`` (None: leave what torch picked); returns the
+    count the run computes with, recorded beside it (never part of its identity)."""
+    import torch
+
+    if requested is not None:
+        torch.set_num_threads(requested)
+    return torch.get_num_threads()
 
 
 def data_location(spec: RunSpec, config: RunConfig) -> dict[str, str | None]:
@@ -232,6 +244,7 @@ def run(
     warn = on_warning or (lambda message: print(f"warning: {message}", file=sys.stderr))
     if not is_main_process():  # under torchrun the main rank alone prints
         warn = _ignore
+    cpu_threads(config.threads)  # on every rank, before any model or image work
     dataset, examples, class_names = every_rank(lambda: _selected(spec, config, dataset))
     # the whole dataset, not the --limit subset: a larger limit extends the run (a prefix)
     identity, shown = from_main(lambda: run_identity(spec, config, class_names, dataset.examples))
