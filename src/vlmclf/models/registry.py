@@ -55,7 +55,8 @@ def split_spec(spec: str) -> tuple[str, str]:
     if not sep or not prefix or not name:
         raise ValueError(
             f"model spec {spec!r} must look like 'prefix:name' "
-            f"(known prefixes: {', '.join(known_prefixes())})"
+            f"(known prefixes: {', '.join(known_prefixes())}, and for API models openai, "
+            "anthropic, gemini)"
         )
     return prefix, name
 
