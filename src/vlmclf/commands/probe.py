@@ -208,7 +208,7 @@ def probe_command(
         payload = {"analysis_id": outcome.analysis_id, **outcome.result, "files": files}
         typer.echo(json.dumps(payload))
         return
-    typer.echo(outcome.files["markdown"].read_text())
+    typer.echo(probe_terminal_text(outcome.result))
     for warning in outcome.result["warnings"]:
         typer.echo(f"warning: {warning}", err=True)
     failed = outcome.result["n_failed"]
@@ -217,3 +217,10 @@ def probe_command(
     typer.echo(f"analysis {outcome.analysis_id} stored in {store}")
     for name, path in files.items():
         typer.echo(f"{name}: {path}")
+
+
+def probe_terminal_text(result: dict) -> str:
+    """The probe's table for the terminal: the Markdown file's content without its escapes."""
+    from vlmclf.analysis.probe.report import probe_text
+
+    return probe_text(result)
