@@ -61,6 +61,24 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def renamed(old: str, old_value: Any, new: str, new_value: Any) -> Any:
+    """The value of an option given by its new name or, for one release, by its old one (with a
+    deprecation warning); both at once is an error. ``None`` means "not given"."""
+    if old_value is None:
+        return new_value
+    if new_value is not None:
+        fail(f"{old} is the old name of {new}: give {new} only")
+    typer.echo(f"warning: {old} is deprecated and goes in the next release; use {new}", err=True)
+    return old_value
+
+
+def required(name: str, value: Any) -> Any:
+    """An option that is required once its old spelling has been taken into account."""
+    if value is None:
+        fail(f"Missing option '{name}'.")
+    return value
+
+
 SEED_MAX = 2**32 - 1
 """numpy's RandomState takes seeds in [0, 2**32 - 1]."""
 
