@@ -265,6 +265,13 @@ def eval_command(
             "label, prompt, answer, prediction, hit).",
         ),
     ] = False,
+    log: Annotated[
+        str | None,
+        typer.Option(
+            help="Also send the run's numbers to a tracker: tensorboard (event files under "
+            "--output-path, default ./runs/tensorboard/<run_id>)."
+        ),
+    ] = None,
 ) -> None:
     """Classify a dataset with a model and store every prediction (re-running resumes)."""
     options = EvalOptions.from_context(ctx)
@@ -368,6 +375,7 @@ class Output(_Group):
     progress: bool
     output_path: Path | None
     log_samples: bool
+    log: str | None
 
 
 @dataclass(frozen=True)
@@ -573,6 +581,13 @@ def check_output_path(output: Output) -> None:
     ``--log-samples`` only with it."""
     if output.log_samples and output.output_path is None:
         fail("--log-samples writes into --output-path DIR: give both")
+    if output.log is not None:
+        from vlmclf.run.trackers import check_tracker
+
+        try:
+            check_tracker(output.log)
+        except ValueError as err:
+            fail(str(err))
     if output.output_path is None:
         return
     try:
@@ -587,21 +602,24 @@ def check_output_path(output: Output) -> None:
 def write_output_files(
     result: RunResult, spec: RunSpec, config: RunConfig, output: Output
 ) -> list[Path]:
-    """The run's results JSON (and samples JSONL) under ``--output-path``; the run is stored
-    whatever happens here."""
-    if output.output_path is None:
-        return []
+    """The run's results JSON (and samples JSONL) under ``--output-path``, and its numbers sent
+    to the ``--log`` tracker; the run is stored whatever happens here."""
     from vlmclf.report.summary import summary_json
     from vlmclf.run.run_files import write_run_files
+    from vlmclf.run.trackers import log_tensorboard
 
     summary = summary_json(result.run_id, spec, result.summary, str(output.store))
     try:
-        return write_run_files(output.output_path, summary, result.stored,
-                               data_root=config.data_root, classes=config.classes,
-                               log_samples=output.log_samples)  # fmt: skip
+        written = [] if output.output_path is None else write_run_files(
+            output.output_path, summary, result.stored, data_root=config.data_root,
+            classes=config.classes, log_samples=output.log_samples)  # fmt: skip
+        if output.log == "tensorboard":
+            written.append(log_tensorboard(output.output_path or Path("runs"), result.run_id,
+                                           summary))  # fmt: skip
+        return written
     except (OSError, ValueError) as err:
-        fail(f"--output-path {output.output_path}: {err} (the run is stored: re-run to write "
-             "the files)", code=1)  # fmt: skip
+        where = output.output_path or "--log"
+        fail(f"{where}: {err} (the run is stored: re-run to write the files)", code=1)
 
 
 def print_result(result: RunResult, spec: RunSpec, output: Output) -> None:
