@@ -85,3 +85,22 @@ def test_renamed_options_are_hidden_from_help():
                       (["finetune"], "--eval-limit")):  # fmt: skip
         text = CliRunner().invoke(app, [*path, "--help"], terminal_width=200).output
         assert f" {old} " not in text
+
+
+def test_sweep_takes_a_repeated_model_like_dataset_and_records_threads(folder: Path, tmp_path):
+    store = tmp_path / "s.sqlite"
+    base = ["sweep", "--dataset", "imagefolder", "--data-root", str(folder), "--limit", "2",
+            "--max-new-tokens", "2", "--store", str(store), "--out", str(tmp_path / "o"),
+            "--no-progress", "--json"]  # fmt: skip
+    new = CliRunner().invoke(app, [*base, "--model", "random:llava", "--threads", "1"])
+    assert new.exit_code == 0, new.output
+    old = CliRunner().invoke(app, [*base, "--models", "random:llava"])
+    assert old.exit_code == 0, old.output
+    assert "warning: --models is deprecated and goes in the next release; use --model" in (
+        old.stderr
+    )
+    rows = json.loads(CliRunner().invoke(app, ["results", "--store", str(store), "--format",
+                                               "json"]).stdout)  # fmt: skip
+    assert len(rows) == 1 and rows[0]["threads"] == 1  # the same run, reused
+    missing = CliRunner().invoke(app, base)
+    assert missing.exit_code == 2 and "error: Missing option '--model'." in missing.output

@@ -136,6 +136,16 @@ def batch_size_or_auto(value: str) -> str:
         raise typer.BadParameter(str(err)) from None
 
 
+THREADS_HELP = "CPU threads torch computes with (default: what torch picks); recorded with the run."
+
+
+def use_threads(requested: int | None) -> int:
+    """Cap torch's CPU threads for this process (``--threads``); returns the count in use."""
+    from vlmclf.run.runner import cpu_threads
+
+    return cpu_threads(requested)
+
+
 DEVICE_HELP = (
     "auto (CUDA, then MPS, else CPU; cuda:LOCAL_RANK under torchrun), cpu, cuda, cuda:N, mps."
 )

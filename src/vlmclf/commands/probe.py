@@ -13,6 +13,7 @@ from vlmclf.commands.common import (
     DEVICE_HELP,
     DTYPE_HELP,
     SEED_MAX,
+    THREADS_HELP,
     at_least,
     batch_help,
     batch_size_or_auto,
@@ -21,6 +22,7 @@ from vlmclf.commands.common import (
     out_dir_for,
     resolve_batch,
     resolve_hardware,
+    use_threads,
 )
 
 CPU_BATCH = 16  # --batch-size auto on CPU and MPS
@@ -154,7 +156,8 @@ def probe_command(
     ] = "auto",
     workers: Annotated[
         int, Opt(callback=at_least(1), help="Threads decoding images ahead of the model.")
-    ] = 2,
+    ] = 4,
+    threads: Annotated[int | None, Opt(callback=at_least(1), help=THREADS_HELP)] = None,
     feature_chunk: Annotated[
         int,
         Opt(callback=at_least(1), help="Examples per resumable feature chunk on disk."),
@@ -198,6 +201,7 @@ def probe_command(
         model_options=ModelOptions(device=device, dtype=dtype, seed=seed),
     )  # fmt: skip
     try:
+        use_threads(threads)
         outcome = run_probe(request, runtime)
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))

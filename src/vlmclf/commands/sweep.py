@@ -13,12 +13,15 @@ from vlmclf.commands.common import (
     DEVICE_HELP,
     DTYPE_HELP,
     SEED_MAX,
+    THREADS_HELP,
     at_least,
     batch_help,
     batch_size_or_auto,
     fail,
     number_in,
     out_dir_for,
+    renamed,
+    required,
     resolve_batch,
     resolve_hardware,
 )
@@ -27,10 +30,16 @@ CPU_BATCH = 8  # --batch-size auto on CPU and MPS
 
 
 def sweep_command(
-    models: Annotated[str, typer.Option(help="Comma-separated model specs (random:llava,hf:...).")],
     dataset: Annotated[
         list[str], typer.Option(help="Dataset (NAME[:split] or manifest .jsonl); repeat for more.")
     ],
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", help="A model spec (random:llava, hf:...); repeat for more."),
+    ] = None,
+    models: Annotated[
+        str | None, typer.Option(hidden=True, help="Old comma-separated form of --model.")
+    ] = None,
     axis: Annotated[
         list[str] | None,
         typer.Option(help="NAME=V1,V2 with NAME in k, prompt, order, cot, strategy; repeatable."),
@@ -61,6 +70,9 @@ def sweep_command(
     store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     progress: Annotated[bool, typer.Option(help="Progress bars on stderr.")] = True,
+    threads: Annotated[
+        int | None, typer.Option(callback=at_least(1), help=THREADS_HELP)
+    ] = None,
 ) -> None:
     """Run every cell of the grid (stored runs are reused), then write tables and figures."""
     from vlmclf.analysis.sweep.run import parse_axes, run_sweep
@@ -68,7 +80,8 @@ def sweep_command(
     from vlmclf.run.loading import ModelOptions
     from vlmclf.run.runner import RunConfig
 
-    model_list = [m.strip() for m in models.split(",") if m.strip()]
+    old_list = None if models is None else [m.strip() for m in models.split(",") if m.strip()]
+    model_list = required("--model", renamed("--models", old_list, "--model", model or None))
     try:
         axes = parse_axes(axis or [])
     except ValueError as err:
@@ -79,7 +92,7 @@ def sweep_command(
     config = RunConfig(
         store_path=store, data_root=data_root, classes=classes, limit=limit,
         batch_size=resolve_batch(batch_size, device, CPU_BATCH), workers=workers,
-        progress=progress,
+        progress=progress, threads=threads,
         model=ModelOptions(device=device, dtype=dtype, seed=seed),
     )  # fmt: skip
     echo = (lambda row: None) if as_json else _print_cell
