@@ -151,3 +151,25 @@ def test_results_tell_apart_runs_that_differ_by_protocol_prompt_or_prefix(
     assert any('answer_prefix="It is a"' in s for s in settings)
     table = invoke("results", "--store", str(store))
     assert "settings" in table.splitlines()[0] and "protocol=paper" in table
+
+
+def test_sweep_output_path_writes_every_cells_results(folder: Path, tmp_path: Path):
+    store, out = tmp_path / "runs.sqlite", tmp_path / "files"
+    args = ["sweep", "--model", "random:llava", "--dataset", "imagefolder", "--data-root",
+            str(folder), "--axis", "k=2,3", "--max-new-tokens", "2", "--store", str(store),
+            "--out", str(tmp_path / "o"), "--no-progress", "--json", "--output-path", str(out),
+            "--log-samples"]  # fmt: skip
+    result = json.loads(invoke(*args).strip().splitlines()[-1])
+    run_ids = sorted(row["run_id"] for row in result["rows"])
+    assert len(run_ids) == 2
+    assert sorted(p.name for p in out.glob("results_*.json")) == [
+        f"results_{r}.json" for r in run_ids]  # fmt: skip
+    with RunStore(store, read_only=True) as runs:
+        for run_id in run_ids:
+            document = json.loads((out / f"results_{run_id}.json").read_text())
+            stored = runs.get_run(run_id).meta["summary"]
+            assert document["summary"]["accuracy"] == stored["accuracy"]
+            k = document["identity"]["spec"].get("k", 3)  # k=3 of 3 classes: all, the default
+            samples = (out / f"samples_{run_id}.jsonl").read_text().splitlines()
+            assert len(samples) == stored["n"] == 6
+            assert all(len(json.loads(s)["choices"]) == k for s in samples)

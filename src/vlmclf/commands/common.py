@@ -182,6 +182,52 @@ def resolve_batch(requested: str, device: str, cpu_default: int) -> int:
     return resolve_batch_size(requested, device, cpu_default)
 
 
+def write_stored_run_files(
+    out_dir: Path, store: Path, run_ids: list[str], *, data_root: str | None,
+    classes: str | None, log_samples: bool,
+) -> list[Path]:  # fmt: skip
+    """``--output-path`` for commands that run several stored runs (sweep): each run's results
+    JSON (and samples JSONL), as ``eval`` writes them. One error line (exit 1) if they cannot be
+    written: the runs are stored."""
+    from vlmclf.report.summary import summary_json
+    from vlmclf.run.results import StoredPredictions
+    from vlmclf.run.run_files import write_run_files
+    from vlmclf.spec import RunSpec
+    from vlmclf.store import RunStore
+
+    written: list[Path] = []
+    try:
+        for run_id in dict.fromkeys(run_ids):
+            with RunStore(store, read_only=True) as runs:
+                record = runs.get_run(run_id)
+            if record is None or "summary" not in (record.meta or {}):
+                continue
+            spec = RunSpec.model_validate(record.spec)
+            summary = summary_json(run_id, spec, record.meta["summary"], str(store))
+            stored = StoredPredictions(store, run_id, spec, record.class_names)
+            written += write_run_files(out_dir, summary, stored, data_root=data_root,
+                                       classes=classes, log_samples=log_samples)  # fmt: skip
+    except (OSError, ValueError) as err:
+        fail(f"--output-path {out_dir}: {err} (the runs are stored: re-run to write the files)",
+             code=1)  # fmt: skip
+    return written
+
+
+def check_output_dir(out_dir: Path | None, log_samples: bool) -> None:
+    """``--output-path`` writable before any work; ``--log-samples`` only with it."""
+    if log_samples and out_dir is None:
+        fail("--log-samples writes into --output-path DIR: give both")
+    if out_dir is None:
+        return
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".vlmclf-write-check"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        fail(f"--output-path {out_dir}: {err.strerror or err}")
+
+
 def out_dir_for(command: str, spec: dict[str, Any]) -> Path:
     """``reports/<command>-<hash of spec>``: the same analysis writes to the same folder."""
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()

@@ -26,6 +26,7 @@ from vlmclf.commands.common import (
     at_least,
     batch_help,
     batch_size_or_auto,
+    check_output_dir,
     fail,
     finite_number,
     number_in,
@@ -577,10 +578,8 @@ def check_model_before_work(spec: RunSpec, config: RunConfig) -> None:
 
 
 def check_output_path(output: Output) -> None:
-    """``--output-path`` usable before any work (a folder we can write in), and
-    ``--log-samples`` only with it."""
-    if output.log_samples and output.output_path is None:
-        fail("--log-samples writes into --output-path DIR: give both")
+    """``--output-path`` usable before any work (a folder we can write in), ``--log-samples``
+    only with it, and the ``--log`` tracker installed."""
     if output.log is not None:
         from vlmclf.run.trackers import check_tracker
 
@@ -588,15 +587,7 @@ def check_output_path(output: Output) -> None:
             check_tracker(output.log)
         except ValueError as err:
             fail(str(err))
-    if output.output_path is None:
-        return
-    try:
-        output.output_path.mkdir(parents=True, exist_ok=True)
-        probe = output.output_path / ".vlmclf-write-check"
-        probe.touch()
-        probe.unlink()
-    except OSError as err:
-        fail(f"--output-path {output.output_path}: {err.strerror or err}")
+    check_output_dir(output.output_path, output.log_samples)
 
 
 def write_output_files(

@@ -17,6 +17,7 @@ from vlmclf.commands.common import (
     at_least,
     batch_help,
     batch_size_or_auto,
+    check_output_dir,
     fail,
     number_in,
     out_dir_for,
@@ -24,6 +25,7 @@ from vlmclf.commands.common import (
     required,
     resolve_batch,
     resolve_hardware,
+    write_stored_run_files,
 )
 
 CPU_BATCH = 8  # --batch-size auto on CPU and MPS
@@ -73,6 +75,14 @@ def sweep_command(
     threads: Annotated[
         int | None, typer.Option(callback=at_least(1), help=THREADS_HELP)
     ] = None,
+    output_path: Annotated[
+        Path | None,
+        typer.Option(help="Also write results_<run_id>.json for every cell's run here."),
+    ] = None,
+    log_samples: Annotated[
+        bool,
+        typer.Option("--log-samples", help="With --output-path: samples_<run_id>.jsonl too."),
+    ] = False,
 ) -> None:
     """Run every cell of the grid (stored runs are reused), then write tables and figures."""
     from vlmclf.analysis.sweep.run import parse_axes, run_sweep
@@ -88,6 +98,7 @@ def sweep_command(
         fail(str(err))
     spec = {"models": model_list, "datasets": dataset, "axes": axes, "limit": limit, "seed": seed}
     folder = out or out_dir_for("sweep", spec)
+    check_output_dir(output_path, log_samples)
     device, dtype = resolve_hardware(None, device, dtype)  # an auto dtype: per model, per cell
     config = RunConfig(
         store_path=store, data_root=data_root, classes=classes, limit=limit,
@@ -103,6 +114,10 @@ def sweep_command(
         )  # fmt: skip
     except ValueError as err:
         fail(str(err))
+    if output_path is not None:
+        run_ids = [row["run_id"] for row in result["rows"] if row.get("run_id")]
+        write_stored_run_files(output_path, store, run_ids, data_root=data_root,
+                               classes=classes, log_samples=log_samples)  # fmt: skip
     if as_json:
         typer.echo(json.dumps(result))
     else:
