@@ -45,6 +45,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "paper": _ANALYSIS,
     "commands": _ANALYSIS | {"paper", "serve"},
     "cli": _ANALYSIS | {"paper", "serve", "commands"},
+    "api": _ANALYSIS | {"paper", "commands"},
     "__main__": frozenset({"cli"}),
 }
 """Each top-level module or package of vlmclf and what it may import besides itself (the

@@ -18,6 +18,12 @@ from pydantic import BaseModel, ConfigDict
 Method = Literal["clip", "generate", "likelihood", "classifier"]
 Setting = Literal["open", "closed"]
 Order = Literal["fixed", "random"]
+API_PROVIDERS = ("openai", "anthropic", "gemini")
+"""Model spec prefixes of models behind an API: no local weights, so no dtype or device."""
+
+
+def is_api_model(model: str) -> bool:
+    return model.split(":", 1)[0] in API_PROVIDERS
 
 
 class RunSpec(BaseModel):

@@ -17,6 +17,7 @@ from vlmclf.commands.common import (
     at_least,
     fail,
     number_in,
+    renamed,
     resolve_hardware,
 )
 from vlmclf.terminal import terminal_safe
@@ -55,7 +56,7 @@ def finetune_command(
     ],
     train_split: Annotated[str, Opt(help="Split trained on.")] = "train",
     eval_split: Annotated[
-        str | None, Opt(help="Split scored with --eval-limit (default: the layout's test split).")
+        str | None, Opt(help="Split scored with --limit (default: the layout's test split).")
     ] = None,
     data_root: Annotated[str | None, Opt(help="Where the (evaluation) data lives.")] = None,
     train_data_root: Annotated[
@@ -143,20 +144,24 @@ def finetune_command(
     workers: Annotated[
         int, Opt(callback=at_least(1), help="Threads decoding the next batch's images.")
     ] = 4,
-    eval_limit: Annotated[
+    limit: Annotated[
         int | None,
         Opt(
             callback=at_least(1),
-            help="Score generation before and after on this many eval examples.",
+            help="Score generation before and after on this many eval examples (as eval's and "
+            "probe's --limit).",
         ),
     ] = None,
+    old_eval_limit: Annotated[
+        int | None, Opt("--eval-limit", hidden=True, help="Old name of --limit.")
+    ] = None,
     eval_batch_size: Annotated[
-        int, Opt(callback=at_least(1), help="Examples per model call in the --eval-limit runs.")
+        int, Opt(callback=at_least(1), help="Examples per model call in the --limit runs.")
     ] = 8,
     match: Annotated[
         str,
         Opt(
-            help="How --eval-limit answers map to labels: contain, exact (the paper's rule "
+            help="How --limit answers map to labels: contain, exact (the paper's rule "
             "for fine-tuned models), strict, nli, embed."
         ),
     ] = "contain",
@@ -184,9 +189,10 @@ def finetune_command(
     from vlmclf.run.distributed import is_main_process
     from vlmclf.run.loading import ModelOptions
 
+    eval_limit = renamed("--eval-limit", old_eval_limit, "--limit", limit)
     for name, value in (("--batch-size", batch_size), ("--micro-batch", micro_batch),
                         ("--steps", steps), ("--train-limit", train_limit),
-                        ("--eval-limit", eval_limit)):  # fmt: skip
+                        ("--limit", eval_limit)):  # fmt: skip
         if value is not None and value < 1:
             fail(f"{name} must be at least 1, got {value}")
     o = _protocol_options(ctx, protocol, model)

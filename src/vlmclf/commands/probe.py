@@ -13,6 +13,7 @@ from vlmclf.commands.common import (
     DEVICE_HELP,
     DTYPE_HELP,
     SEED_MAX,
+    THREADS_HELP,
     at_least,
     batch_help,
     batch_size_or_auto,
@@ -21,6 +22,7 @@ from vlmclf.commands.common import (
     out_dir_for,
     resolve_batch,
     resolve_hardware,
+    use_threads,
 )
 from vlmclf.terminal import terminal_safe
 
@@ -155,7 +157,8 @@ def probe_command(
     ] = "auto",
     workers: Annotated[
         int, Opt(callback=at_least(1), help="Threads decoding images ahead of the model.")
-    ] = 2,
+    ] = 4,
+    threads: Annotated[int | None, Opt(callback=at_least(1), help=THREADS_HELP)] = None,
     feature_chunk: Annotated[
         int,
         Opt(callback=at_least(1), help="Examples per resumable feature chunk on disk."),
@@ -202,6 +205,7 @@ def probe_command(
         model_options=ModelOptions(device=device, dtype=dtype, seed=seed),
     )  # fmt: skip
     try:
+        use_threads(threads)
         outcome = run_probe(request, runtime)
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
@@ -212,7 +216,7 @@ def probe_command(
         payload = {"analysis_id": outcome.analysis_id, **outcome.result, "files": files}
         typer.echo(json.dumps(payload))
         return
-    typer.echo(terminal_safe(outcome.files["markdown"].read_text()))  # class names inside
+    typer.echo(terminal_safe(probe_terminal_text(outcome.result)))  # class names inside
     for warning in outcome.result["warnings"]:
         typer.echo(f"warning: {terminal_safe(warning)}", err=True)
     failed = outcome.result["n_failed"]
@@ -221,3 +225,10 @@ def probe_command(
     typer.echo(f"analysis {outcome.analysis_id} stored in {store}")
     for name, path in files.items():
         typer.echo(f"{name}: {path}")
+
+
+def probe_terminal_text(result: dict) -> str:
+    """The probe's table for the terminal: the Markdown file's content without its escapes."""
+    from vlmclf.analysis.probe.report import probe_text
+
+    return probe_text(result)

@@ -9,11 +9,15 @@ import json
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from vlmclf.commands.common import DEFAULT_STORE, fail
+from vlmclf.terminal import terminal_safe
+
+if TYPE_CHECKING:
+    from vlmclf.store import RunStore
 
 
 class TableFormat(StrEnum):
@@ -86,11 +90,11 @@ def export_command(
             typer.echo(f"wrote {count} predictions to standard output", err=True)
             return
         path = out or Path(f"{full_id}.{fmt.value}")
-        count = export_run(runs, full_id, path, fmt.value)
+        count = export_run(runs, full_id, path, fmt.value, image_sources(runs, full_id))
     typer.echo(f"wrote {count} predictions to {path}")
 
 
-def _export_to_stdout(runs: object, run_id: str, fmt: ExportFormat) -> int:
+def _export_to_stdout(runs: RunStore, run_id: str, fmt: ExportFormat) -> int:
     """``--out -``: the rows on standard output (the usual convention), for a pipe; binary
     Parquet is not written to a terminal."""
     if fmt is ExportFormat.parquet and sys.stdout.isatty():
@@ -98,6 +102,22 @@ def _export_to_stdout(runs: object, run_id: str, fmt: ExportFormat) -> int:
     from vlmclf.run.results import export_run
 
     sys.stdout.flush()
-    count = export_run(runs, run_id, sys.stdout.buffer, fmt.value)  # type: ignore[arg-type]
+    sources = image_sources(runs, run_id)
+    count = export_run(runs, run_id, sys.stdout.buffer, fmt.value, sources)
     sys.stdout.buffer.flush()
     return count
+
+
+def image_sources(runs: RunStore, run_id: str) -> dict[str, str] | None:
+    """Each example's image path for ``export``, from the dataset listed again where the run
+    recorded it; None (the ``image`` column empty) with one warning line when it cannot be."""
+    from vlmclf.run.run_files import stored_run_sources
+
+    record = runs.get_run(run_id)
+    if record is None:
+        return None
+    try:
+        return stored_run_sources(record.spec, record.meta)
+    except (ValueError, OSError, KeyError) as err:
+        typer.echo(f"warning: image paths left empty: {terminal_safe(str(err))}", err=True)
+        return None

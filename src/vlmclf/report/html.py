@@ -44,7 +44,8 @@ CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:72em;padding:0 1em;color:#222}
 h1{font-size:1.5em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em;display:block;max-width:100%;
+overflow-x:auto}
 th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}
 th{background:#f0f0f0}td.num{text-align:right;white-space:nowrap}
 .ci{color:#666;font-size:.85em}.proto{font-size:.8em;background:#eef;padding:0 .3em}
@@ -208,10 +209,17 @@ def per_class_comparisons_html(views: Sequence[RunView]) -> str:
     return "".join(parts)
 
 
+def per_class_title(record: RunRecord) -> str:
+    """The chart's own title names the run: model, setting, dataset and the run id."""
+    spec = record.spec
+    return (f"{spec.get('model')}, {setting_label(spec)}\n"
+            f"{dataset_label(spec)}, run {record.run_id[:8]}: per-class accuracy")  # fmt: skip
+
+
 def per_class_figures_html(views: Sequence[RunView]) -> str:
     figures = []
     for view in views:
-        uri = per_class_figure(view.per_class, "per-class accuracy")
+        uri = per_class_figure(view.per_class, per_class_title(view.record))
         if uri is None:
             continue
         caption = f"run {view.record.run_id}: {_run_caption(view.record)}"
@@ -280,13 +288,14 @@ def _details(summary_text: str, content_html: str) -> str:
     return f"<details><summary>{esc(summary_text)}</summary>{content_html}</details>"
 
 
-def analysis_section_html(analysis: AnalysisRecord) -> str:
+def analysis_section_html(analysis: AnalysisRecord, table_shown_above: bool = False) -> str:
+    """The analysis's figures, its table (unless the page shows it above), spec and result."""
     figures, problem = analysis_figures(analysis.kind, analysis.result)
     imgs = "".join(
         f'<figure><img alt="{esc(analysis.kind)} figure" src="{uri}"></figure>' for uri in figures
     )
     warn = f'<p class="warn">{esc(problem)}</p>' if problem else ""
-    table = analysis_table(analysis.kind, analysis.result)
+    table = [] if table_shown_above else analysis_table(analysis.kind, analysis.result)
     return (
         f'<section class="analysis" id="analysis-{esc(analysis.analysis_id)}">'
         f"<h3>{esc(analysis.kind)} {esc(analysis.analysis_id)}</h3>"
@@ -343,9 +352,11 @@ def page_html(
     views: Sequence[RunView],
     analyses: Sequence[AnalysisRecord],
     lead_html: str = "",
+    table_above: str | None = None,
 ) -> str:
     """The page; ``lead_html`` (markup the caller built with ``esc``) goes first, under the
-    title: the demo puts its findings there."""
+    title: the demo puts its findings there, and names the analysis (``table_above``) whose
+    table it already shows, so that the page shows it once."""
     from vlmclf import __version__
 
     generated = datetime.now(UTC).isoformat(timespec="seconds")
@@ -353,7 +364,9 @@ def page_html(
     runs_html = "".join(
         run_section_html(v, shares.get(v.record.run_id)) for v in views
     ) or '<p class="note">no runs</p>'
-    analyses_html = "".join(analysis_section_html(a) for a in analyses)
+    analyses_html = "".join(
+        analysis_section_html(a, table_shown_above=a.analysis_id == table_above) for a in analyses
+    )
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'

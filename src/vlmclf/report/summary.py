@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlmclf.spec import RunSpec
+from vlmclf.spec import RunSpec, is_api_model
 from vlmclf.terminal import terminal_safe
 
 
@@ -117,7 +117,9 @@ def summary_json(
 
 def protocol_settings(spec: RunSpec) -> dict[str, Any]:
     """Every setting a protocol resolves for this run, as it was used (shown in every report)."""
-    settings: dict[str, Any] = {"prompt": spec.prompt, "dtype": spec.dtype}
+    settings: dict[str, Any] = {"prompt": spec.prompt}
+    if not is_api_model(spec.model):  # an API model's weights and their dtype are not ours
+        settings["dtype"] = spec.dtype
     if spec.method == "clip":
         settings["templates"] = spec.templates
         return settings

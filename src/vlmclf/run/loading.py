@@ -13,7 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-API_PREFIXES = ("openai", "anthropic", "gemini")
+from vlmclf.spec import is_api_model
+
 AUTO = "auto"
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -37,7 +38,7 @@ class ModelOptions:
 
 
 def is_api_spec(spec: str) -> bool:
-    return spec.split(":", 1)[0] in API_PREFIXES
+    return is_api_model(spec)
 
 
 def load_any_model(spec: str, options: ModelOptions) -> object:
@@ -65,6 +66,20 @@ def load_any_model(spec: str, options: ModelOptions) -> object:
         trust_remote_code=options.trust_remote_code,
         seed=options.seed,
     )
+
+
+def check_model(spec: str, options: ModelOptions) -> None:
+    """Refuse, before any work, what would only fail once the run has started: an unknown
+    model prefix, an API model without its key or whose server does not answer (ValueError or
+    the API's error, one line each)."""
+    if is_api_spec(spec):
+        from vlmclf.models.api.loader import check_api_model
+
+        check_api_model(spec, options.base_url)
+        return
+    from vlmclf.models.registry import loader_for
+
+    loader_for(spec)
 
 
 class LastModelLoader:

@@ -9,7 +9,7 @@ that analyses and tests look at row by row.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +79,13 @@ class StoredPredictions:
         return summarize_columns(self.column_chunks(store), self.class_names)
 
 
-def export_run(store: RunStore, run_id: str, path: str | Path | BinaryIO, fmt: str) -> int:
+def export_run(
+    store: RunStore,
+    run_id: str,
+    path: str | Path | BinaryIO,
+    fmt: str,
+    sources: Mapping[str, str] | None = None,
+) -> int:
     """``vlmclf export``: every stored prediction of ``run_id`` as the summary sees it, so a
     run calibrated with the dataset-mean prior exports its calibrated scores, pred and hit (the
     stored rows hold the uncalibrated ones until the whole run is in). Returns the count."""
@@ -90,4 +96,4 @@ def export_run(store: RunStore, run_id: str, path: str | Path | BinaryIO, fmt: s
         Path(store.path), run_id, RunSpec.model_validate(record.spec), record.class_names
     )
     chunks = stored.prediction_chunks(store)
-    return store.export(run_id, path, fmt, chunks=chunks)  # type: ignore[arg-type]
+    return store.export(run_id, path, fmt, chunks=chunks, sources=sources)  # type: ignore[arg-type]

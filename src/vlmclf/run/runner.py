@@ -90,6 +90,7 @@ class RunConfig:
     verify_images: bool = False  # hash image bytes into the identity, not just size and mtime
     retry_failed: bool = False  # ask again about data failures too (transient ones always are)
     wait_for_holder: bool = False  # another live process computes this run: wait, then resume
+    threads: int | None = None  # torch's CPU threads (None: what torch picks); recorded in meta
 
 
 @dataclass
@@ -202,6 +203,8 @@ def run_identity(spec: RunSpec, config: RunConfig, class_names: list[str],
     shown = {
         "resolved_prompt": prompts[0] if prompts else None,
         "verify_images": config.verify_images,
+        "data": data_location(spec, config),
+        "threads": cpu_threads(config.threads),
     }
     return identity, shown
 
@@ -215,6 +218,28 @@ def _choice_keys(spec: RunSpec, examples: Sequence[Example]) -> str | None:
         return None
     keys = json.dumps([example.seed_key for example in examples])
     return hashlib.sha256(keys.encode()).hexdigest()[:16]
+
+
+def cpu_threads(requested: int | None) -> int:
+    """Cap torch's CPU threads at ``requested`` (None: leave what torch picked); returns the
+    count the run computes with, recorded beside it (never part of its identity)."""
+    import torch
+
+    if requested is not None:
+        torch.set_num_threads(requested)
+    return torch.get_num_threads()
+
+
+def data_location(spec: RunSpec, config: RunConfig) -> dict[str, str | None]:
+    """Where the examples were read from, as absolute paths: lets ``export`` list the dataset
+    again for each example's image path (never part of the identity: the fingerprint is)."""
+
+    def absolute(path: str | None) -> str | None:
+        return str(Path(path).resolve()) if path and Path(path).exists() else path
+
+    dataset = absolute(spec.dataset) if spec.dataset.endswith(".jsonl") else spec.dataset
+    return {"dataset": dataset, "data_root": absolute(config.data_root),
+            "classes": absolute(config.classes)}  # fmt: skip
 
 
 ModelLoader = Callable[[str, ModelOptions], object]
@@ -242,6 +267,7 @@ def run(
     )
     if not is_main_process():  # under torchrun the main rank alone prints
         warn = _ignore
+    cpu_threads(config.threads)  # on every rank, before any model or image work
     dataset, examples, class_names = every_rank(lambda: _selected(spec, config, dataset))
     # the whole dataset, not the --limit subset: a larger limit extends the run (a prefix)
     identity, shown = from_main(lambda: run_identity(spec, config, class_names, dataset.examples))

@@ -31,7 +31,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from vlmclf.records import Prediction, PredictionColumns
-from vlmclf.store.export import EXPORT_CHUNK_ROWS, write_jsonl, write_parquet
+from vlmclf.store.export import EXPORT_CHUNK_ROWS, RunNames, write_jsonl, write_parquet
 from vlmclf.store.json_safe import dumps as _dumps
 from vlmclf.store.json_safe import from_json_safe, to_json_safe
 from vlmclf.store.json_safe import loads as _loads
@@ -720,8 +720,10 @@ class RunStore:
         path: str | Path | BinaryIO,
         fmt: Literal["jsonl", "parquet"],
         chunks: Iterable[list[Prediction]] | None = None,
+        sources: Mapping[str, str] | None = None,
     ) -> int:
-        """Write one row/object per prediction (``run_id`` + every Prediction field), a chunk
+        """Write one row/object per prediction (``run_id``, the class names, the image path
+        from ``sources`` (example id -> path) where given, and every Prediction field), a chunk
         of rows at a time: memory stays bounded whatever the run's size. Returns the count.
         ``path`` may be an open binary stream (standard output), which is not closed.
         ``chunks`` (default: the stored rows as they are) lets a caller export finalized rows
@@ -736,7 +738,8 @@ class RunStore:
             out.parent.mkdir(parents=True, exist_ok=True)
         if chunks is None:
             chunks = self.prediction_chunks(run_id, chunk_rows=EXPORT_CHUNK_ROWS)
-        return writers[fmt](out, run_id, chunks)
+        names = RunNames(self._class_names(run_id), sources)
+        return writers[fmt](out, run_id, chunks, names)
 
 
 def _shown_status(

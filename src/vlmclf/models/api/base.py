@@ -32,6 +32,7 @@ from vlmclf.models.api.errors import (
     BlockedResponse,
     MalformedResponse,
     ScoringNotSupported,
+    failure_outcome,
 )
 from vlmclf.models.api.keys import KEY_VARIABLES, Secret, logger, redact, strip_credentials
 from vlmclf.models.api.prices import PriceTable
@@ -349,6 +350,11 @@ class ApiChatModel:
             floor - 1, floor)
 
     def _fail(self, failure: ApiFailure) -> ApiFailure:
+        outcome = failure_outcome(failure)
+        if outcome in ("refused", "empty"):  # the model's answer: it counts (as wrong)
+            logger.warning("%s: %s answer, counted as wrong: %s", self.name, outcome,
+                           failure.reason)  # fmt: skip
+            return failure
         self._usage.add(failures=1)
         logger.warning("%s: item failed: %s", self.name, failure.reason)
         return failure

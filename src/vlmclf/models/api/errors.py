@@ -55,6 +55,10 @@ class ApiKeyMissing(ApiError):
     """No key in the provider's environment variable(s); the message names them."""
 
 
+class ApiUnreachable(ApiError):
+    """The server did not answer the probe sent before a run (refused, no route, timed out)."""
+
+
 class ApiAuthError(ApiError):
     """The server rejected the key (HTTP 401/403). Raised at once: retrying cannot help."""
 
