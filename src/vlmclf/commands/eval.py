@@ -79,7 +79,7 @@ def eval_command(
         str,
         typer.Option(
             help="A manifest .jsonl, or NAME[:split] (imagenet, flowers102, stanford_cars, "
-            "caltech101, fashion_mnist, imagefolder)."
+            "caltech101, fashion_mnist, imagefolder), wds:PATH_OR_GLOB or hf-dataset:PATH[:split]."
         ),
     ],
     method: Annotated[MethodName, typer.Option(help="How to classify.")],
@@ -436,11 +436,10 @@ def run_plan(options: EvalOptions) -> tuple[RunSpec, RunConfig]:
 
 
 def run_spec(q: Question, lik: LikelihoodChoices, data: DataChoices, dtype: str) -> RunSpec:
+    from vlmclf.data.readers import parse_dataset_spec
     from vlmclf.spec import RunSpec
 
-    name, _, spec_split = (
-        (data.dataset, "", "") if data.dataset.endswith(".jsonl") else data.dataset.partition(":")
-    )
+    name, spec_split = parse_dataset_spec(data.dataset)
     return RunSpec(
         model=q.model,
         dataset=name,
