@@ -357,8 +357,11 @@ def test_a_missing_extra_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "webdataset" else real(name, *a))  # fmt: skip
+
+    def find_spec(name: str, *args: object) -> object:
+        return None if name == "webdataset" else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     with pytest.raises(ValueError, match=r"^wds: datasets need the 'webdataset' package: "
                        r"pip install 'vlmclf\[wds\]'$"):  # fmt: skip
         load_dataset("wds:/anywhere/*.tar")

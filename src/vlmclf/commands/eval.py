@@ -55,6 +55,12 @@ class Order(StrEnum):
     random = "random"
 
 
+class ChoiceMode(StrEnum):
+    random = "random"
+    hard_text = "hard-text"
+    hard_image = "hard-image"
+
+
 class Aggregate(StrEnum):
     sum = "sum"
     mean = "mean"
@@ -91,6 +97,15 @@ def eval_command(
         typer.Option("--k", help="Label-set size for the closed world (default: all classes)."),
     ] = None,
     order: Annotated[Order, typer.Option(help="Order of the offered labels.")] = Order.fixed,
+    choices: Annotated[
+        ChoiceMode,
+        typer.Option(help="How the --k offered labels are drawn: random, or the K-1 classes "
+                     "--choice-model finds nearest the true name (hard-text) or scores highest "
+                     "for the image (hard-image)."),
+    ] = ChoiceMode.random,
+    choice_model: Annotated[
+        str | None, typer.Option(help="The CLIP that mines --choices hard-* (any CLIP spec).")
+    ] = None,
     prompt: Annotated[
         str, typer.Option(help="base, alt1, alt2, alt3, thesis, or the question itself.")
     ] = "base",
@@ -268,6 +283,8 @@ class Question(_Group):
     setting: Setting
     k: int | None
     order: Order
+    choices: ChoiceMode
+    choice_model: str | None
     prompt: str
     cot: bool
     protocol: str
@@ -355,7 +372,8 @@ class EvalOptions:
         params = dict(ctx.params)
         _check_combinations(params)
         params.update(_protocol_options(ctx))
-        for name, kind in (("setting", Setting), ("order", Order), ("calibration", Calibration)):
+        for name, kind in (("setting", Setting), ("order", Order), ("calibration", Calibration),
+                           ("choices", ChoiceMode)):
             params[name] = kind(params[name])
         return cls(
             Question.from_params(params),
@@ -458,6 +476,8 @@ def run_spec(q: Question, lik: LikelihoodChoices, data: DataChoices, dtype: str)
         dtype=dtype,
         protocol=q.protocol,
         prompt_template=q.prompt_template,
+        choices=q.choices.value,
+        choice_model=q.choice_model,
     )
 
 

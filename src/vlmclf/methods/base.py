@@ -6,6 +6,7 @@ progress. Anything a user should be warned about before the run starts comes fro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -39,16 +40,20 @@ class Method(Protocol):
 class PromptedMethod:
     """What every prompting method shares: the offered choices and the question for an example.
 
-    Choices come from (seed, example id) alone, so every model and method sees the same ones.
+    Choices come from (seed, example id) alone, so every model and method sees the same ones;
+    with ``--choices hard-*`` from ``hard_choices``, which the runner sets to the mined sets.
     """
 
     spec: RunSpec
     class_names: list[str]
+    hard_choices: Callable[[str, int], list[int]] | None = None
 
     def choices_for(self, example_id: str, label: int) -> list[int] | None:
         """The offered label set for one example (None in the open world)."""
         if self.spec.setting == "open":
             return None
+        if self.hard_choices is not None:
+            return self.hard_choices(example_id, label)
         return sample_choices(
             label, self.class_names, self.spec.k, self.spec.order, self.spec.seed, example_id
         )
@@ -66,16 +71,19 @@ class ScoringMethod:
     ``--k`` offered classes and the record of one example's scores, top-1 among those offered.
 
     Choices come from (seed, example id) alone, as for prompted methods, so every model sees the
-    same ones.
+    same ones; with ``--choices hard-*`` from ``hard_choices``, set by the runner.
     """
 
     spec: RunSpec
     class_names: list[str]
+    hard_choices: Callable[[str, int], list[int]] | None = None
 
     def offered(self, example_id: str, label: int) -> list[int] | None:
         """The classes scored for one example (None: all of them)."""
         if self.spec.k is None:
             return None
+        if self.hard_choices is not None:
+            return self.hard_choices(example_id, label)
         return sample_choices(
             label, self.class_names, self.spec.k, self.spec.order, self.spec.seed, example_id
         )

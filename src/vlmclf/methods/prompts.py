@@ -173,7 +173,7 @@ def _check_template(path: Path, index: int, template: object) -> None:
 
 def load_templates(name: str) -> list[str]:
     """CLIP templates by name (paper, paper_code, imagenet80), a JSON list of '{}' strings, or
-    CLIP_benchmark's ``zeroshot_classification_templates.txt`` (one a line, ``{c}`` for the name)."""
+    CLIP_benchmark's ``zeroshot_classification_templates.txt`` (one a line, ``{c}``: the name)."""
     if name == "paper":
         return list(PAPER_TEMPLATES)
     if name == "paper_code":

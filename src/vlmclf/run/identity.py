@@ -186,6 +186,7 @@ def content_identity(
     base_url: str | None,
     weights: str | None,
     examples: str,
+    choices: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The identity as a JSON-ready dict: the spec plus the content it resolved to."""
     identity: dict[str, Any] = {
@@ -201,6 +202,7 @@ def content_identity(
         "preprocessing": preprocessing or None,
         "base_url": base_url,
         "weights": weights,
+        "choices": choices,
     }
     identity.update({key: value for key, value in optional.items() if value is not None})
     return identity
