@@ -215,3 +215,53 @@ def test_sweep_has_a_choices_axis(fashion: Path, tmp_path: Path):
                                                                 ("hard-image", None)]
     assert rows[0]["run_id"] != rows[1]["run_id"]
     assert (tmp_path / "out" / "sweep_by_choices.csv").is_file()
+
+
+# --------------------------------------------------------------------------- --format mc
+
+
+def test_lettered_options_and_the_mmmu_reading():
+    from vlmclf.methods.generate import lettered_answer
+    from vlmclf.methods.prompts import build_question
+
+    names = ["T-shirt/top", "trouser", "pullover", "dress", "coat"]
+    question = build_question("base", ["coat", "dress", "trouser"], lettered=True)
+    assert question.splitlines()[1:] == [
+        "A. coat", "B. dress", "C. trouser",
+        "Answer with the option's letter from the given choices directly.",
+    ]  # fmt: skip
+    choices = [4, 3, 1]
+    assert lettered_answer("B", choices, names) == 3
+    assert lettered_answer("(C) trouser", choices, names) == 1
+    assert lettered_answer("The answer is (A), a coat.", choices, names) == 4
+    assert lettered_answer("I cannot tell", choices, names) is None
+    # MMMU's rule on a long answer without letters: the option text mentioned last ("trouser")
+    assert lettered_answer("It is most likely a dress, not a coat or trousers.", choices,
+                           names) == 1  # fmt: skip
+
+
+def test_format_mc_runs_generation_on_hard_choices_and_reads_letters(
+    fashion: Path, tmp_path: Path
+):
+    from vlmclf.methods.generate import lettered_answer
+
+    store = tmp_path / "runs.sqlite"
+    summary = eval_json(*method_args("generate"), "--format", "mc", "--dataset", "fashion_mnist",
+                        "--data-root", str(fashion), "--k", str(K), "--choices", "hard-image",
+                        "--choice-model", "random:clip", "--store", str(store))  # fmt: skip
+    assert summary["n"] == N_TEST
+    names = load_dataset("fashion_mnist", data_root=str(fashion)).class_names
+    with RunStore(store) as runs:
+        predictions = runs.predictions(summary["run_id"])
+        (record,) = runs.list_runs()
+    for p in predictions:
+        assert len(p.choices) == K and p.pred == lettered_answer(p.text, p.choices, names)
+    names_run = eval_json(*method_args("generate"), "--dataset", "fashion_mnist", "--data-root",
+                          str(fashion), "--k", str(K), "--choices", "hard-image",
+                          "--choice-model", "random:clip", "--store", str(store))  # fmt: skip
+    assert names_run["run_id"] != summary["run_id"]
+    refused = CliRunner().invoke(app, ["eval", *method_args("likelihood"), "--format", "mc",
+                                       "--dataset", "fashion_mnist", "--data-root", str(fashion),
+                                       "--store", str(store)])  # fmt: skip
+    assert refused.exit_code != 0
+    assert "--format mc asks with lettered options" in refused.output

@@ -45,6 +45,7 @@ class RunSpec(BaseModel):
     options: dict[str, str | int | float | bool | None] = {}
     choices: Choices = "random"  # how the K offered classes are drawn (vlmclf.run.hard_choices)
     choice_model: str | None = None  # the CLIP that mines hard choices
+    answer_format: Literal["names", "mc"] = "names"  # mc: lettered options, the letter is read
 
     def canonical_json(self) -> str:
         """The spec as sorted JSON, defaults left out: the input of the run id."""

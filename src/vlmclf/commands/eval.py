@@ -61,6 +61,11 @@ class ChoiceMode(StrEnum):
     hard_image = "hard-image"
 
 
+class AnswerFormat(StrEnum):
+    names = "names"
+    mc = "mc"
+
+
 class Aggregate(StrEnum):
     sum = "sum"
     mean = "mean"
@@ -106,6 +111,11 @@ def eval_command(
     choice_model: Annotated[
         str | None, typer.Option(help="The CLIP that mines --choices hard-* (any CLIP spec).")
     ] = None,
+    answer_format: Annotated[
+        AnswerFormat,
+        typer.Option("--format", help="Closed-world generation: names (the paper's list) or mc "
+                     "(lettered options A, B, ...; the letter read by MMMU's rule)."),
+    ] = AnswerFormat.names,
     prompt: Annotated[
         str, typer.Option(help="base, alt1, alt2, alt3, thesis, or the question itself.")
     ] = "base",
@@ -285,6 +295,7 @@ class Question(_Group):
     order: Order
     choices: ChoiceMode
     choice_model: str | None
+    answer_format: AnswerFormat
     prompt: str
     cot: bool
     protocol: str
@@ -373,7 +384,7 @@ class EvalOptions:
         _check_combinations(params)
         params.update(_protocol_options(ctx))
         for name, kind in (("setting", Setting), ("order", Order), ("calibration", Calibration),
-                           ("choices", ChoiceMode)):
+                           ("choices", ChoiceMode), ("answer_format", AnswerFormat)):
             params[name] = kind(params[name])
         return cls(
             Question.from_params(params),
@@ -391,6 +402,10 @@ def _check_combinations(params: dict[str, Any]) -> None:
         fail(f"--k must be at least 2, got {params['k']}")
     if params["sample"] not in ("default", "paper"):
         fail(f"--sample must be 'default' or 'paper', got {params['sample']!r}")
+    if params["answer_format"] == "mc" and (
+        params["method"] is not MethodName.generate or params["setting"] != "closed"
+    ):
+        fail("--format mc asks with lettered options: use --method generate --setting closed")
     if params["setting"] is Setting.closed and params["method"] in (
         MethodName.clip, MethodName.classifier,
     ):  # fmt: skip
@@ -478,6 +493,7 @@ def run_spec(q: Question, lik: LikelihoodChoices, data: DataChoices, dtype: str)
         prompt_template=q.prompt_template,
         choices=q.choices.value,
         choice_model=q.choice_model,
+        answer_format=q.answer_format.value,
     )
 
 

@@ -63,7 +63,8 @@ class PromptedMethod:
         (unless the run's prompt template carries the CoT cue as an assistant prefix)."""
         names = None if choices is None else [self.class_names[i] for i in choices]
         cot_in_question = self.spec.cot and self.spec.prompt_template is None
-        return build_question(self.spec.prompt, names, cot_in_question)
+        lettered = self.spec.answer_format == "mc"
+        return build_question(self.spec.prompt, names, cot_in_question, lettered)
 
 
 class ScoringMethod:

@@ -15,6 +15,8 @@ import json
 import string
 from pathlib import Path
 
+from vlmclf.methods.letters import lettered_options
+
 QUESTIONS: dict[str, str] = {
     "base": "What type of object is in this photo?",
     "alt1": "Identify the object in this image.",
@@ -131,14 +133,19 @@ def closed_world_suffix(choice_names: list[str]) -> str:
     return f'Choose one from "{", ".join(choice_names)}".'
 
 
-def build_question(prompt: str, choice_names: list[str] | None = None, cot: bool = False) -> str:
+def build_question(
+    prompt: str, choice_names: list[str] | None = None, cot: bool = False, lettered: bool = False
+) -> str:
     """The full user text: the question, the label set when closed-world, then CoT if asked.
 
     A wording holding ``{labels}`` (the thesis's) gets the names joined by ", " in place of
-    the closed-world suffix.
+    the closed-world suffix. ``lettered`` (``--format mc``) lists the names as "A. name" lines
+    with LLaVA's multiple-choice instruction instead.
     """
     question = open_question(prompt)
-    if "{labels}" in question:
+    if lettered and choice_names is not None:
+        parts = [question + "\n" + lettered_options(choice_names)]
+    elif "{labels}" in question:
         if choice_names is None:
             raise ValueError(
                 f"--prompt {prompt}: this wording lists the labels; use --setting closed"

@@ -146,7 +146,8 @@ def _questions_sent(spec: RunSpec) -> list[str] | None:
         return None
     choices = None if spec.setting == "open" else ["{choices}"]
     cot_in_question = spec.cot and spec.prompt_template is None  # a template places CoT itself
-    return [build_question(spec.prompt, choices, cot_in_question), "{question}"]
+    lettered = spec.answer_format == "mc"
+    return [build_question(spec.prompt, choices, cot_in_question, lettered), "{question}"]
 
 
 def _max_new_tokens(spec: RunSpec) -> int | None:
