@@ -265,3 +265,11 @@ def test_format_mc_runs_generation_on_hard_choices_and_reads_letters(
                                        "--store", str(store)])  # fmt: skip
     assert refused.exit_code != 0
     assert "--format mc asks with lettered options" in refused.output
+
+
+def test_the_run_line_names_the_choice_mode_and_format():
+    from vlmclf.report.summary import describe_spec
+
+    spec = spec_for("hard-image", "generate").model_copy(update={"answer_format": "mc"})
+    assert "K=4 (fixed order) hard-image choices by random:clip format=mc" in describe_spec(spec)
+    assert "choices" not in describe_spec(spec_for("random"))
