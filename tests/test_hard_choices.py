@@ -273,3 +273,20 @@ def test_the_run_line_names_the_choice_mode_and_format():
     spec = spec_for("hard-image", "generate").model_copy(update={"answer_format": "mc"})
     assert "K=4 (fixed order) hard-image choices by random:clip format=mc" in describe_spec(spec)
     assert "choices" not in describe_spec(spec_for("random"))
+
+
+def test_a_clip_on_its_own_hard_image_choices_scores_its_all_class_top1(
+    fashion: Path, tmp_path: Path
+):
+    """By construction: the true class wins against the K-1 wrong classes the model scores
+    highest exactly when it wins against all of them, and otherwise the same wrong class wins."""
+    store = tmp_path / "runs.sqlite"
+    common = [*method_args("clip"), "--dataset", "fashion_mnist", "--data-root", str(fashion),
+              "--store", str(store)]  # fmt: skip
+    every = eval_json(*common)
+    hard = eval_json(*common, "--k", "3", "--choices", "hard-image", "--choice-model",
+                     "random:clip")  # fmt: skip
+    with RunStore(store) as runs:
+        every_rows = {p.example_id: (p.pred, p.hit) for p in runs.predictions(every["run_id"])}
+        hard_rows = {p.example_id: (p.pred, p.hit) for p in runs.predictions(hard["run_id"])}
+    assert hard_rows == every_rows
