@@ -58,6 +58,17 @@ class Order(StrEnum):
     random = "random"
 
 
+class ChoiceMode(StrEnum):
+    random = "random"
+    hard_text = "hard-text"
+    hard_image = "hard-image"
+
+
+class AnswerFormat(StrEnum):
+    names = "names"
+    mc = "mc"
+
+
 class Aggregate(StrEnum):
     sum = "sum"
     mean = "mean"
@@ -82,7 +93,7 @@ def eval_command(
         str,
         typer.Option(
             help="A manifest .jsonl, or NAME[:split] (imagenet, flowers102, stanford_cars, "
-            "caltech101, fashion_mnist, imagefolder)."
+            "caltech101, fashion_mnist, imagefolder), wds:PATH_OR_GLOB or hf-dataset:PATH[:split]."
         ),
     ],
     method: Annotated[MethodName, typer.Option(help="How to classify.")],
@@ -94,6 +105,20 @@ def eval_command(
         typer.Option("--k", help="Label-set size for the closed world (default: all classes)."),
     ] = None,
     order: Annotated[Order, typer.Option(help="Order of the offered labels.")] = Order.fixed,
+    choices: Annotated[
+        ChoiceMode,
+        typer.Option(help="How the --k offered labels are drawn: random, or the K-1 classes "
+                     "--choice-model finds nearest the true name (hard-text) or scores highest "
+                     "for the image (hard-image)."),
+    ] = ChoiceMode.random,
+    choice_model: Annotated[
+        str | None, typer.Option(help="The CLIP that mines --choices hard-* (any CLIP spec).")
+    ] = None,
+    answer_format: Annotated[
+        AnswerFormat,
+        typer.Option("--format", help="Closed-world generation: names (the paper's list) or mc "
+                     "(lettered options A, B, ...; the letter read by MMMU's rule)."),
+    ] = AnswerFormat.names,
     prompt: Annotated[
         str, typer.Option(help="base, alt1, alt2, alt3, thesis, or the question itself.")
     ] = "base",
@@ -308,6 +333,9 @@ class Question(_Group):
     setting: Setting
     k: int | None
     order: Order
+    choices: ChoiceMode
+    choice_model: str | None
+    answer_format: AnswerFormat
     prompt: str
     cot: bool
     protocol: str
@@ -408,7 +436,8 @@ class EvalOptions:
         params = dict(given)
         _check_combinations(params)
         params.update(_protocol_options(params, explicit))
-        for name, kind in (("setting", Setting), ("order", Order), ("calibration", Calibration)):
+        for name, kind in (("setting", Setting), ("order", Order), ("calibration", Calibration),
+                           ("choices", ChoiceMode), ("answer_format", AnswerFormat)):
             params[name] = kind(params[name])
         return cls(
             Question.from_params(params),
@@ -426,6 +455,10 @@ def _check_combinations(params: dict[str, Any]) -> None:
         fail(f"--k must be at least 2, got {params['k']}")
     if params["sample"] not in ("default", "paper"):
         fail(f"--sample must be 'default' or 'paper', got {params['sample']!r}")
+    if params["answer_format"] == "mc" and (
+        params["method"] is not MethodName.generate or params["setting"] != "closed"
+    ):
+        fail("--format mc asks with lettered options: use --method generate --setting closed")
     if params["setting"] is Setting.closed and params["method"] in (
         MethodName.clip, MethodName.classifier,
     ):  # fmt: skip
@@ -505,11 +538,10 @@ def run_plan(options: EvalOptions) -> tuple[RunSpec, RunConfig]:
 
 
 def run_spec(q: Question, lik: LikelihoodChoices, data: DataChoices, dtype: str) -> RunSpec:
+    from vlmclf.data.readers import parse_dataset_spec
     from vlmclf.spec import RunSpec
 
-    name, _, spec_split = (
-        (data.dataset, "", "") if data.dataset.endswith(".jsonl") else data.dataset.partition(":")
-    )
+    name, spec_split = parse_dataset_spec(data.dataset)
     return RunSpec(
         model=q.model,
         dataset=name,
@@ -528,6 +560,9 @@ def run_spec(q: Question, lik: LikelihoodChoices, data: DataChoices, dtype: str)
         dtype=dtype,
         protocol=q.protocol,
         prompt_template=q.prompt_template,
+        choices=q.choices.value,
+        choice_model=q.choice_model,
+        answer_format=q.answer_format.value,
     )
 
 

@@ -45,7 +45,12 @@ def sweep_command(
     ] = None,
     axis: Annotated[
         list[str] | None,
-        typer.Option(help="NAME=V1,V2 with NAME in k, prompt, order, cot, strategy; repeatable."),
+        typer.Option(
+            help="NAME=V1,V2 with NAME in k, prompt, order, cot, strategy, choices; repeatable."
+        ),
+    ] = None,
+    choice_model: Annotated[
+        str | None, typer.Option(help="The CLIP that mines choices=hard-text/hard-image.")
     ] = None,
     limit: Annotated[
         int | None, typer.Option(callback=at_least(1), help="A fixed random subset of this size.")
@@ -111,7 +116,7 @@ def sweep_command(
     try:
         result = run_sweep(
             model_list, dataset, axes, config, seed=seed, max_new_tokens=max_new_tokens,
-            out_dir=folder, on_cell=echo,
+            out_dir=folder, on_cell=echo, choice_model=choice_model,
         )  # fmt: skip
     except ValueError as err:
         fail(str(err))
@@ -132,6 +137,7 @@ def sweep_command(
 
 
 def _print_cell(row: dict[str, Any]) -> None:
-    values = " ".join(f"{k}={row[k]}" for k in ("k", "prompt", "order", "cot", "strategy"))
+    axes = ("k", "prompt", "order", "cot", "strategy", "choices")
+    values = " ".join(f"{k}={row[k]}" for k in axes)
     outcome = f"error: {row['error']}" if row["error"] else f"accuracy {row['accuracy']:.3f}"
     typer.echo(terminal_safe(f"{row['model']} {row['dataset']} {values}: {outcome}"), err=True)

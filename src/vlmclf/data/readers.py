@@ -26,6 +26,7 @@ from vlmclf.data.listing import (
     require_dir,
     visible_subfolders,
 )
+from vlmclf.data.sources import is_source_spec, read_source, split_source_spec
 from vlmclf.data.types import Dataset, Example
 
 DEFAULT_SPLITS = {
@@ -54,7 +55,8 @@ def load_dataset(
     spec: str, data_root: str | None = None, split: str | None = None, classes: str | None = None
 ) -> Dataset:
     """Read a dataset from ``spec``: a ``.jsonl`` manifest path (optionally ``path.jsonl:split``)
-    or ``NAME[:split]`` with NAME in ``LAYOUTS``.
+    or ``NAME[:split]`` with NAME in ``LAYOUTS``, or a source at scale (``wds:PATH_OR_GLOB``,
+    ``hf-dataset:PATH[:split]``, see ``vlmclf.data.sources``).
 
     A ``:split`` in the spec overrides ``split``; otherwise the layout's default split is used
     (``DEFAULT_SPLITS``; a manifest keeps all lines). ``classes`` (a shipped list name or a
@@ -65,6 +67,8 @@ def load_dataset(
     wanted_split = spec_split or split
     if name.lower().endswith(".jsonl"):
         return read_manifest(name, data_root, wanted_split, classes)
+    if is_source_spec(name):
+        return read_source(name, wanted_split, classes)
     if name not in LAYOUTS:
         raise ValueError(
             f"unknown dataset {name!r}: use a .jsonl manifest or one of {', '.join(LAYOUTS)}"
@@ -85,7 +89,10 @@ def load_dataset(
 
 
 def parse_dataset_spec(spec: str) -> tuple[str, str | None]:
-    """``'imagenet:val'`` -> ``('imagenet', 'val')``; ``'x.jsonl'`` -> ``('x.jsonl', None)``."""
+    """``'imagenet:val'`` -> ``('imagenet', 'val')``; ``'x.jsonl'`` -> ``('x.jsonl', None)``;
+    ``wds:`` and ``hf-dataset:`` specs as ``vlmclf.data.sources`` splits them."""
+    if is_source_spec(spec):
+        return split_source_spec(spec)
     if spec.lower().endswith(".jsonl") or ":" not in spec:
         return spec, None
     name, split = spec.rsplit(":", 1)

@@ -6,7 +6,7 @@ progress. Anything a user should be warned about before the run starts comes fro
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,14 +42,16 @@ PAPER_STREAM = "paper_stream"
 
 
 class OfferedLabels:
-    """The offered labels of an example: seeded per example from (seed, location-independent
-    key) (clean), or, where the spec says ``offer: paper_stream`` and the order is random, the
-    paper's global stream over the whole split, which the runner hands over (``use_examples``)
-    before the first batch."""
+    """The offered labels of an example: mined (``--choices hard-*``), seeded per example from
+    (seed, location-independent key) (clean), or, where the spec says ``offer: paper_stream``
+    and the order is random, the paper's global stream over the whole split, which the runner
+    hands over (``use_examples``) before the first batch."""
 
     spec: RunSpec
     class_names: list[str]
     stream: dict[str, list[int]] | None = None
+    hard_choices: Callable[[str, int], list[int]] | None = None
+    """``--choices hard-*``: the mined set of an example, set by the runner."""
 
     def uses_paper_stream(self) -> bool:
         return self.spec.options.get("offer") == PAPER_STREAM and self.spec.order == "random"
@@ -62,6 +64,8 @@ class OfferedLabels:
             )
 
     def draw(self, example_id: str, label: int, key: str | None) -> list[int]:
+        if self.hard_choices is not None:
+            return self.hard_choices(example_id, label)
         if not self.uses_paper_stream():
             return sample_choices(
                 label, self.class_names, self.spec.k, self.spec.order, self.spec.seed,
@@ -97,7 +101,8 @@ class PromptedMethod(OfferedLabels):
         (unless the run's prompt template carries the CoT cue as an assistant prefix)."""
         names = None if choices is None else [self.class_names[i] for i in choices]
         cot_in_question = self.spec.cot and self.spec.prompt_template is None
-        return build_question(self.spec.prompt, names, cot_in_question)
+        lettered = self.spec.answer_format == "mc"
+        return build_question(self.spec.prompt, names, cot_in_question, lettered)
 
 
 class ScoringMethod(OfferedLabels):

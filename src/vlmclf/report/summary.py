@@ -33,6 +33,10 @@ def describe_spec(spec: RunSpec, split: str | None = None) -> str:
         what += f" {spec.setting}-world"
     if spec.k is not None:
         what += f" K={spec.k} ({spec.order} order)"
+    if spec.choices != "random":
+        what += f" {spec.choices} choices by {spec.choice_model}"
+    if spec.answer_format != "names":
+        what += f" format={spec.answer_format}"
     if spec.prompt != "base":
         what += f" prompt={spec.prompt}"
     if spec.cot:

@@ -199,6 +199,7 @@ def content_identity(
     weights: str | None,
     examples: str,
     choice_keys: str | None = None,
+    choices: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The identity as a JSON-ready dict: the spec plus the content it resolved to."""
     identity: dict[str, Any] = {
@@ -216,6 +217,7 @@ def content_identity(
         "base_url": base_url,
         "weights": weights,
         "choice_keys": choice_keys,
+        "choices": choices,
     }
     identity.update({key: value for key, value in optional.items() if value is not None})
     return identity

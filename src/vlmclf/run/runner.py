@@ -35,6 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vlmclf.data import load_dataset
+from vlmclf.data.choices import sample_choices
 from vlmclf.data.types import Dataset, Example
 from vlmclf.methods import check_label_set_size
 from vlmclf.methods.base import LoadedExample, Method
@@ -48,6 +49,7 @@ from vlmclf.models.prompt_formats import fill_template
 from vlmclf.records import Prediction
 from vlmclf.run.batching import BatchSizer, predict_with_fallback
 from vlmclf.run.distributed import SharedResult, every_rank, from_main, is_main_process, on_main
+from vlmclf.run.hard_choices import check_hard_choices, choice_identity, mine_choices
 from vlmclf.run.identity import (
     content_identity,
     environment_changes,
@@ -154,7 +156,8 @@ def _questions_sent(spec: RunSpec) -> list[str] | None:
         return None
     choices = None if spec.setting == "open" else ["{choices}"]
     cot_in_question = spec.cot and spec.prompt_template is None  # a template places CoT itself
-    return [build_question(spec.prompt, choices, cot_in_question), "{question}"]
+    lettered = spec.answer_format == "mc"
+    return [build_question(spec.prompt, choices, cot_in_question, lettered), "{question}"]
 
 
 def _max_new_tokens(spec: RunSpec) -> int | None:
@@ -199,6 +202,7 @@ def run_identity(spec: RunSpec, config: RunConfig, class_names: list[str],
         weights=weights_fingerprint(spec.model),
         examples=examples_fingerprint(examples, config.verify_images),
         choice_keys=_choice_keys(spec, examples),
+        choices=choice_identity(spec),
     )
     shown = {
         "resolved_prompt": prompts[0] if prompts else None,
@@ -269,6 +273,7 @@ def run(
         warn = _ignore
     cpu_threads(config.threads)  # on every rank, before any model or image work
     dataset, examples, class_names = every_rank(lambda: _selected(spec, config, dataset))
+    hard = _hard_choices(spec, config, dataset, examples, class_names)
     # the whole dataset, not the --limit subset: a larger limit extends the run (a prefix)
     identity, shown = from_main(lambda: run_identity(spec, config, class_names, dataset.examples))
     run_id = identity_run_id(identity)
@@ -285,6 +290,8 @@ def run(
             use_examples = getattr(method, "use_examples", None)
             if callable(use_examples):  # the paper's label stream runs over the whole split
                 use_examples(dataset.examples, {example.id for example in examples})
+            if hard is not None:
+                method.hard_choices = hard  # type: ignore[attr-defined]
             return model, method
 
         def interrupted() -> None:
@@ -335,6 +342,32 @@ def _selected(
     class_names = list(dataset.class_names)
     check_label_set_size(spec.k, class_names)  # before the store: a bad --k leaves no run behind
     return dataset, examples, class_names
+
+
+def _hard_choices(
+    spec: RunSpec, config: RunConfig, dataset: Dataset, examples: list[Example],
+    class_names: list[str],
+) -> Callable[[str, int], list[int]] | None:  # fmt: skip
+    """The mined choice sets of ``--choices hard-*`` as a method's ``hard_choices`` (None for
+    random choices); mined on the main rank (the choice model loaded only for what the cache
+    lacks) and given to every rank."""
+    if spec.choices == "random":
+        return None
+    check_hard_choices(spec, len(set(class_names)))
+    mined = from_main(lambda: mine_choices(
+        spec, class_names, dataset.name, dataset.split, examples,
+        lambda choice_model: load_any_model(choice_model, config.model),
+    ))  # fmt: skip
+    assert spec.k is not None  # check_hard_choices
+
+    def offer(example_id: str, label: int) -> list[int]:
+        if mined.mode == "hard-image" and example_id not in mined.negatives:
+            # the preflight's stand-in id (a prompt-length check), or an image that failed to
+            # decode while mining, which fails again before any method sees it
+            return sample_choices(label, class_names, spec.k, spec.order, spec.seed, example_id)
+        return mined.offered(example_id, label, class_names, spec.k, spec.order, spec.seed)
+
+    return offer
 
 
 @contextmanager
