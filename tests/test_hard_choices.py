@@ -190,7 +190,7 @@ def test_hard_choice_mistakes_are_one_line(fashion: Path, tmp_path: Path):
         ([*method_args("clip"), "--k", "3", "--choices", "hard-text"],
          "--choices hard-text needs --choice-model"),
         (["--model", "random:llava", "--method", "generate", "--k", "3", "--choices",
-          "hard-image", "--choice-model", "random:clip"], "use --setting closed"),
+          "hard-image", "--choice-model", "random:clip"], "add --setting closed"),
         ([*method_args("clip"), "--k", "3", "--choices", "hard-image", "--choice-model",
           "random:llava"], "is not a CLIP-style encoder"),
     ]  # fmt: skip
