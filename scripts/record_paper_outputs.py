@@ -61,6 +61,7 @@ FINETUNE_LABELS = ["Dress", "Ankle boot", "T-shirt/top"]
 GENERATE_TOKENS = 6  # the CoT generation test
 WIKIQA_TOKENS = 24
 WIKIQA_N = 4
+ANSWER_START = " Trendelenburg position"  # appended to the CoT prompt (edit "answer_start")
 
 
 # ------------------------------------------------------ the tests' inputs (built the same way)
@@ -124,6 +125,11 @@ EXTRA_EDITS = {
         re.compile(r"max_new_tokens=(64 if not chain_of_thought else 512|1024)"),
         'max_new_tokens=int(os.environ["PAPER_MAX_NEW_TOKENS"])',
     ),
+    "answer_start": (
+        re.compile(r'f"USER: <image>\\n\{question\}\\nASSISTANT: Let\'s think step by step\."'),
+        'f"USER: <image>\\n{question}\\nASSISTANT: Let\'s think step by step."'
+        ' + os.environ.get("PAPER_ANSWER_START", "")',
+    ),
     "own_question": (
         re.compile(r"questions = \[init_prompt for _ in batch\]"),
         'questions = [item.get("question", init_prompt) for item in batch]',
@@ -135,7 +141,7 @@ def prepare_script(repo: Path, path: str, work: Path, edits: list[str]) -> Path:
     source = offline(read_script(repo, path))
     for name in edits:
         pattern, replacement = EXTRA_EDITS[name]
-        source, count = pattern.subn(replacement, source)
+        source, count = pattern.subn(lambda _match, text=replacement: text, source)
         if count != 1:
             sys.exit(f"{path}: edit {name!r} matched {count} times, expected once")
     target = work / (path.replace("/", "__"))
@@ -143,8 +149,9 @@ def prepare_script(repo: Path, path: str, work: Path, edits: list[str]) -> Path:
     return target
 
 
-def run_script(script: Path, *args: str, tokens: int = 1) -> None:
-    env = {**os.environ, "PAPER_DTYPE": "float32", "PAPER_MAX_NEW_TOKENS": str(tokens)}
+def run_script(script: Path, *args: str, tokens: int = 1, answer_start: str = "") -> None:
+    env = {**os.environ, "PAPER_DTYPE": "float32", "PAPER_MAX_NEW_TOKENS": str(tokens),
+           "PAPER_ANSWER_START": answer_start}  # fmt: skip
     done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
                           env=env, cwd=script.parent)  # fmt: skip
     if done.returncode != 0:
@@ -285,7 +292,7 @@ def record_wikiqa(repo: Path, work: Path, model: Path) -> dict:
     folder = work / "wikiqa"
     folder.mkdir(exist_ok=True)
     questions = write_wikiqa(folder, WIKIQA_N)
-    script = prepare_script(repo, "imagewikiqa/main.py", work, ["max_new_tokens"])
+    script = prepare_script(repo, "imagewikiqa/main.py", work, ["max_new_tokens", "answer_start"])
     rows = [json.loads(line) for line in questions.read_text().splitlines()]
     data = folder / "paper_questions.jsonl"
     data.write_text("".join(json.dumps({**row, "image": str(folder / row["image"])}) + "\n"
@@ -302,11 +309,26 @@ def record_wikiqa(repo: Path, work: Path, model: Path) -> dict:
         for n, (line, row) in enumerate(zip(out.read_text().splitlines(), rows, strict=True))
     ))  # fmt: skip
     letters = evaluate_letters(numbered)
+    # the prompt ending inside an answer: its one new token follows "Trendelenburg position",
+    # so only the cue in front makes the text long enough for the option text to count
+    started = folder / "started.jsonl"
+    started.unlink(missing_ok=True)
+    run_script(script, "--model_id", str(model), "--data_path", str(data), "--output_path",
+               str(started), "--batch_size", str(WIKIQA_N), tokens=1,
+               answer_start=ANSWER_START)  # fmt: skip
+    started_preds = [json.loads(line)["pred"] for line in started.read_text().splitlines()]
+    numbered.write_text("".join(
+        json.dumps({**json.loads(line), "question_id": f"{n}_{row['label']}"}) + "\n"
+        for n, (line, row) in enumerate(zip(started.read_text().splitlines(), rows, strict=True))
+    ))  # fmt: skip
+    started_letters = evaluate_letters(numbered)
     cue = {answer: parse(f"{CUE} {answer}", list("ABCD"), CUE_OPTIONS) for answer in CUE_CASES}
     bare = {answer: parse(answer, list("ABCD"), CUE_OPTIONS) for answer in CUE_CASES}
     return {"preds": preds, "letters": letters, "max_new_tokens": WIKIQA_TOKENS,
             "images": files_fingerprint([folder / row["image"] for row in rows]),
-            "cue_letters": cue, "bare_letters": bare}  # fmt: skip
+            "cue_letters": cue, "bare_letters": bare,
+            "answer_start": {"text": ANSWER_START, "max_new_tokens": 1, "preds": started_preds,
+                             "letters": started_letters}}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------- LLaVA
@@ -407,6 +429,8 @@ def main() -> None:
             "imports commented out (scripts/compare_paper_code.py offline())",
             "paper scripts: max_new_tokens from PAPER_MAX_NEW_TOKENS (few tokens for the tests)",
             "extract_feature.py, padded case only: each item's own question",
+            "imagewikiqa/main.py: PAPER_ANSWER_START appended to its LLaVA-1.5 prompt (empty "
+            "but for the wikiqa answer_start case)",
             "eval.ipynb evaluate(): main.py's rows given a question_id '<n>_<label>' (it reads "
             "the answer key there)",
             "LLaVA: empty llava/__init__.py; preprocess_v1 executed alone from train.py",

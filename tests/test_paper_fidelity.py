@@ -239,11 +239,40 @@ def test_paper_wikiqa_parses_the_text_the_papers_code_parses(llava_dir, tmp_path
         str(tmp_path / "runs.sqlite"), "--out", str(tmp_path / "r"),
     )  # fmt: skip
     assert out["spec"]["options"]["answer_marker"] == "ASSISTANT:"
+    options = out["spec"]["options"]
+    assert (out["spec"]["cot"], options["parser"], options["unparsed"]) == (
+        True, "mmmu", "random-letter")  # fmt: skip
     with RunStore(tmp_path / "runs.sqlite", read_only=True) as store:
         stored = store.predictions(out["run_id"])
     assert [p.text for p in stored] == wikiqa["preds"]
     assert all(text.startswith("Let's think step by step.") for text in wikiqa["preds"])
     assert [None if p.pred is None else "ABCD"[p.pred] for p in stored] == wikiqa["letters"]
+
+
+def test_paper_wikiqa_parses_the_cue_with_the_answer(llava_dir, tmp_path):
+    """A prompt that ends inside an answer (the paper's prompt with " Trendelenburg position"
+    appended; one new token): the notebook read question 1 as C only because the cue in front
+    makes the text longer than five words. vlmclf parses the same whole text, cue included."""
+    from vlmclf.analysis.wikiqa.run import run_wikiqa, wikiqa_spec
+    from vlmclf.run.loading import ModelOptions
+    from vlmclf.store import RunStore
+
+    case = recorded()["wikiqa"]["answer_start"]
+    questions = wikiqa_questions(tmp_path, len(case["preds"]))
+    template = "USER: {image}\n{question}\nASSISTANT: Let's think step by step." + case["text"]
+    spec = wikiqa_spec(
+        f"hf:{llava_dir}", questions=questions, cot=True, max_new_tokens=case["max_new_tokens"],
+        unparsed="random-letter", protocol="paper", prompt_template=template, parser="mmmu",
+        answer_marker="ASSISTANT:",
+    )  # the CLI's paper settings (checked above), with the template no option sets
+    out = run_wikiqa(spec, tmp_path, tmp_path / "runs.sqlite", tmp_path / "r",
+                     questions=questions, batch_size=4, progress=False,
+                     model_options=ModelOptions(device="cpu", dtype="float32"))  # fmt: skip
+    with RunStore(tmp_path / "runs.sqlite", read_only=True) as store:
+        stored = store.predictions(out["run_id"])
+    assert [p.text for p in stored] == case["preds"]
+    assert case["letters"][0] == "C"
+    assert [None if p.pred is None else "ABCD"[p.pred] for p in stored] == case["letters"]
 
 
 # answers a model may write after the cue: the paper parses "Let's think step by step. " + it
