@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import hashlib
 import importlib
+import io
 import json
 import os
 import random
@@ -281,7 +283,8 @@ def notebook_parser(repo: Path, work: Path):
 
     def evaluate_letters(path: Path) -> list:
         letters.clear()
-        namespace["evaluate"](str(path))
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints the file's accuracy
+            namespace["evaluate"](str(path))
         return list(letters)
 
     return observed, evaluate_letters
