@@ -12,7 +12,9 @@ float32 can be compared exactly (``--dtype bfloat16`` compares the published dty
 Compared: probe features (feature_analysis/extract_feature.py; batch 4, since with a batch that
 divides the data its last file is never written), open- and closed-world answers, offered labels
 and hits (main_results/main.py, K=5), and ImageWikiQA answers and letters (imagewikiqa/main.py;
-the letter by the eval notebook's parser, copied in tests/paper_code.py).
+the letter by the eval notebook's own parser, its code cells executed from the checkout).
+None of their code is kept in this repository; scripts/record_paper_outputs.py records what it
+outputs on the tests' inputs (tests/fixtures/paper_outputs.json).
 """
 
 from __future__ import annotations
@@ -139,13 +141,11 @@ def compare_generation(work: Path, model: Path, absolute: Path, env: dict, close
     return line
 
 
-def compare_wikiqa(work: Path, model: Path, env: dict) -> str:
+def compare_wikiqa(work: Path, model: Path, env: dict, paper_repo: Path) -> str:
     from importlib import resources
 
     from PIL import Image
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    import paper_code  # the eval notebook's parser
+    from record_paper_outputs import notebook_parser  # the eval notebook's own code, executed
 
     folder = work / "wikiqa"
     shipped = resources.files("vlmclf").joinpath("data/imagewikiqa.jsonl").read_text()
@@ -172,13 +172,14 @@ def compare_wikiqa(work: Path, model: Path, env: dict) -> str:
 
     with RunStore(work / "runs.sqlite", read_only=True) as store:
         ours = store.predictions(result["run_id"])
-    unparsed = object()
+    numbered = folder / "paper_out_with_ids.jsonl"  # evaluate() reads the key from question_id
+    numbered.write_text("".join(
+        json.dumps({**p, "question_id": f"{n}_{p['label']}"}) + "\n" for n, p in enumerate(paper)
+    ))  # fmt: skip
+    paper_letters = notebook_parser(paper_repo, folder)[1](numbered)
     texts = sum(p["pred"] == o.text for p, o in zip(paper, ours, strict=True))
-    letters = sum(
-        (None if (x := paper_code.evaluate_item(p, lambda _: unparsed)) is unparsed else x)
-        == (None if o.pred is None else "ABCD"[o.pred])
-        for p, o in zip(paper, ours, strict=True)
-    )  # fmt: skip
+    letters = sum(x == (None if o.pred is None else "ABCD"[o.pred])
+                  for x, o in zip(paper_letters, ours, strict=True))  # fmt: skip
     return f"ImageWikiQA: answers {texts}/8, letters {letters}/8"
 
 
@@ -196,7 +197,7 @@ def main() -> None:
     print(compare_features(args.work, model, relative, absolute, env))
     print(compare_generation(args.work, model, absolute, env, closed=False))
     print(compare_generation(args.work, model, absolute, env, closed=True))
-    print(compare_wikiqa(args.work, model, env))
+    print(compare_wikiqa(args.work, model, env, args.paper_repo))
 
 
 if __name__ == "__main__":
