@@ -34,7 +34,9 @@ def _eval_command(server: FakeApiServer, root: Path, store: Path) -> list[str]:
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "OPENAI_API_KEY": "test-key",
+    # a 1 s heartbeat (a sixth of 6 s): the killed run has renewed its lease by the time it is
+    # killed however fast this machine is, so its time up to the last heartbeat is above 0
+    return {**os.environ, "OPENAI_API_KEY": "test-key", "VLMCLF_LEASE_STALE_S": "6",
             "VLMCLF_API_CACHE": str(tmp_path / "api-cache.sqlite")}  # fmt: skip
 
 
