@@ -24,7 +24,8 @@ What must change from machine to machine is masked, and only that:
 * the scratch folder's absolute path is written as a relative one.
 
 Everything else is deterministic: one CPU thread (``OMP_NUM_THREADS=1``), no GPU, fixed seeds.
-Slow examples (``slow=True``: the full demo, fine-tuning) run only without ``--fast``.
+Slow examples (``slow=True``: the full demo, fine-tuning, ``reproduce --run`` on the organism;
+about 12 CPU minutes together, the cheap ones about 2) run only without ``--fast``.
 """
 
 from __future__ import annotations
@@ -658,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--print", action="store_true", help="print the blocks, write nothing")
     parser.add_argument("--quiet", action="store_true", help="no per-example timings")
     args = parser.parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads: the same sums each time
+    os.environ["OMP_NUM_THREADS"] = "1"  # before torch loads: the same sums on every machine
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the examples show the CPU path everywhere
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
