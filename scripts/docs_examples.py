@@ -106,6 +106,12 @@ class Example:
 
 # ---------------------------------------------------------------- inputs, made here
 
+
+class CannotRunHere(Exception):
+    """This machine cannot make an example's input (e.g. no way to a read-only folder as root):
+    the example is left as its page shows it, and the run says so."""
+
+
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -177,7 +183,8 @@ def make_read_only_store(session: Session) -> None:
         mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)],
                                  capture_output=True, text=True)  # fmt: skip
         if mounted.returncode != 0:
-            raise SystemExit(f"as root a read-only store needs a tmpfs: {mounted.stderr.strip()}")
+            raise CannotRunHere(f"as root, a read-only store needs a tmpfs, and mounting one "
+                                f"failed: {mounted.stderr.strip()}")  # fmt: skip
         session.cleanups.append(lambda: subprocess.run(["umount", "-l", str(folder)], check=False))
     store = folder / "vlmclf-runs.sqlite"
     argv = ["eval", "--model", "random:clip", "--method", "clip", "--dataset", "clothes.jsonl",
@@ -186,7 +193,10 @@ def make_read_only_store(session: Session) -> None:
     if result.exit_code != 0:
         raise SystemExit(f"vlmclf {shlex.join(argv)} failed: {result.output}")
     if os.geteuid() == 0:
-        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        remounted = subprocess.run(["mount", "-o", "remount,ro", str(folder)],
+                                   capture_output=True, text=True)  # fmt: skip
+        if remounted.returncode != 0:
+            raise CannotRunHere(f"cannot remount a tmpfs read-only: {remounted.stderr.strip()}")
     else:
         store.chmod(0o444)
         folder.chmod(0o555)
@@ -606,7 +616,12 @@ def generate(examples: list[Example], *, echo: bool = False) -> dict[str, str]:
         free_port(session)
         for example in examples:
             started, cpu = time.monotonic(), time.process_time()
-            blocks[example.name] = render(example, session)
+            try:
+                blocks[example.name] = render(example, session)
+            except CannotRunHere as why:
+                print(f"{example.name}: not run here, its page is left as it is: {why}",
+                      file=sys.stderr)  # fmt: skip
+                continue
             if echo:
                 print(f"{example.name}: {time.monotonic() - started:.1f} s wall, "
                       f"{time.process_time() - cpu:.1f} s CPU", file=sys.stderr)  # fmt: skip
