@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -171,6 +171,19 @@ def _candidates(choices: Sequence[int] | None, class_names: Sequence[str]) -> li
     return list(first.values())
 
 
+def _pairs_to_score(
+    texts: Sequence[str], lists: Sequence[list[int]], class_names: Sequence[str],
+    known: Collection[tuple[str, str]],
+) -> list[tuple[str, str]]:  # fmt: skip
+    """The distinct (answer, candidate name) pairs not scored yet, in a fixed order; empty
+    answers are never scored."""
+    wanted = {
+        (text, class_names[i]) for text, cands in zip(texts, lists, strict=True) if text.strip()
+        for i in cands
+    }  # fmt: skip
+    return sorted(wanted - set(known))
+
+
 class NLIMatcher:
     """Zero-shot NLI over the candidate labels; each distinct (answer, label) pair scored once."""
 
@@ -187,11 +200,7 @@ class NLIMatcher:
         class_names: Sequence[str],
     ) -> list[int | None]:  # fmt: skip
         lists = [_candidates(c, class_names) for c in candidate_lists]
-        wanted = {
-            (text, class_names[i]) for text, cands in zip(texts, lists, strict=True) if text.strip()
-            for i in cands
-        }  # fmt: skip
-        todo = sorted(wanted - self._cache.keys())
+        todo = _pairs_to_score(texts, lists, class_names, self._cache.keys())
         probs = self.model.entailment_probs(
             [t for t, _ in todo], [self.hypothesis.format(n) for _, n in todo], self.batch_size
         )
@@ -228,11 +237,7 @@ class ZeroShotPipelineMatcher:
         class_names: Sequence[str],
     ) -> list[int | None]:  # fmt: skip
         lists = [_candidates(c, class_names) for c in candidate_lists]
-        wanted = {
-            (text, class_names[i]) for text, cands in zip(texts, lists, strict=True) if text.strip()
-            for i in cands
-        }  # fmt: skip
-        todo = sorted(wanted - self._logits.keys())
+        todo = _pairs_to_score(texts, lists, class_names, self._logits.keys())
         logits = self.model.pair_logits(
             [t for t, _ in todo], [self.hypothesis.format(n) for _, n in todo]
         )
