@@ -301,6 +301,39 @@ def lease_holder(session: Session) -> None:
     session.hooks["reap"] = reap
 
 
+DRIP = """import socket, sys
+
+# a request whose body comes one byte a second: slower than --body-timeout allows
+with socket.create_connection(("127.0.0.1", int(sys.argv[1]))) as sock:
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\\r\\nHost: localhost\\r\\n"
+                 b"Content-Type: application/json\\r\\nContent-Length: 1000\\r\\n\\r\\n")
+    sock.settimeout(1.0)
+    reply = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            try:
+                sock.sendall(b" ")
+            except OSError:
+                break
+            continue
+        if not chunk:
+            break
+        reply += chunk
+head, _, body = reply.decode().partition("\\r\\n\\r\\n")
+print(head.splitlines()[0])
+print(body)
+"""
+
+
+def make_drip(session: Session) -> None:
+    """``drip.py``: a client that sends its request body a byte a second (a slow client);
+    ``{python}``: this interpreter, which runs it."""
+    (session.folder / "drip.py").write_text(DRIP)
+    session.values["python"] = sys.executable
+
+
 def free_port(session: Session) -> None:
     """``{port}`` for the server an example starts; ``{dead_port}``, where nothing listens."""
     with socket.socket() as sock, socket.socket() as other:
@@ -859,6 +892,9 @@ EXAMPLES: tuple[Example, ...] = (
         Step("vlmclf attribute --store diagonal.sqlite --components components.json --out out",
              keep=first_lines(1, last=3)),
     ), needs=("attribute",)),  # fmt: skip
+    Example("serve-408", "docs/serve.md", (
+        Step("{python} drip.py {port}", kind="shell", shown="python drip.py <port>"),
+    ), setup=make_drip, needs=("serve",)),  # fmt: skip
     # slow: minutes each, left out of the default test (make docs-examples runs them)
     Example("finetune", "docs/analyses.md", (
         Step("vlmclf finetune --model organism:vlm --dataset fashion_mnist --train-limit 320 "

@@ -115,6 +115,53 @@ def test_mask_numbers_ids_keeps_tables_aligned_and_hides_times_paths_ports():
     ]
 
 
+def test_mask_hides_a_lease_holders_pid_host_and_start_time_and_ids_in_file_names():
+    import socket
+
+    session = docs_examples.Session(Path("/tmp/vlmclf-docs-abc"), values={"lease_pid": "8510"})
+    text = (f"run 0123456789abcdef is being computed by another process (pid 8510 on host "
+            f"{socket.gethostname()}, running since 2026-12-06 18:17:29 UTC, last heartbeat 5 s "
+            "ago)\n$ kill -KILL 8510\nresults_0123456789abcdef.json  port 85100\n")  # fmt: skip
+    assert docs_examples.mask(text, session).splitlines() == [
+        "run <id1> is being computed by another process (pid <pid> on host <host>, running since "
+        "<time>, last heartbeat <t> ago)",
+        "$ kill -KILL <pid>",
+        "results_<id1>.json  port 85100",
+    ]
+
+
+def test_python_steps_show_an_interactive_session_in_one_namespace(tmp_path: Path):
+    """Each statement as ``>>>`` (continuation lines ``...``), then what it printed, an
+    expression's value, or the last line of its traceback; later steps see earlier names."""
+    session = docs_examples.Session(tmp_path)
+    script = docs_examples.Step("import json\nrows = [1, 2,\n        3]", kind="script")
+    assert docs_examples.run_step(script, session) == ""
+    shown = docs_examples.run_step(docs_examples.Step(
+        "print(sum(rows))\nrows[-1]\nrows[None]\njson.loads('{')\nx = 1", kind="python"),
+        session)  # fmt: skip
+    assert shown.splitlines() == [
+        ">>> print(sum(rows))", "6",
+        ">>> rows[-1]", "3",
+        ">>> rows[None]", "TypeError: list indices must be integers or slices, not NoneType",
+        ">>> json.loads('{')",
+        "json.decoder.JSONDecodeError: Expecting property name enclosed in double quotes: "
+        "line 1 column 2 (char 1)",
+        ">>> x = 1",
+    ]
+    assert session.namespace["x"] == 1
+
+
+def test_shell_steps_run_in_the_scratch_folder_and_echo_shows_the_last_exit_status(tmp_path):
+    session = docs_examples.Session(tmp_path)
+    (tmp_path / "a.txt").write_text("one\ntwo\n")
+    assert docs_examples.run_step(docs_examples.Step("head -1 *.txt", kind="shell"),
+                                  session) == "one\n"  # fmt: skip
+    out = docs_examples.run_step(docs_examples.Step("vlmclf results --store none.sqlite"),
+                                 session)  # fmt: skip
+    assert out.startswith("error: no store at none.sqlite")
+    assert docs_examples.run_step(docs_examples.Step("echo $?", kind="status"), session) == "2\n"
+
+
 def test_json_keys_abbreviates_with_ellipses():
     keep = docs_examples.json_keys("run_id", "accuracy")
     out = keep('{"run_id": "x", "n": 2, "n_ok": 2, "accuracy": 0.5, "top5": null}\n')
