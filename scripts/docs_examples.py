@@ -334,6 +334,15 @@ def make_drip(session: Session) -> None:
     session.values["python"] = sys.executable
 
 
+def need_wordnet(session: Session) -> None:
+    """Debian's WordNet, which the ImageNet hierarchy is read from."""
+    from vlmclf.data.hierarchy import wordnet_available
+
+    why = wordnet_available()
+    if why is not None:
+        raise CannotRunHere(why)
+
+
 def free_port(session: Session) -> None:
     """``{port}`` for the server an example starts; ``{dead_port}``, where nothing listens."""
     with socket.socket() as sock, socket.socket() as other:
@@ -617,7 +626,7 @@ def run_python(source: str, session: Session, *, echo: bool) -> str:
         with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
             displayhook, sys.displayhook = sys.displayhook, lambda v: v is None or print(repr(v))
             try:
-                exec(compile(text, "<docs>", "single"), session.namespace)  # noqa: S102
+                exec(compile(text + "\n", "<docs>", "single"), session.namespace)  # noqa: S102
             except Exception as error:  # noqa: BLE001 - an error is what the page shows
                 print(exception_line(error))
             finally:
@@ -882,6 +891,17 @@ EXAMPLES: tuple[Example, ...] = (
     Example("errors", "docs/analyses.md", (
         Step("vlmclf errors {gen} --hierarchy fashion_tree.json --out errors-out"),
     ), setup=make_fashion_tree, needs=("organism-evals",)),  # fmt: skip
+    Example("errors-wordnet", "docs/analyses.md", (
+        Step("from vlmclf.analysis.errors import ErrorTyper, hierarchy_for_run\n"
+             "from vlmclf.data.classnames import load_class_names\n"
+             "names = load_class_names('imagenet')\n"
+             "typer = ErrorTyper(hierarchy_for_run(names))\n"
+             "golden = names.index('Golden Retriever')\n"
+             "for answer in ['a golden retriever', 'a retriever', 'a dog', "
+             "'a Labrador retriever',\n"
+             "               'a tabby cat', 'a blur']:\n"
+             "    print(f'{answer!r:24} {typer.classify(answer, golden)}')", kind="python"),
+    ), setup=need_wordnet, fence="python"),  # fmt: skip
     Example("errors-readme", "README.md", (
         Step("vlmclf errors {gen} --hierarchy fashion_tree.json --no-similarity --out errors-out"),
     ), setup=make_fashion_tree, needs=("organism-evals",)),  # fmt: skip
@@ -898,7 +918,7 @@ EXAMPLES: tuple[Example, ...] = (
     # slow: minutes each, left out of the default test (make docs-examples runs them)
     Example("finetune", "docs/analyses.md", (
         Step("vlmclf finetune --model organism:vlm --dataset fashion_mnist --train-limit 320 "
-             "--batch-size 32 --steps 10 --lr-projector 1e-3 --eval-limit 40 "
+             "--batch-size 32 --steps 10 --lr-projector 1e-3 --limit 40 "
              "--out reports/finetune-organism"),
     ), slow=True),  # fmt: skip
     Example("demo", "docs/analyses.md", (Step("vlmclf demo"),), slow=True),
