@@ -263,6 +263,8 @@ def lease_holder(session: Session) -> None:
     """A loopback API server that never answers its fourth request, and the hooks that start a
     run on it in another process (it holds the run's lease, stuck with what it answered
     before stored), and reap that process once it is killed."""
+    import sqlite3
+
     sys.path.insert(0, str(ROOT / "tests"))
     from api_servers import HANG, FakeApiServer
 
@@ -275,6 +277,14 @@ def lease_holder(session: Session) -> None:
     session.values["slow_server"] = server.base_url
     store = session.folder / "runs.sqlite"
 
+    def stored() -> int:
+        """Predictions in the store (-1 before it exists: read-only, so never created here)."""
+        with contextlib.suppress(sqlite3.Error):
+            db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+            with contextlib.closing(db):
+                return db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+        return -1
+
     def start() -> None:
         argv = ["eval", "--model", "openai:slow-model", "--base-url", server.base_url,
                 "--dataset", "pets.jsonl", "--method", "generate", "--batch-size", "1",
@@ -286,9 +296,8 @@ def lease_holder(session: Session) -> None:
         session.values["lease_pid"] = str(process.pid)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            if len(server.requests) >= 4:  # the one that is never answered has come
-                time.sleep(2)  # the answers before it are committed
-                return
+            if len(server.requests) >= 4 and stored() == len(server.answered):
+                return  # stuck on the request never answered, the answers before it stored
             if process.poll() is not None:
                 raise RuntimeError(f"the lease holder exited ({process.returncode})")
             time.sleep(0.2)
