@@ -21,11 +21,12 @@ What must change from machine to machine is masked, and only that:
   modification times), numbered in order of first appearance within one example;
 * ``<t>``: a duration (``12.3 s``, ``3 min``) and the ``seconds`` column of ``vlmclf results``;
 * ``<size>``: a file size in KiB or MB; ``<port>``: a loopback port;
+* ``<pid>``, ``<host>``, ``<time>``: a lease holder's process id, host name and start time;
 * the scratch folder's absolute path is written as a relative one.
 
 Everything else is deterministic: one CPU thread (``OMP_NUM_THREADS=1``), no GPU, fixed seeds.
-Slow examples (``slow=True``: the full demo, fine-tuning, ``reproduce --run`` on the organism;
-about 12 CPU minutes together, the cheap ones about 2) run only without ``--fast``.
+Slow examples (``slow=True``: the full demo, fine-tuning, ``reproduce --run`` on the organism,
+the 300-image hard multiple-choice runs) run only without ``--fast``.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class Session:
 
     folder: Path
     values: dict[str, str] = field(default_factory=dict)
+    namespace: dict[str, object] = field(default_factory=dict)  # the Python steps' globals
     background: list[subprocess.Popen] = field(default_factory=list)
     hooks: dict[str, Callable[[], None]] = field(default_factory=dict)
     cleanups: list[Callable[[], None]] = field(default_factory=list)
@@ -78,13 +80,17 @@ class Session:
 @dataclass(frozen=True)
 class Step:
     """One command as the page shows it (``vlmclf ...`` runs in this process through Typer's
-    CliRunner; ``... &`` starts it in the background and waits for its port)."""
+    CliRunner; ``... &`` starts it in the background and waits for its port). ``kind`` says how
+    it runs instead: ``shell`` (bash in the scratch folder: ``ls``, ``head``), ``python`` (the
+    session's Python namespace, shown as an interactive session: ``>>> ...`` and what it
+    printed), ``script`` (the same namespace, shown as the code alone)."""
 
     command: str
     keep: Callable[[str], str] | None = None  # abbreviates the output (with "...")
     shown: str | None = None  # the command line the page shows, where it differs
     capture: str | None = None  # remember this step's run id as {capture}
     hook: str | None = None  # instead of a command: call the session's hook of this name
+    kind: str = "vlmclf"  # or "shell", "python", "script"
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,7 @@ class Example:
     slow: bool = False
     make: Callable[[], str] | None = None  # the block comes from this, not from steps
     needs: tuple[str, ...] = ()  # examples that must run first (--only): captured ids, runs
+    fence: str = ""  # the code block's language ("python" for the Python API's sessions)
 
     @property
     def markers(self) -> tuple[str, str]:
@@ -252,10 +259,198 @@ def outcomes_server(session: Session) -> None:
     session.hooks["recover"] = lambda: phase.update(first=False)  # the server's faults end
 
 
+def lease_holder(session: Session) -> None:
+    """A loopback API server that never answers its fourth request, and the hooks that start a
+    run on it in another process (it holds the run's lease, stuck with what it answered
+    before stored), and reap that process once it is killed."""
+    import sqlite3
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from api_servers import HANG, FakeApiServer
+
+    if not (session.folder / "pets.jsonl").exists():
+        make_pets(session)
+    server = FakeApiServer("openai", models=("slow-model",), key=None, answer=lambda p: "A cat.",
+                           plan=lambda index, prompt: HANG if index == 3 else None)  # fmt: skip
+    server.__enter__()
+    session.cleanups.append(lambda: server.__exit__(None, None, None))
+    session.values["slow_server"] = server.base_url
+    store = session.folder / "runs.sqlite"
+
+    def stored() -> int:
+        """Predictions in the store (-1 before it exists: read-only, so never created here)."""
+        with contextlib.suppress(sqlite3.Error):
+            db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+            with contextlib.closing(db):
+                return db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+        return -1
+
+    def start() -> None:
+        argv = ["eval", "--model", "openai:slow-model", "--base-url", server.base_url,
+                "--dataset", "pets.jsonl", "--method", "generate", "--batch-size", "1",
+                "--concurrency", "1", "--store", str(store), "--no-progress"]  # fmt: skip
+        process = subprocess.Popen([sys.executable, "-m", "vlmclf.cli", *argv],
+                                   cwd=session.folder, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)  # fmt: skip
+        session.background.append(process)
+        session.values["lease_pid"] = str(process.pid)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if len(server.requests) >= 4 and stored() == len(server.answered):
+                return  # stuck on the request never answered, the answers before it stored
+            if process.poll() is not None:
+                raise RuntimeError(f"the lease holder exited ({process.returncode})")
+            time.sleep(0.2)
+        raise RuntimeError("the lease holder sent no four requests in 300 s")
+
+    def reap() -> None:
+        session.background[-1].wait(timeout=30)
+
+    session.hooks["hold_lease"] = start
+    session.hooks["reap"] = reap
+
+
+DRIP = """import socket, sys
+
+# a request whose body comes one byte a second: slower than --body-timeout allows
+with socket.create_connection(("127.0.0.1", int(sys.argv[1]))) as sock:
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\\r\\nHost: localhost\\r\\n"
+                 b"Content-Type: application/json\\r\\nContent-Length: 1000\\r\\n\\r\\n")
+    sock.settimeout(1.0)
+    reply = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            try:
+                sock.sendall(b" ")
+            except OSError:
+                break
+            continue
+        if not chunk:
+            break
+        reply += chunk
+head, _, body = reply.decode().partition("\\r\\n\\r\\n")
+print(head.splitlines()[0])
+print(body)
+"""
+
+
+def make_drip(session: Session) -> None:
+    """``drip.py``: a client that sends its request body a byte a second (a slow client);
+    ``{python}``: this interpreter, which runs it."""
+    (session.folder / "drip.py").write_text(DRIP)
+    session.values["python"] = sys.executable
+
+
+def need_wordnet(session: Session) -> None:
+    """Debian's WordNet, which the ImageNet hierarchy is read from."""
+    from vlmclf.data.hierarchy import wordnet_available
+
+    why = wordnet_available()
+    if why is not None:
+        raise CannotRunHere(why)
+
+
 def free_port(session: Session) -> None:
-    with socket.socket() as sock:
+    """``{port}`` for the server an example starts; ``{dead_port}``, where nothing listens."""
+    with socket.socket() as sock, socket.socket() as other:
         sock.bind(("127.0.0.1", 0))
+        other.bind(("127.0.0.1", 0))
         session.values["port"] = str(sock.getsockname()[1])
+        session.values["dead_port"] = str(other.getsockname()[1])
+
+
+def make_missing_layout(session: Session) -> None:
+    """``cub/``: a folder meant for CUB-200 that holds none of its list files."""
+    (session.folder / "cub").mkdir(exist_ok=True)
+
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 220)}
+
+
+def colour_png(value: int) -> bytes:
+    """A 16x16 square of class ``value % 3``'s colour, its corner pixel saying its number."""
+    import io
+
+    from PIL import Image
+
+    image = Image.new("RGB", (16, 16), list(COLOURS.values())[value % 3])
+    image.putpixel((0, 0), (value, value, value))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def make_colour_sources(session: Session) -> None:
+    """``wds_colours/`` (CLIP_benchmark's layout: classnames.txt, its templates file and two
+    shards of the test split, written by webdataset's TarWriter) and ``hf_colours/`` (a
+    ``save_to_disk`` DatasetDict with one test split): the same 12 coloured squares."""
+    import io
+
+    import datasets
+    import webdataset
+    from PIL import Image
+
+    datasets.disable_progress_bars()
+    root = session.folder / "wds_colours"
+    (root / "test").mkdir(parents=True)
+    (root / "classnames.txt").write_text("\n".join(COLOURS) + "\n")
+    (root / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\n"
+                                                                 "a {c} square.\n")  # fmt: skip
+    for shard in range(2):
+        with webdataset.TarWriter(str(root / "test" / f"{shard}.tar")) as writer:
+            for value in range(6 * shard, 6 * shard + 6):
+                sample = {"__key__": f"{value:05d}", "png": colour_png(value), "cls": value % 3}
+                writer.write(sample)
+    features = datasets.Features({"image": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=list(COLOURS))})  # fmt: skip
+    images = [Image.open(io.BytesIO(colour_png(v))) for v in range(12)]
+    test = datasets.Dataset.from_dict({"image": images, "label": [v % 3 for v in range(12)]},
+                                      features=features)  # fmt: skip
+    datasets.DatasetDict({"test": test}).save_to_disk(str(session.folder / "hf_colours"))
+    os.environ["HF_DATASETS_CACHE"] = str(session.folder / "hf-cache")
+
+
+def no_api_key(session: Session) -> None:
+    """The OpenAI key unset for this example (it shows what happens without one), and
+    ``imgs/``, an image folder, to point the commands at."""
+    make_clothes(session)
+    saved = os.environ.pop("OPENAI_API_KEY", None)
+    if saved is not None:
+        session.cleanups.append(lambda: os.environ.__setitem__("OPENAI_API_KEY", saved))
+
+
+FASHION_TREE = {"t-shirt": "T-shirt/top", "T-shirt/top": "top", "Shirt": "top",
+                "Pullover": "top", "top": "clothing", "Coat": "outerwear",
+                "outerwear": "clothing", "Dress": "clothing", "Trouser": "clothing",
+                "Ankle boot": "boot", "boot": "shoe", "Sandal": "shoe", "Sneaker": "shoe",
+                "shoe": "footwear", "Bag": "accessory"}  # fmt: skip
+
+
+def make_fashion_tree(session: Session) -> None:
+    """``fashion_tree.json``: the small hand-written hierarchy of docs/analyses.md."""
+    (session.folder / "fashion_tree.json").write_text(json.dumps(FASHION_TREE, indent=1) + "\n")
+
+
+ATTRIBUTE_MODELS = {"m1": {"encoder": "vit-small", "llm": "lm-small"},
+                    "m2": {"encoder": "vit-large", "llm": "lm-small"},
+                    "m3": {"encoder": "vit-small", "llm": "lm-large"},
+                    "m4": {"encoder": "vit-large", "llm": "lm-large"}}  # fmt: skip
+
+
+def make_attribute_grid(session: Session) -> None:
+    """``grid.sqlite`` (the synthetic 2x2 grid of tests/test_attribute.py: 3,000 images per
+    dataset, known effects), ``diagonal.sqlite`` (only m1 and m4 of it) and
+    ``components.json``."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_attribute import _store_grid
+
+    strong = {"m1": (0, 0), "m2": (1, 0), "m3": (0, 1), "m4": (1, 1)}
+    _store_grid(session.folder / "grid.sqlite", strong)
+    _store_grid(session.folder / "diagonal.sqlite", {m: strong[m] for m in ("m1", "m4")})
+    components = {"models": ATTRIBUTE_MODELS, "groups": {"birds": "fine"}}
+    (session.folder / "components.json").write_text(json.dumps(components, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------- output: abbreviated, masked
@@ -279,6 +474,11 @@ def json_keys(*keys: str) -> Callable[[str], str]:
     return keep
 
 
+def head(n: int) -> Callable[[str], str]:
+    """The first ``n`` lines, as ``| head -n N`` shows them."""
+    return lambda output: "".join(output.splitlines(keepends=True)[:n])
+
+
 def first_lines(n: int, *, last: int = 0) -> Callable[[str], str]:
     """The first ``n`` lines and the last ``last``, with "..." between."""
 
@@ -291,9 +491,12 @@ def first_lines(n: int, *, last: int = 0) -> Callable[[str], str]:
     return keep
 
 
-HEX_ID = re.compile(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{10,16}\b")
+# an id stands alone or in a file name (``results_<id>.json``): no letter or digit either side
+HEX_ID = re.compile(r"(?<![0-9A-Za-z])(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{10,16}"
+                    r"(?![0-9A-Za-z])")
 DURATION = re.compile(r"\b\d+(?:\.\d+)?(?: ?min \d+ s| ?(?:ms|s|min)\b)")
 SIZE = re.compile(r"\b\d+(?:\.\d+)? ?(KiB|MiB|KB|MB)\b")
+TIMESTAMP = re.compile(r"\b\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\b")
 PORT = re.compile(r"(127\.0\.0\.1:|localhost:|--port )\d+")
 
 
@@ -319,6 +522,10 @@ def mask(text: str, session: Session) -> str:
     """The documented placeholders, in one place."""
     text = text.replace(str(session.folder) + os.sep, "").replace(str(session.folder), ".")
     text = mask_results_seconds(text)
+    text = TIMESTAMP.sub("<time>", text)
+    if "lease_pid" in session.values:
+        text = re.sub(rf"\b{session.values['lease_pid']}\b", "<pid>", text)
+    text = re.sub(rf"(?<= on host ){re.escape(socket.gethostname())}\b", "<host>", text)
     text = DURATION.sub("<t>", text)
     text = SIZE.sub(r"<size> \1", text)
     text = PORT.sub(r"\1<port>", text)
@@ -365,7 +572,11 @@ def run_vlmclf(argv: list[str]) -> str:
         result = CliRunner().invoke(app, argv, prog_name="vlmclf", catch_exceptions=True)
     if result.exception and not isinstance(result.exception, SystemExit):
         raise RuntimeError(f"vlmclf {shlex.join(argv)} crashed") from result.exception
+    LAST_EXIT[0] = result.exit_code
     return result.output
+
+
+LAST_EXIT = [0]  # the exit status of the last vlmclf command (what `echo $?` shows)
 
 
 def start_background(command: str, session: Session) -> str:
@@ -389,11 +600,62 @@ def start_background(command: str, session: Session) -> str:
     raise RuntimeError(f"{command}: port {port} not open after 300 s")
 
 
+def run_shell(command: str, session: Session) -> str:
+    """A shell command (``ls``, ``head``) in the scratch folder: what a terminal shows."""
+    done = subprocess.run(["bash", "-c", command], cwd=session.folder, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    return done.stdout + done.stderr
+
+
+def exception_line(error: BaseException) -> str:
+    """The last line of a traceback: the exception's qualified name and its message."""
+    kind = type(error)
+    name = kind.__qualname__
+    if kind.__module__ != "builtins":
+        name = f"{kind.__module__}.{name}"
+    return f"{name}: {error}"
+
+
+def run_python(source: str, session: Session, *, echo: bool) -> str:
+    """Python statements in the session's namespace, one at a time as an interactive session
+    runs them (an expression's value is printed; an exception is its traceback's last line).
+    With ``echo``, the output is the ``>>>`` session; without, the code shows and its output is
+    dropped (a script's setup)."""
+    import ast
+    import io
+
+    module = ast.parse(source)
+    lines = source.split("\n")
+    shown = []
+    for statement in module.body:
+        text = "\n".join(lines[statement.lineno - 1 : statement.end_lineno])
+        shown.extend(f"{'>>>' if i == 0 else '...'} {line}"
+                     for i, line in enumerate(text.split("\n")))  # fmt: skip
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+            displayhook, sys.displayhook = sys.displayhook, lambda v: v is None or print(repr(v))
+            try:
+                exec(compile(text + "\n", "<docs>", "single"), session.namespace)  # noqa: S102
+            except Exception as error:  # noqa: BLE001 - an error is what the page shows
+                print(exception_line(error))
+            finally:
+                sys.displayhook = displayhook
+        if buffer.getvalue():
+            shown.append(buffer.getvalue().rstrip("\n"))
+    return "\n".join(shown) + "\n" if echo else ""
+
+
 def run_step(step: Step, session: Session) -> str:
     if step.hook:
         session.hooks[step.hook]()
         return ""
+    if step.kind in ("python", "script"):
+        return run_python(step.command, session, echo=step.kind == "python")
     command = step.command.format(**session.values)
+    if step.kind == "shell":
+        return run_shell(command, session)
+    if step.kind == "status":
+        return f"{LAST_EXIT[0]}\n"
     if command.endswith("&"):
         return start_background(command, session)
     argv = shlex.split(command)
@@ -419,9 +681,15 @@ def render(example: Example, session: Session) -> str:
         output = run_step(step, session)
         if step.hook:
             continue
+        if step.kind == "python":
+            parts.append(output.rstrip())
+            continue
+        if step.kind == "script":
+            parts.append(step.command.rstrip())
+            continue
         shown = (step.shown or step.command).format(**session.values)
         parts.append(f"$ {shown}\n{output.rstrip()}".rstrip())
-    return mask("```\n" + "\n".join(parts) + "\n```", session)
+    return mask(f"```{example.fence}\n" + "\n".join(parts) + "\n```", session)
 
 
 # ---------------------------------------------------------------- the pages
@@ -463,6 +731,17 @@ def reproduce_listing() -> str:
     from readme_reproduce import section
 
     return section()
+
+
+PYTHON_API_SETUP = """import pandas as pd
+import vlmclf
+
+pd.set_option("display.width", 200, "display.max_columns", None,
+              "display.max_colwidth", None)
+vlm = vlmclf.evaluate(model="organism:vlm", dataset="fashion_mnist", method="generate",
+                      limit=40, progress=False)
+clip = vlmclf.evaluate(model="organism:clip", dataset="fashion_mnist", method="clip",
+                       limit=40, progress=False)"""
 
 
 EXAMPLES: tuple[Example, ...] = (
@@ -533,9 +812,19 @@ EXAMPLES: tuple[Example, ...] = (
         Step("vlmclf eval --model random:clip --method clip --dataset clothes.jsonl --limit 4 "
              "--store ro/vlmclf-runs.sqlite"),
     ), setup=make_read_only_store),  # fmt: skip
+    Example("lease", "docs/store-and-reliability.md", (
+        Step("", hook="hold_lease"),
+        Step("vlmclf results --store runs.sqlite"),
+        Step("vlmclf eval --model openai:slow-model --base-url {slow_server} --dataset pets.jsonl "
+             "--method generate --batch-size 1 --concurrency 1 --store runs.sqlite"),
+        Step("echo $?", kind="status"),
+        Step("kill -KILL {lease_pid}", kind="shell"),
+        Step("", hook="reap"),
+        Step("vlmclf results --store runs.sqlite"),
+    ), setup=lease_holder),  # fmt: skip
     # docs/analyses.md
     Example("sweep", "docs/analyses.md", (
-        Step("vlmclf sweep --models organism:vlm --dataset fashion_mnist --axis k=2,all "
+        Step("vlmclf sweep --model organism:vlm --dataset fashion_mnist --axis k=2,all "
              "--axis strategy=generate,likelihood-sum,likelihood-mean --limit 20"),
     )),  # fmt: skip
     Example("probe", "docs/analyses.md", (
@@ -556,13 +845,98 @@ EXAMPLES: tuple[Example, ...] = (
         Step("vlmclf eval --model openai:organism:vlm --base-url http://127.0.0.1:{port}/v1 "
              "--dataset fashion_mnist --method generate --limit 20 --json"),
     )),  # fmt: skip
+    # docs/evaluate.md: benchmark layouts, sources at scale, API configuration, output files
+    Example("missing-layout-file", "docs/evaluate.md", (
+        Step("vlmclf eval --model random:clip --method clip --dataset cub200 --data-root cub"),
+    ), setup=make_missing_layout),  # fmt: skip
+    Example("data-list", "docs/evaluate.md", (
+        Step("vlmclf data list", keep=head(5), shown="vlmclf data list | head -n 5"),
+    )),  # fmt: skip
+    Example("sources", "docs/evaluate.md", (
+        Step("vlmclf eval --model random:clip --method clip --dataset wds:wds_colours --templates "
+             "wds_colours/zeroshot_classification_templates.txt --json",
+             keep=json_keys("run_id", "n", "n_classes", "accuracy", "spec")),
+        Step("vlmclf eval --model random:clip --method clip --dataset hf-dataset:hf_colours:test "
+             "--json", keep=json_keys("run_id", "n", "n_classes", "accuracy", "spec")),
+        Step("vlmclf eval --model random:clip --method clip --dataset hf-dataset:hf_colours:train"),
+        Step("vlmclf eval --model random:clip --method clip --dataset "
+             "'wds:wds_colours/test/{{0..2}}.tar'"),
+    ), setup=make_colour_sources),  # fmt: skip
+    Example("config-errors", "docs/evaluate.md", (
+        Step("vlmclf eval --model openai:gpt-4o --method generate --dataset clothes.jsonl"),
+        Step("vlmclf eval --model openai:qwen2-vl --base-url http://localhost:{dead_port}/v1 "
+             "--method generate --dataset clothes.jsonl"),
+    ), setup=no_api_key),  # fmt: skip
+    Example("output-path", "docs/evaluate.md", (
+        Step("vlmclf eval --model organism:vlm --dataset fashion_mnist --limit 40 --method "
+             "generate --output-path results --log-samples", keep=first_lines(1)),
+        Step("ls results", kind="shell"),
+        Step("head -1 results/samples_*.jsonl", kind="shell"),
+    ), needs=("organism-evals",)),  # fmt: skip
+    # docs/python-api.md: the page's code, run
+    Example("python-api-setup", "docs/python-api.md", (
+        Step(PYTHON_API_SETUP, kind="script"),
+    ), fence="python", needs=("organism-evals",)),  # fmt: skip
+    Example("python-api-summary", "docs/python-api.md", (
+        Step("print(vlm.summary['accuracy'], vlm.summary['ci95'])\n"
+             "print(clip.summary['accuracy'], clip.summary['ci95'])", kind="python"),
+    ), fence="python", needs=("python-api-setup",)),  # fmt: skip
+    Example("python-api-predictions", "docs/python-api.md", (
+        Step("df = vlm.predictions()\n"
+             "df[['image', 'label_name', 'text', 'pred_name', 'hit']].head(3)", kind="python"),
+    ), fence="python", needs=("python-api-setup",)),  # fmt: skip
+    Example("python-api-join", "docs/python-api.md", (
+        Step("both = df.merge(clip.predictions(), on='example_id', suffixes=('_vlm', '_clip'))\n"
+             "pd.crosstab(both.hit_vlm, both.hit_clip)\n"
+             "df.groupby('label_name').hit.mean().sort_values().head(3)", kind="python"),
+    ), fence="python", needs=("python-api-predictions",)),  # fmt: skip
+    Example("python-api-errors", "docs/python-api.md", (
+        Step("vlmclf.evaluate(model='random:clip', dataset='imagefolder', method='clip', "
+             "limit=0)\n"
+             "vlmclf.evaluate(model='random:clip', dataset='imagefolder', method='clip', "
+             "max_new_token=3)", kind="python"),
+    ), fence="python", needs=("python-api-setup",)),  # fmt: skip
+    # docs/analyses.md and README.md: error types and attribution
+    Example("errors", "docs/analyses.md", (
+        Step("vlmclf errors {gen} --hierarchy fashion_tree.json --out errors-out"),
+    ), setup=make_fashion_tree, needs=("organism-evals",)),  # fmt: skip
+    Example("errors-wordnet", "docs/analyses.md", (
+        Step("from vlmclf.analysis.errors import ErrorTyper, hierarchy_for_run\n"
+             "from vlmclf.data.classnames import load_class_names\n"
+             "names = load_class_names('imagenet')\n"
+             "typer = ErrorTyper(hierarchy_for_run(names))\n"
+             "golden = names.index('Golden Retriever')\n"
+             "for answer in ['a golden retriever', 'a retriever', 'a dog', "
+             "'a Labrador retriever',\n"
+             "               'a tabby cat', 'a blur']:\n"
+             "    print(f'{answer!r:24} {typer.classify(answer, golden)}')", kind="python"),
+    ), setup=need_wordnet, fence="python"),  # fmt: skip
+    Example("errors-readme", "README.md", (
+        Step("vlmclf errors {gen} --hierarchy fashion_tree.json --no-similarity --out errors-out"),
+    ), setup=make_fashion_tree, needs=("organism-evals",)),  # fmt: skip
+    Example("attribute", "docs/analyses.md", (
+        Step("vlmclf attribute --store grid.sqlite --components components.json --out out"),
+    ), setup=make_attribute_grid),  # fmt: skip
+    Example("attribute-diagonal", "docs/analyses.md", (
+        Step("vlmclf attribute --store diagonal.sqlite --components components.json --out out",
+             keep=first_lines(1, last=3)),
+    ), needs=("attribute",)),  # fmt: skip
+    Example("serve-408", "docs/serve.md", (
+        Step("{python} drip.py {port}", kind="shell", shown="python drip.py <port>"),
+    ), setup=make_drip, needs=("serve",)),  # fmt: skip
     # slow: minutes each, left out of the default test (make docs-examples runs them)
     Example("finetune", "docs/analyses.md", (
         Step("vlmclf finetune --model organism:vlm --dataset fashion_mnist --train-limit 320 "
-             "--batch-size 32 --steps 10 --lr-projector 1e-3 --eval-limit 40 "
+             "--batch-size 32 --steps 10 --lr-projector 1e-3 --limit 40 "
              "--out reports/finetune-organism"),
     ), slow=True),  # fmt: skip
     Example("demo", "docs/analyses.md", (Step("vlmclf demo"),), slow=True),
+    Example("hard-choices", "docs/evaluate.md", tuple(
+        Step(f"vlmclf eval --model {model} --k 4 --choices {choices} --limit 300")
+        for choices in ("random", "hard-image --choice-model organism:clip")
+        for model in ("organism:clip --method clip --dataset fashion_mnist",
+                      "organism:vlm --method generate --setting closed --dataset fashion_mnist")
+    ), slow=True),  # fmt: skip
     # docs/reproduce.md
     Example("reproduce-organism", "docs/reproduce.md", (
         Step("vlmclf reproduce table1 --model organism:vlm --clip-model organism:clip --dataset "
