@@ -159,7 +159,7 @@ def table3(ctx: Context) -> list[Step]:
         argv += ["--protocol", ctx.protocol]  # the conversation trained and evaluated
         note = (
             f"then: vlmclf eval --model hf:<checkpoint> --method generate --match {fine['match']}"
-            " (--eval-limit N scores it here, asked as it was trained)"
+            " (--limit N scores it here, asked as it was trained)"
         )
         steps.append(Step((*argv, *_common(ctx)), lambda out, ctx: {}, note))
     return steps
