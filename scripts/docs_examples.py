@@ -343,6 +343,13 @@ def make_drip(session: Session) -> None:
     session.values["python"] = sys.executable
 
 
+def make_threads(session: Session) -> None:
+    """``clothes.jsonl`` and ``{python}``: the thread-count example runs two real processes,
+    so this process's own thread count (one, for every other example) stays as it is."""
+    make_clothes(session)
+    session.values["python"] = sys.executable
+
+
 def need_wordnet(session: Session) -> None:
     """Debian's WordNet, which the ImageNet hierarchy is read from."""
     from vlmclf.data.hierarchy import wordnet_available
@@ -873,6 +880,18 @@ EXAMPLES: tuple[Example, ...] = (
         Step("ls results", kind="shell"),
         Step("head -1 results/samples_*.jsonl", kind="shell"),
     ), needs=("organism-evals",)),  # fmt: skip
+    # docs/scale-out.md: a run resumed under another thread count is named in the warning
+    Example("thread-warning", "docs/scale-out.md", (
+        Step("OMP_NUM_THREADS=2 {python} -m vlmclf.cli eval --model random:clip --method clip "
+             "--dataset clothes.jsonl --limit 4 --store threads.sqlite --no-progress > /dev/null",
+             kind="shell", shown="OMP_NUM_THREADS=2 vlmclf eval --model random:clip --method "
+             "clip --dataset clothes.jsonl --limit 4 > /dev/null"),
+        Step("OMP_NUM_THREADS=1 {python} -m vlmclf.cli eval --model random:clip --method clip "
+             "--dataset clothes.jsonl --store threads.sqlite --no-progress 2>&1 > /dev/null "
+             "| grep 'different environment'",
+             kind="shell", shown="OMP_NUM_THREADS=1 vlmclf eval --model random:clip --method "
+             "clip --dataset clothes.jsonl > /dev/null"),
+    ), setup=make_threads),  # fmt: skip
     # docs/python-api.md: the page's code, run
     Example("python-api-setup", "docs/python-api.md", (
         Step(PYTHON_API_SETUP, kind="script"),
@@ -921,6 +940,17 @@ EXAMPLES: tuple[Example, ...] = (
         Step("vlmclf attribute --store diagonal.sqlite --components components.json --out out",
              keep=first_lines(1, last=3)),
     ), needs=("attribute",)),  # fmt: skip
+    Example("attribute-organism", "docs/analyses.md", (
+        Step("vlmclf eval --model organism:vlm-finetuned --dataset fashion_mnist --method "
+             "generate --limit 40", keep=first_lines(1), capture="ft"),
+        Step("vlmclf eval --model organism:vlm-uniform --dataset fashion_mnist --method "
+             "generate --limit 40", keep=first_lines(1), capture="uniform"),
+        Step("vlmclf eval --model organism:vlm-reversed --dataset fashion_mnist --method "
+             "generate --limit 40", keep=first_lines(1), capture="reversed"),
+        Step("vlmclf attribute --method generate"),
+        Step("vlmclf attribute --runs {gen} --runs {ft} --runs {uniform} --runs {reversed} "
+             "--out attribute-organism"),
+    ), needs=("organism-evals",)),  # fmt: skip
     Example("serve-408", "docs/serve.md", (
         Step("{python} drip.py {port}", kind="shell", shown="python drip.py <port>"),
     ), setup=make_drip, needs=("serve",)),  # fmt: skip
