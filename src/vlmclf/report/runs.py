@@ -79,7 +79,7 @@ def _identity_fields(record: RunRecord) -> dict[str, Any]:
         "legacy_identity": record.identity is None,
         "environment": meta.get("environment"),
         "environment_last": meta.get("environment_last"),
-        "threads": meta.get("threads"),
+        "threads": record.threads,
     }
 
 

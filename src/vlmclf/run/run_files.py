@@ -58,7 +58,7 @@ def write_run_files(
         "resolved_prompt": record.meta.get("resolved_prompt"),
         "class_names": stored.class_names,
         "versions": record.meta.get("environment_last") or record.meta.get("environment"),
-        "threads": record.meta.get("threads"),
+        "threads": record.threads,
         "vlmclf_git_revision": git_revision(),
         "elapsed_s": record.elapsed_s,
         "created_at": record.created_at,

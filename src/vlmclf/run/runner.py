@@ -92,7 +92,7 @@ class RunConfig:
     verify_images: bool = False  # hash image bytes into the identity, not just size and mtime
     retry_failed: bool = False  # ask again about data failures too (transient ones always are)
     wait_for_holder: bool = False  # another live process computes this run: wait, then resume
-    threads: int | None = None  # torch's CPU threads (None: what torch picks); recorded in meta
+    threads: int | None = None  # torch CPU threads (None: torch picks); environment torch_threads
 
 
 @dataclass
@@ -208,7 +208,6 @@ def run_identity(spec: RunSpec, config: RunConfig, class_names: list[str],
         "resolved_prompt": prompts[0] if prompts else None,
         "verify_images": config.verify_images,
         "data": data_location(spec, config),
-        "threads": cpu_threads(config.threads),
     }
     return identity, shown
 

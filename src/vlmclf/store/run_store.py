@@ -195,6 +195,14 @@ class RunRecord:
     lease: Lease | None = None
     """Who computes the run now (a ``running`` run with a live lease), else None."""
 
+    @property
+    def threads(self) -> int | None:
+        """torch's CPU thread count in the run's latest session, from the environment the
+        runner records (None for a run stored before thread counts were recorded)."""
+        environment = self.meta.get("environment_last") or self.meta.get("environment") or {}
+        count = environment.get("torch_threads")
+        return None if count is None else int(count)
+
 
 @dataclass(frozen=True)
 class AnalysisRecord:
