@@ -64,6 +64,12 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def require_store(store: Path) -> None:
+    """A command that reads stored runs stops in one line when there is no store to read."""
+    if not store.exists():
+        fail(f"no store at {store} (run `vlmclf eval` first or pass --store)")
+
+
 def renamed(old: str, old_value: Any, new: str, new_value: Any) -> Any:
     """The value of an option given by its new name or, for one release, by its old one (with a
     deprecation warning); both at once is an error. ``None`` means "not given"."""

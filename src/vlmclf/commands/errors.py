@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from vlmclf.commands.common import DEFAULT_STORE, fail, out_dir_for
+from vlmclf.commands.common import DEFAULT_STORE, fail, out_dir_for, require_store
 
 
 def errors_command(
@@ -36,8 +36,7 @@ def errors_command(
     from vlmclf.report.tables import text_table
     from vlmclf.store import RunStore
 
-    if not store.exists():
-        fail(f"no store at {store} (run `vlmclf eval` first or pass --store)")
+    require_store(store)
     with RunStore(store) as runs:
         try:
             full_id = resolve_run_id(runs, run_id)

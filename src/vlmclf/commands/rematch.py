@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from vlmclf.commands.common import DEFAULT_STORE, DEVICE_HELP, fail, out_dir_for, resolve_hardware
+from vlmclf.commands.common import (
+    DEFAULT_STORE,
+    DEVICE_HELP,
+    fail,
+    out_dir_for,
+    require_store,
+    resolve_hardware,
+)
 
 
 def rematch_command(
@@ -42,8 +49,7 @@ def rematch_command(
     from vlmclf.report.tables import text_table
     from vlmclf.store import RunStore
 
-    if not store.exists():
-        fail(f"no store at {store} (run `vlmclf eval` first or pass --store)")
+    require_store(store)
     device, _ = resolve_hardware(None, device, "auto")
     with RunStore(store) as runs:
         try:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vlmclf.commands.common import DEFAULT_STORE, fail
+from vlmclf.commands.common import DEFAULT_STORE, fail, require_store
 from vlmclf.terminal import terminal_safe
 
 if TYPE_CHECKING:
@@ -46,8 +46,7 @@ def results_command(
     from vlmclf.report.cells import csv_row
     from vlmclf.report.runs import runs_rows
 
-    if not store.exists():
-        fail(f"no store at {store} (run `vlmclf eval` first or pass --store)")
+    require_store(store)
     rows = runs_rows(store, with_identity=fmt is TableFormat.json)
     if fmt is TableFormat.json:
         typer.echo(json.dumps(rows, indent=2))
