@@ -30,9 +30,9 @@ def check_before_running(q: Any) -> None:
 def check_model_spec(model: str) -> None:
     """A spec that names no known kind of model, without loading anything."""
     from vlmclf.models.registry import check_spec
-    from vlmclf.run.loading import is_api_spec
+    from vlmclf.spec import is_api_model
 
-    if is_api_spec(model):
+    if is_api_model(model):
         if not model.partition(":")[2].strip():
             fail(f"--model {model!r} names no model after the prefix (e.g. openai:gpt-4o)")
         return

@@ -37,13 +37,9 @@ class ModelOptions:
     price_file: str | None = None  # JSON prices for --max-cost and cost estimates
 
 
-def is_api_spec(spec: str) -> bool:
-    return is_api_model(spec)
-
-
 def load_any_model(spec: str, options: ModelOptions) -> object:
     """Load the model a spec names, with the options that apply to its kind."""
-    if is_api_spec(spec):
+    if is_api_model(spec):
         from vlmclf.models.api import load_api_model
 
         return load_api_model(
@@ -72,7 +68,7 @@ def check_model(spec: str, options: ModelOptions) -> None:
     """Refuse, before any work, what would only fail once the run has started: an unknown
     model prefix, an API model without its key or whose server does not answer (ValueError or
     the API's error, one line each)."""
-    if is_api_spec(spec):
+    if is_api_model(spec):
         from vlmclf.models.api.loader import check_api_model
 
         check_api_model(spec, options.base_url)
@@ -132,7 +128,7 @@ def resolve_dtype(requested: str, model: str, device: str, *, training: bool = F
     name = parse_dtype(requested)
     if name != AUTO:
         return name
-    if device == "cpu" or is_api_spec(model):
+    if device == "cpu" or is_api_model(model):
         return "float32"
     found = checkpoint_dtype(model)
     return "bfloat16" if training and found == "float16" else found

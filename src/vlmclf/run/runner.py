@@ -66,7 +66,7 @@ from vlmclf.run.loading import ModelOptions, load_any_model
 from vlmclf.run.prefetch import decoded_batches
 from vlmclf.run.results import StoredPredictions, Summarizer
 from vlmclf.run.sharding import BatchShare, batch_share, gather_in_steps, pending_examples
-from vlmclf.spec import RunSpec
+from vlmclf.spec import RunSpec, is_api_model
 from vlmclf.store import Heartbeat, RunBusyError, RunStore
 from vlmclf.store.leases import heartbeat_s
 from vlmclf.terminal import terminal_safe
@@ -168,9 +168,7 @@ def _max_new_tokens(spec: RunSpec) -> int | None:
 
 
 def _server_url(spec: RunSpec, options: ModelOptions) -> str | None:
-    from vlmclf.run.loading import is_api_spec
-
-    if not is_api_spec(spec.model) or options.base_url is None:
+    if not is_api_model(spec.model) or options.base_url is None:
         return None
     from vlmclf.models.api.keys import strip_credentials
 
