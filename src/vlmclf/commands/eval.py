@@ -631,8 +631,8 @@ def run_eval(spec: RunSpec, config: RunConfig, options: EvalOptions) -> RunResul
 
 
 def check_model_before_work(spec: RunSpec, config: RunConfig) -> None:
-    """An unknown model, a missing API key or an API server that does not answer: one line
-    and exit 2 in seconds, before the store is opened (nothing stored)."""
+    """A missing API key or an API server that does not answer: one line and exit 2 in
+    seconds, before the store is opened (nothing stored)."""
     from vlmclf.models.api import ApiError
     from vlmclf.run.loading import check_model
 

@@ -65,17 +65,13 @@ def load_any_model(spec: str, options: ModelOptions) -> object:
 
 
 def check_model(spec: str, options: ModelOptions) -> None:
-    """Refuse, before any work, what would only fail once the run has started: an unknown
-    model prefix, an API model without its key or whose server does not answer (ValueError or
-    the API's error, one line each)."""
+    """Refuse, before any work, an API model that would only fail once the run has started:
+    its key is not set or its server does not answer (the API's error, one line). A local
+    spec's prefix is checked with the other arguments (``models.registry.check_spec``)."""
     if is_api_model(spec):
         from vlmclf.models.api.loader import check_api_model
 
         check_api_model(spec, options.base_url)
-        return
-    from vlmclf.models.registry import loader_for
-
-    loader_for(spec)
 
 
 class LastModelLoader:
