@@ -239,8 +239,11 @@ def read_stanford_dogs(root: str | Path, split: str = "test") -> Dataset:
 
 # ---------------------------------------------------------------- DTD
 
-DTD_FOLDS = 10
-DTD_SPLITS = tuple(f"{kind}{fold}" for kind in ("train", "val", "test") for fold in range(1, 11))
+OFFICIAL_FOLDS = 10
+"""DTD and SUN397 each come with ten official train/test folds, numbered from 1."""
+DTD_SPLITS = tuple(
+    f"{kind}{fold}" for kind in ("train", "val", "test") for fold in range(1, OFFICIAL_FOLDS + 1)
+)
 
 
 def read_dtd(root: str | Path, split: str = "test1") -> Dataset:
@@ -264,7 +267,9 @@ def read_dtd(root: str | Path, split: str = "test1") -> Dataset:
 
 # ---------------------------------------------------------------- SUN397
 
-SUN_SPLITS = tuple(f"{kind}{fold}" for kind in ("train", "test") for fold in range(1, 11))
+SUN_SPLITS = tuple(
+    f"{kind}{fold}" for kind in ("train", "test") for fold in range(1, OFFICIAL_FOLDS + 1)
+)
 SUN_PARTITION_FILES = {"train": "Training", "test": "Testing"}
 
 
