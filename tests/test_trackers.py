@@ -5,6 +5,7 @@ is missing, is refused before any work."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from vlmclf.metrics import per_class_accuracy
 from vlmclf.run.trackers import SCALARS
 from vlmclf.store import RunStore
 
+SRC = Path(__file__).resolve().parents[1] / "src"
 API_KEY = "vlmclf-test-key-0123456789abcdef0123456789"
 """A fake W&B key in the environment: it must show up in nothing we print or write."""
 
@@ -150,3 +152,15 @@ def test_unknown_tracker_is_refused_before_any_work(tmp_path: Path):
     assert "error: --log must be one of tensorboard, wandb, got 'mlflow'" in result.output
     assert not store.exists()
 
+
+@pytest.mark.slow
+def test_wandb_offline_mode_leaves_stdout_to_the_json(tmp_path: Path):
+    """transformers prints a notice on stdout when its integrations load under
+    WANDB_MODE=offline (sentence-transformers loads them: organism models, --match embed)."""
+    pytest.importorskip("sentence_transformers", reason="the organism extra")
+    code = "from vlmclf.models.compat import sentence_transformer_class as c; c()"
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(SRC)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=300, check=True)  # fmt: skip
+    assert done.stdout == ""
+    assert "WANDB offline" in done.stderr  # the notice still reaches the terminal
