@@ -5,6 +5,8 @@ through the real CLI on tiny random models and a real image folder."""
 from __future__ import annotations
 
 import json
+import math
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from typer.testing import CliRunner
 import vlmclf
 from vlmclf.cli import app
 from vlmclf.store import RunStore
+from vlmclf.store.arrays import pack_scores
 
 
 @pytest.fixture(scope="module")
@@ -93,11 +96,28 @@ def test_evaluate_writes_the_same_files(folder: Path, tmp_path: Path):
     assert [json.loads(s)["prompt"] for s in samples] == [None] * 6  # CLIP is asked nothing
 
 
+def give_one_row_nan_and_infinite_floats(store: Path, run_id: str) -> str:
+    """A row whose scores hold NaN and -inf and whose time is NaN (stored as NULL), as a model
+    in float16 or a lost clock leaves them; returns its example id."""
+    with sqlite3.connect(store) as db:
+        (example_id,) = db.execute("SELECT min(example_id) FROM predictions WHERE run_id = ?",
+                                   (run_id,)).fetchone()  # fmt: skip
+        packed, nones = pack_scores([math.nan, 0.25, -math.inf])
+        db.execute("UPDATE predictions SET scores_packed = ?, scores_none = ?, scores_json = NULL,"
+                   " seconds = NULL WHERE run_id = ? AND example_id = ?",
+                   (packed, nones, run_id, example_id))  # fmt: skip
+    with RunStore(store, read_only=True) as runs:
+        (stored,) = [p for p in runs.predictions(run_id) if p.example_id == example_id]
+    assert stored.scores[1] == 0.25 and math.isnan(stored.scores[0]) and math.isnan(stored.seconds)
+    return example_id
+
+
 def test_export_names_classes_and_images_with_the_same_types(folder: Path, tmp_path: Path):
     store = tmp_path / "runs.sqlite"
     run_id = json.loads(invoke(*closed_eval(folder, store, "--json")).strip().splitlines()[-1])[
         "run_id"
     ]
+    odd = give_one_row_nan_and_infinite_floats(store, run_id)
     invoke("export", run_id, "--store", str(store), "--out", str(tmp_path / "p.jsonl"))
     invoke("export", run_id, "--store", str(store), "--format", "parquet", "--out",
            str(tmp_path / "p.parquet"))  # fmt: skip
@@ -105,6 +125,8 @@ def test_export_names_classes_and_images_with_the_same_types(folder: Path, tmp_p
     table = pq.read_table(tmp_path / "p.parquet")
     assert table.schema.names == list(lines[0])  # the same columns, in the same order
     assert table.to_pylist() == lines  # and the same values, of the same types
+    (row,) = [r for r in lines if r["example_id"] == odd]
+    assert row["scores"] == [None, 0.25, None] and row["seconds"] is None  # JSON has no NaN
     python_type = {"string": str, "int64": int, "bool": bool, "double": float}
     for field in table.schema:
         kind = python_type.get(str(field.type), list)

@@ -301,7 +301,8 @@ def eval_command(
         str | None,
         typer.Option(
             help="Also send the run's numbers to a tracker: tensorboard (event files under "
-            "--output-path, default ./runs/tensorboard/<run_id>)."
+            "--output-path, default ./runs/tensorboard/<run_id>) or wandb (a run in "
+            "$WANDB_PROJECT, default vlmclf; WANDB_MODE=offline keeps it local)."
         ),
     ] = None,
 ) -> None:
@@ -662,20 +663,24 @@ def write_output_files(
     to the ``--log`` tracker; the run is stored whatever happens here."""
     from vlmclf.report.summary import summary_json
     from vlmclf.run.run_files import write_run_files
-    from vlmclf.run.trackers import log_tensorboard
+    from vlmclf.run.trackers import log_run
 
     summary = summary_json(result.run_id, spec, result.summary, str(output.store))
+    written: list[Path] = []
     try:
-        written = [] if output.output_path is None else write_run_files(
-            output.output_path, summary, result.stored, data_root=config.data_root,
-            classes=config.classes, log_samples=output.log_samples)  # fmt: skip
-        if output.log == "tensorboard":
-            written.append(log_tensorboard(output.output_path or Path("runs"), result.run_id,
-                                           summary))  # fmt: skip
-        return written
+        if output.output_path is not None:
+            written = write_run_files(output.output_path, summary, result.stored,
+                                      data_root=config.data_root, classes=config.classes,
+                                      log_samples=output.log_samples)  # fmt: skip
     except (OSError, ValueError) as err:
-        where = output.output_path or "--log"
-        fail(f"{where}: {err} (the run is stored: re-run to write the files)", code=1)
+        fail(f"{output.output_path}: {err} (the run is stored: re-run to write the files)", code=1)
+    if output.log is not None:
+        try:
+            written.append(log_run(output.log, output.output_path or Path("runs"), summary,
+                                   result.stored))  # fmt: skip
+        except (OSError, ValueError) as err:
+            fail(f"--log {output.log}: {err} (the run is stored: re-run to send it)", code=1)
+    return written
 
 
 def print_result(result: RunResult, spec: RunSpec, output: Output) -> None:
