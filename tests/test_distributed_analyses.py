@@ -221,7 +221,8 @@ def after_predictions(folder: Path, run_id: str) -> list[tuple]:
 
 def finetune_outcome(printed: dict) -> dict:
     kept = {k: v for k, v in printed.items()
-            if k not in ("analysis_id", "files", "wall_time_s", "checkpoint")}  # fmt: skip
+            if k not in ("analysis_id", "files", "wall_time_s", "checkpoint",
+                         "environment")}  # fmt: skip
     kept["after"] = {k: v for k, v in printed["after"].items() if k not in ("model", "run_id")}
     return kept
 
