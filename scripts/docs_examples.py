@@ -886,6 +886,12 @@ EXAMPLES: tuple[Example, ...] = (
         Step("vlmclf probe --model organism:vlm --dataset fashion_mnist --train-limit 200 "
              "--limit 60 --clip-model organism:clip"),
     )),  # fmt: skip
+    Example("probe-output-path", "docs/analyses.md", (
+        Step("vlmclf probe --model organism:vlm --dataset fashion_mnist --train-limit 200 "
+             "--limit 60 --output-path probe-files --log-samples", keep=first_lines(1)),
+        Step("ls probe-files", kind="shell"),
+        Step("head -2 probe-files/samples_*.jsonl", kind="shell"),
+    ), needs=("probe",)),  # fmt: skip
     Example("rematch", "docs/analyses.md", (
         Step("vlmclf rematch {gen} --match embed"),
     ), needs=("organism-evals",)),  # fmt: skip

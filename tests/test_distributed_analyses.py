@@ -111,8 +111,9 @@ def assert_same_feature_files(mine: Path, reference: Path) -> None:
 
 
 def probe_outcome(printed: dict) -> dict:
-    """What must not depend on N: everything but ids, paths and how much came from disk."""
-    dropped = ("analysis_id", "files", "cache_files", "from_cache", "n_extracted")
+    """What must not depend on N: everything but ids, paths, how much came from disk and the
+    environment it ran in (torchrun gives each rank one CPU thread)."""
+    dropped = ("analysis_id", "files", "cache_files", "from_cache", "n_extracted", "environment")
     return {key: value for key, value in printed.items() if key not in dropped}
 
 
@@ -220,7 +221,8 @@ def after_predictions(folder: Path, run_id: str) -> list[tuple]:
 
 def finetune_outcome(printed: dict) -> dict:
     kept = {k: v for k, v in printed.items()
-            if k not in ("analysis_id", "files", "wall_time_s", "checkpoint")}  # fmt: skip
+            if k not in ("analysis_id", "files", "wall_time_s", "checkpoint",
+                         "environment")}  # fmt: skip
     kept["after"] = {k: v for k, v in printed["after"].items() if k not in ("model", "run_id")}
     return kept
 

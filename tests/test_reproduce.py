@@ -65,6 +65,20 @@ def test_every_printed_command_uses_real_options(table: str, protocol: str):
         assert not unknown, (line, unknown)
 
 
+@pytest.mark.parametrize("table", list(reproduce.TABLES))
+def test_output_path_reaches_every_printed_command(table: str):
+    out = invoke(
+        "reproduce", table, "--model", "hf:m", "--data-root", "/data", "--clip-model", "hf:c",
+        "--corpus", "captions.json", "--wikiqa-images", "/data/val", "--output-path", "files",
+    )  # fmt: skip
+    lines = [line for line in out.splitlines() if line.startswith("vlmclf ")]
+    known = command_options()
+    for line in lines:
+        argv = shlex.split(line.split("  # ")[0])[1:]
+        assert argv[argv.index("--output-path") + 1] == "files", line
+        assert "--output-path" in known[argv[0]]
+
+
 def test_paper_commands_carry_the_paper_settings():
     out = invoke("reproduce", "table2", "--model", "hf:m", "--data-root", "/d/caltech101",
                  "--dataset", "caltech101")  # fmt: skip

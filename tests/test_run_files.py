@@ -195,3 +195,15 @@ def test_sweep_output_path_writes_every_cells_results(folder: Path, tmp_path: Pa
             samples = (out / f"samples_{run_id}.jsonl").read_text().splitlines()
             assert len(samples) == stored["n"] == 6
             assert all(len(json.loads(s)["choices"]) == k for s in samples)
+
+
+def test_a_samples_log_that_fails_half_way_leaves_no_partial_file(tmp_path: Path):
+    from vlmclf.run.run_files import write_results
+
+    def rows():
+        yield {"example_id": "a"}
+        raise ValueError("the dataset moved")
+
+    with pytest.raises(ValueError, match="the dataset moved"):
+        write_results(tmp_path, "abc", {"version": 1}, rows())
+    assert [p.name for p in tmp_path.iterdir()] == ["results_abc.json"]  # no samples_*.partial

@@ -634,13 +634,9 @@ def run_eval(spec: RunSpec, config: RunConfig, options: EvalOptions) -> RunResul
 def check_model_before_work(spec: RunSpec, config: RunConfig) -> None:
     """A missing API key or an API server that does not answer: one line and exit 2 in
     seconds, before the store is opened (nothing stored)."""
-    from vlmclf.models.api import ApiError
-    from vlmclf.run.loading import check_model
+    from vlmclf.commands.eval_checks import check_model_answers
 
-    try:
-        check_model(spec.model, config.model)
-    except (ValueError, ApiError) as err:
-        fail(str(err))
+    check_model_answers(spec.model, config.model)
 
 
 def check_output_path(output: Output) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,13 +13,19 @@ import typer
 from vlmclf.commands.common import (
     DEFAULT_STORE,
     DEVICE_HELP,
+    OUTPUT_PATH_HELP,
     REPORTS_DIR,
     SEED_MAX,
+    THREADS_HELP,
     at_least,
+    check_output_dir,
     fail,
     number_in,
     renamed,
     resolve_hardware,
+    use_threads,
+    write_analysis_output,
+    write_stored_run_files,
 )
 from vlmclf.terminal import terminal_safe
 
@@ -180,6 +187,16 @@ def finetune_command(
         Opt(help="clean (default) or paper: sets the training options above unless given, and "
                  "the conversation trained and evaluated (the paper's LLaVA: vicuna_v1)."),
     ] = "clean",
+    threads: Annotated[int | None, Opt(callback=at_least(1), help=THREADS_HELP)] = None,
+    output_path: Annotated[
+        Path | None,
+        Opt(help=OUTPUT_PATH_HELP + " With --limit, also the before and after runs' files."),
+    ] = None,
+    log_samples: Annotated[
+        bool,
+        Opt("--log-samples", help="With --output-path and --limit: samples_<run_id>.jsonl of "
+            "the before and after runs, one line per example."),
+    ] = False,
 ) -> None:
     """Fine-tune a VLM's projector (and LoRA) on classification data; the checkpoint loads
     with `vlmclf eval --model`. Exits 3 with a report if the loss diverges."""
@@ -196,6 +213,9 @@ def finetune_command(
         if value is not None and value < 1:
             fail(f"{name} must be at least 1, got {value}")
     o = _protocol_options(ctx, protocol, model)
+    check_output_dir(output_path, log_samples)
+    if log_samples and eval_limit is None:
+        fail("--log-samples logs the examples of the before and after runs: give --limit N")
     request = FinetuneRequest(
         model=model, dataset=dataset, train_split=train_split, eval_split=eval_split,
         data_root=data_root, train_data_root=train_data_root, classes=classes, train=train.value,
@@ -219,22 +239,55 @@ def finetune_command(
         progress=progress, workers=workers,
         model_options=ModelOptions(device=device, dtype=dtype, seed=seed),
     )  # fmt: skip
+    written = _OutputFiles(output_path, log_samples, store, request)
     try:
+        use_threads(threads)
         outcome = run_finetune(request, runtime)
     except TrainingDiverged as stop:
         if is_main_process():  # under torchrun every rank stops; the main rank reports
             _report_divergence(stop, out_dir, as_json)
+            written.write(stop.analysis_id)
         raise typer.Exit(EXIT_DIVERGED) from None
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     if outcome is None:  # under torchrun: this rank's share of the training is done
         return
+    written.write(outcome.analysis_id)
     files = {name: str(path) for name, path in outcome.files.items()}
     if as_json:
         payload = {"analysis_id": outcome.analysis_id, **outcome.result, "files": files}
         typer.echo(json.dumps(payload))
         return
     _print_summary(outcome.result, outcome.analysis_id, store, files)
+
+
+@dataclass(frozen=True)
+class _OutputFiles:
+    """``--output-path``: the fine-tune's results JSON, and the files of its before and after
+    runs (``--limit``) as ``eval`` writes them, with ``--log-samples`` their samples."""
+
+    out_dir: Path | None
+    log_samples: bool
+    store: Path
+    request: Any  # FinetuneRequest (imported with torch, inside the command)
+
+    def write(self, analysis_id: str | None) -> None:
+        from vlmclf.store import RunStore
+
+        if self.out_dir is None or analysis_id is None:
+            return
+        request = self.request
+        protocol = {"name": request.protocol, "question": request.question,
+                    "prompt_template": request.prompt_template or "the family's own format",
+                    "match": request.match,
+                    "eval_max_new_tokens": request.eval_max_new_tokens}  # fmt: skip
+        write_analysis_output(self.out_dir, self.store, analysis_id, protocol=protocol)
+        with RunStore(self.store, read_only=True) as runs:
+            record = runs.get_analysis(analysis_id)
+        scored = [record.result.get(when) or {} for when in ("before", "after")] if record else []
+        run_ids = [entry["run_id"] for entry in scored if entry.get("run_id")]
+        write_stored_run_files(self.out_dir, self.store, run_ids, data_root=request.data_root,
+                               classes=request.classes, log_samples=self.log_samples)  # fmt: skip
 
 
 def _protocol_options(ctx: typer.Context, protocol: str, model: str) -> dict[str, Any]:

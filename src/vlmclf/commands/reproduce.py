@@ -47,12 +47,22 @@ def reproduce_command(
     store: Annotated[Path | None, Opt("--store", help="The run store for every command.")] = None,
     run: Annotated[bool, Opt("--run", help="Run the commands and write the table.")] = False,
     out: Annotated[Path | None, Opt(help="Where --run writes the table (Markdown).")] = None,
+    output_path: Annotated[
+        Path | None,
+        Opt(help="Passed to every command: each writes its results_<id>.json there."),
+    ] = None,
 ) -> None:
     """Print the exact commands for a table or figure of the paper (or the thesis); with --run,
     run them and write the table in the paper's layout beside its published numbers."""
     from vlmclf.paper.protocols import PROTOCOLS
     from vlmclf.paper.published_cells import published_lines
-    from vlmclf.paper.reproduce import TABLES, layout, run_steps, table_by_name
+    from vlmclf.paper.reproduce import (
+        TABLES,
+        layout,
+        run_steps,
+        table_by_name,
+        with_output_path,
+    )
     from vlmclf.paper.steps import PAPER_DATASETS, Context
 
     if list_tables:
@@ -77,6 +87,8 @@ def reproduce_command(
     if item.protocol:
         ctx = replace(ctx, protocol=item.protocol)
     steps = item.build(ctx)
+    if output_path is not None:
+        steps = with_output_path(steps, str(output_path))
     if not run:
         typer.echo(f"# {item.name}: {item.title} (protocol {ctx.protocol})")
         for step in steps:
