@@ -74,8 +74,9 @@ def prepare(work: Path) -> tuple[Path, Path, Path]:
     from vlmclf.models.random_models import save_random_model
 
     model = save_random_model("llava", work / "llava")
-    run(sys.executable, "-m", "vlmclf", "data", "manifest", "--layout", "fashion_mnist", "--root",
-        str(FASHION_MNIST_ROOT), "--split", "test", "--out", str(work / "fm" / "all.jsonl"))
+    run(sys.executable, "-m", "vlmclf", "data", "manifest", "--dataset", "fashion_mnist",
+        "--data-root", str(FASHION_MNIST_ROOT), "--split", "test", "--out-file",
+        str(work / "fm" / "all.jsonl"))
     lines = (work / "fm" / "all.jsonl").read_text().splitlines()[:30]
     relative = work / "fm" / "fm30.jsonl"
     relative.write_text("\n".join(lines) + "\n")

@@ -844,7 +844,7 @@ EXAMPLES: tuple[Example, ...] = (
     Example("report", "docs/analyses.md", (
         Step("vlmclf frequency --corpus captions.txt --classes fashion_mnist --run {gen} "
              "--out freq"),
-        Step("vlmclf report --runs {clip} --runs {gen} --out report.html"),
+        Step("vlmclf report --runs {clip} --runs {gen} --out-file report.html"),
     ), setup=make_captions, needs=("organism-evals",)),  # fmt: skip
     # docs/serve.md
     Example("serve", "docs/serve.md", (
@@ -970,7 +970,7 @@ EXAMPLES: tuple[Example, ...] = (
     # docs/reproduce.md
     Example("reproduce-organism", "docs/reproduce.md", (
         Step("vlmclf reproduce table1 --model organism:vlm --clip-model organism:clip --dataset "
-             "fashion_mnist --limit 20 --dtype float32 --store repro/runs.sqlite --out "
+             "fashion_mnist --limit 20 --dtype float32 --store repro/runs.sqlite --out-file "
              "repro/table1.md --run"),
     ), slow=True),  # fmt: skip
     Example("reproduce-organism-eval", "docs/reproduce.md", (

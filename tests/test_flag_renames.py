@@ -24,8 +24,8 @@ def manifest_ids(path: Path) -> list[str]:
 
 def test_data_manifest_takes_dataset_and_data_root(folder: Path, tmp_path: Path):
     out = tmp_path / "new.jsonl"
-    result = CliRunner().invoke(app, ["data", "manifest", "--dataset", "imagefolder",
-                                      "--data-root", str(folder), "--out", str(out)])  # fmt: skip
+    result = CliRunner().invoke(app, ["data", "manifest", "--dataset", "imagefolder", "--data-root",
+                                      str(folder), "--out-file", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "deprecated" not in result.output and len(manifest_ids(out)) == 3
 
@@ -41,19 +41,22 @@ def test_data_manifest_old_spellings_still_work_with_a_warning(folder: Path, tmp
     assert "warning: --root is deprecated and goes in the next release; use --data-root" in (
         result.stderr
     )
+    assert "warning: --out is deprecated and goes in the next release; use --out-file" in (
+        result.stderr
+    )
     CliRunner().invoke(app, ["data", "manifest", "--dataset", "imagefolder", "--data-root",
-                             str(folder), "--out", str(new)])  # fmt: skip
+                             str(folder), "--out-file", str(new)])  # fmt: skip
     assert old.read_text() == new.read_text()
 
 
 def test_old_and_new_spelling_together_is_an_error(folder: Path, tmp_path: Path):
     result = CliRunner().invoke(app, ["data", "manifest", "--layout", "imagefolder", "--dataset",
-                                      "imagefolder", "--data-root", str(folder), "--out",
+                                      "imagefolder", "--data-root", str(folder), "--out-file",
                                       str(tmp_path / "m.jsonl")])  # fmt: skip
     assert result.exit_code == 2
     assert "error: --layout is the old name of --dataset: give --dataset only" in result.output
-    missing = CliRunner().invoke(app, ["data", "manifest", "--data-root", str(folder), "--out",
-                                       str(tmp_path / "m.jsonl")])  # fmt: skip
+    missing = CliRunner().invoke(app, ["data", "manifest", "--data-root", str(folder),
+                                       "--out-file", str(tmp_path / "m.jsonl")])  # fmt: skip
     assert missing.exit_code == 2 and "error: Missing option '--dataset'." in missing.output
 
 

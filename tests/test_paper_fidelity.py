@@ -170,7 +170,8 @@ def test_paper_pooling_counts_the_pads_of_a_padded_batch(llava_dir):
 
 
 def export_rows(store: Path, run_id: str, out: Path) -> list[dict]:
-    result = CliRunner().invoke(app, ["export", run_id, "--store", str(store), "--out", str(out)])
+    args = ["export", run_id, "--store", str(store), "--out-file", str(out)]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     return [json.loads(line) for line in out.read_text().splitlines()]
 

@@ -109,7 +109,7 @@ def test_run_writes_the_table_in_the_paper_layout(folder, tmp_path, monkeypatch)
     out = invoke(
         "reproduce", "table1", "--model", "random:llava", "--dataset", "imagefolder",
         "--data-root", str(folder), "--limit", "2", "--dtype", "float32", "--run",
-        "--store", str(tmp_path / "r.sqlite"), "--out", str(out_file),
+        "--store", str(tmp_path / "r.sqlite"), "--out-file", str(out_file),
     )  # fmt: skip
     text = out_file.read_text()
     assert "| | imagefolder |" in text

@@ -324,7 +324,7 @@ def test_build_command_over_a_loopback_openai_server(
     out = tmp_path / "new_questions.jsonl"
     with FakeApiServer("openai", key=None, answer=_judge) as server:
         args = ["build", "--model", "openai:test-model", "--base-url", server.base_url,
-                "--classes", str(classes), "--wiki", str(wiki_file), "--out", str(out),
+                "--classes", str(classes), "--wiki", str(wiki_file), "--out-file", str(out),
                 "--store", str(tmp_path / "s.sqlite"), "--report-dir", str(tmp_path / "rep"),
                 "--json"]  # fmt: skip
         result = CliRunner().invoke(wikiqa_app, args)

@@ -81,6 +81,18 @@ def renamed(old: str, old_value: Any, new: str, new_value: Any) -> Any:
     return old_value
 
 
+def out_folder(help: str) -> Any:
+    """``--out``: a folder in every command (a command that writes one file names it with
+    ``--out-file``), so an existing file given as ``--out`` is refused before any work."""
+    return typer.Option("--out", help=help, file_okay=False)
+
+
+def old_out_file() -> Any:
+    """``--out`` kept for one release on the commands that write one file: their old name of
+    ``--out-file`` (they have no folder for ``--out`` to mean)."""
+    return typer.Option("--out", hidden=True, help="Old name of --out-file.")
+
+
 def required(name: str, value: Any) -> Any:
     """An option that is required once its old spelling has been taken into account."""
     if value is None:

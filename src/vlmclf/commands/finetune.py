@@ -17,6 +17,7 @@ from vlmclf.commands.common import (
     at_least,
     fail,
     number_in,
+    out_folder,
     renamed,
     resolve_hardware,
 )
@@ -172,7 +173,7 @@ def finetune_command(
                  "CPU), float32, float16, bfloat16."),
     ] = "auto",
     store: Annotated[Path, Opt("--store", help="The run and analysis store.")] = DEFAULT_STORE,
-    out: Annotated[Path | None, Opt("--out", help="Checkpoint and log folder.")] = None,
+    out: Annotated[Path | None, out_folder("Checkpoint and log folder.")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
     progress: Annotated[bool, Opt(help="Print each step's loss on stderr.")] = True,
     protocol: Annotated[

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from vlmclf.commands.common import DEFAULT_STORE, fail, out_dir_for, renamed
+from vlmclf.commands.common import DEFAULT_STORE, fail, out_dir_for, out_folder, renamed
 from vlmclf.terminal import terminal_safe
 
 
@@ -34,7 +34,7 @@ def frequency_command(
             "100, 1000, 10000, 100000)."
         ),
     ] = "quantile",
-    out: Annotated[Path | None, typer.Option(help="Folder for the table, plot and JSON.")] = None,
+    out: Annotated[Path | None, out_folder("Folder for the table, plot and JSON.")] = None,
     store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:

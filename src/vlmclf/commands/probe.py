@@ -20,6 +20,7 @@ from vlmclf.commands.common import (
     fail,
     number_in,
     out_dir_for,
+    out_folder,
     resolve_batch,
     resolve_hardware,
     use_threads,
@@ -169,7 +170,7 @@ def probe_command(
     device: Annotated[str, Opt(help=DEVICE_HELP)] = "auto",
     dtype: Annotated[str, Opt(help=DTYPE_HELP)] = "auto",
     store: Annotated[Path, Opt("--store", help="The run and analysis store.")] = DEFAULT_STORE,
-    out: Annotated[Path | None, Opt("--out", help="Folder for the table and figure.")] = None,
+    out: Annotated[Path | None, out_folder("Folder for the table and figure.")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
     progress: Annotated[bool, Opt(help="Show progress bars on stderr.")] = True,
 ) -> None:

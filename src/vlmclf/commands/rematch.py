@@ -13,6 +13,7 @@ from vlmclf.commands.common import (
     DEVICE_HELP,
     fail,
     out_dir_for,
+    out_folder,
     require_store,
     resolve_hardware,
 )
@@ -39,7 +40,7 @@ def rematch_command(
         ),
     ] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
-    out: Annotated[Path | None, typer.Option(help="Folder for the table and figure.")] = None,
+    out: Annotated[Path | None, out_folder("Folder for the table and figure.")] = None,
     store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:

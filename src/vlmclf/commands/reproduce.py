@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from vlmclf.commands.common import fail
+from vlmclf.commands.common import fail, old_out_file, renamed
 
 Opt = typer.Option
 
@@ -46,7 +46,12 @@ def reproduce_command(
     ] = None,
     store: Annotated[Path | None, Opt("--store", help="The run store for every command.")] = None,
     run: Annotated[bool, Opt("--run", help="Run the commands and write the table.")] = False,
-    out: Annotated[Path | None, Opt(help="Where --run writes the table (Markdown).")] = None,
+    out_file: Annotated[
+        Path | None,
+        Opt(help="Where --run writes the table (Markdown; default "
+                 "reports/reproduce-TABLE-PROTOCOL.md)."),
+    ] = None,
+    out: Annotated[Path | None, old_out_file()] = None,
 ) -> None:
     """Print the exact commands for a table or figure of the paper (or the thesis); with --run,
     run them and write the table in the paper's layout beside its published numbers."""
@@ -55,6 +60,7 @@ def reproduce_command(
     from vlmclf.paper.reproduce import TABLES, layout, run_steps, table_by_name
     from vlmclf.paper.steps import PAPER_DATASETS, Context
 
+    out = renamed("--out", out, "--out-file", out_file)
     if list_tables:
         width = max(len(name) for name in TABLES)
         for name, item in TABLES.items():

@@ -21,7 +21,11 @@ from vlmclf.commands.common import (
     batch_size_or_auto,
     fail,
     number_in,
+    old_out_file,
     out_dir_for,
+    out_folder,
+    renamed,
+    required,
     resolve_batch,
     resolve_hardware,
 )
@@ -78,7 +82,7 @@ def wikiqa_command(
     concurrency: Annotated[
         int, typer.Option(callback=at_least(1), help="Parallel API requests.")
     ] = 4,
-    out: Annotated[Path | None, typer.Option(help="Folder for the table and figure.")] = None,
+    out: Annotated[Path | None, out_folder("Folder for the table and figure.")] = None,
     store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
@@ -220,7 +224,9 @@ def wikiqa_build_command(
     model: Annotated[str, typer.Option(help="Chat model that writes the questions (any spec).")],
     classes: Annotated[str, typer.Option(help="Classes: a shipped list name or a JSON/text file.")],
     wiki: Annotated[Path, typer.Option(help="JSONL of {classname, text} Wikipedia articles.")],
-    out: Annotated[Path, typer.Option(help="Where to write the kept questions (JSONL).")],
+    out_file: Annotated[
+        Path | None, typer.Option(help="Where to write the kept questions (JSONL; required).")
+    ] = None,
     filter_model: Annotated[
         str | None, typer.Option(help="Model for the with/without-name filter (default --model).")
     ] = None,
@@ -247,6 +253,7 @@ def wikiqa_build_command(
     device: Annotated[str, typer.Option(help=DEVICE_HELP + " Local models.")] = "auto",
     dtype: Annotated[str, typer.Option(help=DTYPE_HELP + " Each model its own.")] = "auto",
     report_dir: Annotated[Path | None, typer.Option(help="Folder for the report.")] = None,
+    out: Annotated[Path | None, old_out_file()] = None,
     store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -255,6 +262,7 @@ def wikiqa_build_command(
     from vlmclf.data import load_class_names, load_dataset
     from vlmclf.run.loading import ModelOptions, load_any_model, resolve_dtype
 
+    out = required("--out-file", renamed("--out", out, "--out-file", out_file))
     device, dtype = resolve_hardware(None, device, dtype)
     try:
         class_names = load_class_names(classes)

@@ -53,7 +53,7 @@ def export_dict(run_id: str, p: Prediction, names: RunNames) -> dict[str, Any]:
 def write_jsonl(
     out: Path | BinaryIO, run_id: str, chunks: Iterable[list[Prediction]], names: RunNames
 ) -> int:
-    """To a file, or to an open binary stream (``export --out -``: standard output)."""
+    """To a file, or to an open binary stream (``export --out-file -``: standard output)."""
     count = 0
     with _text_sink(out) as f:
         for chunk in chunks:
