@@ -166,9 +166,10 @@ def compare_wikiqa(work: Path, model: Path, env: dict, paper_repo: Path) -> str:
     run(sys.executable, str(work / "wikiqa_main.py"), "--model_id", str(model), "--data_path",
         str(paper_questions), "--output_path", str(out), env=env)  # fmt: skip
     paper = [json.loads(line) for line in out.read_text().splitlines()]
-    result = vlmclf("wikiqa", "--model", f"hf:{model}", "--images", str(folder), "--questions",
-                    str(questions), "--protocol", "paper", "--dtype", env["PAPER_DTYPE"], "--store",
-                    str(work / "runs.sqlite"), "--out", str(folder / "report"))  # fmt: skip
+    result = vlmclf("wikiqa", "--model", f"hf:{model}", "--wikiqa-images", str(folder),
+                    "--questions", str(questions), "--protocol", "paper", "--dtype",
+                    env["PAPER_DTYPE"], "--store", str(work / "runs.sqlite"), "--out",
+                    str(folder / "report"))  # fmt: skip
     from vlmclf.store import RunStore
 
     with RunStore(work / "runs.sqlite", read_only=True) as store:

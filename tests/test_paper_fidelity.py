@@ -234,7 +234,7 @@ def test_paper_wikiqa_parses_the_text_the_papers_code_parses(llava_dir, tmp_path
     assert_recorded_inputs(paper_model(llava_dir)[1], [tmp_path / item["image"] for item in items],
                            wikiqa["images"])  # fmt: skip
     out = run_cli(
-        "wikiqa", "--model", f"hf:{llava_dir}", "--images", str(tmp_path), "--questions",
+        "wikiqa", "--model", f"hf:{llava_dir}", "--wikiqa-images", str(tmp_path), "--questions",
         str(questions), "--protocol", "paper", "--dtype", "float32", "--max-new-tokens",
         str(wikiqa["max_new_tokens"]), "--batch-size", "4", "--store",
         str(tmp_path / "runs.sqlite"), "--out", str(tmp_path / "r"),

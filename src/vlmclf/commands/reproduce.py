@@ -33,7 +33,9 @@ def reproduce_command(
     clip_model: Annotated[str | None, Opt(help="CLIP baseline rows (e.g. organism:clip).")] = None,
     limit: Annotated[int | None, Opt(help="Examples per run (a small check).")] = None,
     corpus: Annotated[list[str] | None, Opt(help="Figure 3: training text files.")] = None,
-    wikiqa_images: Annotated[str | None, Opt(help="Table 4: ImageNet validation images.")] = None,
+    wikiqa_images: Annotated[
+        str | None, Opt(help="Table 4: ImageWikiQA's ImageNet validation images.")
+    ] = None,
     finetuned_model: Annotated[
         str | None, Opt(help="Table 4: the classification-fine-tuned checkpoint.")
     ] = None,

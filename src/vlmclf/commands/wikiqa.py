@@ -43,8 +43,11 @@ wikiqa_app = typer.Typer(
 def wikiqa_command(
     ctx: typer.Context,
     model: Annotated[str | None, typer.Option(help="hf:, random:, organism:, openai:...")] = None,
-    images: Annotated[
-        Path | None, typer.Option(help="ImageNet validation images (flat, or val/<wnid>/<file>).")
+    wikiqa_images: Annotated[
+        Path | None,
+        typer.Option(
+            help="The ImageNet validation images the questions show (flat, or val/<wnid>/<file>)."
+        ),
     ] = None,
     method: Annotated[str, typer.Option(help="generate or likelihood (scores A-D).")] = "generate",
     questions: Annotated[
@@ -86,6 +89,9 @@ def wikiqa_command(
     store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
+    images: Annotated[
+        Path | None, typer.Option(hidden=True, help="Old name of --wikiqa-images.")
+    ] = None,
 ) -> None:
     """Answer ImageWikiQA with a model; unparsed answers count as wrong (n_unparsed), or under
     --protocol paper get a random letter as in the paper's code."""
@@ -95,8 +101,9 @@ def wikiqa_command(
     from vlmclf.run.distributed import is_main_process
     from vlmclf.run.loading import ModelOptions
 
+    images = renamed("--images", images, "--wikiqa-images", wikiqa_images)
     if model is None or images is None:
-        fail("wikiqa needs --model and --images (or the subcommand `build`)")
+        fail("wikiqa needs --model and --wikiqa-images (or the subcommand `build`)")
     if method not in ("generate", "likelihood"):
         fail(f"--method must be generate or likelihood, got {method!r}")
     chosen = _protocol_options(ctx, protocol, cot=cot, max_new_tokens=max_new_tokens,

@@ -191,7 +191,7 @@ def table4(ctx: Context) -> list[Step]:
     for model in models:
         argv = ["wikiqa", "--model", model, "--protocol", ctx.protocol]
         if ctx.wikiqa_images:
-            argv += ["--images", ctx.wikiqa_images]
+            argv += ["--wikiqa-images", ctx.wikiqa_images]
         if settings.get("cot"):
             argv.append("--cot")
         argv += ["--max-new-tokens", str(settings["max_new_tokens"])]
