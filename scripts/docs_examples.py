@@ -957,7 +957,7 @@ EXAMPLES: tuple[Example, ...] = (
     # slow: minutes each, left out of the default test (make docs-examples runs them)
     Example("finetune", "docs/analyses.md", (
         Step("vlmclf finetune --model organism:vlm --dataset fashion_mnist --train-limit 320 "
-             "--batch-size 32 --steps 10 --lr-projector 1e-3 --limit 40 "
+             "--step-batch-size 32 --steps 10 --lr-projector 1e-3 --limit 40 "
              "--out reports/finetune-organism"),
     ), slow=True),  # fmt: skip
     Example("demo", "docs/analyses.md", (Step("vlmclf demo"),), slow=True),

@@ -192,7 +192,7 @@ def finetune_args(colours: dict[str, Path], batch: int = BATCH,
     micro-batches, and with it the float rounding (see the README)."""
     args = ["finetune", "--model", "random:llava", "--dataset", "imagefolder",
             "--data-root", str(colours["test"]), "--train-data-root", str(colours["clean_train"]),
-            "--train-limit", "8", "--batch-size", str(batch), "--steps", str(STEPS),
+            "--train-limit", "8", "--step-batch-size", str(batch), "--steps", str(STEPS),
             "--lr-projector", "1e-2", "--warmup-ratio", "0", "--workers", "1",
             "--store", "runs.sqlite", "--out", "tuned", "--json", "--no-progress"]  # fmt: skip
     if eval_limit is None:
@@ -235,7 +235,7 @@ def test_finetune_under_two_ranks_equals_one_process_bit_for_bit(
     """LoRA without dropout: dropout masks come from each rank's own RNG stream."""
     one, two = tmp_path / "one", tmp_path / "two"
     args = [*finetune_args(colours), *(LORA if parts == "lora" else [])]
-    printed_one = in_this_process([*args, "--micro-batch", "2"], one)
+    printed_one = in_this_process([*args, "--batch-size", "2"], one)
     done = run_here([*torchrun(2), "-m", "vlmclf", *args], two)
     assert done.returncode == 0, done.stderr[-3000:]
     (printed,) = json_lines(done.stdout)

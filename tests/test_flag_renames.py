@@ -107,3 +107,57 @@ def test_sweep_takes_a_repeated_model_like_dataset_and_records_threads(folder: P
     assert len(rows) == 1 and rows[0]["threads"] == 1  # the same run, reused
     missing = CliRunner().invoke(app, base)
     assert missing.exit_code == 2 and "error: Missing option '--model'." in missing.output
+
+
+# ------------------------------------------------------------------ finetune's two batch sizes
+
+
+@pytest.fixture()
+def finetune_calls(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The (request, runtime) pairs finetune would train with; nothing is trained."""
+    import vlmclf.analysis.finetune.run as finetune_run
+
+    calls: list = []
+    monkeypatch.setattr(finetune_run, "run_finetune", lambda *pair: calls.append(pair))
+    return calls
+
+
+FINETUNE = ["finetune", "--model", "random:llava", "--dataset", "fashion_mnist"]
+OLD_STEP = "finetune --batch-size {n} now means examples per model call, as in every command"
+
+
+@pytest.mark.parametrize(("args", "per_step", "per_call", "warning"), [
+    ([], 64, None, None),
+    (["--step-batch-size", "32"], 32, None, None),
+    (["--step-batch-size", "32", "--batch-size", "4"], 32, 4, None),
+    (["--batch-size", "auto"], 64, None, None),
+    (["--protocol", "paper"], 128, None, None),
+    # the old spellings train as they did, with one warning line
+    (["--batch-size", "32"], 32, 32, OLD_STEP.format(n=32)),
+    (["--protocol", "paper", "--batch-size", "8"], 8, 8, OLD_STEP.format(n=8)),
+    (["--batch-size", "32", "--micro-batch", "4"], 32, 4,
+     "--batch-size 32 --micro-batch 4 is deprecated and goes in the next release; use "
+     "--step-batch-size 32 --batch-size 4"),
+    (["--micro-batch", "4"], 64, 4,
+     "--micro-batch is deprecated and goes in the next release; use --batch-size"),
+    (["--step-batch-size", "16", "--micro-batch", "4"], 16, 4,
+     "--micro-batch is deprecated and goes in the next release; use --batch-size"),
+])  # fmt: skip
+def test_finetune_step_and_call_batch_sizes(finetune_calls, tmp_path, args, per_step, per_call,
+                                            warning):  # fmt: skip
+    result = CliRunner().invoke(app, [*FINETUNE, *args, "--store", str(tmp_path / "s.sqlite")])
+    assert result.exit_code == 0, result.output
+    ((request, runtime),) = finetune_calls
+    assert (request.batch_size, runtime.micro_batch) == (per_step, per_call)
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == (warning is not None), result.stderr  # one line, or none
+    assert warning is None or warnings[0].startswith(f"warning: {warning}")
+
+
+def test_finetune_old_and_new_call_batch_together_is_an_error(finetune_calls, tmp_path):
+    args = [*FINETUNE, "--step-batch-size", "32", "--batch-size", "4", "--micro-batch", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and not finetune_calls
+    assert "error: --micro-batch is the old name of --batch-size: give --batch-size only" in (
+        result.output
+    )

@@ -356,8 +356,8 @@ def test_paper_finetune_evaluates_as_model_vqa_does(llava_dir, manifest, tmp_pat
     store = tmp_path / "runs.sqlite"
     out = run_cli(
         "finetune", "--model", f"hf:{llava_dir}", "--dataset", str(manifest), "--train-split",
-        "test", "--eval-split", "test", "--protocol", "paper", "--steps", "1", "--batch-size",
-        "2", "--train-limit", "2", "--eval-limit", "2", "--dtype", "float32", "--store",
+        "test", "--eval-split", "test", "--protocol", "paper", "--steps", "1", "--step-batch-size",
+        "2", "--train-limit", "2", "--limit", "2", "--dtype", "float32", "--store",
         str(store), "--out", str(tmp_path / "ft"),
     )  # fmt: skip
     with RunStore(store, read_only=True) as runs:

@@ -77,8 +77,13 @@ def renamed(old: str, old_value: Any, new: str, new_value: Any) -> Any:
         return new_value
     if new_value is not None:
         fail(f"{old} is the old name of {new}: give {new} only")
-    typer.echo(f"warning: {old} is deprecated and goes in the next release; use {new}", err=True)
+    warn_deprecated(f"{old} is deprecated and goes in the next release; use {new}")
     return old_value
+
+
+def warn_deprecated(message: str) -> None:
+    """One ``warning:`` line on stderr for a spelling that still works for one release."""
+    typer.echo(f"warning: {message}", err=True)
 
 
 def out_folder(help: str) -> Any:

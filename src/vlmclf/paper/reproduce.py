@@ -155,7 +155,8 @@ def table3(ctx: Context) -> list[Step]:
             str(fine["lr_projector"]),
         ]
         argv += ["--weight-decay", str(fine["weight_decay"]), "--warmup-ratio",
-                 str(fine["warmup_ratio"]), "--batch-size", str(fine["batch_size"])]  # fmt: skip
+                 str(fine["warmup_ratio"]),
+                 "--step-batch-size", str(fine["batch_size"])]  # fmt: skip
         argv += ["--protocol", ctx.protocol]  # the conversation trained and evaluated
         note = (
             f"then: vlmclf eval --model hf:<checkpoint> --method generate --match {fine['match']}"
