@@ -161,3 +161,25 @@ def test_finetune_old_and_new_call_batch_together_is_an_error(finetune_calls, tm
     assert "error: --micro-batch is the old name of --batch-size: give --batch-size only" in (
         result.output
     )
+
+
+# ------------------------------------------------------------------ rematch asks for its rule
+
+
+def test_rematch_without_match_keeps_the_old_default_for_one_release(folder: Path, tmp_path):
+    store = tmp_path / "s.sqlite"
+    made = CliRunner().invoke(app, ["eval", "--model", "random:llava", "--method", "generate",
+                                    "--dataset", "imagefolder", "--data-root", str(folder),
+                                    "--max-new-tokens", "2", "--store", str(store),
+                                    "--no-progress", "--json"])  # fmt: skip
+    assert made.exit_code == 0, made.output
+    run_id = json.loads(made.stdout)["run_id"]
+    base = ["rematch", run_id, "--store", str(store), "--out", str(tmp_path / "r"), "--json"]
+    old = CliRunner().invoke(app, base)
+    new = CliRunner().invoke(app, [*base, "--match", "strict"])
+    assert old.exit_code == 0 and new.exit_code == 0, old.output + new.output
+    assert json.loads(old.stdout)["derived_run_id"] == json.loads(new.stdout)["derived_run_id"]
+    assert json.loads(old.stdout)["match"] == "strict"
+    assert old.stderr.count("warning:") == 1 and "deprecated" not in new.output
+    assert ("warning: rematch without --match maps with strict, a default that goes in the next "
+            "release") in old.stderr

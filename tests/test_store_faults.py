@@ -56,7 +56,8 @@ def commands_on(store: Path, tmp_path: Path) -> list[list[str]]:
         ["export", "run1", "--store", str(store), "--out-file", str(tmp_path / "o.jsonl")],
         ["eval", "--model", "random:clip", "--method", "clip", "--dataset", "imagefolder",
          "--data-root", str(folder), "--store", str(store), "--no-progress"],
-        ["rematch", "run1", "--store", str(store), "--out", str(tmp_path / "rematch")],
+        ["rematch", "run1", "--match", "strict", "--store", str(store), "--out",
+         str(tmp_path / "rematch")],
     ]  # fmt: skip
 
 
