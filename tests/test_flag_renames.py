@@ -183,3 +183,27 @@ def test_rematch_without_match_keeps_the_old_default_for_one_release(folder: Pat
     assert old.stderr.count("warning:") == 1 and "deprecated" not in new.output
     assert ("warning: rematch without --match maps with strict, a default that goes in the next "
             "release") in old.stderr
+
+
+# ------------------------------------------------------------------ --protocol thesis
+
+
+@pytest.mark.parametrize(("args", "experiment"), [
+    (["probe", "--model", "random:llava", "--dataset", "fashion_mnist"], "probe"),
+    (["finetune", "--model", "random:llava", "--dataset", "fashion_mnist"], "finetune"),
+    (["wikiqa", "--model", "random:llava", "--wikiqa-images", "."], "wikiqa"),
+    (["eval", "--model", "random:llava", "--dataset", "fashion_mnist", "--method",
+      "likelihood"], "likelihood"),
+    (["reproduce", "table3", "--model", "random:llava"], "probe"),
+])  # fmt: skip
+def test_protocol_thesis_is_refused_in_one_line_where_it_defines_nothing(tmp_path, args,
+                                                                         experiment):  # fmt: skip
+    store = tmp_path / "s.sqlite"
+    result = CliRunner().invoke(app, [*args, "--protocol", "thesis", "--store", str(store)])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert result.output == (
+        f"error: --protocol thesis has no {experiment} settings (the companion thesis (Ritossa "
+        f"2024) defines only classifier, generate, clip); for {experiment} use --protocol clean "
+        "or paper\n"
+    )
+    assert not store.exists()

@@ -84,7 +84,10 @@ def reproduce_command(
     )  # fmt: skip
     if item.protocol:
         ctx = replace(ctx, protocol=item.protocol)
-    steps = item.build(ctx)
+    try:
+        steps = item.build(ctx)
+    except ValueError as err:  # a protocol without the table's experiments (the thesis: probe)
+        fail(str(err))
     if not run:
         typer.echo(f"# {item.name}: {item.title} (protocol {ctx.protocol})")
         for step in steps:
