@@ -5,7 +5,7 @@ probe: the missing feature chunks are split across ranks and written by the main
 cache files must be bit for bit those of one process, and a job SIGKILLed part-way must resume
 from its finished chunks with another number of ranks. finetune: with N ranks each step's batch
 of B is split into N blocks and the gradients are summed by DDP, so 2 ranks must give bit for
-bit what one process gives with ``--micro-batch B/2`` (the same forward passes, and a sum of
+bit what one process gives with ``--batch-size B/2`` (the same forward passes, and a sum of
 two gradients, which is commutative in floating point). Against one process without
 micro-batches, or with 3 ranks (another summation order), equality holds up to float rounding
 (the slow test, with a tolerance justified there).
