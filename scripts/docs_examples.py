@@ -898,7 +898,7 @@ EXAMPLES: tuple[Example, ...] = (
     Example("report", "docs/analyses.md", (
         Step("vlmclf frequency --corpus captions.txt --classes fashion_mnist --run {gen} "
              "--out freq"),
-        Step("vlmclf report --runs {clip} --runs {gen} --out report.html"),
+        Step("vlmclf report --runs {clip} --runs {gen} --out-file report.html"),
     ), setup=make_captions, needs=("organism-evals",)),  # fmt: skip
     # docs/serve.md
     Example("serve", "docs/serve.md", (
@@ -1026,7 +1026,7 @@ EXAMPLES: tuple[Example, ...] = (
     # slow: minutes each, left out of the default test (make docs-examples runs them)
     Example("finetune", "docs/analyses.md", (
         Step("vlmclf finetune --model organism:vlm --dataset fashion_mnist --train-limit 320 "
-             "--batch-size 32 --steps 10 --lr-projector 1e-3 --limit 40 "
+             "--step-batch-size 32 --steps 10 --lr-projector 1e-3 --limit 40 "
              "--out reports/finetune-organism"),
     ), slow=True),  # fmt: skip
     Example("demo", "docs/analyses.md", (Step("vlmclf demo"),), slow=True),
@@ -1039,7 +1039,7 @@ EXAMPLES: tuple[Example, ...] = (
     # docs/reproduce.md
     Example("reproduce-organism", "docs/reproduce.md", (
         Step("vlmclf reproduce table1 --model organism:vlm --clip-model organism:clip --dataset "
-             "fashion_mnist --limit 20 --dtype float32 --store repro/runs.sqlite --out "
+             "fashion_mnist --limit 20 --dtype float32 --store repro/runs.sqlite --out-file "
              "repro/table1.md --run"),
     ), slow=True),  # fmt: skip
     Example("reproduce-organism-eval", "docs/reproduce.md", (

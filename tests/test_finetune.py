@@ -279,7 +279,7 @@ def test_finetune_command_closes_the_gap_with_mixed_data(colours, tmp_path):
     args = ["--model", "random:llava", "--dataset", "imagefolder",
             "--data-root", str(colours["test"]), "--train-data-root", str(colours["train"]),
             "--train", "projector+lora",
-            "--train-limit", "30", "--batch-size", "6", "--micro-batch", "3", "--steps", "40",
+            "--train-limit", "30", "--step-batch-size", "6", "--batch-size", "3", "--steps", "40",
             "--lr-projector", "3e-3", "--lr-lora", "3e-3", "--warmup-ratio", "0.1",
             "--lora-dropout", "0", "--mix-instructions", str(mix),
             "--image-folder", str(tmp_path / "instruct"),
@@ -303,7 +303,7 @@ def test_command_exits_3_with_a_report_when_the_loss_diverges(colours, tmp_path,
     monkeypatch.setattr(HFTrainable, "batch_loss", infinite)
     args = ["--model", "random:llava", "--dataset", "imagefolder",
             "--data-root", str(colours["test"]), "--train-data-root", str(colours["train"]),
-            "--train-limit", "4", "--batch-size", "4",
+            "--train-limit", "4", "--step-batch-size", "4",
             "--steps", "3", "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "o"),
             "--no-progress"]  # fmt: skip
     result = CliRunner().invoke(_app(), args)

@@ -118,8 +118,8 @@ def test_export_names_classes_and_images_with_the_same_types(folder: Path, tmp_p
         "run_id"
     ]
     odd = give_one_row_nan_and_infinite_floats(store, run_id)
-    invoke("export", run_id, "--store", str(store), "--out", str(tmp_path / "p.jsonl"))
-    invoke("export", run_id, "--store", str(store), "--format", "parquet", "--out",
+    invoke("export", run_id, "--store", str(store), "--out-file", str(tmp_path / "p.jsonl"))
+    invoke("export", run_id, "--store", str(store), "--format", "parquet", "--out-file",
            str(tmp_path / "p.parquet"))  # fmt: skip
     lines = [json.loads(s) for s in (tmp_path / "p.jsonl").read_text().splitlines()]
     table = pq.read_table(tmp_path / "p.parquet")
@@ -147,7 +147,7 @@ def test_export_of_a_run_whose_data_moved_leaves_images_empty(tmp_path: Path):
             "--json"]  # fmt: skip
     run_id = json.loads(invoke(*args).strip().splitlines()[-1])["run_id"]
     moving.rename(tmp_path / "moved")
-    result = CliRunner().invoke(app, ["export", run_id, "--store", str(store), "--out",
+    result = CliRunner().invoke(app, ["export", run_id, "--store", str(store), "--out-file",
                                       str(tmp_path / "p.jsonl")])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "warning: image paths left empty:" in result.stderr

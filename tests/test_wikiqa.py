@@ -126,7 +126,7 @@ def test_generate_end_to_end_with_random_llava_counts_unparsed(
 ) -> None:
     root, questions = tiny_wikiqa
     store, out = tmp_path / "runs.sqlite", tmp_path / "report"
-    args = ["--model", "random:llava", "--images", str(root), "--questions", str(questions),
+    args = ["--model", "random:llava", "--wikiqa-images", str(root), "--questions", str(questions),
             "--store", str(store), "--out", str(out), "--no-progress", "--workers", "1",
             "--json"]  # fmt: skip
     result = CliRunner().invoke(wikiqa_app, args)
@@ -162,7 +162,7 @@ def test_generate_through_an_api_model_parses_and_counts(
     root, questions = tiny_wikiqa
     with FakeApiServer("openai", key=None, answer=answer) as server:
         args = ["--model", "openai:test-model", "--base-url", server.base_url,
-                "--images", str(root),
+                "--wikiqa-images", str(root),
                 "--questions", str(questions), "--store", str(tmp_path / "s.sqlite"),
                 "--out", str(tmp_path / "o"), "--no-progress", "--json"]  # fmt: skip
         result = CliRunner().invoke(wikiqa_app, args)
@@ -226,7 +226,7 @@ def test_likelihood_scores_letters_like_a_full_forward(
 
 def test_shipped_questions_without_images_fail_clearly(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    args = ["--model", "random:llava", "--images", str(tmp_path / "empty"), "--limit", "3",
+    args = ["--model", "random:llava", "--wikiqa-images", str(tmp_path / "empty"), "--limit", "3",
             "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "o"), "--no-progress"]
     result = CliRunner().invoke(wikiqa_app, args)
     assert result.exit_code == 1 and "every question failed" in result.output
@@ -235,7 +235,7 @@ def test_shipped_questions_without_images_fail_clearly(tmp_path: Path) -> None:
 
 def test_wikiqa_requires_model_and_images() -> None:
     result = CliRunner().invoke(wikiqa_app, ["--model", "random:llava"])
-    assert result.exit_code == 2 and "--images" in result.output
+    assert result.exit_code == 2 and "--wikiqa-images" in result.output
 
 
 # --------------------------------------------------------------------------- build
@@ -324,7 +324,7 @@ def test_build_command_over_a_loopback_openai_server(
     out = tmp_path / "new_questions.jsonl"
     with FakeApiServer("openai", key=None, answer=_judge) as server:
         args = ["build", "--model", "openai:test-model", "--base-url", server.base_url,
-                "--classes", str(classes), "--wiki", str(wiki_file), "--out", str(out),
+                "--classes", str(classes), "--wiki", str(wiki_file), "--out-file", str(out),
                 "--store", str(tmp_path / "s.sqlite"), "--report-dir", str(tmp_path / "rep"),
                 "--json"]  # fmt: skip
         result = CliRunner().invoke(wikiqa_app, args)
@@ -405,7 +405,8 @@ def test_paper_protocol_gives_unparsed_answers_the_papers_random_letter(
                        answer=lambda p: next(r for k, r in replies.items() if k in p)) as server:
         for protocol in ("clean", "paper"):
             args = ["--model", "openai:test-model", "--base-url", server.base_url,
-                    "--images", str(root), "--questions", str(questions), "--protocol", protocol,
+                    "--wikiqa-images", str(root), "--questions", str(questions),
+                    "--protocol", protocol,
                     "--parser", "robust",  # the paper's own rule is tested below
                     "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / protocol),
                     "--no-progress", "--json"]  # fmt: skip
@@ -449,8 +450,9 @@ def test_paper_protocol_puts_cot_after_assistant_as_the_papers_code_does(
     monkeypatch.setattr(HFVisionLanguageModel, "format_prompt", recording)
     specs = {}
     for current in ("clean", "paper"):
-        args = ["--model", "random:llava", "--images", str(root), "--questions", str(questions),
-                "--protocol", current, "--cot", "--max-new-tokens", "2", "--limit", "2",
+        args = ["--model", "random:llava", "--wikiqa-images", str(root),
+                "--questions", str(questions), "--protocol", current, "--cot",
+                "--max-new-tokens", "2", "--limit", "2",
                 "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / current),
                 "--no-progress", "--workers", "1", "--json"]  # fmt: skip
         result = CliRunner().invoke(wikiqa_app, args)
@@ -506,7 +508,8 @@ def test_paper_protocol_reads_letters_with_the_mmmu_rule(
         reports = {}
         for protocol in ("clean", "paper"):
             args = ["--model", "openai:test-model", "--base-url", server.base_url,
-                    "--images", str(root), "--questions", str(questions), "--protocol", protocol,
+                    "--wikiqa-images", str(root), "--questions", str(questions),
+                    "--protocol", protocol,
                     "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / protocol),
                     "--no-progress", "--json"]  # fmt: skip
             result = CliRunner().invoke(wikiqa_app, args)

@@ -77,8 +77,25 @@ def renamed(old: str, old_value: Any, new: str, new_value: Any) -> Any:
         return new_value
     if new_value is not None:
         fail(f"{old} is the old name of {new}: give {new} only")
-    typer.echo(f"warning: {old} is deprecated and goes in the next release; use {new}", err=True)
+    warn_deprecated(f"{old} is deprecated and goes in the next release; use {new}")
     return old_value
+
+
+def warn_deprecated(message: str) -> None:
+    """One ``warning:`` line on stderr for a spelling that still works for one release."""
+    typer.echo(f"warning: {message}", err=True)
+
+
+def out_folder(help: str) -> Any:
+    """``--out``: a folder in every command (a command that writes one file names it with
+    ``--out-file``), so an existing file given as ``--out`` is refused before any work."""
+    return typer.Option("--out", help=help, file_okay=False)
+
+
+def old_out_file() -> Any:
+    """``--out`` kept for one release on the commands that write one file: their old name of
+    ``--out-file`` (they have no folder for ``--out`` to mean)."""
+    return typer.Option("--out", hidden=True, help="Old name of --out-file.")
 
 
 def required(name: str, value: Any) -> Any:

@@ -14,6 +14,7 @@ from vlmclf.commands.common import (
     check_output_dir,
     fail,
     out_dir_for,
+    out_folder,
     renamed,
     write_analysis_output,
 )
@@ -42,7 +43,7 @@ def frequency_command(
             "100, 1000, 10000, 100000)."
         ),
     ] = "quantile",
-    out: Annotated[Path | None, typer.Option(help="Folder for the table, plot and JSON.")] = None,
+    out: Annotated[Path | None, out_folder("Folder for the table, plot and JSON.")] = None,
     store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     output_path: Annotated[Path | None, typer.Option(help=OUTPUT_PATH_HELP)] = None,

@@ -24,7 +24,11 @@ from vlmclf.commands.common import (
     check_output_dir,
     fail,
     number_in,
+    old_out_file,
     out_dir_for,
+    out_folder,
+    renamed,
+    required,
     resolve_batch,
     resolve_hardware,
 )
@@ -45,8 +49,11 @@ wikiqa_app = typer.Typer(
 def wikiqa_command(
     ctx: typer.Context,
     model: Annotated[str | None, typer.Option(help="hf:, random:, organism:, openai:...")] = None,
-    images: Annotated[
-        Path | None, typer.Option(help="ImageNet validation images (flat, or val/<wnid>/<file>).")
+    wikiqa_images: Annotated[
+        Path | None,
+        typer.Option(
+            help="The ImageNet validation images the questions show (flat, or val/<wnid>/<file>)."
+        ),
     ] = None,
     method: Annotated[str, typer.Option(help="generate or likelihood (scores A-D).")] = "generate",
     questions: Annotated[
@@ -84,7 +91,7 @@ def wikiqa_command(
     concurrency: Annotated[
         int, typer.Option(callback=at_least(1), help="Parallel API requests.")
     ] = 4,
-    out: Annotated[Path | None, typer.Option(help="Folder for the table and figure.")] = None,
+    out: Annotated[Path | None, out_folder("Folder for the table and figure.")] = None,
     store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
@@ -97,6 +104,9 @@ def wikiqa_command(
         typer.Option("--log-samples", help="With --output-path: samples_<run_id>.jsonl, one "
                      "line per question (image, question, options, answer, letter, hit)."),
     ] = False,
+    images: Annotated[
+        Path | None, typer.Option(hidden=True, help="Old name of --wikiqa-images.")
+    ] = None,
 ) -> None:
     """Answer ImageWikiQA with a model; unparsed answers count as wrong (n_unparsed), or under
     --protocol paper get a random letter as in the paper's code."""
@@ -107,8 +117,9 @@ def wikiqa_command(
     from vlmclf.run.distributed import is_main_process
     from vlmclf.run.loading import ModelOptions
 
+    images = renamed("--images", images, "--wikiqa-images", wikiqa_images)
     if model is None or images is None:
-        fail("wikiqa needs --model and --images (or the subcommand `build`)")
+        fail("wikiqa needs --model and --wikiqa-images (or the subcommand `build`)")
     if method not in ("generate", "likelihood"):
         fail(f"--method must be generate or likelihood, got {method!r}")
     check_model_spec(model)
@@ -259,7 +270,9 @@ def wikiqa_build_command(
     model: Annotated[str, typer.Option(help="Chat model that writes the questions (any spec).")],
     classes: Annotated[str, typer.Option(help="Classes: a shipped list name or a JSON/text file.")],
     wiki: Annotated[Path, typer.Option(help="JSONL of {classname, text} Wikipedia articles.")],
-    out: Annotated[Path, typer.Option(help="Where to write the kept questions (JSONL).")],
+    out_file: Annotated[
+        Path | None, typer.Option(help="Where to write the kept questions (JSONL; required).")
+    ] = None,
     filter_model: Annotated[
         str | None, typer.Option(help="Model for the with/without-name filter (default --model).")
     ] = None,
@@ -286,6 +299,7 @@ def wikiqa_build_command(
     device: Annotated[str, typer.Option(help=DEVICE_HELP + " Local models.")] = "auto",
     dtype: Annotated[str, typer.Option(help=DTYPE_HELP + " Each model its own.")] = "auto",
     report_dir: Annotated[Path | None, typer.Option(help="Folder for the report.")] = None,
+    out: Annotated[Path | None, old_out_file()] = None,
     store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -294,6 +308,7 @@ def wikiqa_build_command(
     from vlmclf.data import load_class_names, load_dataset
     from vlmclf.run.loading import ModelOptions, load_any_model, resolve_dtype
 
+    out = required("--out-file", renamed("--out", out, "--out-file", out_file))
     device, dtype = resolve_hardware(None, device, dtype)
     try:
         class_names = load_class_names(classes)

@@ -170,7 +170,8 @@ def table3(ctx: Context) -> list[Step]:
             str(fine["lr_projector"]),
         ]
         argv += ["--weight-decay", str(fine["weight_decay"]), "--warmup-ratio",
-                 str(fine["warmup_ratio"]), "--batch-size", str(fine["batch_size"])]  # fmt: skip
+                 str(fine["warmup_ratio"]),
+                 "--step-batch-size", str(fine["batch_size"])]  # fmt: skip
         argv += ["--protocol", ctx.protocol]  # the conversation trained and evaluated
         note = (
             f"then: vlmclf eval --model hf:<checkpoint> --method generate --match {fine['match']}"
@@ -206,7 +207,7 @@ def table4(ctx: Context) -> list[Step]:
     for model in models:
         argv = ["wikiqa", "--model", model, "--protocol", ctx.protocol]
         if ctx.wikiqa_images:
-            argv += ["--images", ctx.wikiqa_images]
+            argv += ["--wikiqa-images", ctx.wikiqa_images]
         if settings.get("cot"):
             argv.append("--cot")
         argv += ["--max-new-tokens", str(settings["max_new_tokens"])]

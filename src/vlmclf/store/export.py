@@ -73,7 +73,7 @@ def _finite_scores(scores: list[float | None] | None) -> list[float | None] | No
 def write_jsonl(
     out: Path | BinaryIO, run_id: str, chunks: Iterable[list[Prediction]], names: RunNames
 ) -> int:
-    """To a file, or to an open binary stream (``export --out -``: standard output)."""
+    """To a file, or to an open binary stream (``export --out-file -``: standard output)."""
     count = 0
     with _text_sink(out) as f:
         for chunk in chunks:

@@ -257,7 +257,7 @@ def _after_accuracy(
 
 def _check(request: FinetuneRequest) -> None:
     if request.batch_size < 1 or (request.steps is not None and request.steps < 1):
-        raise ValueError("--batch-size and --steps must be at least 1")
+        raise ValueError("--step-batch-size and --steps must be at least 1")
     if request.steps is None and request.epochs <= 0:
         raise ValueError(f"--epochs must be positive, got {request.epochs}")
     if request.mix_instructions is None and request.image_folder is not None:
