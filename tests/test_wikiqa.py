@@ -538,7 +538,7 @@ def test_output_path_writes_the_run_and_a_line_per_question(
 ) -> None:
     root, questions = tiny_wikiqa
     store, out = tmp_path / "runs.sqlite", tmp_path / "files"
-    args = ["--model", "random:llava", "--images", str(root), "--questions", str(questions),
+    args = ["--model", "random:llava", "--wikiqa-images", str(root), "--questions", str(questions),
             "--unparsed", "random-letter", "--store", str(store), "--out", str(tmp_path / "r"),
             "--no-progress", "--workers", "1", "--threads", "2", "--json",
             "--output-path", str(out), "--log-samples"]  # fmt: skip
@@ -605,7 +605,7 @@ def test_config_errors_stop_before_any_work_in_one_line(
     }[problem]  # fmt: skip
     root, questions = tiny_wikiqa
     store = tmp_path / "s.sqlite"
-    args = ["--model", *model, "--images", str(root), "--questions", str(questions),
+    args = ["--model", *model, "--wikiqa-images", str(root), "--questions", str(questions),
             "--store", str(store), "--out", str(tmp_path / "o"), "--no-progress"]  # fmt: skip
     started = time.monotonic()
     result = CliRunner().invoke(wikiqa_app, args)
@@ -622,7 +622,7 @@ def test_an_api_run_is_probed_once_without_the_key(
     monkeypatch.setenv("OPENAI_API_KEY", "sk-wikiqa-secret")
     root, questions = tiny_wikiqa
     with FakeApiServer("openai", key="sk-wikiqa-secret", answer=lambda p: "A") as server:
-        args = ["--model", "openai:test-model", "--base-url", server.base_url, "--images",
+        args = ["--model", "openai:test-model", "--base-url", server.base_url, "--wikiqa-images",
                 str(root), "--questions", str(questions), "--store", str(tmp_path / "s.sqlite"),
                 "--out", str(tmp_path / "o"), "--no-progress", "--json"]  # fmt: skip
         result = CliRunner().invoke(wikiqa_app, args)
