@@ -13,6 +13,7 @@ import typer
 # Our own progress bars say what is happening; transformers' weight-loading bars are noise.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+from vlmclf.commands.attribute import attribute_command
 from vlmclf.commands.common import CleanErrorsGroup
 from vlmclf.commands.data import data_app
 from vlmclf.commands.demo import demo_command
@@ -48,6 +49,7 @@ app.command("finetune")(finetune_command)
 app.command("sweep")(sweep_command)
 app.command("rematch")(rematch_command)
 app.command("errors")(errors_command)
+app.command("attribute")(attribute_command)
 app.command("reproduce")(reproduce_command)
 app.command("report")(report_command)
 app.add_typer(wikiqa_app, name="wikiqa")

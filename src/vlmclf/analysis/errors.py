@@ -265,7 +265,7 @@ def plot_error_types(results: Sequence[dict[str, Any]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.5 * len(results)))
+    fig, ax = plt.subplots(figsize=(8, 1.8 + 0.4 * len(results)))
     labels = [f"{r.get('model') or ''} {r['run_id'][:8]}".strip() for r in results]
     left = np.zeros(len(results))
     for kind in ERROR_TYPES:
@@ -275,8 +275,7 @@ def plot_error_types(results: Sequence[dict[str, Any]], path: Path) -> Path:
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of answers")
     ax.set_title("Open-world error types")
-    below = -0.35 - 0.05 * len(results)
-    ax.legend(ncols=3, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, below))
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vlmclf.analysis.attribute import effect_rows, plot_attribution
 from vlmclf.analysis.demo.report import draw_demo, findings_rows
 from vlmclf.analysis.errors import error_rows, plot_error_types
 from vlmclf.analysis.frequency.stats import plot_frequency_vs_accuracy
@@ -53,6 +54,10 @@ def _draw_errors(result: dict[str, Any], folder: Path) -> list[Path]:
     return [plot_error_types([result], folder / "errors.png")]
 
 
+def _draw_attribute(result: dict[str, Any], folder: Path) -> list[Path]:
+    return [plot_attribution(result, folder / "attribute.png")]
+
+
 def _demo_table(result: dict[str, Any]) -> list[dict[str, Any]]:
     return findings_rows(result["findings"])
 
@@ -64,3 +69,4 @@ register_analysis("frequency", draw=_draw_frequency)
 register_analysis("rematch", draw=_draw_rematch, table=stored_rows)
 register_analysis("wikiqa", table=stored_rows)
 register_analysis("errors", draw=_draw_errors, table=error_rows)
+register_analysis("attribute", draw=_draw_attribute, table=effect_rows)
