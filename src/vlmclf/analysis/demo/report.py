@@ -108,7 +108,19 @@ def draw_demo(result: dict[str, Any], folder: Path) -> list[Path]:
     return [
         draw_label_set_size(result, folder / "label_set_size.png"),
         draw_frequency(result, folder / "frequency_intervention.png"),
+        *draw_encoder_vs_llm(result, folder / "encoder_vs_llm.png"),
     ]
+
+
+def draw_encoder_vs_llm(result: dict[str, Any], out: Path) -> list[Path]:
+    """Finding 6's encoder and LLM effects on the tops and the rest (``attribute``'s figure);
+    none for a demo stored before the grid existed."""
+    from vlmclf.analysis.attribute import plot_attribution
+
+    finding = next((f for f in result["findings"] if f["id"] == "6"), None)
+    if finding is None:
+        return []
+    return [plot_attribution(finding["details"]["attribute"], out)]
 
 
 def markdown_report(result: dict[str, Any], figures: list[Path]) -> str:
