@@ -63,7 +63,8 @@ def main() -> None:
     results = {}
     for name in args.names or GRID:
         result = run(grid_spec(name), RunConfig(store_path=store, limit=args.n), make_method)
-        first = result.predictions[:CHECK_IMAGES]
+        config = RunConfig(store_path=store, limit=CHECK_IMAGES)  # its own sample, not a prefix
+        first = run(grid_spec(name), config, make_method).predictions
         path = default_weights_dir(name) / RECORD_FILE
         record = json.loads(path.read_text())
         record["evaluation"] = evaluation(result, args.n)

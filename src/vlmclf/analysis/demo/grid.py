@@ -101,8 +101,8 @@ def _unfrozen(
 
 def _evidence(effects: dict[tuple[str, str], dict[str, Any]], unfrozen: dict[str, Any]) -> str:
     parts = []
-    for component, name in (("encoder", "encoder (Lite0 vs block 2)"),
-                            ("llm", "LLM (SmolLM2 vs 3-bit)")):  # fmt: skip
+    for component, name in (("encoder", "encoder (Lite0 ↔ block 2, toward the better)"),
+                            ("llm", "LLM (SmolLM2 ↔ 3-bit, toward the better)")):  # fmt: skip
         fine, coarse = effects[("fine", component)], effects[("coarse", component)]
         contrast = effects[("fine - coarse", component)]
         parts.append(f"{name}: tops {fine['effect']:+.3f} {fmt_ci(fine['ci'])}, rest "
