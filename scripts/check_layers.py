@@ -18,9 +18,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 ROOT = "vlmclf"
-BOTTOM = frozenset({"", "records", "spec", "cache"})
-"""The package's own ``__init__`` (its version), the records every layer shares and the cache
-folder's location: imported by all, importing nothing above them."""
+BOTTOM = frozenset({"", "records", "spec", "cache", "terminal"})
+"""The package's own ``__init__`` (its version), the records every layer shares, the cache
+folder's location and the terminal-safe text helper: imported by all, importing nothing above
+them."""
 _STORED = BOTTOM | {"data", "store", "metrics"}
 _MODELS = _STORED | {"models", "organism"}
 _RUN = _MODELS | {"methods", "run"}
@@ -30,6 +31,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "records": frozenset(),
     "spec": frozenset({"records"}),
     "cache": frozenset(),
+    "terminal": frozenset(),
     "data": BOTTOM,
     "store": BOTTOM,
     "metrics": BOTTOM,
@@ -43,6 +45,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "paper": _ANALYSIS,
     "commands": _ANALYSIS | {"paper", "serve"},
     "cli": _ANALYSIS | {"paper", "serve", "commands"},
+    "api": _ANALYSIS | {"paper", "commands"},
     "__main__": frozenset({"cli"}),
 }
 """Each top-level module or package of vlmclf and what it may import besides itself (the

@@ -33,7 +33,7 @@ def _model(server: FakeApiServer, tmp_path: Path, **overrides):
 def test_the_same_500_twice_stops_that_item_after_two_attempts(tmp_path):
     with FakeApiServer("openai", always={"broken": status(500, body=BOOM)}) as server:
         out = _model(server, tmp_path, max_retries=6).generate(make_images(2), ["broken", "ok"], 5)
-    assert isinstance(out[0], ApiFailure) and out[0].kind == "http_error"
+    assert isinstance(out[0], ApiFailure) and out[0].kind == "server_error"
     assert "the same error twice in a row" in str(out[0]) and "pixel_values" in str(out[0])
     assert out[0].attempts == 2 and out[1] == "answer to ok"
     assert sum(r.prompt == "broken" for r in server.chat_requests) == 2

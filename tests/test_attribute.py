@@ -11,13 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 import vlmclf.analysis.views  # noqa: F401 - registers the report's views
-from vlmclf.analysis.attribute import (
+from vlmclf.analysis.attribute import effect_rows, run_attribution, single_swaps
+from vlmclf.analysis.components import (
     components_from_config,
     components_of_model,
-    effect_rows,
     read_components_file,
-    run_attribution,
-    single_swaps,
 )
 from vlmclf.cli import app
 from vlmclf.records import Prediction
@@ -118,6 +116,22 @@ def test_known_effects_are_recovered_from_a_two_by_two_grid(tmp_path: Path) -> N
     assert stored.result["effects"] == result["effects"]
 
 
+def test_one_pair_on_one_dataset_matches_the_metrics_paired_bootstrap() -> None:
+    from vlmclf.analysis.attribute import Grid, attribute
+    from vlmclf.metrics.classification import paired_bootstrap
+
+    rng = np.random.default_rng(3)
+    a, b = rng.random(800) < 0.5, rng.random(800) < 0.62
+    grid = Grid({"cars": {"m1": a, "m2": b}}, {})
+    components = {"m1": {"encoder": "A", "llm": "X"}, "m2": {"encoder": "B", "llm": "X"}}
+    result = attribute(grid, components, {"cars": "fine"}, n_boot=4000, seed=1)
+    (effect,) = [e for e in result["effects"] if "effect" in e]
+    reference = paired_bootstrap(b.astype(float), a.astype(float), n_boot=4000, seed=2)
+    assert (effect["group"], effect["component"]) == ("fine", "encoder")
+    assert effect["effect"] == pytest.approx(reference["diff"], abs=1e-12)
+    assert effect["ci"] == pytest.approx(reference["ci"], abs=0.008)
+
+
 def test_a_diagonal_grid_says_it_cannot_separate_the_effects(tmp_path: Path) -> None:
     store_path = tmp_path / "runs.sqlite"
     _store_grid(store_path, {"weak": (0, 0), "strong": (1, 1)})
@@ -163,7 +177,7 @@ def test_cli_prints_the_table_and_verdicts_and_refuses_unknown_models(tmp_path: 
     assert "encoder effect, fine - coarse: +0.126 [" in result.output
     assert "larger on fine-grained data" in result.output
     payload = json.loads(CliRunner().invoke(
-        app, [*base, "--components", str(components), "--json"]).output)  # fmt: skip
+        app, [*base, "--components", str(components), "--json"]).stdout)  # fmt: skip
     rows = effect_rows(payload)
     assert [(r["group"], r["component"]) for r in rows][:4] == [
         ("fine", "encoder"), ("fine", "llm"), ("coarse", "encoder"), ("coarse", "llm")]

@@ -20,6 +20,19 @@ EXPECTED_SIZES = {
     "caltech101": 100,
     "fashion_mnist": 10,
     "imagenet_first_synonym": 1000,
+    "oxford_pets": 37,
+    "cub200": 200,
+    "fgvc_aircraft": 100,
+    "fgvc_aircraft_family": 70,
+    "fgvc_aircraft_manufacturer": 30,
+    "food101": 101,
+    "stanford_dogs": 120,
+    "dtd": 47,
+    "sun397": 397,
+    "cifar10": 10,
+    "cifar100": 100,
+    "imagenet_r": 200,
+    "imagenet_a": 200,
 }
 
 

@@ -292,7 +292,7 @@ def test_real_fashion_mnist() -> None:
 
 def test_unknown_dataset_lists_the_accepted_names() -> None:
     with pytest.raises(ValueError, match="imagenet, flowers102, stanford_cars, caltech101"):
-        load_dataset("cifar10")
+        load_dataset("cifar11")
 
 
 @pytest.mark.parametrize(

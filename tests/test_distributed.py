@@ -350,7 +350,7 @@ def test_sweep_and_wikiqa_under_two_ranks_equal_one_process(
     command: str, data_root: Path, tmp_path: Path
 ):
     if command == "sweep":
-        args = ["sweep", "--models", "random:llava", "--dataset", "fashion_mnist", "--data-root",
+        args = ["sweep", "--model", "random:llava", "--dataset", "fashion_mnist", "--data-root",
                 str(data_root), "--axis", "k=2,3", "--limit", "5", "--batch-size", "2",
                 "--json", "--no-progress"]  # fmt: skip
     else:

@@ -197,7 +197,7 @@ def finetune_args(colours: dict[str, Path], batch: int = BATCH,
             "--store", "runs.sqlite", "--out", "tuned", "--json", "--no-progress"]  # fmt: skip
     if eval_limit is None:
         return args
-    return [*args, "--eval-limit", str(eval_limit), "--eval-batch-size", "1"]  # 1 per rank
+    return [*args, "--limit", str(eval_limit), "--eval-batch-size", "1"]  # 1 per rank
 
 
 def loss_log(folder: Path) -> list[dict[str, str]]:

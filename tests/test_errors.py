@@ -57,12 +57,27 @@ ANSWERS = [  # (answer for a golden retriever, type, levels up, right at the par
 WORDNET_MISSING = wordnet_available()
 
 
+@pytest.fixture(scope="module")
+def imagenet_typer() -> ErrorTyper:
+    """ImageNet's classes in WordNet 3.0, built once for the module (a few seconds)."""
+    if WORDNET_MISSING is not None:
+        pytest.skip(WORDNET_MISSING)
+    return ErrorTyper(hierarchy_for_run(load_class_names("imagenet")))
+
+
 def test_every_type_is_reached_on_a_hand_built_tree() -> None:
     typer_ = ErrorTyper(from_parent_map(TREE, CLASSES))
     for text, kind, levels, at_parent in ANSWERS:
         assert typer_.classify(text, 0) == (kind, levels, at_parent), text
     assert {kind for _, kind, _, _ in ANSWERS} == set(ERROR_TYPES)
     assert typer_.classify("a golden retriever", 2)[0] == "other_class"  # true class: cat
+
+
+def test_a_tree_and_a_class_list_that_differ_in_case_are_one_tree() -> None:
+    lowered = {child.lower(): parent.lower() for child, parent in TREE.items()}
+    typer_ = ErrorTyper(from_parent_map(lowered, ["Golden Retriever", "Labrador Retriever", "Cat"]))
+    for text, kind, levels, at_parent in ANSWERS:
+        assert typer_.classify(text, 0) == (kind, levels, at_parent), text
 
 
 def test_a_name_on_two_nodes_takes_the_type_closest_to_the_truth() -> None:
@@ -163,20 +178,38 @@ def test_every_shipped_wnid_is_the_wordnet_synset_of_its_class() -> None:
 
 
 @pytest.mark.skipif(WORDNET_MISSING is not None, reason=str(WORDNET_MISSING))
-def test_wordnet_types_imagenet_answers_offline() -> None:
+def test_wordnet_types_imagenet_answers_offline(imagenet_typer: ErrorTyper) -> None:
     names = load_class_names("imagenet")
-    tree = hierarchy_for_run(names)
+    typer_, tree = imagenet_typer, imagenet_typer.hierarchy
     assert tree.source.startswith("WordNet 3.0")
     golden = names.index("Golden Retriever")
     assert tree.class_nodes[golden] == "golden_retriever.n.01"
     assert tree.ancestors("golden_retriever.n.01")["retriever.n.01"] == 1
-    typer_ = ErrorTyper(tree)
     assert typer_.classify("This is a golden retriever.", golden) == ("exact", None, True)
     assert typer_.classify("A retriever", golden) == ("coarser", 1, True)
     assert typer_.classify("It is a dog.", golden)[:2] == ("coarser", 4)
     assert typer_.classify("a Labrador retriever", golden)[0] == "sibling"
     assert typer_.classify("a tabby cat", golden)[0] == "other_class"
     assert typer_.classify("qwertyuiop", golden)[0] == "no_class"
+
+
+@pytest.mark.skipif(WORDNET_MISSING is not None, reason=str(WORDNET_MISSING))
+def test_the_first_word_shortcut_finds_what_the_full_strict_search_finds(
+    imagenet_typer: ErrorTyper,
+) -> None:
+    from vlmclf.methods.matching import match_label
+
+    typer_ = imagenet_typer
+    every_name = sorted(typer_.hierarchy.name_index())
+    rng = np.random.default_rng(0)
+    fillers = ["a", "photo of", "the", "-", "(", ")", "dog-like", "tiger cat's", ",", "x"]
+    for _ in range(300):
+        parts = [str(rng.choice(every_name)) if rng.random() < 0.4 else str(rng.choice(fillers))
+                 for _ in range(rng.integers(1, 7))]  # fmt: skip
+        text = " ".join(parts) if rng.random() < 0.7 else "".join(parts)
+        full = match_label(text, every_name)
+        expected = [] if full is None else typer_._nodes_of[every_name[full]]
+        assert typer_.answer_nodes(text) == expected, text
 
 
 def _stored_run(path: Path, answers: list[tuple[str | None, int]]) -> str:
@@ -232,7 +265,7 @@ def test_cli_json_report_view_and_figure(tmp_path: Path) -> None:
         "--out", str(tmp_path / "out"), "--json",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
-    payload = json.loads(result.output)
+    payload = json.loads(result.stdout)  # stderr may carry a model-loading bar
     assert payload["run_id"] == run_id and payload["n"] == len(ANSWERS)
     assert set(payload["types"]) == set(ERROR_TYPES)
     assert -1 <= payload["similarity"]["mean"] <= 1
@@ -248,3 +281,18 @@ def test_cli_json_report_view_and_figure(tmp_path: Path) -> None:
     assert text.exit_code == 0 and "accuracy at the parent level" in text.output
     missing = CliRunner().invoke(app, ["errors", run_id, "--store", str(store_path)])
     assert missing.exit_code == 2 and "not ImageNet's" in missing.output
+
+
+def test_the_report_gives_a_typed_run_a_column_per_error_type(tmp_path: Path) -> None:
+    from vlmclf.report.html import render_report
+
+    store_path = tmp_path / "runs.sqlite"
+    run_id = _stored_run(store_path, [(text, 0) for text, _, _, _ in ANSWERS])
+    with RunStore(store_path) as store:
+        error_types(store, run_id, from_parent_map(TREE, CLASSES), n_boot=50)
+    page = render_report(store_path)
+    run_section = page[page.index(f'id="run-{run_id}"'):]
+    head = run_section[:run_section.index("</thead>")]
+    assert all(f"<th>{kind}</th>" for kind in ERROR_TYPES)
+    assert [kind for kind in ERROR_TYPES if f"<th>{kind}</th>" in head] == list(ERROR_TYPES)
+    assert '<h3>errors ' in page and 'alt="errors figure"' in page

@@ -283,7 +283,7 @@ def test_finetune_command_closes_the_gap_with_mixed_data(colours, tmp_path):
             "--lr-projector", "3e-3", "--lr-lora", "3e-3", "--warmup-ratio", "0.1",
             "--lora-dropout", "0", "--mix-instructions", str(mix),
             "--image-folder", str(tmp_path / "instruct"),
-            "--mix-ratio", "0.1", "--eval-limit", "15", "--store", str(tmp_path / "runs.sqlite"),
+            "--mix-ratio", "0.1", "--limit", "15", "--store", str(tmp_path / "runs.sqlite"),
             "--out", str(tmp_path / "ckpt"), "--no-progress", "--json"]  # fmt: skip
     result = CliRunner().invoke(_app(), args)
     assert result.exit_code == 0, result.output

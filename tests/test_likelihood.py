@@ -180,6 +180,7 @@ def test_comparison_is_sensitive_to_positions_and_mask(models, images, monkeypat
     monkeypatch.setattr(
         TokenTrie, "ancestor_matrix", lambda self, device="cpu": ancestors(self, device) | True
     )
+    method = LikelihoodMethod(model, NAMES, spec_for("llava"), strategy="tree")  # masks are kept
     leaky = method.predict(batch)[0].extra["token_logprobs"]
     assert max_difference(shifted, want) > 3 * TOLERANCE
     assert max_difference(leaky, want) > 3 * TOLERANCE

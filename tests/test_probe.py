@@ -308,8 +308,10 @@ def test_probe_command_under_the_paper_protocol_records_and_prints_it(colour_dat
             "--no-progress", "--workers", "1"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "Protocol paper: raw features (float32), shuffled once (Python random, seed 1234), " \
-           "4 epochs" in result.stdout  # explicit --epochs and --dtype win over the protocol
+    assert "Protocol paper: raw features (float32), shuffled once (Python random, seed 1234)." \
+           in result.stdout  # explicit --dtype wins over the protocol
+    assert "Paper protocol's probe: Adam lr 0.001, batch " in result.stdout
+    assert ", 4 epochs" in result.stdout  # explicit --epochs wins over the protocol
     assert "Reported: the paper protocol's column (best test epoch" in result.stdout
     with RunStore(tmp_path / "runs.sqlite") as store:
         [analysis] = [a for a in store.list_analyses() if a.kind == "probe"]

@@ -183,7 +183,7 @@ def test_thesis_protocol_sends_the_thesis_prompt_with_k_random_labels(folder, tm
     offered = offered[-len(CLASSES) :]  # the first is the preflight's length check
     assert all(len(names) == 3 and set(names) <= set(CLASSES) for names in offered)
     assert len({tuple(names) for names in offered}) > 1  # sampled per image
-    assert out["spec"]["match"] == "nli:random:bart_nli|This example is {}."
+    assert out["spec"]["match"] == "zeroshot:random:bart_nli"  # the pipeline's rule
     assert out["spec"]["setting"] == "closed" and out["spec"]["order"] == "random"
     assert "macro_f1" in out
 

@@ -116,6 +116,7 @@ def test_a_missing_api_key_is_a_clear_error_not_a_traceback(tmp_path: Path, monk
             "--no-progress",
         ],
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a config error, found before any work
     assert "set the OPENAI_API_KEY environment variable" in result.output
     assert "Traceback" not in result.output
+    assert not (tmp_path / "s.sqlite").exists()  # nothing stored

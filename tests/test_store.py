@@ -205,6 +205,14 @@ def test_corrupt_pages_are_a_clear_error(tmp_path: Path) -> None:
         s.predictions("r1")
 
 
+def stored_fields(row: dict) -> Prediction:
+    """The Prediction an exported row holds (its names and image are added on export)."""
+    added = ("run_id", "image", "label_name", "pred_name", "extra")
+    p = Prediction(**{k: v for k, v in row.items() if k not in added})
+    p.extra = json.loads(row["extra"], object_hook=from_json_safe)
+    return p
+
+
 def test_export_jsonl_and_parquet_round_trip(store: RunStore, tmp_path: Path) -> None:
     preds = [make_pred(i) for i in range(20)] + [Prediction("nan", 0, scores=TRICKY_FLOATS[2:])]
     store.add_predictions("r1", preds)
@@ -212,8 +220,7 @@ def test_export_jsonl_and_parquet_round_trip(store: RunStore, tmp_path: Path) ->
     lines = (tmp_path / "out" / "p.jsonl").read_text().splitlines()
     rows = [json.loads(line, parse_constant=pytest.fail) for line in lines]
     assert {r["run_id"] for r in rows} == {"r1"}
-    back = [Prediction(**{k: v for k, v in from_json_safe(r).items() if k != "run_id"})
-            for r in rows]  # fmt: skip
+    back = [stored_fields(from_json_safe(r)) for r in rows]
     assert all(same_prediction(a, b) for a, b in zip(preds, back, strict=True))
 
     assert store.export("r1", tmp_path / "p.parquet", "parquet") == 21
@@ -222,9 +229,7 @@ def test_export_jsonl_and_parquet_round_trip(store: RunStore, tmp_path: Path) ->
     assert str(table.schema.field("choices").type) == "list<element: int64>"
     for p, row in zip(preds, table.to_pylist(), strict=True):
         assert row["run_id"] == "r1"
-        row_pred = Prediction(**{k: v for k, v in row.items() if k not in ("run_id", "extra")})
-        row_pred.extra = json.loads(row["extra"], object_hook=from_json_safe)
-        assert same_prediction(p, row_pred)
+        assert same_prediction(p, stored_fields(row))
     with pytest.raises(ValueError, match="export format"):
         store.export("r1", tmp_path / "p.csv", "csv")  # type: ignore[arg-type]
 

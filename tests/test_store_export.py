@@ -14,7 +14,7 @@ from test_store_packed import NAMES, likelihood_prediction
 
 from vlmclf.records import Prediction
 from vlmclf.store import RunStore
-from vlmclf.store.export import write_jsonl, write_parquet
+from vlmclf.store.export import RunNames, write_jsonl, write_parquet
 
 ROOT = Path(__file__).parents[1]
 
@@ -45,8 +45,9 @@ def test_export_reads_in_chunks_and_equals_the_whole_list_export(tmp_path, monke
         assert pages == [16, 16, 16, 16, 6]  # never more than a chunk in memory
         assert store.export("r", tmp_path / "a.parquet", "parquet") == 70
         whole = [store.predictions("r")]  # the reference: everything at once, as before
-        write_jsonl(tmp_path / "b.jsonl", "r", whole)
-        write_parquet(tmp_path / "b.parquet", "r", whole)
+        names = RunNames(NAMES)
+        write_jsonl(tmp_path / "b.jsonl", "r", whole, names)
+        write_parquet(tmp_path / "b.parquet", "r", whole, names)
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
     assert pq.read_table(tmp_path / "a.parquet").equals(pq.read_table(tmp_path / "b.parquet"))
     assert pq.ParquetFile(tmp_path / "a.parquet").metadata.num_row_groups == 5

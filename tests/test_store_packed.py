@@ -13,7 +13,14 @@ import pytest
 from vlmclf.records import Prediction
 from vlmclf.store.arrays import pack_floats, unpack_floats
 from vlmclf.store.json_safe import dumps
-from vlmclf.store.run_store import _SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, APPLICATION_ID, RunStore
+from vlmclf.store.run_store import (
+    _SCHEMA_V1,
+    _SCHEMA_V2,
+    _SCHEMA_V3,
+    APPLICATION_ID,
+    SCHEMA_VERSION,
+    RunStore,
+)
 
 NAMES = ["chat noir", "Schäferhund", "missile", "missile", "猫", "emoji 🐈"]
 DISTINCT = list(dict.fromkeys(NAMES))
@@ -141,7 +148,7 @@ def test_v3_store_is_migrated_and_reads_old_and_new_rows(tmp_path: Path) -> None
         assert bits([p.__dict__ for p in s.predictions("r")]) == bits([p.__dict__ for p in old])
         assert len(s.columns("r")) == 5
     with RunStore(path) as s:
-        assert s.schema_version == 4
+        assert s.schema_version == SCHEMA_VERSION
         new = [likelihood_prediction(i + 10) for i in range(3)]
         assert s.add_predictions("r", new) == 3
         retried = likelihood_prediction(99)
@@ -152,5 +159,5 @@ def test_v3_store_is_migrated_and_reads_old_and_new_rows(tmp_path: Path) -> None
         assert bits([p.__dict__ for p in back]) == bits([p.__dict__ for p in expected])
         assert s.done_ids("r") == {p.example_id for p in expected}
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -81,7 +81,7 @@ def test_sweep_runs_every_cell_reuses_stored_runs_and_writes_files(
     store, out = tmp_path / "runs.sqlite", tmp_path / "report"
     app = typer.Typer()
     app.command()(sweep_command)
-    args = ["--models", "random:llava", "--dataset", "imagefolder",
+    args = ["--model", "random:llava", "--dataset", "imagefolder",
             "--data-root", str(image_folder), "--axis", "k=2,all",
             "--axis", "strategy=generate,likelihood-mean", "--axis", "order=fixed,random",
             "--limit", "6", "--max-new-tokens", "4", "--store", str(store),
@@ -138,7 +138,7 @@ def test_every_model_sees_the_same_choices_and_failures_are_recorded(
 def test_sweep_command_fails_clearly(image_folder: Path, tmp_path: Path) -> None:
     app = typer.Typer()
     app.command()(sweep_command)
-    base = ["--models", "random:llava", "--dataset", "imagefolder", "--data-root",
+    base = ["--model", "random:llava", "--dataset", "imagefolder", "--data-root",
             str(image_folder), "--store", str(tmp_path / "s.sqlite"), "--no-progress"]  # fmt: skip
     bad_axis = CliRunner().invoke(app, [*base, "--axis", "k=1"])
     assert bad_axis.exit_code == 2 and "integer >= 2" in bad_axis.output

@@ -329,7 +329,7 @@ def test_build_command_over_a_loopback_openai_server(
                 "--json"]  # fmt: skip
         result = CliRunner().invoke(wikiqa_app, args)
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)  # warnings go to stderr
     kept = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(kept) == report["counts"]["kept"] == 1  # the stretcher question only
     assert kept[0]["classname"] == "stretcher"

@@ -14,7 +14,7 @@ import typer
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from vlmclf.commands.attribute import attribute_command
-from vlmclf.commands.common import CleanErrorsGroup
+from vlmclf.commands.common import CleanErrorsGroup, version_option
 from vlmclf.commands.data import data_app
 from vlmclf.commands.demo import demo_command
 from vlmclf.commands.errors import errors_command
@@ -38,6 +38,7 @@ app = typer.Typer(
     help="Evaluate vision-language models as image classifiers, side by side with CLIP.",
 )
 
+app.callback()(version_option)
 app.command("eval")(eval_command)
 app.command("results")(results_command)
 app.command("export")(export_command)

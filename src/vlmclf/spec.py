@@ -18,6 +18,13 @@ from pydantic import BaseModel, ConfigDict
 Method = Literal["clip", "generate", "likelihood", "classifier"]
 Setting = Literal["open", "closed"]
 Order = Literal["fixed", "random"]
+Choices = Literal["random", "hard-text", "hard-image"]
+API_PROVIDERS = ("openai", "anthropic", "gemini")
+"""Model spec prefixes of models behind an API: no local weights, so no dtype or device."""
+
+
+def is_api_model(model: str) -> bool:
+    return model.split(":", 1)[0] in API_PROVIDERS
 
 
 class RunSpec(BaseModel):
@@ -42,6 +49,9 @@ class RunSpec(BaseModel):
     protocol: str = "clean"  # the table the settings were resolved from (vlmclf.paper.protocols)
     prompt_template: str | None = None  # None: the family's own format; else {image}, {question}
     options: dict[str, str | int | float | bool | None] = {}
+    choices: Choices = "random"  # how the K offered classes are drawn (vlmclf.run.hard_choices)
+    choice_model: str | None = None  # the CLIP that mines hard choices
+    answer_format: Literal["names", "mc"] = "names"  # mc: lettered options, the letter is read
 
     def canonical_json(self) -> str:
         """The spec as sorted JSON, defaults left out: the input of the run id."""

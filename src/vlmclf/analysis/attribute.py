@@ -22,7 +22,6 @@ and the result says so instead of guessing.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
@@ -31,13 +30,16 @@ from typing import Any
 
 import numpy as np
 
+from vlmclf.analysis.components import (
+    COMPONENTS,
+    GROUPS,
+    components_of_model,
+    read_components_file,
+)
 from vlmclf.data.readers import parse_dataset_spec
 from vlmclf.metrics.columnar import correctness_columns
-from vlmclf.organism.load import ORGANISMS, default_weights_dir
 from vlmclf.store import RunRecord, RunStore
 
-COMPONENTS = ("encoder", "llm")
-GROUPS = ("fine", "coarse")
 DEFAULT_GROUPS = {
     "flowers102": "fine", "stanford_cars": "fine", "fgvc_aircraft": "fine", "food101": "fine",
     "oxford_pets": "fine", "cub200": "fine", "imagenet": "coarse", "caltech101": "coarse",
@@ -59,86 +61,6 @@ def dataset_name(spec_dataset: str) -> str:
     """``imagenet:val`` -> ``imagenet``; a manifest -> its file stem."""
     name, _ = parse_dataset_spec(spec_dataset)
     return Path(name).stem if name.lower().endswith(".jsonl") else name
-
-
-def read_components_file(path: str | Path) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
-    """``{"models": {model: {"encoder": ..., "llm": ...}}, "groups": {dataset: "fine"|"coarse"}}``
-    (``groups`` optional); errors name the file and the entry."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise ValueError(f"--components: no file at {path}") from err
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from err
-    if not isinstance(data, dict) or not isinstance(data.get("models", {}), dict):
-        raise ValueError(f'{path}: expected {{"models": {{model: {{"encoder", "llm"}}}}, ...}}')
-    models = {}
-    for model, parts in data.get("models", {}).items():
-        if not isinstance(parts, dict) or not all(
-            isinstance(parts.get(c), str) and parts[c].strip() for c in COMPONENTS
-        ):
-            raise ValueError(f"{path}: models.{model}: needs non-empty 'encoder' and 'llm' names")
-        models[model] = {c: parts[c].strip() for c in COMPONENTS}
-    groups = data.get("groups", {})
-    if not isinstance(groups, dict):
-        raise ValueError(f"{path}: 'groups' must map dataset names to 'fine' or 'coarse'")
-    for dataset, group in groups.items():
-        if group not in GROUPS:
-            raise ValueError(f"{path}: groups.{dataset}: {group!r} is not 'fine' or 'coarse'")
-    return models, dict(groups)
-
-
-def components_from_config(config: Mapping[str, Any]) -> dict[str, str] | None:
-    """A VLM checkpoint's vision tower and language model, named by what its config.json says
-    (a name or path where it records one, else the architecture's shape); None when the config
-    is not a two-tower VLM's."""
-    if isinstance(config.get("image_encoder"), str) and isinstance(
-        config.get("language_model"), str
-    ):  # the organism's config.json
-        return {"encoder": config["image_encoder"], "llm": config["language_model"]}
-    vision, text = config.get("vision_config"), config.get("text_config")
-    if not isinstance(vision, dict) or not isinstance(text, dict):
-        return None
-    encoder = config.get("mm_vision_tower") or vision.get("_name_or_path") or _shape(vision)
-    llm = text.get("_name_or_path") or _shape(text)
-    return {"encoder": str(encoder), "llm": str(llm)}
-
-
-def _shape(config: Mapping[str, Any]) -> str:
-    keys = ("hidden_size", "num_hidden_layers", "intermediate_size", "image_size", "patch_size",
-            "vocab_size", "depth", "embed_dim")  # fmt: skip
-    parts = [f"{k}={config[k]}" for k in keys if k in config]
-    return f"{config.get('model_type', 'model')}({', '.join(parts)})"
-
-
-def components_of_model(model: str) -> dict[str, str] | None:
-    """Components read from a local checkpoint's config.json (``hf:<folder>``, a hub id
-    already in the local cache, or a shipped organism); None when there is none to read.
-    Never downloads."""
-    target = model.split(":", 1)[1] if model.startswith(("hf:", "organism:")) else model
-    path: Path | None = Path(target) / "config.json"
-    if model.startswith("organism:") and target in ORGANISMS:
-        path = default_weights_dir(target) / "config.json"
-    if path is None or not path.is_file():
-        path = _cached_config(target)
-    if path is None:
-        return None
-    try:
-        return components_from_config(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _cached_config(repo_id: str) -> Path | None:
-    if repo_id.count("/") != 1:
-        return None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    found = try_to_load_from_cache(repo_id, "config.json")
-    return Path(found) if isinstance(found, str) else None
 
 
 def load_grid(

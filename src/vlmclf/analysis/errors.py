@@ -21,6 +21,7 @@ interval over the answers.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -64,6 +65,7 @@ class ErrorTyper:
         self.hierarchy = hierarchy
         self._nodes_of = hierarchy.name_index()
         self._names = sorted(self._nodes_of)
+        self._by_first_word = _first_word_index(self._names)
         self._relatives = cache(self._find_relatives)
 
     def _find_relatives(self, node: str) -> Relatives:
@@ -78,7 +80,10 @@ class ErrorTyper:
         """The nodes the answer names (one name, possibly on several nodes), or []."""
         if not text or not text.strip():
             return []
-        found = match_label(text, self._names)
+        words = set(_WORD.findall(text.lower()))
+        candidates = sorted({i for w in words for i in self._by_first_word.get(w, ())}
+                            | set(self._by_first_word.get("", ())))  # fmt: skip
+        found = match_label(text, self._names, candidates)
         return [] if found is None else self._nodes_of[self._names[found]]
 
     def classify(self, text: str | None, label: int) -> tuple[str, int | None, bool]:
@@ -101,6 +106,21 @@ class ErrorTyper:
         if any(n in around.siblings for n in nodes):
             return "sibling", None, at_parent
         return "other_class", None, at_parent
+
+
+_WORD = re.compile(r"\w+")
+
+
+def _first_word_index(names: Sequence[str]) -> dict[str, list[int]]:
+    """First word of each name -> the names' indices ("" for a name with no word). A name found
+    at word boundaries in a text starts with a whole word of that text, so only names whose
+    first word the text holds need the full search: thousands of WordNet names shrink to a few
+    per answer, with the same result."""
+    index: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        first = _WORD.search(name.lower())
+        index.setdefault(first.group() if first else "", []).append(i)
+    return index
 
 
 def classify_answers(

@@ -34,7 +34,7 @@ from vlmclf.run.identity import identity_run_id
 from vlmclf.spec import RunSpec
 from vlmclf.store import RunRecord, RunStore
 
-_ORDER = {"contain": 0, "strict": 1, "exact": 2, "nli": 3, "embed": 4}
+_ORDER = {"contain": 0, "strict": 1, "exact": 2, "nli": 3, "zeroshot": 4, "embed": 5}
 _METRICS = ("accuracy", "strict_accuracy", "macro_precision", "macro_recall", "macro_f1")
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from vlmclf.commands.common import DEFAULT_STORE, fail, out_dir_for
+from vlmclf.commands.common import DEFAULT_STORE, fail, out_dir_for, require_store
 
 
 def attribute_command(
@@ -37,8 +37,7 @@ def attribute_command(
     from vlmclf.report.tables import text_table
     from vlmclf.store import RunStore
 
-    if not store.exists():
-        fail(f"no store at {store} (run `vlmclf eval` first or pass --store)")
+    require_store(store)
     if rule not in ("contain", "strict"):
         fail(f"--rule must be contain or strict, not {rule!r}")
     with RunStore(store) as db:

@@ -4,6 +4,7 @@ place where store problems and data warnings become a line on stderr."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import math
@@ -16,16 +17,75 @@ from typing import Any, NoReturn
 import typer
 from typer.core import TyperGroup
 
+from vlmclf.terminal import safe_log_output, terminal_safe
+
 DEFAULT_STORE = Path("vlmclf-runs.sqlite")
 TORCHRUN_COMMANDS = ("eval", "sweep", "wikiqa", "probe", "finetune")
 """Commands that shard their work across torchrun's ranks; the others refuse to run under it."""
 REPORTS_DIR = Path("reports")
 
 
+def one_line(message: str) -> str:
+    """A library's multi-line message (transformers' hub errors) as one line."""
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+class CommandError(Exception):
+    """A command's one-line error, raised instead of printed when the Python API calls the
+    command's functions (``errors_raise``): ``code`` is the exit status the CLI would give."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+_ERRORS_RAISE = contextvars.ContextVar("errors_raise", default=False)
+
+
+@contextlib.contextmanager
+def errors_raise() -> Iterator[None]:
+    """Within, ``fail`` raises CommandError instead of printing and exiting: the Python API
+    shares the commands' checks and gives their messages to its caller as exceptions."""
+    token = _ERRORS_RAISE.set(True)
+    try:
+        yield
+    finally:
+        _ERRORS_RAISE.reset(token)
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
-    """Print a clear error on stderr and exit with ``code``."""
-    typer.echo(f"error: {message}", err=True)
+    """Print a clear error on stderr and exit with ``code`` (raise CommandError inside
+    ``errors_raise``); what the message quotes (a server's body, a file's field) cannot drive
+    the terminal, nor break the one line."""
+    message = one_line(message)
+    if _ERRORS_RAISE.get():
+        raise CommandError(message, code)
+    typer.echo(f"error: {terminal_safe(message, one_line=True)}", err=True)
     raise typer.Exit(code)
+
+
+def require_store(store: Path) -> None:
+    """A command that reads stored runs stops in one line when there is no store to read."""
+    if not store.exists():
+        fail(f"no store at {store} (run `vlmclf eval` first or pass --store)")
+
+
+def renamed(old: str, old_value: Any, new: str, new_value: Any) -> Any:
+    """The value of an option given by its new name or, for one release, by its old one (with a
+    deprecation warning); both at once is an error. ``None`` means "not given"."""
+    if old_value is None:
+        return new_value
+    if new_value is not None:
+        fail(f"{old} is the old name of {new}: give {new} only")
+    typer.echo(f"warning: {old} is deprecated and goes in the next release; use {new}", err=True)
+    return old_value
+
+
+def required(name: str, value: Any) -> Any:
+    """An option that is required once its old spelling has been taken into account."""
+    if value is None:
+        fail(f"Missing option '{name}'.")
+    return value
 
 
 SEED_MAX = 2**32 - 1
@@ -85,6 +145,16 @@ def batch_size_or_auto(value: str) -> str:
         raise typer.BadParameter(str(err)) from None
 
 
+THREADS_HELP = "CPU threads torch computes with (default: what torch picks); recorded with the run."
+
+
+def use_threads(requested: int | None) -> int:
+    """Cap torch's CPU threads for this process (``--threads``); returns the count in use."""
+    from vlmclf.run.runner import cpu_threads
+
+    return cpu_threads(requested)
+
+
 DEVICE_HELP = (
     "auto (CUDA, then MPS, else CPU; cuda:LOCAL_RANK under torchrun), cpu, cuda, cuda:N, mps."
 )
@@ -121,16 +191,89 @@ def resolve_batch(requested: str, device: str, cpu_default: int) -> int:
     return resolve_batch_size(requested, device, cpu_default)
 
 
+def write_stored_run_files(
+    out_dir: Path, store: Path, run_ids: list[str], *, data_root: str | None,
+    classes: str | None, log_samples: bool,
+) -> list[Path]:  # fmt: skip
+    """``--output-path`` for commands that run several stored runs (sweep): each run's results
+    JSON (and samples JSONL), as ``eval`` writes them. One error line (exit 1) if they cannot be
+    written: the runs are stored."""
+    from vlmclf.report.summary import summary_json
+    from vlmclf.run.results import StoredPredictions
+    from vlmclf.run.run_files import write_run_files
+    from vlmclf.spec import RunSpec
+    from vlmclf.store import RunStore
+
+    written: list[Path] = []
+    try:
+        for run_id in dict.fromkeys(run_ids):
+            with RunStore(store, read_only=True) as runs:
+                record = runs.get_run(run_id)
+            if record is None or "summary" not in (record.meta or {}):
+                continue
+            spec = RunSpec.model_validate(record.spec)
+            summary = summary_json(run_id, spec, record.meta["summary"], str(store))
+            stored = StoredPredictions(store, run_id, spec, record.class_names)
+            written += write_run_files(out_dir, summary, stored, data_root=data_root,
+                                       classes=classes, log_samples=log_samples)  # fmt: skip
+    except (OSError, ValueError) as err:
+        fail(f"--output-path {out_dir}: {err} (the runs are stored: re-run to write the files)",
+             code=1)  # fmt: skip
+    return written
+
+
+def check_output_dir(out_dir: Path | None, log_samples: bool) -> None:
+    """``--output-path`` writable before any work; ``--log-samples`` only with it."""
+    if log_samples and out_dir is None:
+        fail("--log-samples writes into --output-path DIR: give both")
+    if out_dir is None:
+        return
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".vlmclf-write-check"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        fail(f"--output-path {out_dir}: {err.strerror or err}")
+
+
 def out_dir_for(command: str, spec: dict[str, Any]) -> Path:
     """``reports/<command>-<hash of spec>``: the same analysis writes to the same folder."""
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
     return REPORTS_DIR / f"{command}-{digest[:10]}"
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from vlmclf import __version__
+
+        typer.echo(f"vlmclf {__version__}")
+        raise typer.Exit()
+
+
+def version_option(
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_print_version,
+        help="Print vlmclf's version and exit.",
+    ),
+) -> None:  # fmt: skip
+    """Evaluate vision-language models as image classifiers, side by side with CLIP."""
+
+
 class CleanErrorsGroup(TyperGroup):
     """The root command group: a store problem in any command (not a store, corrupt, newer
     schema, damaged, read-only, disk full, missing) is one ``error:`` line and exit 2, and a
     DataWarning is one ``warning:`` line, instead of a traceback or Python's warning format."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """Flags shown without a value placeholder, and a usage error (unknown option, bad
+        value, missing option) as one ``error:`` line with exit status 2, like every other
+        error of ours, instead of Typer's box."""
+        _flags_take_no_metavar(self)
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        return _exit_like_a_command(lambda: super(CleanErrorsGroup, self).main(
+            *args, standalone_mode=False, **kwargs))  # fmt: skip
 
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
         name, command, rest = super().resolve_command(ctx, args)
@@ -140,9 +283,10 @@ class CleanErrorsGroup(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         from vlmclf.run.distributed import RankFailed, is_main_process
         from vlmclf.run.interrupts import SIGTERM_EXIT_CODE, Terminated
-        from vlmclf.store import StoreError
+        from vlmclf.store import RunBusyError, StoreError
 
         main = is_main_process()  # under torchrun only the main rank prints results
+        safe_log_output()  # vlmclf's log warnings quote servers and clients: escaped
         with warnings.catch_warnings(), _stdout_of_main_rank_only(main):
             _print_data_warnings_plainly(main)
             try:
@@ -151,6 +295,8 @@ class CleanErrorsGroup(TyperGroup):
                 if err.quiet:
                     raise typer.Exit(1) from None
                 fail(str(err), 1)
+            except RunBusyError as err:  # another process computes this run: not twice
+                fail(str(err), RunBusyError.exit_code)
             except StoreError as err:
                 fail(str(err))
             except Terminated:
@@ -162,11 +308,72 @@ class CleanErrorsGroup(TyperGroup):
                 )
 
 
+def _flags_take_no_metavar(command: Any) -> None:
+    """``--json``, ``--progress/--no-progress``, ``--help`` take no value: show no ``<bool>``
+    for them, in this command and every one under it."""
+    for sub in getattr(command, "commands", {}).values():
+        _flags_take_no_metavar(sub)
+    for param in getattr(command, "params", []):
+        _no_metavar_if_flag(param)
+    make_help = command.get_help_option
+    if getattr(make_help, "without_metavar", False):
+        return
+
+    def help_option(ctx: Any) -> Any:
+        return _no_metavar_if_flag(make_help(ctx))
+
+    help_option.without_metavar = True  # type: ignore[attr-defined]
+    command.get_help_option = help_option
+
+
+def _no_metavar_if_flag(param: Any) -> Any:
+    if getattr(param, "is_flag", False) and param.metavar is None:
+        param.metavar = ""
+    return param
+
+
+def _click_exceptions() -> Any:
+    """The exceptions of the click that Typer runs on: its own copy since Typer 0.2x."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # an older Typer on the click package
+        from click import exceptions
+    return exceptions
+
+
+def _exit_like_a_command(main: Callable[[], Any]) -> NoReturn:
+    """Run click's main without its own exit handling; usage errors become ``fail``'s line."""
+    import sys
+
+    errors = _click_exceptions()
+    try:
+        code = main()
+    except errors.NoArgsIsHelpError as err:  # bare `vlmclf`: the help, as before
+        err.show()
+        sys.exit(err.exit_code)
+    except errors.UsageError as err:
+        where = f" (see `{err.ctx.command_path} --help`)" if err.ctx is not None else ""
+        typer.echo(f"error: {one_line(err.format_message())}{where}", err=True)
+        sys.exit(err.exit_code)
+    except errors.ClickException as err:
+        typer.echo(f"error: {one_line(err.format_message())}", err=True)
+        sys.exit(err.exit_code)
+    except typer.Abort:
+        typer.echo("Aborted!", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 def _refuse_torchrun_unless_sharded(name: str | None) -> None:
     """A command that does not shard would run N times over and write N times: refuse it."""
     from vlmclf.run.distributed import is_distributed, is_main_process
 
-    if name is None or name in TORCHRUN_COMMANDS or not is_distributed():
+    if name is None or not is_distributed():
+        return
+    if name in TORCHRUN_COMMANDS:
+        from vlmclf.run.launcher_watch import stop_with_launcher
+
+        stop_with_launcher()  # from the start: a rank whose launcher died stops too
         return
     if not is_main_process():
         raise typer.Exit(2)
@@ -195,7 +402,7 @@ def _print_data_warnings_plainly(main: bool = True) -> None:
 
     def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
         if issubclass(category, DataWarning):
-            typer.echo(f"warning: {message}", err=True)
+            typer.echo(f"warning: {terminal_safe(message)}", err=True)
         else:
             shown(message, category, *args, **kwargs)
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from vlmclf.commands.common import DEFAULT_STORE, fail, out_dir_for
+from vlmclf.commands.common import DEFAULT_STORE, fail, out_dir_for, require_store
 
 
 def errors_command(
@@ -36,8 +36,7 @@ def errors_command(
     from vlmclf.report.tables import text_table
     from vlmclf.store import RunStore
 
-    if not store.exists():
-        fail(f"no store at {store} (run `vlmclf eval` first or pass --store)")
+    require_store(store)
     with RunStore(store) as runs:
         try:
             full_id = resolve_run_id(runs, run_id)
@@ -46,7 +45,7 @@ def errors_command(
             tree = hierarchy_for_run(record.class_names, hierarchy)
             encoder = None
             if similarity:
-                encoder = load_sentence_encoder(embed_model or default_embed_model())
+                encoder = _sentence_encoder(embed_model, default_embed_model, load_sentence_encoder)
             result = error_types(runs, full_id, tree, encoder=encoder)
         except ValueError as err:
             fail(str(err))
@@ -70,3 +69,11 @@ def errors_command(
                    f"[{sim['ci'][0]:.3f}, {sim['ci'][1]:.3f}], quartiles "
                    + ", ".join(f"{q:.3f}" for q in sim["quartiles"]))  # fmt: skip
     typer.echo(f"figure: {figure}")
+
+
+def _sentence_encoder(path: str | None, default: Any, load: Any) -> Any:
+    """all-MiniLM-L6-v2 (or ``path``), with an error that says how to do without it."""
+    try:
+        return load(path or default())
+    except ValueError as err:
+        raise ValueError(f"{err}; `vlmclf errors --no-similarity` skips the similarity") from err

@@ -8,11 +8,13 @@ is computed), runs it and prints the summary.
 
 from __future__ import annotations
 
+import inspect
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Self
+from typing import TYPE_CHECKING, Annotated, Any, Self, get_args, get_type_hints
 
 import typer
 
@@ -24,6 +26,7 @@ from vlmclf.commands.common import (
     at_least,
     batch_help,
     batch_size_or_auto,
+    check_output_dir,
     fail,
     finite_number,
     number_in,
@@ -55,6 +58,17 @@ class Order(StrEnum):
     random = "random"
 
 
+class ChoiceMode(StrEnum):
+    random = "random"
+    hard_text = "hard-text"
+    hard_image = "hard-image"
+
+
+class AnswerFormat(StrEnum):
+    names = "names"
+    mc = "mc"
+
+
 class Aggregate(StrEnum):
     sum = "sum"
     mean = "mean"
@@ -79,7 +93,7 @@ def eval_command(
         str,
         typer.Option(
             help="A manifest .jsonl, or NAME[:split] (imagenet, flowers102, stanford_cars, "
-            "caltech101, fashion_mnist, imagefolder)."
+            "caltech101, fashion_mnist, imagefolder), wds:PATH_OR_GLOB or hf-dataset:PATH[:split]."
         ),
     ],
     method: Annotated[MethodName, typer.Option(help="How to classify.")],
@@ -91,6 +105,20 @@ def eval_command(
         typer.Option("--k", help="Label-set size for the closed world (default: all classes)."),
     ] = None,
     order: Annotated[Order, typer.Option(help="Order of the offered labels.")] = Order.fixed,
+    choices: Annotated[
+        ChoiceMode,
+        typer.Option(help="How the --k offered labels are drawn: random, or the K-1 classes "
+                     "--choice-model finds nearest the true name (hard-text) or scores highest "
+                     "for the image (hard-image)."),
+    ] = ChoiceMode.random,
+    choice_model: Annotated[
+        str | None, typer.Option(help="The CLIP that mines --choices hard-* (any CLIP spec).")
+    ] = None,
+    answer_format: Annotated[
+        AnswerFormat,
+        typer.Option("--format", help="Closed-world generation: names (the paper's list) or mc "
+                     "(lettered options A, B, ...; the letter read by MMMU's rule)."),
+    ] = AnswerFormat.names,
     prompt: Annotated[
         str, typer.Option(help="base, alt1, alt2, alt3, thesis, or the question itself.")
     ] = "base",
@@ -137,6 +165,14 @@ def eval_command(
     workers: Annotated[
         int, typer.Option(callback=at_least(1), help="Threads decoding images ahead of the model.")
     ] = 4,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            callback=at_least(1),
+            help="CPU threads torch computes with (default: what torch picks); recorded with "
+            "the run.",
+        ),
+    ] = None,
     split: Annotated[
         str | None, typer.Option(help="Dataset split (default: the layout's test/val split).")
     ] = None,
@@ -207,11 +243,13 @@ def eval_command(
     match: Annotated[
         str,
         typer.Option(
-            help="How answers map to labels: contain (the paper's), strict, exact, nli, embed."
+            help="How answers map to labels: contain (the paper's), strict, exact, nli, "
+            "zeroshot (the thesis's pipeline rule), embed."
         ),
     ] = "contain",
     nli_model: Annotated[
-        str | None, typer.Option(help="--match nli: hf:<NLI checkpoint> or random:bart_nli.")
+        str | None,
+        typer.Option(help="--match nli/zeroshot: hf:<NLI checkpoint> or random:bart_nli."),
     ] = None,
     embed_model: Annotated[
         str | None, typer.Option(help="--match embed: a local sentence-transformers folder.")
@@ -233,6 +271,10 @@ def eval_command(
         bool,
         typer.Option("--retry-failed", help="Ask again about unreadable inputs too."),
     ] = False,
+    wait: Annotated[
+        bool,
+        typer.Option("--wait", help="If another process is computing this run, wait for it."),
+    ] = False,
     store: Annotated[
         Path, typer.Option("--store", help="SQLite file that keeps every run and prediction.")
     ] = DEFAULT_STORE,
@@ -240,11 +282,34 @@ def eval_command(
         bool, typer.Option("--json", help="Print one JSON object instead of the table.")
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    output_path: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write results_<run_id>.json here: summary, identity, protocol, versions, "
+            "git revision."
+        ),
+    ] = None,
+    log_samples: Annotated[
+        bool,
+        typer.Option(
+            "--log-samples",
+            help="With --output-path: samples_<run_id>.jsonl, one line per example (image, "
+            "label, prompt, answer, prediction, hit).",
+        ),
+    ] = False,
+    log: Annotated[
+        str | None,
+        typer.Option(
+            help="Also send the run's numbers to a tracker: tensorboard (event files under "
+            "--output-path, default ./runs/tensorboard/<run_id>)."
+        ),
+    ] = None,
 ) -> None:
     """Classify a dataset with a model and store every prediction (re-running resumes)."""
     options = EvalOptions.from_context(ctx)
-    spec, config = run_plan(options)
+    spec, config = checked_plan(options)
     result = run_eval(spec, config, options)
+    write_output_files(result, spec, config, options.output)
     print_result(result, spec, options.output)
 
 
@@ -268,6 +333,9 @@ class Question(_Group):
     setting: Setting
     k: int | None
     order: Order
+    choices: ChoiceMode
+    choice_model: str | None
+    answer_format: AnswerFormat
     prompt: str
     cot: bool
     protocol: str
@@ -278,6 +346,8 @@ class Question(_Group):
     match: str
     nli_model: str | None
     embed_model: str | None
+    answer_marker: str | None = None  # the protocol's: read the answer after it (paper's code)
+    offer: str | None = None  # the protocol's draw of offered labels (paper: its global stream)
 
 
 @dataclass(frozen=True)
@@ -318,6 +388,7 @@ class Hardware(_Group):
     trust_remote_code: bool
     batch_size: str
     workers: int
+    threads: int | None
 
 
 @dataclass(frozen=True)
@@ -337,6 +408,10 @@ class Output(_Group):
     store: Path
     as_json: bool
     progress: bool
+    wait: bool  # for another process computing the same run (its lease)
+    output_path: Path | None
+    log_samples: bool
+    log: str | None
 
 
 @dataclass(frozen=True)
@@ -352,10 +427,17 @@ class EvalOptions:
 
     @classmethod
     def from_context(cls, ctx: typer.Context) -> EvalOptions:
-        params = dict(ctx.params)
+        return cls.from_params(ctx.params, _explicit_options(ctx))
+
+    @classmethod
+    def from_params(cls, given: dict[str, Any], explicit: set[str]) -> EvalOptions:
+        """The options from every parameter's value (``explicit``: those the user gave, which
+        win over the protocol's defaults); the CLI and ``vlmclf.evaluate`` both come here."""
+        params = dict(given)
         _check_combinations(params)
-        params.update(_protocol_options(ctx))
-        for name, kind in (("setting", Setting), ("order", Order), ("calibration", Calibration)):
+        params.update(_protocol_options(params, explicit))
+        for name, kind in (("setting", Setting), ("order", Order), ("calibration", Calibration),
+                           ("choices", ChoiceMode), ("answer_format", AnswerFormat)):
             params[name] = kind(params[name])
         return cls(
             Question.from_params(params),
@@ -373,6 +455,10 @@ def _check_combinations(params: dict[str, Any]) -> None:
         fail(f"--k must be at least 2, got {params['k']}")
     if params["sample"] not in ("default", "paper"):
         fail(f"--sample must be 'default' or 'paper', got {params['sample']!r}")
+    if params["answer_format"] == "mc" and (
+        params["method"] is not MethodName.generate or params["setting"] != "closed"
+    ):
+        fail("--format mc asks with lettered options: use --method generate --setting closed")
     if params["setting"] is Setting.closed and params["method"] in (
         MethodName.clip, MethodName.classifier,
     ):  # fmt: skip
@@ -388,26 +474,41 @@ PROTOCOL_OPTIONS = (
 )  # fmt: skip
 
 
-def _protocol_options(ctx: typer.Context) -> dict[str, Any]:
+def _explicit_options(ctx: typer.Context) -> set[str]:
+    """The options given on the command line (not left at their defaults)."""
+    return {  # typer ships its own click: compare the source by name
+        name
+        for name in ctx.params
+        if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"
+    }
+
+
+def _protocol_options(params: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
     """The protocol-governed option values after the protocol's defaults: explicit options win."""
     from vlmclf.paper.protocols import resolve_eval
 
-    params = ctx.params
     given = {name: params[name] for name in PROTOCOL_OPTIONS}
     given = {k: v.value if isinstance(v, StrEnum) else v for k, v in given.items()}
-    explicit = {  # typer ships its own click: compare the source by name
-        name
-        for name in PROTOCOL_OPTIONS
-        if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"
-    }
     try:
         return resolve_eval(params["protocol"], params["method"].value, params["model"], given,
-                            explicit)  # fmt: skip
+                            explicit & set(PROTOCOL_OPTIONS))  # fmt: skip
     except ValueError as err:
         fail(str(err))
 
 
 # ----- from options to a run ---------------------------------------------------------------
+
+
+def checked_plan(options: EvalOptions) -> tuple[RunSpec, RunConfig]:
+    """Every check that needs no model weights, then the plan: a bad argument, an unknown model,
+    a missing key or an unreachable server stops here, before anything is stored or loaded."""
+    from vlmclf.commands.eval_checks import check_before_running
+
+    check_before_running(options.question)
+    spec, config = run_plan(options)
+    check_output_path(options.output)
+    check_model_before_work(spec, config)
+    return spec, config
 
 
 def run_plan(options: EvalOptions) -> tuple[RunSpec, RunConfig]:
@@ -430,17 +531,17 @@ def run_plan(options: EvalOptions) -> tuple[RunSpec, RunConfig]:
         limit=data.limit, sample=data.sample,
         batch_size=resolve_batch(hw.batch_size, device, CPU_BATCH), workers=hw.workers,
         progress=options.output.progress, model=model, verify_images=data.verify_images,
-        retry_failed=data.retry_failed,
+        retry_failed=data.retry_failed, wait_for_holder=options.output.wait,
+        threads=hw.threads,
     )  # fmt: skip
     return spec, config
 
 
 def run_spec(q: Question, lik: LikelihoodChoices, data: DataChoices, dtype: str) -> RunSpec:
+    from vlmclf.data.readers import parse_dataset_spec
     from vlmclf.spec import RunSpec
 
-    name, _, spec_split = (
-        (data.dataset, "", "") if data.dataset.endswith(".jsonl") else data.dataset.partition(":")
-    )
+    name, spec_split = parse_dataset_spec(data.dataset)
     return RunSpec(
         model=q.model,
         dataset=name,
@@ -453,12 +554,15 @@ def run_spec(q: Question, lik: LikelihoodChoices, data: DataChoices, dtype: str)
         seed=q.seed,
         cot=q.cot,
         templates=q.templates,
-        options=_likelihood_options(q.method, lik),
+        options=_likelihood_options(q.method, lik) | _answer_options(q),
         match=_match_id(q),
         max_new_tokens=q.max_new_tokens,
         dtype=dtype,
         protocol=q.protocol,
         prompt_template=q.prompt_template,
+        choices=q.choices.value,
+        choice_model=q.choice_model,
+        answer_format=q.answer_format.value,
     )
 
 
@@ -472,6 +576,16 @@ def _match_id(q: Question) -> str:
         return match_id(q.match, nli_model=q.nli_model, embed_model=q.embed_model)
     except ValueError as err:
         fail(str(err))
+
+
+def _answer_options(q: Question) -> dict[str, str]:
+    """How a generated answer is read and the offered labels drawn, where the protocol does
+    it the paper's way (runs that offer no labels keep their ids)."""
+    chosen = {} if q.answer_marker is None else {"answer_marker": q.answer_marker}
+    offers = q.setting.value == "closed" or (q.k is not None and q.method.value != "generate")
+    if q.offer is not None and offers and q.order.value == "random":
+        chosen["offer"] = q.offer
+    return chosen
 
 
 def _likelihood_options(method: MethodName, lik: LikelihoodChoices) -> dict[str, str | float]:
@@ -516,6 +630,54 @@ def run_eval(spec: RunSpec, config: RunConfig, options: EvalOptions) -> RunResul
         fail(f"{err} (answers received so far are stored; re-running resumes)", code=1)
 
 
+def check_model_before_work(spec: RunSpec, config: RunConfig) -> None:
+    """A missing API key or an API server that does not answer: one line and exit 2 in
+    seconds, before the store is opened (nothing stored)."""
+    from vlmclf.models.api import ApiError
+    from vlmclf.run.loading import check_model
+
+    try:
+        check_model(spec.model, config.model)
+    except (ValueError, ApiError) as err:
+        fail(str(err))
+
+
+def check_output_path(output: Output) -> None:
+    """``--output-path`` usable before any work (a folder we can write in), ``--log-samples``
+    only with it, and the ``--log`` tracker installed."""
+    if output.log is not None:
+        from vlmclf.run.trackers import check_tracker
+
+        try:
+            check_tracker(output.log)
+        except ValueError as err:
+            fail(str(err))
+    check_output_dir(output.output_path, output.log_samples)
+
+
+def write_output_files(
+    result: RunResult, spec: RunSpec, config: RunConfig, output: Output
+) -> list[Path]:
+    """The run's results JSON (and samples JSONL) under ``--output-path``, and its numbers sent
+    to the ``--log`` tracker; the run is stored whatever happens here."""
+    from vlmclf.report.summary import summary_json
+    from vlmclf.run.run_files import write_run_files
+    from vlmclf.run.trackers import log_tensorboard
+
+    summary = summary_json(result.run_id, spec, result.summary, str(output.store))
+    try:
+        written = [] if output.output_path is None else write_run_files(
+            output.output_path, summary, result.stored, data_root=config.data_root,
+            classes=config.classes, log_samples=output.log_samples)  # fmt: skip
+        if output.log == "tensorboard":
+            written.append(log_tensorboard(output.output_path or Path("runs"), result.run_id,
+                                           summary))  # fmt: skip
+        return written
+    except (OSError, ValueError) as err:
+        where = output.output_path or "--log"
+        fail(f"{where}: {err} (the run is stored: re-run to write the files)", code=1)
+
+
 def print_result(result: RunResult, spec: RunSpec, output: Output) -> None:
     """The summary (table or JSON) on stdout; what is incomplete or failed on stderr."""
     from vlmclf.report.summary import summary_json, summary_table
@@ -535,3 +697,84 @@ def print_result(result: RunResult, spec: RunSpec, output: Output) -> None:
     if summary["n"] > 0 and summary["n_failed"] == summary["n"]:
         typer.echo("error: every example failed; see `vlmclf export` for the reasons", err=True)
         raise typer.Exit(1)
+
+
+# ----- the same options from Python (``vlmclf.evaluate``) -----------------------------------
+
+PRINT_ONLY = frozenset({"as_json"})
+"""Options that only shape the CLI's printout: the Python API returns the summary instead."""
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One option of ``vlmclf eval`` as its signature defines it: the CLI and the API share it."""
+
+    name: str
+    kind: Any
+    default: Any
+    check: Callable[[Any], Any] | None
+
+    @property
+    def required(self) -> bool:
+        return self.default is inspect.Parameter.empty
+
+
+def eval_option_specs() -> dict[str, OptionSpec]:
+    """Every option of ``eval_command``: its type, default and check, read from the command's
+    own signature (the one definition of the options and their defaults)."""
+    hints = get_type_hints(eval_command, include_extras=True)
+    specs = {}
+    for name, param in inspect.signature(eval_command).parameters.items():
+        if name == "ctx" or name in PRINT_ONLY:
+            continue
+        kind, *extras = get_args(hints[name])
+        info = next((e for e in extras if isinstance(e, typer.models.OptionInfo)), None)
+        specs[name] = OptionSpec(name, kind, param.default, info.callback if info else None)
+    return specs
+
+
+def eval_params(given: dict[str, Any]) -> dict[str, Any]:
+    """Every option's value for a run asked from Python: ``given`` checked and converted the way
+    the CLI parses it, the rest at the CLI's defaults. Errors are ``fail``'s one line."""
+    specs = eval_option_specs()
+    unknown = sorted(set(given) - set(specs))
+    if unknown:
+        raise TypeError(_unknown_options_message(unknown, list(specs)))
+    missing = [name for name, spec in specs.items() if spec.required and name not in given]
+    if missing:
+        raise TypeError(f"evaluate() needs {', '.join(missing)}")
+    params = {name: _option_value(spec, given[name]) if name in given else spec.default
+              for name, spec in specs.items()}  # fmt: skip
+    return params | {name: False for name in PRINT_ONLY}
+
+
+def _unknown_options_message(unknown: list[str], known: list[str]) -> str:
+    import difflib
+
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return f"evaluate() got unknown option {', '.join(hints)}"
+
+
+def _option_value(spec: OptionSpec, value: Any) -> Any:
+    """``value`` as the CLI would have parsed it: enums from their names, paths from strings,
+    then the option's own check (a range, ``auto`` or a number)."""
+    kind = next((k for k in (spec.kind, *get_args(spec.kind)) if isinstance(k, type)), None)
+    if value is not None and kind is not None:
+        if issubclass(kind, StrEnum) and not isinstance(value, kind):
+            choices = ", ".join(member.value for member in kind)
+            if value not in {member.value for member in kind}:
+                fail(f"{spec.name}: must be one of {choices}, got {value!r}")
+            value = kind(value)
+        elif issubclass(kind, Path):
+            value = Path(value)
+        elif kind is str and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # batch_size=16 as --batch-size 16
+    if spec.check is not None:
+        try:
+            value = spec.check(value)
+        except typer.BadParameter as err:
+            fail(f"{spec.name}: {err.message}")
+    return value

@@ -17,8 +17,10 @@ from vlmclf.commands.common import (
     at_least,
     fail,
     number_in,
+    renamed,
     resolve_hardware,
 )
+from vlmclf.terminal import terminal_safe
 
 Opt = typer.Option
 EXIT_DIVERGED = 3
@@ -45,6 +47,7 @@ class Schedule(StrEnum):
 
 
 def finetune_command(
+    ctx: typer.Context,
     model: Annotated[
         str, Opt(help="An open-weight VLM: hf:<id|path>, random:llava|qwen2_vl|..., organism:vlm.")
     ],
@@ -53,7 +56,7 @@ def finetune_command(
     ],
     train_split: Annotated[str, Opt(help="Split trained on.")] = "train",
     eval_split: Annotated[
-        str | None, Opt(help="Split scored with --eval-limit (default: the layout's test split).")
+        str | None, Opt(help="Split scored with --limit (default: the layout's test split).")
     ] = None,
     data_root: Annotated[str | None, Opt(help="Where the (evaluation) data lives.")] = None,
     train_data_root: Annotated[
@@ -141,20 +144,24 @@ def finetune_command(
     workers: Annotated[
         int, Opt(callback=at_least(1), help="Threads decoding the next batch's images.")
     ] = 4,
-    eval_limit: Annotated[
+    limit: Annotated[
         int | None,
         Opt(
             callback=at_least(1),
-            help="Score generation before and after on this many eval examples.",
+            help="Score generation before and after on this many eval examples (as eval's and "
+            "probe's --limit).",
         ),
     ] = None,
+    old_eval_limit: Annotated[
+        int | None, Opt("--eval-limit", hidden=True, help="Old name of --limit.")
+    ] = None,
     eval_batch_size: Annotated[
-        int, Opt(callback=at_least(1), help="Examples per model call in the --eval-limit runs.")
+        int, Opt(callback=at_least(1), help="Examples per model call in the --limit runs.")
     ] = 8,
     match: Annotated[
         str,
         Opt(
-            help="How --eval-limit answers map to labels: contain, exact (the paper's rule "
+            help="How --limit answers map to labels: contain, exact (the paper's rule "
             "for fine-tuned models), strict, nli, embed."
         ),
     ] = "contain",
@@ -168,26 +175,36 @@ def finetune_command(
     out: Annotated[Path | None, Opt("--out", help="Checkpoint and log folder.")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
     progress: Annotated[bool, Opt(help="Print each step's loss on stderr.")] = True,
+    protocol: Annotated[
+        str,
+        Opt(help="clean (default) or paper: sets the training options above unless given, and "
+                 "the conversation trained and evaluated (the paper's LLaVA: vicuna_v1)."),
+    ] = "clean",
 ) -> None:
     """Fine-tune a VLM's projector (and LoRA) on classification data; the checkpoint loads
     with `vlmclf eval --model`. Exits 3 with a report if the loss diverges."""
+    from vlmclf.analysis.finetune.data import CLASSIFICATION_QUESTION
     from vlmclf.analysis.finetune.log import TrainingDiverged
     from vlmclf.analysis.finetune.run import FinetuneRequest, FinetuneRuntime, run_finetune
     from vlmclf.run.distributed import is_main_process
     from vlmclf.run.loading import ModelOptions
 
+    eval_limit = renamed("--eval-limit", old_eval_limit, "--limit", limit)
     for name, value in (("--batch-size", batch_size), ("--micro-batch", micro_batch),
                         ("--steps", steps), ("--train-limit", train_limit),
-                        ("--eval-limit", eval_limit)):  # fmt: skip
+                        ("--limit", eval_limit)):  # fmt: skip
         if value is not None and value < 1:
             fail(f"{name} must be at least 1, got {value}")
+    o = _protocol_options(ctx, protocol, model)
     request = FinetuneRequest(
         model=model, dataset=dataset, train_split=train_split, eval_split=eval_split,
         data_root=data_root, train_data_root=train_data_root, classes=classes, train=train.value,
-        trainable=trainable.value, lora_targets=lora_targets.value, match=match,
-        lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-        lr_projector=lr_projector, lr_lora=lr_lora, weight_decay=weight_decay,
-        warmup_ratio=warmup_ratio, schedule=schedule.value, batch_size=batch_size, epochs=epochs,
+        trainable=trainable.value, lora_targets=o["lora_targets"], match=o["match"],
+        lora_rank=o["lora_rank"], lora_alpha=o["lora_alpha"], lora_dropout=lora_dropout,
+        lr_projector=o["lr_projector"], lr_lora=lr_lora, weight_decay=o["weight_decay"],
+        warmup_ratio=o["warmup_ratio"], schedule=o["schedule"], batch_size=o["batch_size"],
+        epochs=o["epochs"], protocol=protocol, question=o["question"] or CLASSIFICATION_QUESTION,
+        prompt_template=o["prompt_template"], eval_max_new_tokens=o["eval_max_new_tokens"],
         steps=steps, train_limit=train_limit, max_grad_norm=max_grad_norm,
         spike_factor=spike_factor, spike_window=spike_window, grad_spike_factor=grad_spike_factor,
         caption_data=caption_data, caption_template=caption_template,
@@ -220,6 +237,24 @@ def finetune_command(
     _print_summary(outcome.result, outcome.analysis_id, store, files)
 
 
+def _protocol_options(ctx: typer.Context, protocol: str, model: str) -> dict[str, Any]:
+    """The training options after the protocol's values (explicit options win), enums as
+    their values, and the protocol's question, template and evaluation budget."""
+    from vlmclf.paper.finetune_settings import FINETUNE_OPTIONS, resolve_finetune_options
+
+    given = {name: ctx.params[name] for name in FINETUNE_OPTIONS}
+    given = {k: v.value if isinstance(v, StrEnum) else v for k, v in given.items()}
+    explicit = {  # typer ships its own click: compare the source by name
+        name
+        for name in FINETUNE_OPTIONS
+        if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"
+    }
+    try:
+        return resolve_finetune_options(protocol, model, given, explicit)
+    except ValueError as err:
+        fail(str(err))
+
+
 def _slug(spec: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in spec.split("/")[-1])[:60]
 
@@ -230,7 +265,7 @@ def _report_divergence(stop: Any, out_dir: Path, as_json: bool) -> None:
         typer.echo(json.dumps({"status": "diverged", "divergence": stop.report.as_dict(),
                                "report": str(stop.report_path), "log": str(log)}))  # fmt: skip
         return
-    typer.echo(f"error: {stop.report.message()}", err=True)
+    typer.echo(f"error: {terminal_safe(stop.report.message())}", err=True)
     typer.echo(f"report: {stop.report_path}\nloss log: {log}", err=True)
 
 
@@ -245,7 +280,7 @@ def _print_summary(result: dict, analysis_id: str, store: Path, files: dict[str,
             continue
         scored = result[when]
         if scored.get("error"):
-            typer.echo(f"accuracy {when}: not measured ({scored['error']})")
+            typer.echo(f"accuracy {when}: not measured ({terminal_safe(scored['error'])})")
             continue
         accuracy = "-" if scored["accuracy"] is None else f"{scored['accuracy']:.3f}"
         typer.echo(f"accuracy {when}: {accuracy} on {scored['n']} examples ({scored['model']})")

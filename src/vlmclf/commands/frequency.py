@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from vlmclf.commands.common import DEFAULT_STORE, fail, out_dir_for
+from vlmclf.commands.common import DEFAULT_STORE, fail, out_dir_for, renamed
+from vlmclf.terminal import terminal_safe
 
 
 def frequency_command(
@@ -20,7 +21,12 @@ def frequency_command(
         str | None, typer.Option(help="Join with this run's per-class accuracy (id or prefix).")
     ] = None,
     field: Annotated[str | None, typer.Option(help="JSONL/CSV field holding the text.")] = None,
-    fmt: Annotated[str | None, typer.Option("--format", help="txt, jsonl, json, csv.")] = None,
+    fmt: Annotated[
+        str | None, typer.Option("--corpus-format", help="text, jsonl, json, csv, tsv.")
+    ] = None,
+    old_fmt: Annotated[
+        str | None, typer.Option("--format", hidden=True, help="Old name of --corpus-format.")
+    ] = None,
     bins: Annotated[
         str,
         typer.Option(
@@ -40,6 +46,7 @@ def frequency_command(
     from vlmclf.report.runs import resolve_run_id
     from vlmclf.store import RunStore
 
+    fmt = renamed("--format", old_fmt, "--corpus-format", fmt)
     if bins not in BIN_SCHEMES:
         fail(f"--bins must be one of {', '.join(BIN_SCHEMES)}, got {bins!r}")
     for path in corpus:
@@ -82,7 +89,7 @@ def frequency_command(
     top = sorted(result["counts"].items(), key=lambda kv: -kv[1])[:5]
     typer.echo(
         f"{result['n_units']} text units; most mentioned: "
-        + ", ".join(f"{name} ({n})" for name, n in top)
+        + ", ".join(f"{terminal_safe(name, one_line=True)} ({n})" for name, n in top)
     )
     if result["correlation"]:
         c = result["correlation"]
@@ -96,7 +103,7 @@ def frequency_command(
         )
     for name, path in result["files"].items():
         if path:
-            typer.echo(f"{name}: {path}")
+            typer.echo(f"{name}: {terminal_safe(path)}")
 
 
 def _coefficient(value: float | None) -> str:

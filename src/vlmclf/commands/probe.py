@@ -13,6 +13,7 @@ from vlmclf.commands.common import (
     DEVICE_HELP,
     DTYPE_HELP,
     SEED_MAX,
+    THREADS_HELP,
     at_least,
     batch_help,
     batch_size_or_auto,
@@ -21,7 +22,9 @@ from vlmclf.commands.common import (
     out_dir_for,
     resolve_batch,
     resolve_hardware,
+    use_threads,
 )
+from vlmclf.terminal import terminal_safe
 
 CPU_BATCH = 16  # --batch-size auto on CPU and MPS
 
@@ -154,7 +157,8 @@ def probe_command(
     ] = "auto",
     workers: Annotated[
         int, Opt(callback=at_least(1), help="Threads decoding images ahead of the model.")
-    ] = 2,
+    ] = 4,
+    threads: Annotated[int | None, Opt(callback=at_least(1), help=THREADS_HELP)] = None,
     feature_chunk: Annotated[
         int,
         Opt(callback=at_least(1), help="Examples per resumable feature chunk on disk."),
@@ -171,6 +175,7 @@ def probe_command(
 ) -> None:
     """Probe a VLM's hidden states: the paper's protocol and a clean one, both reported."""
     from vlmclf.analysis.probe.run import ProbeConfig, ProbeRequest, ProbeRuntime, run_probe
+    from vlmclf.paper.probe_settings import probe_prompt
     from vlmclf.run.loading import ModelOptions
 
     o = _protocol_options(ctx, protocol, dataset)
@@ -184,11 +189,13 @@ def probe_command(
     except ValueError as err:
         fail(str(err))
     device, dtype = resolve_hardware(model, device, o["dtype"])  # dtype keys the features
+    template, positions = probe_prompt(protocol, model)
     request = ProbeRequest(
         model=model, dataset=dataset, train_split=train_split, eval_split=eval_split,
         train_dataset=train_dataset, data_root=data_root, train_data_root=train_data_root,
         classes=classes, layer=o["layer"], prompt=o["prompt"], train_limit=train_limit,
         limit=limit, clip_model=clip_model, config=config, protocol=protocol, dtype=dtype,
+        prompt_template=template, positions=positions,
         **_clip_baseline_options(protocol, dataset, clip_model, clip_epochs),
     )  # fmt: skip
     runtime = ProbeRuntime(
@@ -198,6 +205,7 @@ def probe_command(
         model_options=ModelOptions(device=device, dtype=dtype, seed=seed),
     )  # fmt: skip
     try:
+        use_threads(threads)
         outcome = run_probe(request, runtime)
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
@@ -208,12 +216,19 @@ def probe_command(
         payload = {"analysis_id": outcome.analysis_id, **outcome.result, "files": files}
         typer.echo(json.dumps(payload))
         return
-    typer.echo(outcome.files["markdown"].read_text())
+    typer.echo(terminal_safe(probe_terminal_text(outcome.result)))  # class names inside
     for warning in outcome.result["warnings"]:
-        typer.echo(f"warning: {warning}", err=True)
+        typer.echo(f"warning: {terminal_safe(warning)}", err=True)
     failed = outcome.result["n_failed"]
     if failed["train"] or failed["eval"]:
         typer.echo(f"skipped undecodable images: {failed['train']} train, {failed['eval']} eval")
     typer.echo(f"analysis {outcome.analysis_id} stored in {store}")
     for name, path in files.items():
         typer.echo(f"{name}: {path}")
+
+
+def probe_terminal_text(result: dict) -> str:
+    """The probe's table for the terminal: the Markdown file's content without its escapes."""
+    from vlmclf.analysis.probe.report import probe_text
+
+    return probe_text(result)

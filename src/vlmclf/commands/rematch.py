@@ -8,12 +8,21 @@ from typing import Annotated
 
 import typer
 
-from vlmclf.commands.common import DEFAULT_STORE, DEVICE_HELP, fail, out_dir_for, resolve_hardware
+from vlmclf.commands.common import (
+    DEFAULT_STORE,
+    DEVICE_HELP,
+    fail,
+    out_dir_for,
+    require_store,
+    resolve_hardware,
+)
 
 
 def rematch_command(
     run_id: Annotated[str, typer.Argument(help="A generation run (id or unique prefix).")],
-    match: Annotated[str, typer.Option(help="contain, strict, exact, nli or embed.")] = "strict",
+    match: Annotated[
+        str, typer.Option(help="contain, strict, exact, nli, zeroshot or embed.")
+    ] = "strict",
     nli_model: Annotated[
         str | None,
         typer.Option(help="hf:<NLI checkpoint> (default: hf:facebook/bart-large-mnli)."),
@@ -24,7 +33,10 @@ def rematch_command(
     ] = None,
     hypothesis: Annotated[
         str | None,
-        typer.Option(help="Label template with {} (nli: 'This is a photo of a {}.')."),
+        typer.Option(
+            help="Label template with {} (nli: 'This is a photo of a {}.', "
+            "zeroshot: 'This example is {}.')."
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     out: Annotated[Path | None, typer.Option(help="Folder for the table and figure.")] = None,
@@ -37,8 +49,7 @@ def rematch_command(
     from vlmclf.report.tables import text_table
     from vlmclf.store import RunStore
 
-    if not store.exists():
-        fail(f"no store at {store} (run `vlmclf eval` first or pass --store)")
+    require_store(store)
     device, _ = resolve_hardware(None, device, "auto")
     with RunStore(store) as runs:
         try:

@@ -51,6 +51,7 @@ def reproduce_command(
     """Print the exact commands for a table or figure of the paper (or the thesis); with --run,
     run them and write the table in the paper's layout beside its published numbers."""
     from vlmclf.paper.protocols import PROTOCOLS
+    from vlmclf.paper.published_cells import published_lines
     from vlmclf.paper.reproduce import TABLES, layout, run_steps, table_by_name
     from vlmclf.paper.steps import PAPER_DATASETS, Context
 
@@ -82,6 +83,9 @@ def reproduce_command(
             typer.echo(step.shell() + (f"  # {step.note}" if step.note else ""))
         for note in item.notes:
             typer.echo(f"# note: {note}")
+        published = published_lines(item.name, ctx)
+        for line in published or ["no published number for these models in this table"]:
+            typer.echo(f"# {line}")
         return
     try:
         cells = run_steps(steps, ctx, lambda line: typer.echo(line, err=True))

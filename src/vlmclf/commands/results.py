@@ -9,11 +9,15 @@ import json
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vlmclf.commands.common import DEFAULT_STORE, fail
+from vlmclf.commands.common import DEFAULT_STORE, fail, require_store
+from vlmclf.terminal import terminal_safe
+
+if TYPE_CHECKING:
+    from vlmclf.store import RunStore
 
 
 class TableFormat(StrEnum):
@@ -42,8 +46,7 @@ def results_command(
     from vlmclf.report.cells import csv_row
     from vlmclf.report.runs import runs_rows
 
-    if not store.exists():
-        fail(f"no store at {store} (run `vlmclf eval` first or pass --store)")
+    require_store(store)
     rows = runs_rows(store, with_identity=fmt is TableFormat.json)
     if fmt is TableFormat.json:
         typer.echo(json.dumps(rows, indent=2))
@@ -67,12 +70,13 @@ def export_command(
         ExportFormat, typer.Option("--format", help="jsonl or parquet.")
     ] = ExportFormat.jsonl,
     out: Annotated[
-        Path | None, typer.Option(help="Output file (default: <run_id>.<format>).")
+        Path | None, typer.Option(help="Output file (default: <run_id>.<format>; - for stdout).")
     ] = None,
     store: StoreOpt = DEFAULT_STORE,
 ) -> None:
     """Write a run's predictions, one row per example."""
     from vlmclf.report.runs import resolve_run_id
+    from vlmclf.run.results import export_run
     from vlmclf.store import RunStore
 
     with RunStore(store, read_only=True) as runs:
@@ -80,6 +84,39 @@ def export_command(
             full_id = resolve_run_id(runs, run_id)
         except ValueError as err:
             fail(str(err))
+        if out is not None and str(out) == "-":
+            count = _export_to_stdout(runs, full_id, fmt)
+            typer.echo(f"wrote {count} predictions to standard output", err=True)
+            return
         path = out or Path(f"{full_id}.{fmt.value}")
-        count = runs.export(full_id, path, fmt.value)
+        count = export_run(runs, full_id, path, fmt.value, image_sources(runs, full_id))
     typer.echo(f"wrote {count} predictions to {path}")
+
+
+def _export_to_stdout(runs: RunStore, run_id: str, fmt: ExportFormat) -> int:
+    """``--out -``: the rows on standard output (the usual convention), for a pipe; binary
+    Parquet is not written to a terminal."""
+    if fmt is ExportFormat.parquet and sys.stdout.isatty():
+        fail("--out - with --format parquet writes binary: redirect it to a file or a pipe")
+    from vlmclf.run.results import export_run
+
+    sys.stdout.flush()
+    sources = image_sources(runs, run_id)
+    count = export_run(runs, run_id, sys.stdout.buffer, fmt.value, sources)
+    sys.stdout.buffer.flush()
+    return count
+
+
+def image_sources(runs: RunStore, run_id: str) -> dict[str, str] | None:
+    """Each example's image path for ``export``, from the dataset listed again where the run
+    recorded it; None (the ``image`` column empty) with one warning line when it cannot be."""
+    from vlmclf.run.run_files import stored_run_sources
+
+    record = runs.get_run(run_id)
+    if record is None:
+        return None
+    try:
+        return stored_run_sources(record.spec, record.meta)
+    except (ValueError, OSError, KeyError) as err:
+        typer.echo(f"warning: image paths left empty: {terminal_safe(str(err))}", err=True)
+        return None

@@ -48,7 +48,16 @@ def serve_command(
     read_timeout: Annotated[
         float, typer.Option(help="Seconds a connection may stall (upload or keep-alive).")
     ] = 30.0,
-    max_connections: Annotated[int, typer.Option(help="Open connections before 503s.")] = 64,
+    head_timeout: Annotated[
+        float, typer.Option(help="Seconds for a whole request head (and keep-alive idle).")
+    ] = 10.0,
+    body_timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds for a whole request body [default: 10 + 1 per MiB sent]."),
+    ] = None,
+    max_connections: Annotated[
+        int, typer.Option(help="Open connections; past it idle ones give way, then 503s.")
+    ] = 64,
     max_tokens_limit: Annotated[
         int, typer.Option(help="Largest max_tokens a client may ask.")
     ] = 1024,
@@ -65,6 +74,8 @@ def serve_command(
             max_pixels=max_pixels,
             decode_slots=decode_slots,
             read_timeout_s=read_timeout,
+            head_timeout_s=head_timeout,
+            body_timeout_s=body_timeout,
             max_connections=max_connections,
             max_tokens_limit=max_tokens_limit,
             batch_window_ms=batch_window_ms,
@@ -100,11 +111,14 @@ def _check_limits(limits: ServeLimits) -> None:
     options = {
         "max_body_bytes": "--max-body-mb", "max_pixels": "--max-pixels",
         "decode_slots": "--decode-slots", "read_timeout_s": "--read-timeout",
+        "head_timeout_s": "--head-timeout",
         "max_connections": "--max-connections", "max_tokens_limit": "--max-tokens-limit",
         "max_batch": "--max-batch",
     }  # fmt: skip
     for field, option in options.items():
         if not getattr(limits, field) > 0:
             raise ValueError(f"{option} must be positive, got {getattr(limits, field)}")
+    if limits.body_timeout_s is not None and not limits.body_timeout_s > 0:
+        raise ValueError(f"--body-timeout must be positive, got {limits.body_timeout_s}")
     if not 0 <= limits.batch_window_ms <= limits.batch_max_wait_ms:
         raise ValueError("--batch-window-ms must be 0 or more and at most --batch-max-wait-ms")

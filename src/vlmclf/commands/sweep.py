@@ -13,27 +13,44 @@ from vlmclf.commands.common import (
     DEVICE_HELP,
     DTYPE_HELP,
     SEED_MAX,
+    THREADS_HELP,
     at_least,
     batch_help,
     batch_size_or_auto,
+    check_output_dir,
     fail,
     number_in,
     out_dir_for,
+    renamed,
+    required,
     resolve_batch,
     resolve_hardware,
+    write_stored_run_files,
 )
+from vlmclf.terminal import terminal_safe
 
 CPU_BATCH = 8  # --batch-size auto on CPU and MPS
 
 
 def sweep_command(
-    models: Annotated[str, typer.Option(help="Comma-separated model specs (random:llava,hf:...).")],
     dataset: Annotated[
         list[str], typer.Option(help="Dataset (NAME[:split] or manifest .jsonl); repeat for more.")
     ],
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", help="A model spec (random:llava, hf:...); repeat for more."),
+    ] = None,
+    models: Annotated[
+        str | None, typer.Option(hidden=True, help="Old comma-separated form of --model.")
+    ] = None,
     axis: Annotated[
         list[str] | None,
-        typer.Option(help="NAME=V1,V2 with NAME in k, prompt, order, cot, strategy; repeatable."),
+        typer.Option(
+            help="NAME=V1,V2 with NAME in k, prompt, order, cot, strategy, choices; repeatable."
+        ),
+    ] = None,
+    choice_model: Annotated[
+        str | None, typer.Option(help="The CLIP that mines choices=hard-text/hard-image.")
     ] = None,
     limit: Annotated[
         int | None, typer.Option(callback=at_least(1), help="A fixed random subset of this size.")
@@ -61,6 +78,17 @@ def sweep_command(
     store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     progress: Annotated[bool, typer.Option(help="Progress bars on stderr.")] = True,
+    threads: Annotated[
+        int | None, typer.Option(callback=at_least(1), help=THREADS_HELP)
+    ] = None,
+    output_path: Annotated[
+        Path | None,
+        typer.Option(help="Also write results_<run_id>.json for every cell's run here."),
+    ] = None,
+    log_samples: Annotated[
+        bool,
+        typer.Option("--log-samples", help="With --output-path: samples_<run_id>.jsonl too."),
+    ] = False,
 ) -> None:
     """Run every cell of the grid (stored runs are reused), then write tables and figures."""
     from vlmclf.analysis.sweep.run import parse_axes, run_sweep
@@ -68,28 +96,34 @@ def sweep_command(
     from vlmclf.run.loading import ModelOptions
     from vlmclf.run.runner import RunConfig
 
-    model_list = [m.strip() for m in models.split(",") if m.strip()]
+    old_list = None if models is None else [m.strip() for m in models.split(",") if m.strip()]
+    model_list = required("--model", renamed("--models", old_list, "--model", model or None))
     try:
         axes = parse_axes(axis or [])
     except ValueError as err:
         fail(str(err))
     spec = {"models": model_list, "datasets": dataset, "axes": axes, "limit": limit, "seed": seed}
     folder = out or out_dir_for("sweep", spec)
+    check_output_dir(output_path, log_samples)
     device, dtype = resolve_hardware(None, device, dtype)  # an auto dtype: per model, per cell
     config = RunConfig(
         store_path=store, data_root=data_root, classes=classes, limit=limit,
         batch_size=resolve_batch(batch_size, device, CPU_BATCH), workers=workers,
-        progress=progress,
+        progress=progress, threads=threads,
         model=ModelOptions(device=device, dtype=dtype, seed=seed),
     )  # fmt: skip
     echo = (lambda row: None) if as_json else _print_cell
     try:
         result = run_sweep(
             model_list, dataset, axes, config, seed=seed, max_new_tokens=max_new_tokens,
-            out_dir=folder, on_cell=echo,
+            out_dir=folder, on_cell=echo, choice_model=choice_model,
         )  # fmt: skip
     except ValueError as err:
         fail(str(err))
+    if output_path is not None:
+        run_ids = [row["run_id"] for row in result["rows"] if row.get("run_id")]
+        write_stored_run_files(output_path, store, run_ids, data_root=data_root,
+                               classes=classes, log_samples=log_samples)  # fmt: skip
     if as_json:
         typer.echo(json.dumps(result))
     else:
@@ -103,6 +137,7 @@ def sweep_command(
 
 
 def _print_cell(row: dict[str, Any]) -> None:
-    values = " ".join(f"{k}={row[k]}" for k in ("k", "prompt", "order", "cot", "strategy"))
+    axes = ("k", "prompt", "order", "cot", "strategy", "choices")
+    values = " ".join(f"{k}={row[k]}" for k in axes)
     outcome = f"error: {row['error']}" if row["error"] else f"accuracy {row['accuracy']:.3f}"
-    typer.echo(f"{row['model']} {row['dataset']} {values}: {outcome}", err=True)
+    typer.echo(terminal_safe(f"{row['model']} {row['dataset']} {values}: {outcome}"), err=True)

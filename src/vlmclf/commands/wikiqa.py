@@ -25,6 +25,7 @@ from vlmclf.commands.common import (
     resolve_batch,
     resolve_hardware,
 )
+from vlmclf.terminal import terminal_safe
 
 CPU_BATCH = 8  # --batch-size auto on CPU and MPS
 
@@ -102,7 +103,8 @@ def wikiqa_command(
         spec = wikiqa_spec(model, method, questions=questions, cot=chosen["cot"],
                            max_new_tokens=chosen["max_new_tokens"], dtype=dtype,
                            unparsed=chosen["unparsed"], protocol=protocol,
-                           prompt_template=template, parser=chosen["parser"])  # fmt: skip
+                           prompt_template=template, parser=chosen["parser"],
+                           answer_marker=_answer_marker(model, method, protocol))  # fmt: skip
     except ValueError as err:
         fail(str(err))
     options = ModelOptions(device=device, dtype=dtype, base_url=base_url, concurrency=concurrency)
@@ -124,7 +126,7 @@ def wikiqa_command(
         if not is_main_process():  # the main rank reads the store and says why
             raise typer.Exit(1)
         hint = _failure_hint(store, result["run_id"], images)
-        typer.echo(f"error: every question failed; {hint}", err=True)
+        typer.echo(f"error: every question failed; {terminal_safe(hint)}", err=True)
         raise typer.Exit(1)
 
 
@@ -159,7 +161,22 @@ def _cot_template(model: str, method: str, protocol: str, cot: bool) -> str | No
     if resolve(protocol, "wikiqa").get("cot_placement") != "assistant prefix":
         return None
     family = model_family(model)
+    own = resolve(protocol, "wikiqa", family)  # imagewikiqa/main.py's CoT prompts, where they
+    if "prompt_template" in own:  # differ from main_results/main.py's (LLaVA-NeXT has one)
+        return prompt_template(own, family, True, protocol)
     return prompt_template(resolve(protocol, "generate", family), family, True, protocol)
+
+
+def _answer_marker(model: str, method: str, protocol: str) -> str | None:
+    """The marker the protocol reads a generated answer after (the paper's code: the whole
+    decoded output, then the text after the last ``ASSISTANT:``, ``Answer:`` or ``[/INST]``,
+    so for LLaVA the letter is parsed from text that begins with the CoT cue); None: the
+    new tokens alone (clean)."""
+    from vlmclf.paper.protocols import model_family, resolve
+
+    if method != "generate" or not resolve(protocol, "wikiqa").get("answer_read"):
+        return None
+    return resolve(protocol, "generate", model_family(model)).get("answer_marker")
 
 
 _MISSING_IMAGE_WORDS = ("image not found", "no such file", "not an image", "cannot open")
@@ -192,7 +209,8 @@ def _print_wikiqa(result: dict, model: str, method: str) -> None:
         f"{accuracy} on {s['n_ok']} questions; letters read by the {s.get('parser', 'robust')} "
         f"rule; unparsed {s['n_unparsed']} ({rule}), failed {s['n_failed']}"
     )
-    typer.echo("answers: " + ", ".join(f"{k} {v}" for k, v in s["answer_distribution"].items()))
+    answers = ", ".join(f"{k} {v}" for k, v in s["answer_distribution"].items())
+    typer.echo("answers: " + terminal_safe(answers))
     for name, path in result["files"].items():
         typer.echo(f"{name}: {path}")
 

@@ -15,6 +15,9 @@ from pathlib import Path
 CLASS_LISTS = (
     "imagenet", "flowers102", "stanford_cars", "caltech101", "fashion_mnist",
     "imagenet_first_synonym",
+    "oxford_pets", "cub200", "fgvc_aircraft", "fgvc_aircraft_family",
+    "fgvc_aircraft_manufacturer", "food101", "stanford_dogs", "dtd", "sun397", "cifar10",
+    "cifar100", "imagenet_r", "imagenet_a",
 )  # fmt: skip
 """``imagenet_first_synonym``: the companion thesis's ImageNet names, the first comma-separated
 synonym of the standard ImageNet-1k label text (the WordNet lemmas of each synset, as timm's

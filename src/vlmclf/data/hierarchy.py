@@ -18,11 +18,11 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from vlmclf.data.classnames import load_class_names
+from vlmclf.data.layouts_robustness import shipped_wnids
 
 WORDNET_DIR = Path("/usr/share/wordnet")
 """Where Debian's ``wordnet-base`` puts the WordNet 3.0 database files."""
@@ -86,15 +86,26 @@ def from_parent_map(
     parent_of: Mapping[str, str], class_names: Sequence[str], source: str = "--hierarchy"
 ) -> Hierarchy:
     """A tree from child name -> parent name; names that appear only as parents are internal
-    nodes, and a class that appears nowhere is a root with no relatives."""
-    nodes = {*parent_of, *parent_of.values(), *class_names}
-    _check_acyclic(parent_of, source)
+    nodes, and a class that appears nowhere is a root with no relatives. Names are one node
+    whatever their case ("Golden Retriever" in the class list, "golden retriever" in the file)."""
+    node_of = _node_ids([*class_names, *parent_of, *parent_of.values()])
+    parents = {node_of[child]: node_of[parent] for child, parent in parent_of.items()}
+    _check_acyclic(parents, source)
+    names: dict[str, list[str]] = {}
+    for name, node in node_of.items():
+        names.setdefault(node, []).append(name)
     return Hierarchy(
-        names={node: (node,) for node in nodes},
-        parents={child: (parent,) for child, parent in parent_of.items()},
-        class_nodes=tuple(class_names),
+        names={node: tuple(found) for node, found in names.items()},
+        parents={child: (parent,) for child, parent in parents.items()},
+        class_nodes=tuple(node_of[name] for name in class_names),
         source=source,
     )
+
+
+def _node_ids(names: Iterable[str]) -> dict[str, str]:
+    """Each name -> its node id: the first spelling met of its lowercased form."""
+    first: dict[str, str] = {}
+    return {name: first.setdefault(name.strip().lower(), name) for name in names}
 
 
 def _check_acyclic(parent_of: Mapping[str, str], source: str) -> None:
@@ -200,11 +211,9 @@ def _join_levels(lower: dict[str, str], upper: dict[str, str], folder: Path) -> 
     return parent_of
 
 
-@cache
 def imagenet_wnids() -> tuple[str, ...]:
     """The 1000 ImageNet-1k wnids in class-index order (sorted)."""
-    text = resources.files("vlmclf.data").joinpath("classnames", "imagenet_wnids.json")
-    return tuple(json.loads(text.read_text("utf-8")))
+    return shipped_wnids("imagenet")
 
 
 def wnids_for_classes(class_names: Sequence[str]) -> list[str] | None:

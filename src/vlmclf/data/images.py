@@ -21,6 +21,7 @@ Images at or under the bound take exactly the old path, so their pixels do not c
 
 from __future__ import annotations
 
+import io
 import math
 import threading
 import warnings
@@ -28,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -117,14 +119,30 @@ def open_image(
     The file is closed before this returns, whatever happens.
     """
     file = Path(path)
+    _check_file_exists(file)
+    return _decode(file, str(file), max_pixels, settings)
+
+
+def open_image_bytes(
+    data: bytes, name: str, max_pixels: int | None = None, settings: DecodeSettings | None = None
+) -> Image.Image:
+    """``open_image`` for an encoded image held in memory (a tar member, an Arrow cell), with
+    the same rules and errors; ``name`` says where the bytes came from in those errors."""
+    if not data:
+        raise BadExampleError(f"{name}: zero-byte image")
+    return _decode(io.BytesIO(data), name, max_pixels, settings)
+
+
+def _decode(
+    source: Path | BinaryIO, name: str, max_pixels: int | None, settings: DecodeSettings | None
+) -> Image.Image:
     settings = decode_settings_in_effect() if settings is None else settings
     cap = settings.max_pixels if max_pixels is None else max_pixels
-    _check_file_exists(file)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(file) as img:
-                _check_pixel_cap(file, img.size, cap)
+            with Image.open(source) as img:
+                _check_pixel_cap(name, img.size, cap)
                 target = reduced_size(img.size, settings.max_decoded_pixels)
                 if target is not None:
                     return _decode_reduced(img, target, settings)
@@ -135,11 +153,11 @@ def open_image(
     except BadExampleError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
-        raise BadExampleError(f"{file}: decompression bomb ({err})") from err
+        raise BadExampleError(f"{name}: decompression bomb ({err})") from err
     except UnidentifiedImageError as err:
-        raise BadExampleError(f"{file}: not an image (PIL cannot identify its format)") from err
+        raise BadExampleError(f"{name}: not an image (PIL cannot identify its format)") from err
     except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise BadExampleError(f"{file}: truncated or corrupt image data ({err})") from err
+        raise BadExampleError(f"{name}: truncated or corrupt image data ({err})") from err
 
 
 def reduced_size(size: tuple[int, int], max_decoded_pixels: int | None) -> tuple[int, int] | None:
@@ -207,11 +225,11 @@ def _check_file_exists(file: Path) -> None:
         raise BadExampleError(f"{file}: zero-byte file")
 
 
-def _check_pixel_cap(file: Path, size: tuple[int, int], cap: int) -> None:
+def _check_pixel_cap(name: str, size: tuple[int, int], cap: int) -> None:
     width, height = size
     if width * height > cap:
         raise BadExampleError(
-            f"{file}: decompression bomb ({width}x{height} = {width * height} pixels "
+            f"{name}: decompression bomb ({width}x{height} = {width * height} pixels "
             f"exceeds the cap of {cap})"
         )
 

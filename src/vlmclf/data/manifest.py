@@ -10,7 +10,7 @@ from pathlib import Path
 from vlmclf.data.readers import LAYOUTS, load_dataset
 from vlmclf.data.types import Dataset, Example
 
-IN_MEMORY_LAYOUTS = ("fashion_mnist",)
+IN_MEMORY_LAYOUTS = ("fashion_mnist", "cifar10", "cifar100")
 """Layouts without image files: their images are written out as PNGs next to the manifest."""
 
 

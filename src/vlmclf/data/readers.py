@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
+from vlmclf.data.catalog import BENCHMARK_LAYOUTS
 from vlmclf.data.classnames import load_class_names
 from vlmclf.data.idx import FASHION_MNIST_ROOT, read_fashion_mnist
 from vlmclf.data.label_check import warn_near_duplicate_labels
@@ -23,6 +26,7 @@ from vlmclf.data.listing import (
     require_dir,
     visible_subfolders,
 )
+from vlmclf.data.sources import is_source_spec, read_source, split_source_spec
 from vlmclf.data.types import Dataset, Example
 
 DEFAULT_SPLITS = {
@@ -32,6 +36,7 @@ DEFAULT_SPLITS = {
     "caltech101": "test",
     "fashion_mnist": "test",
     "imagefolder": "test",
+    **{name: layout.default_split for name, layout in BENCHMARK_LAYOUTS.items()},
 }
 LAYOUTS = tuple(DEFAULT_SPLITS)
 ALL_SPLITS = "all"
@@ -42,6 +47,7 @@ _FIXED_CLASS_READERS = {
     "flowers102": read_flowers102,
     "stanford_cars": read_stanford_cars,
     "caltech101": read_caltech101,
+    **{name: layout.read for name, layout in BENCHMARK_LAYOUTS.items()},
 }
 
 
@@ -49,7 +55,8 @@ def load_dataset(
     spec: str, data_root: str | None = None, split: str | None = None, classes: str | None = None
 ) -> Dataset:
     """Read a dataset from ``spec``: a ``.jsonl`` manifest path (optionally ``path.jsonl:split``)
-    or ``NAME[:split]`` with NAME in ``LAYOUTS``.
+    or ``NAME[:split]`` with NAME in ``LAYOUTS``, or a source at scale (``wds:PATH_OR_GLOB``,
+    ``hf-dataset:PATH[:split]``, see ``vlmclf.data.sources``).
 
     A ``:split`` in the spec overrides ``split``; otherwise the layout's default split is used
     (``DEFAULT_SPLITS``; a manifest keeps all lines). ``classes`` (a shipped list name or a
@@ -60,6 +67,8 @@ def load_dataset(
     wanted_split = spec_split or split
     if name.lower().endswith(".jsonl"):
         return read_manifest(name, data_root, wanted_split, classes)
+    if is_source_spec(name):
+        return read_source(name, wanted_split, classes)
     if name not in LAYOUTS:
         raise ValueError(
             f"unknown dataset {name!r}: use a .jsonl manifest or one of {', '.join(LAYOUTS)}"
@@ -80,7 +89,10 @@ def load_dataset(
 
 
 def parse_dataset_spec(spec: str) -> tuple[str, str | None]:
-    """``'imagenet:val'`` -> ``('imagenet', 'val')``; ``'x.jsonl'`` -> ``('x.jsonl', None)``."""
+    """``'imagenet:val'`` -> ``('imagenet', 'val')``; ``'x.jsonl'`` -> ``('x.jsonl', None)``;
+    ``wds:`` and ``hf-dataset:`` specs as ``vlmclf.data.sources`` splits them."""
+    if is_source_spec(spec):
+        return split_source_spec(spec)
     if spec.lower().endswith(".jsonl") or ":" not in spec:
         return spec, None
     name, split = spec.rsplit(":", 1)
@@ -172,15 +184,17 @@ def read_manifest(
     if split is not None and not selected:
         present = sorted({r.split or "(no split field)" for r in rows})
         raise ValueError(f"{manifest}: no lines with split {split!r} (splits present: {present})")
-    examples = _manifest_examples(manifest, selected, index, base)
+    examples = _manifest_examples(manifest, selected, index, base, rows)
     return Dataset(manifest.stem, split or ALL_SPLITS, class_names, examples)
 
 
 def _manifest_examples(
-    manifest: Path, rows: list[ManifestRow], index: dict[str, int], base: Path
-) -> list[Example]:
+    manifest: Path, rows: list[ManifestRow], index: dict[str, int], base: Path,
+    all_rows: list[ManifestRow] | None = None,
+) -> list[Example]:  # fmt: skip
     first_row: dict[str, ManifestRow] = {}
     examples = []
+    keys = _location_free_keys(all_rows or rows, base)
     for row in rows:
         image = Path(row.image)
         path = image if image.is_absolute() else base / image
@@ -188,8 +202,28 @@ def _manifest_examples(
         if same_file in first_row:
             raise ValueError(_duplicate_image_message(manifest, row, first_row[same_file]))
         first_row[same_file] = row
-        examples.append(file_example(row.image, index[row.label], row.split or ALL_SPLITS, path))
+        example = file_example(row.image, index[row.label], row.split or ALL_SPLITS, path)
+        key = keys.get(row.image)
+        examples.append(example if key is None else replace(example, key=key))
     return examples
+
+
+def _location_free_keys(rows: list[ManifestRow], base: Path) -> dict[str, str]:
+    """Seed keys for the absolute image paths of a manifest (relative ones are keys already):
+    the path relative to ``base`` (the data root or the manifest's folder) where the image lies
+    under it, else relative to the folder all the manifest's absolute images share, so that
+    the same images listed from another folder or machine draw the same offered labels."""
+    absolute = [row.image for row in rows if Path(row.image).is_absolute()]
+    if not absolute:
+        return {}
+    base = Path(os.path.abspath(base))
+    root = Path(os.path.commonpath([os.path.dirname(image) for image in absolute]))
+    keys = {}
+    for image in absolute:
+        path = Path(image)
+        anchor = base if path.is_relative_to(base) else root
+        keys[image] = path.relative_to(anchor).as_posix()
+    return keys
 
 
 def _duplicate_image_message(manifest: Path, row: ManifestRow, first: ManifestRow) -> str:
@@ -206,10 +240,29 @@ def _duplicate_image_message(manifest: Path, row: ManifestRow, first: ManifestRo
     return message
 
 
+MAX_MANIFEST_LINE_BYTES = 1 << 20
+"""A manifest line holds one image's path, label and split: 1 MiB is far beyond any real one,
+and reading a 1 GB line whole would take gigabytes of memory before it could be refused."""
+
+
+def _bounded_lines(manifest: Path, lines: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of each line; a line over ``MAX_MANIFEST_LINE_BYTES`` is an error
+    naming it, found after reading at most that much of it."""
+    number = 0
+    while raw := lines.readline(MAX_MANIFEST_LINE_BYTES + 1):
+        number += 1
+        if len(raw) > MAX_MANIFEST_LINE_BYTES and not raw.endswith(b"\n"):
+            raise ValueError(
+                f"{manifest} line {number}: longer than {MAX_MANIFEST_LINE_BYTES // 1024} KiB; "
+                "a manifest line holds one image's path, label and split (is this a manifest?)"
+            )
+        yield number, raw
+
+
 def _parse_manifest(manifest: Path) -> list[ManifestRow]:
     rows = []
     with manifest.open("rb") as lines:
-        for number, raw in enumerate(lines, start=1):
+        for number, raw in _bounded_lines(manifest, lines):
             text = _decode_manifest_line(manifest, number, raw)
             if text.strip():
                 rows.append(_parse_manifest_line(manifest, number, text))

@@ -27,6 +27,16 @@ class Example:
     loader: Callable[[], Image.Image]
     prompt: str | None = None
     """Text that belongs to this example only (an ImageWikiQA question); None for classification."""
+    key: str | None = None
+    """A location-independent name for per-example seeds where ``id`` is not one (a manifest's
+    absolute image path: the path relative to the data root, the manifest's folder or the
+    images' common folder); None: ``id`` is location-independent already."""
+
+    @property
+    def seed_key(self) -> str:
+        """What per-example random draws (the offered labels) are seeded from: the same for a
+        dataset copied or moved elsewhere."""
+        return self.key if self.key is not None else self.id
 
     def load(self) -> Image.Image:
         """Decode the image as RGB, or raise BadExampleError naming the source and the reason."""

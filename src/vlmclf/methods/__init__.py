@@ -96,7 +96,16 @@ def make_method(model: object, class_names: list[str], spec: RunSpec) -> Method:
 
 
 def use_prompt_template(model: object, spec: RunSpec) -> None:
-    """Give the model the run's prompt template (the one hook where prompts are formatted)."""
+    """Give the model the run's prompt template (the one hook where prompts are formatted) and
+    the marker its answers are read after (``options["answer_marker"]``, the paper's reading)."""
+    marker = spec.options.get("answer_marker")
+    if hasattr(model, "answer_marker"):  # reset too: a model may serve several runs
+        model.answer_marker = None if marker is None else str(marker)  # type: ignore[attr-defined]
+    elif marker is not None:
+        raise ValueError(
+            f"{spec.model}: the answer cannot be read after {marker!r} (the protocol's reading "
+            "of the whole decoded sequence needs an hf: or random: model)"
+        )
     if not hasattr(model, "prompt_template"):
         if spec.prompt_template is not None:
             raise ValueError(

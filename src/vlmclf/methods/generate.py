@@ -2,7 +2,9 @@
 
 Open world asks the question alone; closed world appends the label set (the true label plus K-1
 other names, sampled per example so every model sees the same choices). Success is the paper's
-containment rule; the strict label is the longest class name found at word boundaries. An empty,
+containment rule; the strict label is the longest class name found at word boundaries. With
+``--format mc`` the choices are lettered options and the letter is read by MMMU's rule
+(``vlmclf.methods.letters``): the prediction is that option's class, or none. An empty,
 refused or truncated answer is an answer: it is stored with a ``flag`` and counts as wrong.
 """
 
@@ -10,8 +12,8 @@ from __future__ import annotations
 
 import time
 
-from vlmclf.data.choices import sample_choices
 from vlmclf.methods.base import LoadedExample, PromptedMethod
+from vlmclf.methods.letters import option_letters, parse_choice_mmmu
 from vlmclf.methods.matching import contains_name, match_label
 from vlmclf.methods.outcomes import flag_of_text, record_without_text
 from vlmclf.methods.prompts import COT_MAX_NEW_TOKENS, DEFAULT_MAX_NEW_TOKENS
@@ -37,8 +39,7 @@ class GenerateMethod(PromptedMethod):
         if prompt_length is None or not context:
             return []
         if self.spec.setting == "closed":
-            all_choices = sample_choices(0, self.class_names, self.spec.k, "fixed", 0, "preflight")
-            question = self.question_for(all_choices)
+            question = self.question_for(self.preflight_choices())
         else:
             question = self.question_for(None)
         needed = prompt_length(question) + self.max_new_tokens
@@ -51,7 +52,7 @@ class GenerateMethod(PromptedMethod):
         ]
 
     def predict(self, batch: list[LoadedExample]) -> list[Prediction]:
-        choices = [self.choices_for(item.example.id, item.example.label) for item in batch]
+        choices = [self.choices_for(e.id, e.label, e.key) for e in (i.example for i in batch)]
         questions = [self.question_for(c) for c in choices]
         start = time.perf_counter()
         answers = self.model.generate(
@@ -70,13 +71,27 @@ class GenerateMethod(PromptedMethod):
         if not isinstance(answer, str):  # an API call that gave no text for this example
             return record_without_text(example.id, example.label, answer, choices)
         truth = self.class_names[example.label]
+        if self.spec.answer_format == "mc" and choices is not None:
+            pred = lettered_answer(answer, choices, self.class_names)
+            hit = pred is not None and self.class_names[pred] == truth
+        else:
+            pred = match_label(answer, self.class_names, choices)
+            hit = contains_name(answer, truth)
         return Prediction(
             example_id=example.id,
             label=example.label,
             text=answer,
             choices=choices,
-            pred=match_label(answer, self.class_names, choices),
-            hit=contains_name(answer, truth),
+            pred=pred,
+            hit=hit,
             seconds=seconds,
             flag=flag_of_text(answer),
         )
+
+
+def lettered_answer(answer: str, choices: list[int], class_names: list[str]) -> int | None:
+    """The class of the option letter the answer picks (MMMU's rule), None when it names none."""
+    letters = option_letters(len(choices))
+    options = {letter: class_names[index] for letter, index in zip(letters, choices, strict=True)}
+    letter = parse_choice_mmmu(answer, options)
+    return None if letter is None else choices[letters.index(letter)]

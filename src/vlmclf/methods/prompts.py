@@ -15,6 +15,8 @@ import json
 import string
 from pathlib import Path
 
+from vlmclf.methods.letters import lettered_options
+
 QUESTIONS: dict[str, str] = {
     "base": "What type of object is in this photo?",
     "alt1": "Identify the object in this image.",
@@ -131,14 +133,19 @@ def closed_world_suffix(choice_names: list[str]) -> str:
     return f'Choose one from "{", ".join(choice_names)}".'
 
 
-def build_question(prompt: str, choice_names: list[str] | None = None, cot: bool = False) -> str:
+def build_question(
+    prompt: str, choice_names: list[str] | None = None, cot: bool = False, lettered: bool = False
+) -> str:
     """The full user text: the question, the label set when closed-world, then CoT if asked.
 
     A wording holding ``{labels}`` (the thesis's) gets the names joined by ", " in place of
-    the closed-world suffix.
+    the closed-world suffix. ``lettered`` (``--format mc``) lists the names as "A. name" lines
+    with LLaVA's multiple-choice instruction instead.
     """
     question = open_question(prompt)
-    if "{labels}" in question:
+    if lettered and choice_names is not None:
+        parts = [question + "\n" + lettered_options(choice_names)]
+    elif "{labels}" in question:
         if choice_names is None:
             raise ValueError(
                 f"--prompt {prompt}: this wording lists the labels; use --setting closed"
@@ -172,7 +179,8 @@ def _check_template(path: Path, index: int, template: object) -> None:
 
 
 def load_templates(name: str) -> list[str]:
-    """CLIP templates by name (paper, paper_code, imagenet80) or a JSON list of '{}' strings."""
+    """CLIP templates by name (paper, paper_code, imagenet80), a JSON list of '{}' strings, or
+    CLIP_benchmark's ``zeroshot_classification_templates.txt`` (one a line, ``{c}``: the name)."""
     if name == "paper":
         return list(PAPER_TEMPLATES)
     if name == "paper_code":
@@ -182,8 +190,10 @@ def load_templates(name: str) -> list[str]:
     path = Path(name)
     if not path.is_file():
         raise ValueError(
-            f"--templates: expected 'paper', 'imagenet80' or a JSON file, got {name!r}"
+            f"--templates: expected 'paper', 'imagenet80', a JSON file or a .txt file, got {name!r}"
         )
+    if path.suffix.lower() == ".txt":
+        return _clip_benchmark_templates(path)
     try:
         templates = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as err:
@@ -194,6 +204,20 @@ def load_templates(name: str) -> list[str]:
         ) from err
     if not isinstance(templates, list) or not templates:
         raise ValueError(f"--templates {path}: expected a non-empty JSON list of template strings")
+    for i, template in enumerate(templates):
+        _check_template(path, i, template)
+    return templates
+
+
+def _clip_benchmark_templates(path: Path) -> list[str]:
+    """A text file of templates, one a line, naming the class ``{c}`` as CLIP_benchmark does."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--templates {path}: not UTF-8 text ({err.reason})") from err
+    templates = [line.strip().replace("{c}", "{}") for line in lines if line.strip()]
+    if not templates:
+        raise ValueError(f"--templates {path}: no templates (one a line, {{c}} for the class)")
     for i, template in enumerate(templates):
         _check_template(path, i, template)
     return templates

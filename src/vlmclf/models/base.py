@@ -59,9 +59,11 @@ class VisionLanguageModel(Protocol):
         ...
 
     def hidden_features(
-        self, images: list[Image.Image], questions: list[str], layer: int = -1
-    ) -> HiddenFeatures:
-        """Hidden states of ``layer`` for each prompt, float32 on CPU."""
+        self, images: list[Image.Image], questions: list[str], layer: int = -1,
+        positions: str = "real",
+    ) -> HiddenFeatures:  # fmt: skip
+        """Hidden states of ``layer`` for each prompt, float32 on CPU; the mean over the real
+        tokens (``positions="real"``) or over every position, pads included (``"all"``)."""
         ...
 
 

@@ -50,6 +50,23 @@ def from_pretrained_kwargs(
     return kwargs
 
 
+def as_loaded_in(model: nn.Module, dtype: str) -> nn.Module:
+    """``model`` as ``type(model).from_pretrained(dir, dtype=...)`` gives it from its saved
+    weights: parameters in ``dtype``, buffers as transformers keeps them (the rotary
+    ``inv_freq`` stays float32, which ``model.to(dtype)`` would round), ``_keep_in_fp32``
+    modules kept. A model already in ``dtype`` (loaded that way) is returned as it is."""
+    import tempfile
+
+    wanted = torch_dtype(dtype)
+    loaded_so = getattr(getattr(model, "config", None), "dtype", None) == wanted  # from_pretrained
+    if loaded_so or next(model.parameters()).dtype == wanted:
+        return model
+    with tempfile.TemporaryDirectory(prefix="vlmclf-dtype-") as folder:
+        model.save_pretrained(folder)
+        loaded = type(model).from_pretrained(folder, dtype=wanted)
+    return loaded.eval()
+
+
 def features_tensor(output: Any) -> torch.Tensor:
     """``get_image_features`` / ``get_text_features`` return a tensor in some releases and an
     output object (embeddings in ``pooler_output``) in others."""

@@ -19,6 +19,8 @@ from vlmclf.models.base import HiddenFeatures
 from vlmclf.models.families import FamilyAdapter
 from vlmclf.models.prompt_formats import fill_template, image_token
 
+FEATURE_POSITIONS = ("real", "all")
+"""How ``hidden_features`` pools: over the real tokens (clean) or every position (the paper)."""
 PROBE_IMAGE_SIZE = (448, 448)
 """(width, height) of the blank image ``prompt_length`` counts with by default. LLaVA-NeXT and
 Qwen2-VL give an image more or fewer tokens depending on its size; pass ``image_size``."""
@@ -74,6 +76,7 @@ class HFVisionLanguageModel:
         self.context_length = int(getattr(self.text_config, "max_position_embeddings", 0) or 0)
         self.is_encoder_decoder = bool(getattr(self.text_config, "is_encoder_decoder", False))
         self.prompt_template: str | None = None  # a protocol's override of the family format
+        self.answer_marker: str | None = None  # read the answer after it (the paper's code)
 
     def format_prompt(self, question: str) -> str:
         """The family's full prompt for a bare question, with the image placeholder; a run's
@@ -175,22 +178,39 @@ class HFVisionLanguageModel:
     ) -> list[list[int]]:
         """Greedy continuation token ids per pair (prompt, padding and the tokens after the
         first end-of-sequence removed; that token itself kept)."""
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        batch = self.build_inputs(images, questions)
-        config = self._greedy_config(max_new_tokens)
-        with torch.inference_mode():
-            output = self.model.generate(**batch, generation_config=config)
+        batch, config, output = self._generate_output(images, questions, max_new_tokens)
         new_tokens = output if self.is_encoder_decoder else output[:, batch["input_ids"].shape[1] :]
         eos = config.eos_token_id
         stops = set(eos if isinstance(eos, list) else [eos]) - {None}
         skip_first = {config.decoder_start_token_id} if self.is_encoder_decoder else set()
         return [_until_stop(row.tolist(), stops, skip_first) for row in new_tokens]
 
+    def _generate_output(
+        self, images: list[Image.Image], questions: list[str], max_new_tokens: int
+    ) -> tuple[BatchFeature, GenerationConfig, torch.Tensor]:
+        """(inputs, greedy config, ``generate``'s output as it is: prompt, pads and all)."""
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        batch = self.build_inputs(images, questions)
+        config = self._greedy_config(max_new_tokens)
+        with torch.inference_mode():
+            output = self.model.generate(**batch, generation_config=config)
+        return batch, config, output
+
     def generate(
         self, images: list[Image.Image], questions: list[str], max_new_tokens: int
     ) -> list[str]:
-        """Greedy answers with the prompt stripped, one per (image, question) pair."""
+        """Greedy answers with the prompt stripped, one per (image, question) pair.
+
+        With an ``answer_marker`` the answer is read as the paper's code reads it: the whole
+        output decoded (prompt included), then the text after the marker's last occurrence
+        (``ASSISTANT:``, ``Answer:``, ``[/INST]``); it differs from the new tokens where the
+        prompt ends inside the answer (a CoT cue after the marker) or the model writes the
+        marker again."""
+        if self.answer_marker is not None:
+            _, _, output = self._generate_output(images, questions, max_new_tokens)
+            texts = self.tokenizer.batch_decode(output, skip_special_tokens=True)
+            return [text.split(self.answer_marker)[-1].strip() for text in texts]
         rows = self.generate_tokens(images, questions, max_new_tokens)
         texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
         return [text.strip() for text in texts]
@@ -203,23 +223,34 @@ class HFVisionLanguageModel:
         return int(batch["attention_mask"].sum())
 
     def hidden_features(
-        self, images: list[Image.Image], questions: list[str], layer: int = -1
-    ) -> HiddenFeatures:
+        self, images: list[Image.Image], questions: list[str], layer: int = -1,
+        positions: str = "real",
+    ) -> HiddenFeatures:  # fmt: skip
         """Layer ``layer`` of the language model (0 = embeddings, -1 = last) at each prompt's
-        last token and averaged over its real (unpadded) tokens, image tokens included."""
+        last token and averaged over its tokens, image tokens included.
+
+        ``positions="real"`` numbers positions past left padding and averages the real tokens
+        only; ``"all"`` is the paper's ``extract_feature.py``: the processor's batch sent as it
+        is and the mean taken over every position, pads included where a batch pads."""
         if self.is_encoder_decoder:
             raise ValueError(
                 f"{self.name}: hidden_features needs a decoder-only language model, "
                 "this one is encoder-decoder"
             )
+        if positions not in FEATURE_POSITIONS:
+            raise ValueError(f"positions must be one of {FEATURE_POSITIONS}, got {positions!r}")
         batch = self.build_inputs(images, questions)
+        inputs = self.forward_inputs(batch) if positions == "real" else dict(batch)
         with torch.inference_mode():
-            output = self.model(
-                **self.forward_inputs(batch), output_hidden_states=True, use_cache=False
-            )
+            output = self.model(**inputs, output_hidden_states=True, use_cache=False)
         states = text_hidden_states(output)
         if not -len(states) <= layer < len(states):
             raise ValueError(f"layer {layer} out of range for {len(states)} hidden states")
+        if positions == "all":  # pooled in the model's dtype, as the paper's code pools
+            raw = states[layer]
+            return HiddenFeatures(
+                last_token=raw[:, -1].float().cpu(), mean=raw.mean(dim=1).float().cpu()
+            )
         hidden = states[layer].float()
         mask = batch["attention_mask"].to(hidden.device)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
@@ -313,9 +344,10 @@ def wrap_model(
     dtype: str = "float32",
     placed: bool = False,
 ) -> HFVisionLanguageModel | HFImageTextEncoder:
-    """Move ``model`` to ``device``/``dtype`` (unless ``placed`` by a device map) and wrap it."""
+    """Put ``model`` in ``dtype`` as transformers loads it and on ``device`` (unless ``placed``
+    by a device map), and wrap it."""
     if not placed:
-        model = model.to(device=compat.torch_device(device), dtype=compat.torch_dtype(dtype))
+        model = compat.as_loaded_in(model, dtype).to(device=compat.torch_device(device))
     if adapter.kind == "encoder":
         return HFImageTextEncoder(model, processor, adapter, name)
     return HFVisionLanguageModel(model, processor, adapter, name)

@@ -143,8 +143,8 @@ def load_hf_image_classifier(
     model = AutoModelForImageClassification.from_pretrained(
         ident, config=config, **compat.from_pretrained_kwargs(dtype, device_map, trust_remote_code)
     )
-    if device_map is None:
-        model = model.to(device=compat.torch_device(device), dtype=compat.torch_dtype(dtype))
+    if device_map is None:  # from_pretrained put it in dtype; .to(dtype) would round buffers
+        model = model.to(device=compat.torch_device(device))
     return HFImageClassifier(model, image_processor, f"hf:{ident}")
 
 
@@ -205,5 +205,5 @@ def load_random_classifier(
     family: str, *, device: str = "cpu", dtype: str = "float32", seed: int = 0
 ) -> HFImageClassifier:
     model, processor = build_random_classifier(family, seed)
-    model = model.to(device=compat.torch_device(device), dtype=compat.torch_dtype(dtype))
+    model = compat.as_loaded_in(model, dtype).to(device=compat.torch_device(device))
     return HFImageClassifier(model, processor, f"random:{family}")

@@ -9,6 +9,7 @@ with three labels and an offline tokenizer framed like BART's (``<s> premise </s
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,33 @@ class NLIModel:
             logits = self.model(**batch).logits.float()
             out.extend(torch.softmax(logits, dim=-1)[:, self.entailment_id].cpu().tolist())
         return out
+
+    @torch.no_grad()
+    def pair_logits(self, premises: Sequence[str], hypotheses: Sequence[str]) -> list[Any]:
+        """The model's float32 logits (a numpy row) for each pair, each pair run alone and
+        unpadded and tokenized as transformers' zero-shot pipeline does (truncating the premise
+        to the tokenizer's own limit)."""
+        if len(premises) != len(hypotheses):
+            raise ValueError(f"{len(premises)} premises but {len(hypotheses)} hypotheses")
+        names = self.tokenizer.model_input_names
+        out = []
+        for premise, hypothesis in zip(premises, hypotheses, strict=True):
+            batch = self._pipeline_tokens(premise, hypothesis)
+            inputs = {k: v.to(self.device) for k, v in batch.items() if k in names}
+            if "use_cache" in inspect.signature(self.model.forward).parameters:
+                inputs["use_cache"] = False
+            out.append(self.model(**inputs).logits.float().cpu().numpy()[0])
+        return out
+
+    def _pipeline_tokens(self, premise: str, hypothesis: str) -> Any:
+        try:
+            return self.tokenizer(
+                [[premise, hypothesis]], padding=True, truncation="only_first", return_tensors="pt"
+            )
+        except Exception as err:  # the pipeline's own fallback, for slow tokenizers
+            if "too short" not in str(err):
+                raise
+            return self.tokenizer([[premise, hypothesis]], padding=True, return_tensors="pt")
 
 
 def load_nli(spec: str, device: str = "cpu", seed: int = 0) -> NLIModel:

@@ -55,9 +55,25 @@ def split_spec(spec: str) -> tuple[str, str]:
     if not sep or not prefix or not name:
         raise ValueError(
             f"model spec {spec!r} must look like 'prefix:name' "
-            f"(known prefixes: {', '.join(known_prefixes())})"
+            f"(known prefixes: {', '.join(known_prefixes())}, and for API models openai, "
+            "anthropic, gemini)"
         )
     return prefix, name
+
+
+def loader_for(spec: str) -> ModelLoader:
+    """The loader of the spec's prefix, or a ValueError naming the known ones; loads nothing,
+    so a mistyped model is refused before any work."""
+    prefix, _ = split_spec(spec)
+    if prefix not in _LOADERS:
+        _import_plugins()
+    loader = _LOADERS.get(prefix)
+    if loader is None:
+        raise ValueError(
+            f"unknown model prefix {prefix!r} in {spec!r}; known prefixes: "
+            f"{', '.join(known_prefixes())}, and for API models openai, anthropic, gemini"
+        )
+    return loader
 
 
 def load_model(
@@ -75,15 +91,8 @@ def load_model(
     ``device_map="auto"`` is passed to ``from_pretrained`` (then ``device`` is not used).
     ``seed`` fixes the weights of ``random:`` models.
     """
-    prefix, name = split_spec(spec)
-    if prefix not in _LOADERS:
-        _import_plugins()
-    loader = _LOADERS.get(prefix)
-    if loader is None:
-        raise ValueError(
-            f"unknown model prefix {prefix!r} in {spec!r}; known prefixes: "
-            f"{', '.join(known_prefixes())}, and for API models openai, anthropic, gemini"
-        )
+    loader = loader_for(spec)
+    _, name = split_spec(spec)
     return loader(
         name,
         device=device,
@@ -92,6 +101,12 @@ def load_model(
         trust_remote_code=trust_remote_code,
         seed=seed,
     )
+
+
+def check_spec(spec: str) -> None:
+    """ValueError (one line) unless ``spec`` names a local model kind this vlmclf can load;
+    loads nothing, so a command can check it before it stores anything."""
+    loader_for(spec)
 
 
 def is_encoder(model: object) -> bool:

@@ -229,10 +229,12 @@ class OrganismVLM:
         return [text.strip() for text in texts]
 
     def hidden_features(
-        self, images: list[Image.Image], questions: list[str], layer: int = -1
-    ) -> HiddenFeatures:
+        self, images: list[Image.Image], questions: list[str], layer: int = -1,
+        positions: str = "real",
+    ) -> HiddenFeatures:  # fmt: skip
         """Layer ``layer`` of the LM (0 = embeddings, -1 = last) at each prompt's last token and
-        averaged over its real tokens, visual tokens included; float32 on CPU."""
+        averaged over its real tokens (``positions="all"``: every position, pads included),
+        visual tokens included; float32 on CPU."""
         embeds, mask = self.prompt_embeddings(images, questions)
         with torch.inference_mode():
             output = self.forward(embeds, mask, output_hidden_states=True, use_cache=False)
@@ -241,5 +243,7 @@ class OrganismVLM:
             raise ValueError(f"layer {layer} out of range for {len(states)} hidden states")
         hidden = states[layer].float()
         weights = mask.to(hidden.dtype).unsqueeze(-1)
+        if positions == "all":
+            weights = torch.ones_like(weights)
         mean = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
         return HiddenFeatures(last_token=hidden[:, -1].cpu(), mean=mean.cpu())

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from vlmclf.data.readers import parse_dataset_spec
-from vlmclf.paper.protocols import resolve
+from vlmclf.paper.protocols import load_protocol, model_family, resolve
 
 PROBE_OPTIONS = (
     "epochs", "lr", "probe_batch_size", "weight_decays", "val_fraction", "standardize",
@@ -64,3 +64,14 @@ def resolve_probe_options(
         if name in given and name not in explicit and value is not None:
             chosen[name] = value
     return chosen
+
+
+
+def probe_prompt(protocol: str, model: str) -> tuple[str | None, str]:
+    """(prompt template, pooled positions) of ``model``'s features under ``protocol``: the
+    paper's ``extract_feature.py`` sends its own per-family prompt (None: the family's chat
+    format) and averages over every position (``"all"``); clean averages the real tokens."""
+    rows = load_protocol(protocol)["experiments"].get("probe", {}).get("families")
+    family = model_family(model) if rows else None  # reading an hf: config costs a lookup
+    settings = resolve(protocol, "probe", family)
+    return settings.get("prompt_template"), settings.get("positions", "real")

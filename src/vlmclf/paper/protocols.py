@@ -135,7 +135,8 @@ def resolve_eval(
     """The eval options a run uses: the protocol's values, then every explicit option.
 
     ``given`` holds the parsed option values (defaults included), ``explicit`` the names the
-    user typed. Returns the same keys, plus ``prompt_template`` and ``family``.
+    user typed. Returns the same keys, plus ``prompt_template``, ``family`` and
+    ``answer_marker`` (the protocol reads a generated answer after it; None: the new tokens).
     """
     experiment = EVAL_EXPERIMENTS[method]
     # only a protocol with family rows needs the family (reading an hf: config costs a lookup)
@@ -170,6 +171,8 @@ def resolve_eval(
     else:
         chosen["prompt_template"] = prompt_template(settings, family, cot, protocol)
     chosen["family"] = family
+    chosen["answer_marker"] = settings.get("answer_marker") if method == "generate" else None
+    chosen["offer"] = settings.get("offer")
     return chosen
 
 

@@ -4,8 +4,8 @@ A table is a list of ``Step``s: one vlmclf command each, and how to read its ``-
 into cells (row, column). The settings come from the protocol (``vlmclf.paper.protocols``),
 passed as ``--protocol`` to eval and spelled out as options for the analyses; ``run_steps`` runs the
 commands as a user would (a subprocess each, resumable through the store) and ``layout`` writes
-the cells in the table's rows and columns next to the paper's published numbers where
-``data/protocols/published.json`` has one.
+the cells in the table's rows and columns, each beside the number the paper prints for it
+(``data/protocols/published.json``, matched in ``published_cells``) and the difference.
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Callable
-from importlib import resources
 from typing import Any
 
 from vlmclf.methods.prompts import PAPER_WORDINGS
 from vlmclf.paper.probe_settings import clip_baseline_values, epochs_for
 from vlmclf.paper.protocols import resolve, split_for
+from vlmclf.paper.published_cells import published_cell
 from vlmclf.paper.reproduce_likelihood import likelihood_table_cells
 from vlmclf.paper.steps import Cells, Context, Reader, Step, Table
+from vlmclf.report.published import beside
 
 # --------------------------------------------------------------------------- command pieces
 
@@ -155,8 +156,10 @@ def table3(ctx: Context) -> list[Step]:
         ]
         argv += ["--weight-decay", str(fine["weight_decay"]), "--warmup-ratio",
                  str(fine["warmup_ratio"]), "--batch-size", str(fine["batch_size"])]  # fmt: skip
+        argv += ["--protocol", ctx.protocol]  # the conversation trained and evaluated
         note = (
             f"then: vlmclf eval --model hf:<checkpoint> --method generate --match {fine['match']}"
+            " (--limit N scores it here, asked as it was trained)"
         )
         steps.append(Step((*argv, *_common(ctx)), lambda out, ctx: {}, note))
     return steps
@@ -282,10 +285,11 @@ TABLES: dict[str, Table] = {
         Table("table4", "ImageWikiQA", "rows: models; column: accuracy", table4),
         Table("table7", "Label order and chain of thought (closed world)",
               "rows: ablation; columns: datasets", table7,
-              notes=("which appendix table holds these rows is our reading of the scripts",)),
+              notes=("the paper prints these rows in its Table 2 ('label, fixed order', "
+                     "'label, random order', '+ CoT')",)),
         Table("table9", "Accuracy against the label-set size K (the numbers of Figures 2, 4)",
               "rows: model and dataset; columns: K", k_steps,
-              notes=("which appendix table holds these rows is our reading of the scripts",)),
+              notes=("the paper prints these numbers in its Table 7",)),
         Table("figure2", "Accuracy against the label-set size K", "rows: model and dataset; "
               "columns: K", k_steps),
         Table("figure3", "Training-data frequency against accuracy",
@@ -339,29 +343,20 @@ def _run_json(argv: list[str]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- layout
 
 
-def published_numbers() -> dict[str, Any]:
-    text = resources.files("vlmclf").joinpath("data/protocols/published.json").read_text()
-    return json.loads(text)
-
-
-def published_for(table: str, model: str) -> dict[tuple[str, str], float]:
-    """The paper's numbers for this table and model (keyed like our cells' columns)."""
-    wanted = model.removeprefix("hf:")
-    return {
-        (entry["row"], entry["column"]): entry["value"]
-        for entry in published_numbers()["cells"]
-        if entry["table"] == table and entry["model"] == wanted
-    }
+LEGEND = (
+    "Beside each of ours: (paper X, Δ d) the number the paper (or thesis) prints for the cell and "
+    "ours minus it; (paper N/A) the paper prints N/A; (no published number) it prints none for "
+    "this cell or this model. Published numbers: vlmclf/data/protocols/published.json."
+)
 
 
 def layout(table: Table, cells: Cells, ctx: Context) -> str:
-    """The cells as a Markdown table in the paper's rows and columns, with the paper's number
-    beside ours where the published-numbers file has it."""
+    """The cells as a Markdown table in the paper's rows and columns, each with the published
+    number beside it and the difference, or a note that there is none."""
     if table.name == "figure4":
         cells = relative_errors(cells)
     rows = list(dict.fromkeys(row for row, _ in cells))
     columns = list(dict.fromkeys(column for _, column in cells))
-    paper = published_for(table.name, ctx.model)
     percent = table.value not in ("correlation", "relative error")
     lines = [
         f"{table.title} ({table.value}; protocol {ctx.protocol})",
@@ -370,17 +365,12 @@ def layout(table: Table, cells: Cells, ctx: Context) -> str:
         "|---" * (len(columns) + 1) + "|",
     ]
     for row in rows:
-        values = []
-        for column in columns:
-            text = _fmt(cells.get((row, column)), percent)
-            if (row, column) in paper:
-                text += f" (paper {paper[(row, column)]:.1f})"
-            values.append(text)
+        values = [
+            beside(cells.get((row, column)), published_cell(table.name, row, column, ctx), percent)
+            for column in columns
+        ]
         lines.append(f"| {row} | " + " | ".join(values) + " |")
-    if not paper:
-        lines += ["", f"paper: no published number for {ctx.model} in "
-                  "data/protocols/published.json"]  # fmt: skip
-    return "\n".join(lines)
+    return "\n".join([*lines, "", LEGEND])
 
 
 def relative_errors(cells: Cells) -> Cells:
@@ -393,9 +383,3 @@ def relative_errors(cells: Cells) -> Cells:
             ok = value is not None and base is not None and base < 1.0
             out[(row, f"K={k}")] = (1.0 - value) / (1.0 - base) if ok else None  # type: ignore[operator]
     return out
-
-
-def _fmt(value: float | None, percent: bool) -> str:
-    if value is None:
-        return "-"
-    return f"{100 * value:.1f}" if percent else f"{value:.3f}"

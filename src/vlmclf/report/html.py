@@ -33,6 +33,7 @@ from vlmclf.report.html_parts import (
     pct,
     pct_ci,
 )
+from vlmclf.report.published import published_note, run_cell
 from vlmclf.report.runs import resolve_run_id
 from vlmclf.spec import RunSpec
 from vlmclf.store import AnalysisRecord, RunRecord, RunStore
@@ -43,7 +44,8 @@ CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:72em;padding:0 1em;color:#222}
 h1{font-size:1.5em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em;display:block;max-width:100%;
+overflow-x:auto}
 th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}
 th{background:#f0f0f0}td.num{text-align:right;white-space:nowrap}
 .ci{color:#666;font-size:.85em}.proto{font-size:.8em;background:#eef;padding:0 .3em}
@@ -136,8 +138,17 @@ def _cell_html(view: RunView) -> str:
     title = f"run {record.run_id}, n={s.get('n')}, failed={s.get('n_failed')}"
     return (
         f'<a href="#run-{esc(record.run_id)}" title="{esc(title)}">{pct(s.get("accuracy"))}</a> '
-        f"{pct_ci(s.get('ci95'))}{status}"
+        f"{pct_ci(s.get('ci95'))}{status}{_published_html(view)}"
     )
+
+
+def _published_html(view: RunView) -> str:
+    """The number the paper prints for this cell and ours minus it, or that it prints none."""
+    cell = run_cell(view.record.spec)
+    accuracy = view.summary.get("accuracy")
+    ours = float(accuracy) if isinstance(accuracy, int | float) else None
+    where = f' title="{esc(cell.where)}"' if cell is not None else ""
+    return f'<br><span class="paper"{where}>({esc(published_note(ours, cell))})</span>'
 
 
 def table1_html(views: Sequence[RunView]) -> str:
@@ -167,7 +178,8 @@ def table1_html(views: Sequence[RunView]) -> str:
         f'<table id="table1"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
         '<p class="note">Accuracy (%) with its 95% bootstrap interval over examples. Generation: '
         "the paper's rule (the answer contains the true class name); likelihood and CLIP: top-1 "
-        "over the class scores. Each number links to its run below.</p>"
+        "over the class scores. Each number links to its run below; under it, the number the "
+        "paper prints for that cell and ours minus it (Δ), or that it prints none.</p>"
     )
 
 
@@ -197,10 +209,17 @@ def per_class_comparisons_html(views: Sequence[RunView]) -> str:
     return "".join(parts)
 
 
+def per_class_title(record: RunRecord) -> str:
+    """The chart's own title names the run: model, setting, dataset and the run id."""
+    spec = record.spec
+    return (f"{spec.get('model')}, {setting_label(spec)}\n"
+            f"{dataset_label(spec)}, run {record.run_id[:8]}: per-class accuracy")  # fmt: skip
+
+
 def per_class_figures_html(views: Sequence[RunView]) -> str:
     figures = []
     for view in views:
-        uri = per_class_figure(view.per_class, "per-class accuracy")
+        uri = per_class_figure(view.per_class, per_class_title(view.record))
         if uri is None:
             continue
         caption = f"run {view.record.run_id}: {_run_caption(view.record)}"
@@ -215,12 +234,29 @@ SUMMARY_COLUMNS = ("n", "n_failed", "n_data_failed", "n_transient", "accuracy", 
                    "strict_accuracy", "top5", "balanced_accuracy", "macro_f1")  # fmt: skip
 
 
-def summary_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The headline numbers, in one row; counts a summary does not hold are left out."""
-    return [{name: summary.get(name) for name in SUMMARY_COLUMNS if name in summary}]
+def summary_rows(
+    summary: Mapping[str, Any], error_shares: Mapping[str, float] | None = None
+) -> list[dict[str, Any]]:
+    """The headline numbers, in one row; counts a summary does not hold are left out. A run
+    typed by ``vlmclf errors`` gets a column per open-world error type (its share)."""
+    row = {name: summary.get(name) for name in SUMMARY_COLUMNS if name in summary}
+    return [{**row, **(error_shares or {})}]
 
 
-def run_section_html(view: RunView) -> str:
+def error_shares_by_run(analyses: Sequence[AnalysisRecord]) -> dict[str, dict[str, float]]:
+    """Run id -> share of each error type, from its latest stored ``errors`` analysis."""
+    shares: dict[str, dict[str, float]] = {}
+    for analysis in sorted(analyses, key=lambda a: a.created_at):
+        result = analysis.result
+        if analysis.kind == "errors" and isinstance(result.get("shares"), dict):
+            shares[str(result.get("run_id"))] = {
+                kind: value.get("share") for kind, value in result["shares"].items()
+                if isinstance(value, dict)
+            }  # fmt: skip
+    return shares
+
+
+def run_section_html(view: RunView, error_shares: Mapping[str, float] | None = None) -> str:
     """The run's identity (id, status, stored spec, what the id hashes, meta other than the
     summary), its headline numbers with what their denominator counts, and its per-class table
     (collapsed)."""
@@ -234,7 +270,7 @@ def run_section_html(view: RunView) -> str:
         f'<span class="proto">{esc(protocol_label(record.spec))}</span>; status '
         f"{esc(record.status)}; {record.n_done} of {record.n_total} examples stored; "
         f"{record.elapsed_s:.1f} s; created {esc(record.created_at)}</p>",
-        html_table(summary_rows(view.summary)),
+        html_table(summary_rows(view.summary, error_shares)),
         f'<p class="note">{esc(denominator)}</p>' if denominator else "",
         _details(
             f"per-class accuracy ({len(view.classes)} classes)", class_table_html(view.classes)
@@ -252,13 +288,14 @@ def _details(summary_text: str, content_html: str) -> str:
     return f"<details><summary>{esc(summary_text)}</summary>{content_html}</details>"
 
 
-def analysis_section_html(analysis: AnalysisRecord) -> str:
+def analysis_section_html(analysis: AnalysisRecord, table_shown_above: bool = False) -> str:
+    """The analysis's figures, its table (unless the page shows it above), spec and result."""
     figures, problem = analysis_figures(analysis.kind, analysis.result)
     imgs = "".join(
         f'<figure><img alt="{esc(analysis.kind)} figure" src="{uri}"></figure>' for uri in figures
     )
     warn = f'<p class="warn">{esc(problem)}</p>' if problem else ""
-    table = analysis_table(analysis.kind, analysis.result)
+    table = [] if table_shown_above else analysis_table(analysis.kind, analysis.result)
     return (
         f'<section class="analysis" id="analysis-{esc(analysis.analysis_id)}">'
         f"<h3>{esc(analysis.kind)} {esc(analysis.analysis_id)}</h3>"
@@ -315,14 +352,21 @@ def page_html(
     views: Sequence[RunView],
     analyses: Sequence[AnalysisRecord],
     lead_html: str = "",
+    table_above: str | None = None,
 ) -> str:
     """The page; ``lead_html`` (markup the caller built with ``esc``) goes first, under the
-    title: the demo puts its findings there."""
+    title: the demo puts its findings there, and names the analysis (``table_above``) whose
+    table it already shows, so that the page shows it once."""
     from vlmclf import __version__
 
     generated = datetime.now(UTC).isoformat(timespec="seconds")
-    runs_html = "".join(run_section_html(v) for v in views) or '<p class="note">no runs</p>'
-    analyses_html = "".join(analysis_section_html(a) for a in analyses)
+    shares = error_shares_by_run(analyses)
+    runs_html = "".join(
+        run_section_html(v, shares.get(v.record.run_id)) for v in views
+    ) or '<p class="note">no runs</p>'
+    analyses_html = "".join(
+        analysis_section_html(a, table_shown_above=a.analysis_id == table_above) for a in analyses
+    )
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'

@@ -94,12 +94,27 @@ def analysis_figures(kind: str, result: dict[str, Any]) -> tuple[list[str], str 
     drawer = view_for(kind).draw
     if drawer is None:
         return [], None
-    with tempfile.TemporaryDirectory() as tmp, _pyplot():
+    with tempfile.TemporaryDirectory() as tmp:
         try:
-            paths = drawer(result, Path(tmp))
+            paths = _draw_as_saved(drawer, result, Path(tmp))
         except Exception as err:  # noqa: BLE001 - see the docstring
             return [], f"figure not drawn: {type(err).__name__}: {err}"
         return [png_data_uri(p) for p in paths if p.exists()], None
+
+
+def _draw_as_saved(drawer: Any, result: dict[str, Any], folder: Path) -> list[Path]:
+    """The figures as the analysis saves them to ``reports/`` (log-axis ticks are TeX); only
+    when a label holding ``$`` cannot be parsed as TeX, again with every label plain."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    try:
+        return drawer(result, folder)
+    except ValueError as err:
+        if "$" not in str(err) and "mathtext" not in str(err).lower():
+            raise
+    with _pyplot():
+        return drawer(result, folder)
 
 
 def analysis_table(kind: str, result: dict[str, Any]) -> list[dict[str, Any]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ def runs_rows(store_path: Path, with_identity: bool = False) -> list[dict[str, A
                 "method": spec.get("method")
                 + (f"/{spec['setting']}" if spec.get("setting") else ""),
                 "k": spec.get("k"),
+                "settings": run_settings(spec),
                 "status": record.status,
                 "n": summary.get("n", record.n_done),
                 "failed": summary.get("n_failed", record.n_failed),
@@ -43,6 +46,28 @@ def runs_rows(store_path: Path, with_identity: bool = False) -> list[dict[str, A
     return rows
 
 
+SHOWN_APART = frozenset({"model", "dataset", "split", "method", "setting", "k"})
+"""Spec fields that have their own column in ``vlmclf results``."""
+
+
+def run_settings(spec: dict[str, Any]) -> str:
+    """Every other setting the run's spec holds (defaults are not stored), as ``key=value``:
+    what tells apart runs that differ only by protocol, prompt, answer prefix, order, CoT..."""
+    flat: dict[str, Any] = {}
+    for key, value in spec.items():
+        if key == "options" and isinstance(value, dict):
+            flat.update(value)
+        elif key not in SHOWN_APART:
+            flat[key] = value
+    return " ".join(f"{key}={_setting_text(flat[key])}" for key in sorted(flat))
+
+
+def _setting_text(value: Any) -> str:
+    """Plain words as they are; text with spaces, quotes or nothing at all quoted."""
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    return text if re.fullmatch(r"[\w.:/+-]+", text) else json.dumps(text)
+
+
 def _identity_fields(record: RunRecord) -> dict[str, Any]:
     meta = record.meta or {}
     return {
@@ -54,6 +79,7 @@ def _identity_fields(record: RunRecord) -> dict[str, Any]:
         "legacy_identity": record.identity is None,
         "environment": meta.get("environment"),
         "environment_last": meta.get("environment_last"),
+        "threads": record.threads,
     }
 
 

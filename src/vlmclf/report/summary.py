@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlmclf.spec import RunSpec
+from vlmclf.spec import RunSpec, is_api_model
+from vlmclf.terminal import terminal_safe
 
 
 def _fmt(value: float | None, ci: list[float] | None = None) -> str:
@@ -32,6 +33,10 @@ def describe_spec(spec: RunSpec, split: str | None = None) -> str:
         what += f" {spec.setting}-world"
     if spec.k is not None:
         what += f" K={spec.k} ({spec.order} order)"
+    if spec.choices != "random":
+        what += f" {spec.choices} choices by {spec.choice_model}"
+    if spec.answer_format != "names":
+        what += f" format={spec.answer_format}"
     if spec.prompt != "base":
         what += f" prompt={spec.prompt}"
     if spec.cot:
@@ -98,7 +103,7 @@ def summary_table(run_id: str, spec: RunSpec, summary: dict[str, Any], store_pat
     rows.insert(2, ("protocol", protocol_line(spec)))  # right after "what"
     rows.append(("store", store_path))
     width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+    return "\n".join(f"{name:<{width}}  {terminal_safe(value)}" for name, value in rows)
 
 
 def summary_json(
@@ -116,7 +121,9 @@ def summary_json(
 
 def protocol_settings(spec: RunSpec) -> dict[str, Any]:
     """Every setting a protocol resolves for this run, as it was used (shown in every report)."""
-    settings: dict[str, Any] = {"prompt": spec.prompt, "dtype": spec.dtype}
+    settings: dict[str, Any] = {"prompt": spec.prompt}
+    if not is_api_model(spec.model):  # an API model's weights and their dtype are not ours
+        settings["dtype"] = spec.dtype
     if spec.method == "clip":
         settings["templates"] = spec.templates
         return settings

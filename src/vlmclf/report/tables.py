@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from vlmclf.report.cells import csv_cell, csv_row, latex_cell, markdown_cell
+from vlmclf.terminal import terminal_safe
 
 
 def _cell(value: Any) -> str:
@@ -19,9 +20,10 @@ def _cell(value: Any) -> str:
 
 
 def text_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Aligned columns with a header, for the terminal."""
-    columns = list(rows[0])
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    """Aligned columns with a header, for the terminal (every cell terminal-safe: model names,
+    datasets and class names come from outside)."""
+    columns = [terminal_safe(c, one_line=True) for c in rows[0]]
+    cells = [[terminal_safe(_cell(row.get(c)), one_line=True) for c in rows[0]] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]

@@ -96,6 +96,9 @@ def ensure_process_group() -> None:
     """Create this job's process group once (a no-op in a plain process)."""
     if not is_distributed():
         return
+    from vlmclf.run.launcher_watch import stop_with_launcher
+
+    stop_with_launcher()  # a rank whose launcher died must not go on alone
     import torch
     import torch.distributed as dist
 

@@ -174,6 +174,18 @@ def image_preprocessing_identity(image_max_side: int | None) -> dict[str, Any]:
     return {key: value for key, value in settings.items() if value is not None}
 
 
+# ----- half precision ------------------------------------------------------------------------
+HALF_PRECISION_LOADING = "from_pretrained"
+"""How a half-precision model is made: as ``from_pretrained(dir, dtype=...)`` makes it, buffers
+(rotary ``inv_freq``) kept in float32 (issue 25). Earlier runs cast the whole model, buffers
+included, and got other numbers; naming the rule keeps those runs from being resumed into."""
+
+
+def half_precision_identity(dtype: str) -> dict[str, str]:
+    """``{"half_precision": rule}`` for a float16/bfloat16 run, nothing for float32 (ids kept)."""
+    return {} if dtype == "float32" else {"half_precision": HALF_PRECISION_LOADING}
+
+
 # ----- the whole identity --------------------------------------------------------------------
 def content_identity(
     spec_json: str,
@@ -186,6 +198,8 @@ def content_identity(
     base_url: str | None,
     weights: str | None,
     examples: str,
+    choice_keys: str | None = None,
+    choices: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The identity as a JSON-ready dict: the spec plus the content it resolved to."""
     identity: dict[str, Any] = {
@@ -194,6 +208,7 @@ def content_identity(
         "classes": _sha(json.dumps(list(class_names))),
         "examples": examples,
     }
+    identity.update(half_precision_identity(identity["spec"].get("dtype", "float32")))
     optional = {
         "templates": None if templates is None else _sha(json.dumps(list(templates))),
         "prompts": None if prompts is None else _sha(json.dumps(list(prompts))),
@@ -201,6 +216,8 @@ def content_identity(
         "preprocessing": preprocessing or None,
         "base_url": base_url,
         "weights": weights,
+        "choice_keys": choice_keys,
+        "choices": choices,
     }
     identity.update({key: value for key, value in optional.items() if value is not None})
     return identity
@@ -213,10 +230,15 @@ def identity_run_id(identity: dict[str, Any]) -> str:
 
 # ----- environment (recorded, not hashed) ----------------------------------------------------
 def environment_facts(device: str) -> dict[str, str]:
-    """Library versions, device and image backend: recorded beside a run, never part of its id."""
+    """Library versions, device, torch's CPU thread count and image backend: recorded beside a
+    run, never part of its id. The thread count is one because CPU float sums are split by it:
+    likelihood scores move by up to ~1e-6 between thread counts (torchrun gives each rank one)."""
     from importlib.metadata import PackageNotFoundError, version
 
+    import torch
+
     facts = {"python": platform.python_version(), "device": device}
+    facts["torch_threads"] = str(torch.get_num_threads())
     for package in ("vlmclf", "torch", "transformers", "pillow", "open_clip_torch"):
         try:
             facts[package] = version(package)
@@ -235,10 +257,19 @@ def environment_facts(device: str) -> dict[str, str]:
     return facts
 
 
+LATER_FACTS = frozenset({"torch_threads"})
+"""Facts recorded since a later release: a run stored before has none, which is no change."""
+
+
 def environment_changes(before: dict[str, str], now: dict[str, str]) -> list[str]:
-    """``name old -> new`` for every recorded fact that differs."""
-    return [
-        f"{name} {before.get(name, '?')} -> {now.get(name, '?')}"
-        for name in sorted(set(before) | set(now))
-        if before.get(name) != now.get(name)
-    ]
+    """``name old -> new`` for every recorded fact that differs (a thread count with why)."""
+    names = sorted(set(before) | set(now))
+    changes = []
+    for name in names:
+        if before.get(name) == now.get(name) or (name in LATER_FACTS and name not in before):
+            continue
+        change = f"{name} {before.get(name, '?')} -> {now.get(name, '?')}"
+        if name == "torch_threads":
+            change += " (CPU scores can move by ~1e-6 with the thread count)"
+        changes.append(change)
+    return changes

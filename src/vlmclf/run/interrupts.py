@@ -44,11 +44,14 @@ def is_interruption(err: BaseException) -> bool:
 
 
 def mark_interrupted(finish: Callable[[], None], on_failure: Callable[[str], None]) -> None:
-    """Run ``finish`` (which marks a run interrupted); if the store cannot take even that write
-    (the disk is still full), report it through ``on_failure`` instead of hiding the first error."""
+    """Run ``finish`` (which marks a run interrupted); if the store cannot take even that write,
+    report it through ``on_failure`` instead of hiding the first error. A full disk needs no
+    report: the run's lease dies with this store object, so readers show it ``interrupted``
+    anyway (``vlmclf.store.leases``), and the error that stopped the run says the rest."""
     from vlmclf.store import StoreError
 
     try:
         finish()
     except StoreError as err:
-        on_failure(f"could not mark the run interrupted: {err}")
+        if not err.disk_full:
+            on_failure(f"could not mark the run interrupted: {err}")

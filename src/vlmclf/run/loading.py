@@ -13,7 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-API_PREFIXES = ("openai", "anthropic", "gemini")
+from vlmclf.spec import is_api_model
+
 AUTO = "auto"
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -36,13 +37,9 @@ class ModelOptions:
     price_file: str | None = None  # JSON prices for --max-cost and cost estimates
 
 
-def is_api_spec(spec: str) -> bool:
-    return spec.split(":", 1)[0] in API_PREFIXES
-
-
 def load_any_model(spec: str, options: ModelOptions) -> object:
     """Load the model a spec names, with the options that apply to its kind."""
-    if is_api_spec(spec):
+    if is_api_model(spec):
         from vlmclf.models.api import load_api_model
 
         return load_api_model(
@@ -65,6 +62,16 @@ def load_any_model(spec: str, options: ModelOptions) -> object:
         trust_remote_code=options.trust_remote_code,
         seed=options.seed,
     )
+
+
+def check_model(spec: str, options: ModelOptions) -> None:
+    """Refuse, before any work, an API model that would only fail once the run has started:
+    its key is not set or its server does not answer (the API's error, one line). A local
+    spec's prefix is checked with the other arguments (``models.registry.check_spec``)."""
+    if is_api_model(spec):
+        from vlmclf.models.api.loader import check_api_model
+
+        check_api_model(spec, options.base_url)
 
 
 class LastModelLoader:
@@ -117,7 +124,7 @@ def resolve_dtype(requested: str, model: str, device: str, *, training: bool = F
     name = parse_dtype(requested)
     if name != AUTO:
         return name
-    if device == "cpu" or is_api_spec(model):
+    if device == "cpu" or is_api_model(model):
         return "float32"
     found = checkpoint_dtype(model)
     return "bfloat16" if training and found == "float16" else found

@@ -9,10 +9,11 @@ that analyses and tests look at row by row.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from vlmclf.methods import finalize_prediction_chunks, needs_finalizing
 from vlmclf.metrics.columnar import summarize_columns
@@ -76,3 +77,23 @@ class StoredPredictions:
         if summarize_run is not None:
             return summarize_run(self.predictions(store), self.class_names)
         return summarize_columns(self.column_chunks(store), self.class_names)
+
+
+def export_run(
+    store: RunStore,
+    run_id: str,
+    path: str | Path | BinaryIO,
+    fmt: str,
+    sources: Mapping[str, str] | None = None,
+) -> int:
+    """``vlmclf export``: every stored prediction of ``run_id`` as the summary sees it, so a
+    run calibrated with the dataset-mean prior exports its calibrated scores, pred and hit (the
+    stored rows hold the uncalibrated ones until the whole run is in). Returns the count."""
+    record = store.get_run(run_id)
+    if record is None:
+        raise KeyError(f"no run {run_id!r} in {store.path}")
+    stored = StoredPredictions(
+        Path(store.path), run_id, RunSpec.model_validate(record.spec), record.class_names
+    )
+    chunks = stored.prediction_chunks(store)
+    return store.export(run_id, path, fmt, chunks=chunks, sources=sources)  # type: ignore[arg-type]

@@ -13,10 +13,16 @@ Under torchrun (``vlmclf.run.distributed``) the main rank alone opens the store,
 finds what is pending; every rank classifies its share of whole batches and the main rank writes
 each step's batches in the single-process order (``vlmclf.run.sharding``), so the stored result
 is the same whatever the number of ranks, and a killed job resumes with any number.
+
+The main rank holds the run's lease (``vlmclf.store.leases``) while it computes: a second process
+that starts the same run stops at once naming the first, and a run whose holder died is shown
+``interrupted``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import sys
 import time
@@ -29,6 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vlmclf.data import load_dataset
+from vlmclf.data.choices import sample_choices
 from vlmclf.data.types import Dataset, Example
 from vlmclf.methods import check_label_set_size
 from vlmclf.methods.base import LoadedExample, Method
@@ -42,6 +49,7 @@ from vlmclf.models.prompt_formats import fill_template
 from vlmclf.records import Prediction
 from vlmclf.run.batching import BatchSizer, predict_with_fallback
 from vlmclf.run.distributed import SharedResult, every_rank, from_main, is_main_process, on_main
+from vlmclf.run.hard_choices import check_hard_choices, choice_identity, mine_choices
 from vlmclf.run.identity import (
     content_identity,
     environment_changes,
@@ -58,8 +66,10 @@ from vlmclf.run.loading import ModelOptions, load_any_model
 from vlmclf.run.prefetch import decoded_batches
 from vlmclf.run.results import StoredPredictions, Summarizer
 from vlmclf.run.sharding import BatchShare, batch_share, gather_in_steps, pending_examples
-from vlmclf.spec import RunSpec
-from vlmclf.store import RunStore
+from vlmclf.spec import RunSpec, is_api_model
+from vlmclf.store import Heartbeat, RunBusyError, RunStore
+from vlmclf.store.leases import heartbeat_s
+from vlmclf.terminal import terminal_safe
 
 SUBSET_SEED = 0
 PAPER_SUBSET_SEED = 1234
@@ -81,6 +91,8 @@ class RunConfig:
     model: ModelOptions = field(default_factory=ModelOptions)
     verify_images: bool = False  # hash image bytes into the identity, not just size and mtime
     retry_failed: bool = False  # ask again about data failures too (transient ones always are)
+    wait_for_holder: bool = False  # another live process computes this run: wait, then resume
+    threads: int | None = None  # torch CPU threads (None: torch picks); environment torch_threads
 
 
 @dataclass
@@ -144,7 +156,8 @@ def _questions_sent(spec: RunSpec) -> list[str] | None:
         return None
     choices = None if spec.setting == "open" else ["{choices}"]
     cot_in_question = spec.cot and spec.prompt_template is None  # a template places CoT itself
-    return [build_question(spec.prompt, choices, cot_in_question), "{question}"]
+    lettered = spec.answer_format == "mc"
+    return [build_question(spec.prompt, choices, cot_in_question, lettered), "{question}"]
 
 
 def _max_new_tokens(spec: RunSpec) -> int | None:
@@ -155,9 +168,7 @@ def _max_new_tokens(spec: RunSpec) -> int | None:
 
 
 def _server_url(spec: RunSpec, options: ModelOptions) -> str | None:
-    from vlmclf.run.loading import is_api_spec
-
-    if not is_api_spec(spec.model) or options.base_url is None:
+    if not is_api_model(spec.model) or options.base_url is None:
         return None
     from vlmclf.models.api.keys import strip_credentials
 
@@ -188,12 +199,48 @@ def run_identity(spec: RunSpec, config: RunConfig, class_names: list[str],
         base_url=_server_url(spec, config.model),
         weights=weights_fingerprint(spec.model),
         examples=examples_fingerprint(examples, config.verify_images),
+        choice_keys=_choice_keys(spec, examples),
+        choices=choice_identity(spec),
     )
     shown = {
         "resolved_prompt": prompts[0] if prompts else None,
         "verify_images": config.verify_images,
+        "data": data_location(spec, config),
     }
     return identity, shown
+
+
+def _choice_keys(spec: RunSpec, examples: Sequence[Example]) -> str | None:
+    """A hash of the seed keys of a run that offers labels, where a key is not the example id
+    (a manifest's absolute paths): such runs drew from the ids before keys existed, so their
+    identity changes with the rule, and any other run keeps its id."""
+    offers = spec.setting == "closed" or spec.k is not None
+    if not offers or all(example.key is None for example in examples):
+        return None
+    keys = json.dumps([example.seed_key for example in examples])
+    return hashlib.sha256(keys.encode()).hexdigest()[:16]
+
+
+def cpu_threads(requested: int | None) -> int:
+    """Cap torch's CPU threads at ``requested`` (None: leave what torch picked); returns the
+    count the run computes with, recorded beside it (never part of its identity)."""
+    import torch
+
+    if requested is not None:
+        torch.set_num_threads(requested)
+    return torch.get_num_threads()
+
+
+def data_location(spec: RunSpec, config: RunConfig) -> dict[str, str | None]:
+    """Where the examples were read from, as absolute paths: lets ``export`` list the dataset
+    again for each example's image path (never part of the identity: the fingerprint is)."""
+
+    def absolute(path: str | None) -> str | None:
+        return str(Path(path).resolve()) if path and Path(path).exists() else path
+
+    dataset = absolute(spec.dataset) if spec.dataset.endswith(".jsonl") else spec.dataset
+    return {"dataset": dataset, "data_root": absolute(config.data_root),
+            "classes": absolute(config.classes)}  # fmt: skip
 
 
 ModelLoader = Callable[[str, ModelOptions], object]
@@ -216,10 +263,14 @@ def run(
     ``summarize_run`` replaces the summary with a task-specific one (given the whole prediction
     list: for small runs; by default the run is summarised from column chunks).
     """
-    warn = on_warning or (lambda message: print(f"warning: {message}", file=sys.stderr))
+    warn = on_warning or (
+        lambda message: print(f"warning: {terminal_safe(message)}", file=sys.stderr)
+    )
     if not is_main_process():  # under torchrun the main rank alone prints
         warn = _ignore
+    cpu_threads(config.threads)  # on every rank, before any model or image work
     dataset, examples, class_names = every_rank(lambda: _selected(spec, config, dataset))
+    hard = _hard_choices(spec, config, dataset, examples, class_names)
     # the whole dataset, not the --limit subset: a larger limit extends the run (a prefix)
     identity, shown = from_main(lambda: run_identity(spec, config, class_names, dataset.examples))
     run_id = identity_run_id(identity)
@@ -232,14 +283,20 @@ def run(
 
         def build() -> tuple[object, Method]:
             model = load_model(spec.model, config.model)
-            return model, build_method(model, class_names, spec)
+            method = build_method(model, class_names, spec)
+            use_examples = getattr(method, "use_examples", None)
+            if callable(use_examples):  # the paper's label stream runs over the whole split
+                use_examples(dataset.examples, {example.id for example in examples})
+            if hard is not None:
+                method.hard_choices = hard  # type: ignore[attr-defined]
+            return model, method
 
         def interrupted() -> None:
             store.finish_run(run_id, "interrupted", time.perf_counter() - started)
 
         try:
-            with sigterm_raises_terminated():
-                outcome = _execute(store, run_id, config, build, todo, already, warn)
+            with sigterm_raises_terminated(), _heartbeat_on_main(store, run_id) as beat:
+                outcome = _execute(store, run_id, config, build, todo, already, warn, beat)
         except BaseException as err:
             if store is None:  # the main rank records how the run ended
                 raise
@@ -284,6 +341,32 @@ def _selected(
     return dataset, examples, class_names
 
 
+def _hard_choices(
+    spec: RunSpec, config: RunConfig, dataset: Dataset, examples: list[Example],
+    class_names: list[str],
+) -> Callable[[str, int], list[int]] | None:  # fmt: skip
+    """The mined choice sets of ``--choices hard-*`` as a method's ``hard_choices`` (None for
+    random choices); mined on the main rank (the choice model loaded only for what the cache
+    lacks) and given to every rank."""
+    if spec.choices == "random":
+        return None
+    check_hard_choices(spec, len(set(class_names)))
+    mined = from_main(lambda: mine_choices(
+        spec, class_names, dataset.name, dataset.split, examples,
+        lambda choice_model: load_any_model(choice_model, config.model),
+    ))  # fmt: skip
+    assert spec.k is not None  # check_hard_choices
+
+    def offer(example_id: str, label: int) -> list[int]:
+        if mined.mode == "hard-image" and example_id not in mined.negatives:
+            # the preflight's stand-in id (a prompt-length check), or an image that failed to
+            # decode while mining, which fails again before any method sees it
+            return sample_choices(label, class_names, spec.k, spec.order, spec.seed, example_id)
+        return mined.offered(example_id, label, class_names, spec.k, spec.order, spec.seed)
+
+    return offer
+
+
 @contextmanager
 def _store_on_main(path: Path) -> Iterator[RunStore | None]:
     """The store, open on the main rank; None on the others (which never touch the file)."""
@@ -293,6 +376,17 @@ def _store_on_main(path: Path) -> Iterator[RunStore | None]:
         return
     with store:
         yield store
+
+
+@contextmanager
+def _heartbeat_on_main(store: RunStore | None, run_id: str) -> Iterator[Heartbeat | None]:
+    """On the main rank, the run's lease renewed in a thread while it computes (one logical
+    owner per torchrun job); None on the other ranks."""
+    if store is None:
+        yield None
+        return
+    with Heartbeat(lambda: store.renew_lease(run_id)) as beat:
+        yield beat
 
 
 def _start_on_main(
@@ -306,13 +400,34 @@ def _start_on_main(
     def start() -> tuple[dict, list[str], int]:
         assert store is not None
         environment = _check_environment(store, run_id, config, warn)
-        store.start_run(run_id, spec.canonical_json(), class_names, n_total=len(examples),
-                        identity=identity)  # fmt: skip
+        start_run = lambda: store.start_run(  # noqa: E731
+            run_id, spec.canonical_json(), class_names, n_total=len(examples), identity=identity
+        )
+        _start_or_wait(start_run, config.wait_for_holder, warn)
         done = store.done_ids(run_id, retry_data_failures=config.retry_failed)
         return environment, [e.id for e in examples if e.id not in done], len(done)
 
     environment, pending, already = from_main(start)
     return environment, every_rank(lambda: pending_examples(examples, pending)), already
+
+
+def _start_or_wait(
+    start_run: Callable[[], None], wait: bool, warn: Callable[[str], None]
+) -> None:
+    """Start the run; if another live process holds it, raise ``RunBusyError`` (naming it), or
+    with ``wait`` poll until the holder is gone, then take over what it left."""
+    told = False
+    while True:
+        try:
+            start_run()
+            return
+        except RunBusyError as busy:
+            if not wait:
+                raise
+            if not told:
+                warn(f"{busy}; waiting (--wait)")
+                told = True
+            time.sleep(heartbeat_s())
 
 
 def summarize_stored_run(
@@ -363,6 +478,7 @@ def _execute(
     todo: list[Example],
     already: int,
     warn: Callable[[str], None],
+    beat: Heartbeat | None = None,
 ) -> _Outcome:
     """Load the model only when something is left to do, then classify what is left. Under
     torchrun a rank loads its model only if it has batches to run (the main rank always has),
@@ -374,7 +490,8 @@ def _execute(
     warnings = method.preflight() if method is not None else []
     for message in warnings:
         warn(message)
-    written = _classify_all(store, run_id, method, share, config, len(todo) + already, already)
+    written = _classify_all(store, run_id, method, share, config, len(todo) + already, already,
+                            beat)  # fmt: skip
     usage = model.usage() if callable(getattr(model, "usage", None)) else None
     return _Outcome(written, warnings, usage)
 
@@ -387,6 +504,7 @@ def _classify_all(
     config: RunConfig,
     total: int,
     already: int,
+    beat: Heartbeat | None = None,
 ) -> int:
     """Classify this rank's ``share`` batch by batch, storing each batch before the next one
     starts: under torchrun the main rank (the one holding ``store``) writes every step's
@@ -407,6 +525,8 @@ def _classify_all(
     def write(step: list[list[Prediction]]) -> None:
         nonlocal written, failures
         assert store is not None  # only the main rank is given steps to write
+        if beat is not None:
+            beat.check()  # a process that lost the run's lease must not write on
         for predictions in step:
             written += store.add_predictions(run_id, predictions)
             failures += sum(not p.ok for p in predictions)

@@ -2,7 +2,8 @@
 
 Every answer is JSON (OpenAI's error shape for errors), including the stdlib's own errors
 (malformed request lines, unknown methods). Limits are checked in the order that costs least:
-connection count, API key, Content-Length, then the body is read under a socket timeout, then
+connection count, API key, Content-Length, then the body is read under a socket timeout and a
+total deadline (the request head has one too: ``serve.deadlines``), then
 the image header, then pixels are decoded (a few at a time), then the model is asked.
 """
 
@@ -23,6 +24,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from vlmclf.serve.batching import CLIENT_GONE, Job, MicroBatcher
+from vlmclf.serve.deadlines import BODY, BUSY, HEAD, default_body_timeout_s
 from vlmclf.serve.engine import ModelEngine
 from vlmclf.serve.images import ImageDecoder
 from vlmclf.serve.listener import ConnectionServer
@@ -47,6 +49,8 @@ class ServeLimits:
     max_pixels: int = 25_000_000
     decode_slots: int = 2
     read_timeout_s: float = 30.0
+    head_timeout_s: float = 10.0  # request line and headers, in total (also keep-alive idle)
+    body_timeout_s: float | None = None  # the body in total; None: 10 s + 1 s per MiB sent
     max_connections: int = 64
     max_tokens_limit: int = 1024
     batch_window_ms: float = 5.0
@@ -84,8 +88,9 @@ class ChatModelServer:
         self._serving = False
         try:
             self.httpd = ConnectionServer(
-                (host, port), _handler_class(self), self.limits.max_connections, self.expect_request
-            )
+                (host, port), _handler_class(self), self.limits.max_connections,
+                self.expect_request, head_timeout_s=self.limits.head_timeout_s,
+            )  # fmt: skip
         except OSError as err:
             raise ServeError(f"cannot listen on {host} port {port}: {err.strerror or err}") from err
         if model is not None:
@@ -190,6 +195,11 @@ def _handler_class(server: ChatModelServer) -> type[BaseHTTPRequestHandler]:
             self._guarded(self._post)
 
         def handle_one_request(self) -> None:
+            if self.server.connections.timed_out(self.connection):
+                self.close_connection = True  # a deadline passed: nothing more is read
+                return
+            # the next request head (after a keep-alive answer too) has --head-timeout in all
+            self.server.connections.enter(self.connection, HEAD, limits.head_timeout_s)
             try:
                 super().handle_one_request()
             finally:  # whatever the first request was, it is no longer on its way
@@ -217,12 +227,20 @@ def _handler_class(server: ChatModelServer) -> type[BaseHTTPRequestHandler]:
             """Every failure becomes a JSON answer; the connection is never just dropped."""
             self._body_read = self.command != "POST"
             try:
+                if self.server.connections.timed_out(self.connection):
+                    self._body_read = False  # whatever follows is not read: close after
+                    raise RequestError(
+                        408, f"the request head did not arrive within {limits.head_timeout_s:g} "
+                        "s (--head-timeout)", "request_timeout",
+                    )  # fmt: skip
                 if not server.authorized(self.headers.get("Authorization")):
                     raise RequestError(
                         401,
                         "missing or wrong API key (send Authorization: Bearer <key>)",
                         "invalid_api_key",
                     )
+                if self.command != "POST":  # nothing more to read: no deadline while answering
+                    self.server.connections.enter(self.connection, BUSY, None)
                 route()
             except RequestError as err:
                 # an unread body would be taken for the next request: close instead
@@ -286,6 +304,8 @@ def _handler_class(server: ChatModelServer) -> type[BaseHTTPRequestHandler]:
                     f"of {limits.max_body_bytes} (--max-body-mb)",
                     "body_too_large",
                 )
+            deadline = limits.body_timeout_s or default_body_timeout_s(length)
+            self.server.connections.enter(self.connection, BODY, deadline)
             try:
                 data = self.rfile.read(length)
             except TimeoutError as err:
@@ -294,13 +314,21 @@ def _handler_class(server: ChatModelServer) -> type[BaseHTTPRequestHandler]:
                     f"the body did not arrive within {limits.read_timeout_s:g} s",
                     "request_timeout",
                 ) from err
-            self._body_read = True
+            self._body_read = len(data) == length  # short: what follows is no request, close
+            self.server.connections.enter(self.connection, BUSY, None)  # the model's turn
+            if len(data) < length and self.server.connections.timed_out(self.connection):
+                raise RequestError(
+                    408, f"the body did not arrive within {deadline:.1f} s (--body-timeout)",
+                    "request_timeout",
+                )  # fmt: skip
             if len(data) < length:
                 raise RequestError(400, f"the body ended after {len(data)} of {length} bytes")
             try:
                 body = json.loads(data)
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise RequestError(400, f"the body is not JSON: {err}") from err
+            except RecursionError as err:  # [[[[...]]]] 100,000 deep: the client's mistake
+                raise RequestError(400, "the body's JSON is nested too deeply") from err
             if not isinstance(body, dict):
                 raise RequestError(400, "the body must be a JSON object")
             return body

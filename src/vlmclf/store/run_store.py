@@ -30,18 +30,20 @@ import os
 import shutil
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from vlmclf.records import Prediction, PredictionColumns
-from vlmclf.store.export import EXPORT_CHUNK_ROWS, write_jsonl, write_parquet
+from vlmclf.store.export import EXPORT_CHUNK_ROWS, RunNames, write_jsonl, write_parquet
 from vlmclf.store.json_safe import dumps as _dumps
 from vlmclf.store.json_safe import from_json_safe, to_json_safe
 from vlmclf.store.json_safe import loads as _loads
+from vlmclf.store.leases import SCHEMA_V5, Lease, Owner, RunBusyError
 from vlmclf.store.rows import (
     OUTCOME_BEFORE_V3,
     PRED_COLUMNS,
@@ -54,7 +56,7 @@ from vlmclf.store.rows import (
 
 __all__ = ["RunStore", "StoreError", "StoreMissingError", "from_json_safe", "to_json_safe"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 CHUNK_ROWS = 1024
 """Rows per chunk when a run is read in chunks: a few MB of scores at 1,000 classes."""
 APPLICATION_ID = 0x766C6D63  # "vlmc": marks an SQLite file as a vlmclf store
@@ -130,7 +132,10 @@ CREATE TABLE arrays (array_id TEXT PRIMARY KEY, data BLOB NOT NULL);
 """
 
 # Migrations from version v to v+1, applied in order when an older store is opened.
-_MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4}
+# Leases (schema 5, ``vlmclf.store.leases``): who computes a running run, and its heartbeat.
+_MIGRATIONS: dict[int, str] = {
+    0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4, 4: SCHEMA_V5
+}  # fmt: skip
 _PRED_COLUMNS = PRED_COLUMNS
 # A stored answer is final; a transient failure is replaced by whatever the retry gives, and a
 # data failure by an answer (``--retry-failed``).
@@ -149,6 +154,7 @@ _TABLES_BY_VERSION = {
     2: ("runs", "predictions", "analyses"),
     3: ("runs", "predictions", "analyses"),
     4: ("runs", "predictions", "analyses", "arrays"),
+    5: ("runs", "predictions", "analyses", "arrays", "leases"),
 }
 
 
@@ -186,6 +192,16 @@ class RunRecord:
     identity: dict[str, Any] | None = None
     """What the run id hashes (see ``vlmclf.run.identity``); None for a run stored before
     schema 3."""
+    lease: Lease | None = None
+    """Who computes the run now (a ``running`` run with a live lease), else None."""
+
+    @property
+    def threads(self) -> int | None:
+        """torch's CPU thread count in the run's latest session, from the environment the
+        runner records (None for a run stored before thread counts were recorded)."""
+        environment = self.meta.get("environment_last") or self.meta.get("environment") or {}
+        count = environment.get("torch_threads")
+        return None if count is None else int(count)
 
 
 @dataclass(frozen=True)
@@ -235,6 +251,7 @@ class RunStore:
             )
         self._lock = threading.RLock()
         self._class_lists: dict[str, list[str]] = {}
+        self.owner = Owner.this_process()
         try:
             self._conn = self._connect(timeout_s)
         except sqlite3.Error as e:
@@ -283,6 +300,7 @@ class RunStore:
             n_tables = self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         if app_id != APPLICATION_ID and (app_id != 0 or n_tables or version):
             raise StoreError(f"{self.path}: SQLite file is not a vlmclf store")
+        _check_version_number(self.path, version, n_tables)
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"{self.path}: store schema version {version} is newer than this vlmclf "
@@ -354,6 +372,7 @@ class RunStore:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+        self.owner.closed()
 
     def __enter__(self) -> RunStore:
         return self
@@ -371,7 +390,9 @@ class RunStore:
         identity: dict[str, Any] | None = None,
     ) -> None:
         """Create the run, or mark an existing one running again; predictions are kept.
-        ``identity`` is what the id hashes, kept so that `results` can show it."""
+        ``identity`` is what the id hashes, kept so that `results` can show it. Takes the run's
+        lease for this store object (``RunBusyError`` if another live process holds it); renew
+        it with ``renew_lease`` while computing."""
         try:
             if not isinstance(json.loads(spec_json), dict):
                 raise ValueError("not a JSON object")
@@ -381,6 +402,8 @@ class RunStore:
         now = _now()
         identity_json = None if identity is None else _dumps(identity)
         with self._transaction() as conn:
+            if self.schema_version >= 5:
+                self._take_lease(conn, run_id)
             row = conn.execute(
                 "SELECT class_names_json FROM runs WHERE run_id = ?", (run_id,)
             ).fetchone()
@@ -415,12 +438,63 @@ class RunStore:
             row = conn.execute("SELECT meta_json FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if row is None:
                 raise KeyError(f"no run {run_id!r} in {self.path}")
+            if not self._still_ours(conn, run_id):
+                return  # another live process took the run over: its status is its own
             merged = {**_loads(row[0]), **(meta or {})}
             conn.execute(
                 "UPDATE runs SET status = ?, elapsed_s = elapsed_s + ?, meta_json = ?,"
                 " updated_at = ? WHERE run_id = ?",
                 (status, float(elapsed_s), _dumps(merged), _now(), run_id),
             )
+
+    # ----- leases (vlmclf.store.leases) ---------------------------------------------------
+    def _take_lease(self, conn: sqlite3.Connection, run_id: str) -> None:
+        """Within a write transaction: the run's lease for this store object, unless another
+        live process holds it. A lease of this very process (another store object, a run that
+        raised) is taken over: the lock is between processes."""
+        held = self._lease_row(conn, run_id)
+        status = conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        running = status is not None and status[0] == "running"
+        if running and held is not None and held.alive() and not held.held_by_this_process():
+            raise RunBusyError(self.path, held)
+        now = time.time()
+        conn.execute(
+            "INSERT OR REPLACE INTO leases (run_id, pid, host, token, started_at, heartbeat_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (run_id, self.owner.pid, self.owner.host, self.owner.token, now, now),
+        )
+
+    def _still_ours(self, conn: sqlite3.Connection, run_id: str) -> bool:
+        """Within a write transaction: False when another live process holds the run's lease
+        (it took the run over; this one must not write its status). The row is left: a lease
+        counts only while the run is ``running``."""
+        if self.schema_version < 5:
+            return True
+        held = self._lease_row(conn, run_id)
+        return held is None or held.token == self.owner.token or not held.alive()
+
+    def _lease_row(self, conn: sqlite3.Connection, run_id: str) -> Lease | None:
+        row = conn.execute(
+            "SELECT run_id, pid, host, token, started_at, heartbeat_at FROM leases"
+            " WHERE run_id = ?", (run_id,)
+        ).fetchone()  # fmt: skip
+        return None if row is None else Lease(*row)
+
+    def renew_lease(self, run_id: str) -> bool:
+        """Write this store's heartbeat on the run; False once another process holds it."""
+        with self._transaction() as conn:
+            cur = conn.execute(
+                "UPDATE leases SET heartbeat_at = ? WHERE run_id = ? AND token = ?",
+                (time.time(), run_id, self.owner.token),
+            )
+            return cur.rowcount == 1
+
+    def lease(self, run_id: str) -> Lease | None:
+        """The run's lease row, alive or not (None: nobody took it, or a store before v5)."""
+        if self.schema_version < 5:
+            return None
+        with self._lock, self._guard():
+            return self._lease_row(self._conn, run_id)
 
     def get_run(self, run_id: str) -> RunRecord | None:
         records = self._run_records("WHERE r.run_id = ?", (run_id,))
@@ -436,28 +510,37 @@ class RunStore:
             "(SELECT count(*) FROM predictions p WHERE p.run_id = r.run_id"
             "  AND p.outcome = 'transient_failure')" if v3 else "0"
         )  # fmt: skip
+        v5 = self.schema_version >= 5
+        lease = ("l.run_id, l.pid, l.host, l.token, l.started_at, l.heartbeat_at" if v5
+                 else "NULL, NULL, NULL, NULL, NULL, NULL")  # fmt: skip
         rows = self._query(
             "SELECT r.run_id, r.spec_json, r.class_names_json, r.status, r.n_total,"
             " (SELECT count(*) FROM predictions p WHERE p.run_id = r.run_id),"
             " (SELECT count(*) FROM predictions p WHERE p.run_id = r.run_id AND p.ok = 0),"
             " r.created_at, r.updated_at, r.elapsed_s, r.meta_json,"
-            f" {transient}, {'r.identity_json' if v3 else 'NULL'}"
-            f" FROM runs r {where} ORDER BY r.created_at, r.run_id",
+            f" {transient}, {'r.identity_json' if v3 else 'NULL'}, {lease}"
+            f" FROM runs r {'LEFT JOIN leases l ON l.run_id = r.run_id' if v5 else ''}"
+            f" {where} ORDER BY r.created_at, r.run_id",
             params,
         )
         # Columns are in RunRecord's field order; spec and class names are parsed.
-        return [
-            RunRecord(r[0], json.loads(r[1]), r[1], json.loads(r[2]),
-                      INCOMPLETE if r[3] == "done" and r[11] else r[3], *r[4:10], _loads(r[10]),
-                      r[11], _loads(r[12]))
-            for r in rows
-        ]  # fmt: skip
+        now = time.time()
+        records = []
+        for r in rows:
+            held = None if r[13] is None else Lease(*r[13:19])
+            status, elapsed = _shown_status(r[3], r[11], r[9], held, v5, now)
+            records.append(RunRecord(r[0], json.loads(r[1]), r[1], json.loads(r[2]), status,
+                                     *r[4:9], elapsed, _loads(r[10]), r[11], _loads(r[12]),
+                                     held if status == "running" else None))  # fmt: skip
+        return records
 
     def delete_run(self, run_id: str) -> None:
         """Remove the run and all its predictions (a no-op for an unknown run)."""
         with self._transaction() as conn:
             conn.execute("DELETE FROM predictions WHERE run_id = ?", (run_id,))
             conn.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+            if self.schema_version >= 5:
+                conn.execute("DELETE FROM leases WHERE run_id = ?", (run_id,))
             if self.schema_version >= 4:  # arrays no row refers to any more
                 conn.execute(
                     "DELETE FROM arrays WHERE array_id NOT IN (SELECT logprobs_layout FROM"
@@ -639,18 +722,63 @@ class RunStore:
         return self._class_lists[run_id]
 
     # ----- export -------------------------------------------------------------------------
-    def export(self, run_id: str, path: str | Path, fmt: Literal["jsonl", "parquet"]) -> int:
-        """Write one row/object per prediction (``run_id`` + every Prediction field), a chunk
-        of rows at a time: memory stays bounded whatever the run's size. Returns the count."""
+    def export(
+        self,
+        run_id: str,
+        path: str | Path | BinaryIO,
+        fmt: Literal["jsonl", "parquet"],
+        chunks: Iterable[list[Prediction]] | None = None,
+        sources: Mapping[str, str] | None = None,
+    ) -> int:
+        """Write one row/object per prediction (``run_id``, the class names, the image path
+        from ``sources`` (example id -> path) where given, and every Prediction field), a chunk
+        of rows at a time: memory stays bounded whatever the run's size. Returns the count.
+        ``path`` may be an open binary stream (standard output), which is not closed.
+        ``chunks`` (default: the stored rows as they are) lets a caller export finalized rows
+        (``run.results.export_run``: a calibrated run's calibrated predictions)."""
         if self.get_run(run_id) is None:
             raise KeyError(f"no run {run_id!r} in {self.path}")
         writers = {"jsonl": write_jsonl, "parquet": write_parquet}
         if fmt not in writers:
             raise ValueError(f"export format must be 'jsonl' or 'parquet', not {fmt!r}")
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        chunks = self.prediction_chunks(run_id, chunk_rows=EXPORT_CHUNK_ROWS)
-        return writers[fmt](out, run_id, chunks)
+        out = Path(path) if isinstance(path, str | Path) else path
+        if isinstance(out, Path):
+            out.parent.mkdir(parents=True, exist_ok=True)
+        if chunks is None:
+            chunks = self.prediction_chunks(run_id, chunk_rows=EXPORT_CHUNK_ROWS)
+        names = RunNames(self._class_names(run_id), sources)
+        return writers[fmt](out, run_id, chunks, names)
+
+
+def _shown_status(
+    status: str, n_transient: int, elapsed_s: float, held: Lease | None, v5: bool, now: float
+) -> tuple[str, float]:
+    """(status, elapsed) as `results` shows them: a finished run with transient failures is
+    ``incomplete``; a ``running`` run nobody holds alive (killed, or its last status write
+    failed) is ``interrupted``. A session not finished counts its time up to its last
+    heartbeat. Stores before v5 have no leases: their ``running`` stays as it is."""
+    if status == "done" and n_transient:
+        return INCOMPLETE, elapsed_s
+    if status != "running" or not v5:
+        return status, elapsed_s
+    if held is None:
+        return "interrupted", elapsed_s
+    session = max(0.0, min(now, held.heartbeat_at if not held.alive(now) else now)
+                  - held.started_at)  # fmt: skip
+    return ("running" if held.alive(now) else "interrupted"), elapsed_s + session
+
+
+def _check_version_number(path: Path, version: int, n_tables: int) -> None:
+    """A vlmclf store whose schema version was damaged (negative, or 0 while it has tables):
+    migrating it would replay CREATE TABLE over its tables, so say what is wrong instead."""
+    if version < 0:
+        raise StoreError(f"{path}: damaged vlmclf store, schema version {version} is negative "
+                         "(PRAGMA user_version was overwritten); restore it or use another "
+                         "--store")  # fmt: skip
+    if version == 0 and n_tables:
+        raise StoreError(f"{path}: damaged vlmclf store, schema version 0 but it holds "
+                         f"{n_tables} table(s) (PRAGMA user_version was overwritten); restore "
+                         "it or use another --store")  # fmt: skip
 
 
 def _writable(path: Path) -> bool:

@@ -28,8 +28,10 @@ def fmt_ci(ci: Sequence[float | None] | None, digits: int = 3) -> str:
 
 
 def fmt_ratio(value: float) -> str:
-    """An error ratio, or '-' where CLIP made no error."""
-    return f"×{value:.1f}" if np.isfinite(value) else "×- (CLIP made no error)"
+    """The VLM's error as a multiple of CLIP's, as a phrase; undefined where CLIP made none."""
+    if not np.isfinite(value):
+        return "VLM error ratio undefined (CLIP made no error)"
+    return f"VLM error ×{value:.1f} CLIP's"
 
 
 def interval_verdict(ci: Sequence[float] | None, claim: str, reverse: str) -> str:
@@ -156,7 +158,8 @@ def finetune_reaches(
         verdict = "does not hold"
     evidence = (
         f"fine-tuned − base = {gain['diff']:+.3f} {fmt_ci(gain['ci95'])}; CLIP − fine-tuned = "
-        f"{lead['diff']:+.3f} {fmt_ci(lead['ci95'])} (reached: below +{REACH_MARGIN:.2f})"
+        f"{lead['diff']:+.3f} {fmt_ci(lead['ci95'])}; CLIP's level counts as reached when "
+        f"that interval lies below +{REACH_MARGIN:.2f}"
     )
     return {
         "finding": "fine-tuning the projector with the generation objective reaches CLIP's level",
@@ -214,7 +217,7 @@ def label_set_size(columns: Mapping[str, np.ndarray], ks: Sequence[int]) -> dict
     evidence = (
         "; ".join(
             f"K={row['k']}: CLIP − VLM {row['gap']:+.3f} {fmt_ci(row['gap_ci95'])}, "
-            f"VLM error {fmt_ratio(row['error_ratio'])} CLIP's"
+            f"{fmt_ratio(row['error_ratio'])}"
             for row in curve
         )
         + f"; gap(K={large}) − gap(K={small}) = {narrows:+.3f} {fmt_ci(narrows_ci)}; "

@@ -37,10 +37,16 @@ def draw_frequency(result: dict[str, Any], out: Path) -> Path:
     reversal = "reversal" in per_class
     fig, axes = plt.subplots(1, 2 if reversal else 1, figsize=(12 if reversal else 7, 4.5))
     left = axes[0] if reversal else axes
-    for key, label in (("zipf", "Zipf-frequency organism"), ("uniform", "uniform-frequency")):
+    styles = {  # the Zipf points drawn last, on top, and hollow uniform ones show beneath
+        "uniform": ("uniform-frequency", {"facecolors": "none", "edgecolors": "tab:orange",
+                                          "s": 70, "zorder": 2}),
+        "zipf": ("Zipf-frequency organism", {"color": "tab:blue", "s": 24, "zorder": 3}),
+    }  # fmt: skip
+    for key, (label, style) in styles.items():
         accuracy = per_class[key]
         names = [n for n in counts if n in accuracy]
-        left.scatter([counts[n] for n in names], [accuracy[n] for n in names], label=label)
+        left.scatter([counts[n] for n in names], [accuracy[n] for n in names], label=label,
+                     **style)  # fmt: skip
         if key == "zipf":
             _label_points(left, names, [counts[n] for n in names], [accuracy[n] for n in names])
     left.set_xscale("log")
@@ -202,4 +208,4 @@ def demo_page(store_path: Path, result: dict[str, Any], analysis_id: str) -> str
             store.get_analysis(result["probe_analysis"]),
         ]
     kept = [a for a in analyses if a is not None]
-    return page_html(store_path, views, kept, lead_html(result))
+    return page_html(store_path, views, kept, lead_html(result), table_above=analysis_id)

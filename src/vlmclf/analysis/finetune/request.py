@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlmclf.analysis.finetune.data import CAPTION_TEMPLATE
+from vlmclf.analysis.finetune.data import CAPTION_TEMPLATE, CLASSIFICATION_QUESTION
 from vlmclf.analysis.finetune.log import Schedule
 from vlmclf.analysis.finetune.model import LoraTargets, Trainables, TrainParts
 from vlmclf.run.loading import ModelOptions
@@ -52,9 +52,23 @@ class FinetuneRequest:
     mix_ratio: float = 0.5
     image_folder: str | None = None
     seed: int = 0
+    protocol: str = "clean"  # the table the settings were resolved from (paper.protocols)
+    question: str = CLASSIFICATION_QUESTION  # the paper's fine-tuning data asks "the photo"
+    prompt_template: str | None = None  # for training and evaluation; None: the family's
+    eval_max_new_tokens: int | None = None  # the before/after runs' budget (None: eval's)
 
     def spec(self) -> dict[str, Any]:
-        return asdict(self)
+        """The stored spec; the protocol's fields only where they differ from the defaults, so
+        fine-tunes stored before they existed keep their ids."""
+        spec = asdict(self)
+        for name, default in _LATER_DEFAULTS.items():
+            if spec[name] == default:
+                del spec[name]
+        return spec
+
+
+_LATER_DEFAULTS = {"protocol": "clean", "question": CLASSIFICATION_QUESTION,
+                   "prompt_template": None, "eval_max_new_tokens": None}  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmclf.analysis.finetune.data import (
+    CLASSIFICATION_QUESTION,
     InstructionStats,
     TrainItem,
     classification_items,
@@ -80,7 +81,7 @@ def training_items(request: FinetuneRequest) -> tuple[list[TrainItem], dict[str,
     data = load_dataset(name, root, request.train_split, request.classes)
     examples = select_examples(data, request.train_limit)
     template = request.caption_template if request.caption_data else None
-    items = classification_items(examples, data.class_names, template)
+    items = classification_items(examples, data.class_names, template, request.question)
     composition: dict[str, Any] = {"classification" if not template else "caption": len(items)}
     if request.mix_instructions:
         extra, stats = read_llava_conversations(request.mix_instructions, request.image_folder)
@@ -112,7 +113,7 @@ def generation_accuracy(
     spec = RunSpec(
         model=model_spec, dataset=name, split=request.eval_split or spec_split, method="generate",
         seed=request.seed, dtype=runtime.model_options.dtype, match=request.match,
-        options={"weights": fingerprint} if fingerprint else {},
+        options={"weights": fingerprint} if fingerprint else {}, **_eval_prompt(request),
     )  # fmt: skip
     config = RunConfig(
         store_path=runtime.store_path, data_root=request.data_root, classes=request.classes,
@@ -124,6 +125,21 @@ def generation_accuracy(
     summary = result.summary
     return {"model": model_spec, "run_id": result.run_id, "accuracy": summary.get("accuracy"),
             "n": summary.get("n"), "n_failed": summary.get("n_failed")}  # fmt: skip
+
+
+def _eval_prompt(request: FinetuneRequest) -> dict[str, Any]:
+    """The before/after runs ask as training asked: the request's question in its template,
+    with its token budget (the paper's model_vqa.py: vicuna_v1, greedy, 1024 new tokens)."""
+    chosen: dict[str, Any] = {}
+    if request.question != CLASSIFICATION_QUESTION:
+        chosen["prompt"] = request.question
+    if request.prompt_template is not None:
+        chosen["prompt_template"] = request.prompt_template
+    if request.eval_max_new_tokens is not None:
+        chosen["max_new_tokens"] = request.eval_max_new_tokens
+    if request.protocol != "clean":
+        chosen["protocol"] = request.protocol
+    return chosen
 
 
 def run_finetune(
@@ -192,6 +208,10 @@ def _trainer(
     """The model's trainable view and its optimisation loop: a DistributedTrainer (joined to
     the other ranks by the caller) under torchrun."""
     model = loader(request.model)
+    if request.prompt_template is not None:  # the protocol's conversation, for every item
+        if not hasattr(model, "prompt_template"):
+            raise ValueError(f"{request.model}: this model takes no prompt template")
+        model.prompt_template = request.prompt_template  # type: ignore[attr-defined]
     trainable = make_trainable(model, request.train, _lora(request), request.trainable)
     if not is_distributed():
         return trainable, Trainer(trainable, request, runtime)

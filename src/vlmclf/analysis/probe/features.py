@@ -44,9 +44,11 @@ from vlmclf.cache import cache_root
 from vlmclf.data.types import Example
 from vlmclf.methods.base import LoadedExample
 from vlmclf.models.base import ImageTextEncoder
+from vlmclf.models.prompt_formats import fill_template
 from vlmclf.records import Prediction
 from vlmclf.run.identity import (
     examples_fingerprint,
+    half_precision_identity,
     image_preprocessing_identity,
     prompt_format_for,
     weights_fingerprint,
@@ -81,9 +83,16 @@ class FeatureKey:
     poolings: tuple[str, ...]
     preprocessing: str = "{}"  # identity.image_preprocessing_identity, as JSON
     dtype: str = "float32"  # the model's compute dtype: bf16 features are not float32 features
+    positions: str = "real"  # hf.FEATURE_POSITIONS: the mean over real tokens or all positions
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "poolings": list(self.poolings), "format": CACHE_FORMAT}
+        fields = {
+            **self.__dict__, "poolings": list(self.poolings), "format": CACHE_FORMAT,
+            **half_precision_identity(self.dtype),
+        }  # fmt: skip
+        if self.positions == "real":  # the files written before the paper's pooling keep keys
+            del fields["positions"]
+        return fields
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:20]
@@ -128,10 +137,16 @@ def make_key(
     layer: int | None = None,
     question: str | None = None,
     dtype: str = "float32",
+    prompt_template: str | None = None,
+    positions: str = "real",
 ) -> FeatureKey:
+    """The key of a feature file; a ``prompt_template`` (a protocol's, ``{image}`` and
+    ``{question}``) replaces the family's chat format in the text keyed on."""
     poolings = HIDDEN_POOLINGS if kind == "hidden" else (EMBEDDING_POOLING,)
     if kind == "image_embedding":
-        layer, question = None, None
+        layer, question, positions = None, None, "real"
+    elif question is not None and prompt_template is not None:
+        question = fill_template(prompt_template, "{image}", question)
     elif question is not None:  # key on the text sent, after the family's chat template
         prompt_format = prompt_format_for(model_spec)
         question = question if prompt_format is None else prompt_format(question)
@@ -140,6 +155,7 @@ def make_key(
         question=question, dataset=dataset, split=split, examples=examples_fingerprint(examples),
         poolings=poolings,
         preprocessing=json.dumps(image_preprocessing_identity(None), sort_keys=True), dtype=dtype,
+        positions=positions,
     )  # fmt: skip
 
 
@@ -147,8 +163,9 @@ def make_key(
 
 
 def features_of_batch(
-    model: object, images: list, kind: FeatureKind, question: str | None, layer: int | None
-) -> dict[str, torch.Tensor]:
+    model: object, images: list, kind: FeatureKind, question: str | None, layer: int | None,
+    positions: str = "real",
+) -> dict[str, torch.Tensor]:  # fmt: skip
     """One batch through the model: both poolings of a hidden layer, or CLIP image embeddings."""
     if kind == "image_embedding":
         if not isinstance(model, ImageTextEncoder):
@@ -162,7 +179,9 @@ def features_of_batch(
             f"{getattr(model, 'name', model)} exposes no hidden states: probing needs an "
             "open-weight VLM (hf:, random:, organism:vlm)"
         )
-    out = hidden(images, [question or ""] * len(images), layer if layer is not None else -1)
+    options = {} if positions == "real" else {"positions": positions}
+    out = hidden(images, [question or ""] * len(images), layer if layer is not None else -1,
+                 **options)  # fmt: skip
     return {"last_token": out.last_token.float().cpu(), "mean": out.mean.float().cpu()}
 
 
@@ -176,6 +195,7 @@ def extract_part(
     batch_size: int = 16,
     workers: int = 2,
     on_batch: Callable[[int], None] | None = None,
+    positions: str = "real",
 ) -> ChunkContent:
     """Run the model over ``examples`` (decoded ahead in threads); undecodable ones are skipped
     and listed in ``failures`` with the reason. ``on_batch`` is told how many were done."""
@@ -193,7 +213,8 @@ def extract_part(
             if isinstance(item, Prediction)
         ]
         if loaded:
-            batch = features_of_batch(model, [i.image for i in loaded], kind, question, layer)
+            images = [i.image for i in loaded]
+            batch = features_of_batch(model, images, kind, question, layer, positions)
             for name, tensor in batch.items():
                 parts.setdefault(name, []).append(tensor)
             ids += [item.example.id for item in loaded]
@@ -303,10 +324,14 @@ def cached_features(
     workers: int = 2,
     chunk_size: int = DEFAULT_CHUNK_EXAMPLES,
     progress: bool = False,
+    prompt_template: str | None = None,
+    positions: str = "real",
 ) -> FeatureSet:
     """Features from the cache, or extracted with ``get_model()`` (called only on a miss) and
-    written to the cache. A file that cannot be read is extracted again and replaced."""
-    key = make_key(model_spec, dataset, split, examples, kind, layer, question, dtype)
+    written to the cache. A file that cannot be read is extracted again and replaced.
+    ``prompt_template`` must be the one the model got (it keys the file, it is not applied)."""
+    key = make_key(model_spec, dataset, split, examples, kind, layer, question, dtype,
+                   prompt_template, positions)  # fmt: skip
     path = key.path(cache_dir or feature_cache_dir())
     cached = read_cached_features(path)
     if cached is not None:
@@ -356,6 +381,7 @@ class ChunkedExtraction:
             part = extract_part(
                 model, self.examples[chunk.start : chunk.end], self.kind, question=self.question,
                 layer=self.layer, batch_size=batch_size, workers=workers, on_batch=on_batch,
+                positions=self.key.positions,
             )  # fmt: skip
             self.write(chunk, part)
             del part

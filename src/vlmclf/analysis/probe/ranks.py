@@ -80,13 +80,16 @@ def cached_features_across_ranks(
     workers: int,
     chunk_size: int,
     progress: bool,
+    prompt_template: str | None = None,
+    positions: str = "real",
 ) -> FeatureSet | None:
     """``cached_features`` for a torchrun job: the FeatureSet on the main rank, None on the
     others (which only extract). Every rank calls it with its own reading of the dataset."""
     held: dict[str, object] = {}  # the main rank's own objects, never broadcast
 
     def plan() -> ExtractionPlan:
-        key = make_key(model_spec, dataset, split, examples, kind, layer, question, dtype)
+        key = make_key(model_spec, dataset, split, examples, kind, layer, question, dtype,
+                       prompt_template, positions)  # fmt: skip
         path = key.path(cache_dir or feature_cache_dir())
         held["cached"] = read_cached_features(path)
         extraction = ChunkedExtraction(key, path, examples, kind, question, layer, chunk_size)
@@ -109,7 +112,7 @@ def cached_features_across_ranks(
         for chunk in mine:
             content = extract_part(
                 model, examples[chunk.start : chunk.end], kind, question=question, layer=layer,
-                batch_size=batch_size, workers=workers,
+                batch_size=batch_size, workers=workers, positions=positions,
             )  # fmt: skip
             yield FinishedChunk(chunk, content)
 

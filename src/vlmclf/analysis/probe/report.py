@@ -8,7 +8,7 @@ from typing import Any
 
 from vlmclf.analysis.probe.config import CLEAN_LABEL, PAPER_LABEL
 from vlmclf.report.cells import markdown_cell
-from vlmclf.report.tables import csv_table, markdown_table
+from vlmclf.report.tables import csv_table, markdown_table, text_table
 
 FEATURE_NAMES = {
     "last_token": "last token probing",
@@ -75,25 +75,82 @@ def markdown_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def probe_markdown(result: dict[str, Any]) -> str:
-    rows = probe_rows(result)
+def probe_title(result: dict[str, Any]) -> str:
     splits = f"{result['train_split']} -> {result['eval_split']}"
-    title = (
+    return (
         f"Probing on {result['dataset']} ({splits}), layer {result['layer']}, "
         f"{result['head']} head"
     )
-    notes = [
+
+
+def probe_notes(result: dict[str, Any]) -> list[str]:
+    return [
         *settings_lines(result),
         f"† {PAPER_LABEL}.",
         f"Clean: {CLEAN_LABEL}.",
         "Brackets: 95% bootstrap confidence interval over evaluation examples.",
     ]
-    heading = f"**{markdown_cell(title)}**"
-    return "\n".join([heading, "", markdown_table(markdown_rows(rows)), "", *notes]) + "\n"
+
+
+def probe_markdown(result: dict[str, Any]) -> str:
+    heading = f"**{markdown_cell(probe_title(result))}**"
+    table = markdown_table(markdown_rows(probe_rows(result)))
+    return "\n".join([heading, "", table, "", *probe_notes(result)]) + "\n"
+
+
+def probe_text(result: dict[str, Any]) -> str:
+    """The same for the terminal: aligned columns, no Markdown escapes."""
+    table = text_table(markdown_rows(probe_rows(result)))
+    return "\n".join([probe_title(result), "", table, "", *probe_notes(result)]) + "\n"
+
+
+def optimiser_lines(result: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    """How each protocol's probe was trained, from what its training recorded (``chosen``):
+    the paper protocol's Adam epochs, the clean protocol's L-BFGS to convergence."""
+    lines = []
+    for protocol in PROTOCOLS:
+        chosen = [block["protocols"][protocol].get("chosen") or {}
+                  for block in (result.get("features") or {}).values()
+                  if protocol in block.get("protocols", {})]  # fmt: skip
+        if chosen:
+            lines.append(f"{protocol.capitalize()} protocol's probe: {_training_words(chosen)}.")
+    if lines:
+        return lines
+    return [f"{settings['epochs']} epochs, Adam lr {settings['lr']:g}, "
+            f"batch {settings['batch_size']}."]  # fmt: skip
+
+
+def _training_words(chosen: list[dict[str, Any]]) -> str:
+    """One protocol's training over its feature sets: what they share, and what each chose."""
+
+    def shared(key: str) -> Any:
+        values = {str(c.get(key)) for c in chosen}
+        return chosen[0].get(key) if len(values) == 1 else "chosen per feature set"
+
+    optimiser = shared("optimizer") or "Adam"
+    words = str(optimiser)
+    if optimiser == "Adam":
+        words += f" lr {shared('lr')}, batch {shared('batch_size')}, {shared('epochs_run')} epochs"
+    decay = shared("weight_decay")
+    if decay is not None:
+        words += f", weight decay {decay}"
+    return words
 
 
 REPORTED_TEXT = {"paper": "the paper protocol's column (best test epoch: optimistic)",
                  "clean": "the clean protocol's column (chosen on validation)"}  # fmt: skip
+
+
+def prompt_line(result: dict[str, Any]) -> str:
+    """The prompt the features were extracted with and what the mean pools over."""
+    template = result.get("prompt_template")
+    shown = (template or "").replace("\n", "\\n")  # one line in the report
+    prompt = f"prompt `{shown}`" if template else "the family's own prompt"
+    pooled = (
+        "every position (pads included where a batch pads)"
+        if result.get("positions") == "all" else "the real tokens"
+    )  # fmt: skip
+    return f"Features: {prompt} with question `{result.get('question')}`; mean over {pooled}."
 
 
 def settings_lines(result: dict[str, Any]) -> list[str]:
@@ -103,10 +160,9 @@ def settings_lines(result: dict[str, Any]) -> list[str]:
         return []
     trained = (
         f"Protocol {result.get('protocol', 'clean')}: {settings['features']} features "
-        f"({settings['dtype']}), shuffled {settings['shuffle']}, {settings['epochs']} epochs, "
-        f"Adam lr {settings['lr']:g}, batch {settings['batch_size']}."
+        f"({settings['dtype']}), shuffled {settings['shuffle']}."
     )
-    lines = [trained]
+    lines = [trained, prompt_line(result), *optimiser_lines(result, settings)]
     baseline = result.get("clip_baseline") or {}
     if baseline.get("epochs") is not None:
         embeddings = "L2-normalised" if baseline.get("l2_normalized") else "its"
@@ -149,7 +205,7 @@ def plot_probe(result: dict[str, Any], path: Path) -> Path:
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # the legend below the axes, whole
     plt.close(fig)
     return path
 

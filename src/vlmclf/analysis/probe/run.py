@@ -58,9 +58,18 @@ class ProbeRequest:
     clip_l2_normalize: bool = False  # the CLIP baseline on L2-normalised embeddings (paper)
     protocol: str = "clean"  # the table the settings were resolved from (paper/probe_settings)
     dtype: str = "float32"  # the model's compute dtype while extracting (part of the feature key)
+    prompt_template: str | None = None  # a protocol's prompt ({image}, {question}); None: family's
+    positions: str = "real"  # the mean over real tokens, or over all positions (the paper's code)
 
     def spec(self) -> dict[str, Any]:
-        return asdict(self)
+        """The stored spec; the prompt and pooling fields only where a protocol set them, so the
+        analyses stored before they existed keep their ids."""
+        spec = asdict(self)
+        if self.prompt_template is None:
+            del spec["prompt_template"]
+        if self.positions == "real":
+            del spec["positions"]
+        return spec
 
 
 @dataclass(frozen=True)
@@ -134,7 +143,31 @@ def _features(
         layer=request.layer, question=open_question(request.prompt), dtype=request.dtype,
         cache_dir=runtime.cache_dir, batch_size=runtime.batch_size, workers=runtime.workers,
         chunk_size=runtime.chunk_size, progress=runtime.progress,
+        **_prompt_options(request, kind),
     )  # fmt: skip
+
+
+def _prompt_options(request: ProbeRequest, kind: FeatureKind) -> dict[str, Any]:
+    """The protocol's prompt and pooling for the VLM's hidden states (not CLIP embeddings)."""
+    if kind != "hidden":
+        return {}
+    return {"prompt_template": request.prompt_template, "positions": request.positions}
+
+
+def _with_prompt(loader: ModelLoader, request: ProbeRequest) -> ModelLoader:
+    """``loader`` that gives the probed VLM the protocol's prompt template, if it has one."""
+    if request.prompt_template is None:
+        return loader
+
+    def load(spec: str) -> object:
+        model = loader(spec)
+        if spec == request.model:
+            if not hasattr(model, "prompt_template"):
+                raise ValueError(f"{spec}: this model takes no prompt template")
+            model.prompt_template = request.prompt_template  # type: ignore[attr-defined]
+        return model
+
+    return load
 
 
 def _all_features(
@@ -227,7 +260,7 @@ def run_probe(
     rank alone trains the probes, stores and reports; the others return None."""
     runtime = runtime or ProbeRuntime()
     options = replace(runtime.model_options, dtype=request.dtype)
-    loader = load_model or (lambda spec: load_any_model(spec, options))
+    loader = _with_prompt(load_model or (lambda spec: load_any_model(spec, options)), request)
     train_data, eval_data = every_rank(lambda: load_probe_data(request))
     features = _all_features(request, runtime, loader, train_data, eval_data)
     if features is None:  # a torchrun rank other than the main one: its extraction is done
@@ -244,6 +277,8 @@ def run_probe(
         "eval_split": eval_data.split,
         "layer": request.layer,
         "question": open_question(request.prompt),
+        "prompt_template": request.prompt_template,
+        "positions": request.positions,
         "head": request.config.head(),
         "protocol": request.protocol,
         "settings": training_settings(request),

@@ -23,7 +23,7 @@ from typing import Any
 
 from vlmclf.report.tables import csv_table, markdown_table
 
-AXES = ("k", "prompt", "order", "cot", "strategy")
+AXES = ("k", "prompt", "order", "cot", "strategy", "choices")
 
 
 def write_sweep_report(

@@ -19,6 +19,9 @@ Axes and their values (defaults in brackets, used when an axis is not swept):
 * ``strategy``: ``generate`` (method generate), ``likelihood-sum`` / ``likelihood-mean``
   (method likelihood with ``agg``), ``cfg:T`` (likelihood with guidance weight T) or ``clip``
   (a CLIP model; prompt, order and cot do not apply to it) [generate].
+* ``choices``: ``random``, ``hard-text`` or ``hard-image``: how the K offered labels are drawn
+  (hard ones mined by ``--choice-model``, see ``vlmclf.run.hard_choices``) [random]. Where every
+  class is offered (K ``all`` or ``open``) there is nothing to draw and the cell is ``random``'s.
 
 A cell that fails (a method not available, a model that cannot do a strategy) is recorded with
 its error and the sweep goes on. Tables and figures: ``analysis/sweep/report.py``.
@@ -37,10 +40,12 @@ from vlmclf.run.loading import LastModelLoader, load_any_model, resolve_dtype
 from vlmclf.run.runner import ModelLoader, RunConfig, run
 from vlmclf.spec import RunSpec
 
-AXES = ("k", "prompt", "order", "cot", "strategy")
+AXES = ("k", "prompt", "order", "cot", "strategy", "choices")
 DEFAULTS: dict[str, str] = {
     "k": "open", "prompt": "base", "order": "fixed", "cot": "false", "strategy": "generate",
+    "choices": "random",
 }  # fmt: skip
+CHOICE_MODES = ("random", "hard-text", "hard-image")
 _BOOLS = {"true": "true", "false": "false", "yes": "true", "no": "false", "1": "true", "0": "false"}
 
 
@@ -103,6 +108,10 @@ def normalize_value(axis: str, value: str) -> str:
         return _BOOLS[lowered]
     if axis == "strategy":
         return _normalize_strategy(value)
+    if axis == "choices":
+        if lowered not in CHOICE_MODES:
+            raise ValueError(f"--axis choices: {value!r} is not {', '.join(CHOICE_MODES)}")
+        return lowered
     return value  # prompt: a named wording or the question itself
 
 
@@ -142,7 +151,7 @@ def sweep_cells(
 
 def cell_spec(
     cell: SweepCell, n_distinct: int | None, seed: int = 0, max_new_tokens: int | None = None,
-    dtype: str = "float32",
+    dtype: str = "float32", choice_model: str | None = None,
 ) -> RunSpec:  # fmt: skip
     """The RunSpec of a cell. Settings that do not apply to its strategy keep their defaults, so
     cells that compute the same thing share one run. ``dtype`` is the model's, resolved."""
@@ -155,6 +164,8 @@ def cell_spec(
     name, split = parse_dataset_spec(cell.dataset)
     common: dict[str, Any] = {"model": cell.model, "dataset": name, "split": split, "seed": seed,
                               "dtype": dtype}  # fmt: skip
+    if k is not None and values["choices"] != "random":
+        common |= {"choices": values["choices"], "choice_model": choice_model}
     if strategy == "clip":
         return RunSpec(**common, method="clip", k=k)
     setting = "open" if k_value == "open" else "closed"
@@ -198,6 +209,7 @@ def run_sweep(
     max_new_tokens: int | None = None,
     out_dir: str | Path | None = None,
     on_cell: Callable[[dict[str, Any]], None] | None = None,
+    choice_model: str | None = None,
 ) -> dict[str, Any]:
     """Run (or reuse) every cell; return ``{rows, tables, files, analysis_id}``.
 
@@ -214,7 +226,8 @@ def run_sweep(
     rows = []
     loader = LastModelLoader()
     for cell in sweep_cells(models, datasets, axes):
-        row = run_cell(cell, config, distinct[cell.dataset], seed, max_new_tokens, loader)
+        row = run_cell(cell, config, distinct[cell.dataset], seed, max_new_tokens, loader,
+                       choice_model)  # fmt: skip
         rows.append(row)
         if on_cell is not None:
             on_cell(row)
@@ -224,7 +237,8 @@ def run_sweep(
         return result | {"files": {}, "analysis_id": None}
     result["files"] = write_sweep_report(rows, axes, distinct, Path(out_dir)) if out_dir else {}
     spec = {"models": list(models), "datasets": list(datasets), "axes": result["axes"],
-            "limit": config.limit, "seed": seed, "max_new_tokens": max_new_tokens}  # fmt: skip
+            "limit": config.limit, "seed": seed, "max_new_tokens": max_new_tokens,
+            **({"choice_model": choice_model} if choice_model else {})}  # fmt: skip
     with RunStore(config.store_path) as store:
         result["analysis_id"] = store.save_analysis("sweep", spec, result)
     return result
@@ -233,13 +247,14 @@ def run_sweep(
 def run_cell(
     cell: SweepCell, config: RunConfig, n_distinct: int | None, seed: int,
     max_new_tokens: int | None, loader: ModelLoader = load_any_model,
+    choice_model: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """One cell's row; a failure becomes the row's ``error`` instead of stopping the sweep."""
     row: dict[str, Any] = cell.row_key()
     warnings: list[str] = []
     try:
         config = _with_model_dtype(config, cell.model)
-        spec = cell_spec(cell, n_distinct, seed, max_new_tokens, config.model.dtype)
+        spec = cell_spec(cell, n_distinct, seed, max_new_tokens, config.model.dtype, choice_model)
         row["run_id"] = None  # the content identity's id, known once the run has started
         result = run(
             spec, config, build_sweep_method, on_warning=warnings.append, load_model=loader

@@ -22,6 +22,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 
+from vlmclf.methods.letters import parse_choice_mmmu
+
 _LETTER = "ABCD"
 _EXPLICIT = re.compile(
     r"(?i:\b(?:the\s+)?(?:correct\s+|best\s+|final\s+)?(?:answer|option|choice)"
@@ -117,44 +119,6 @@ def _standalone(text: str) -> str | None:
 
 
 PARSERS = ("robust", "mmmu")
-_MMMU_STRIPPED = ",.!?;:'"
-
-
-def parse_choice_mmmu(answer: str | None, options: Mapping[str, str]) -> str | None:
-    """The letter the paper's evaluation reads (the MMMU benchmark's rule), or None where that
-    rule falls back to a random letter (``run.random_letters_for_unparsed`` draws it).
-
-    Candidates, first kind found wins: letters written "(X)"; else letters standing between
-    spaces; else, for answers of more than five words, options whose text occurs anywhere in
-    the answer (case-insensitive). Of several candidates the one mentioned last wins. Looser
-    than ``parse_choice``: "I think A or B, probably B" reads as B, and any word "A" counts.
-    """
-    text = answer or ""
-    for mark in _MMMU_STRIPPED:  # one mark at a time, as the rule does ("B,." keeps its ",")
-        text = text.strip(mark)
-    text = f" {text} "
-    letters = list(options) or list(_LETTER)
-    bracketed = [x for x in letters if f"({x})" in text]
-    if bracketed:
-        return _mentioned_last(bracketed, lambda x: text.rfind(f"({x})"))
-    spaced = [x for x in letters if f" {x} " in text]
-    if spaced:
-        return _mentioned_last(spaced, lambda x: text.rfind(f" {x} "))
-    if len(text.split()) <= 5:
-        return None
-    lowered = text.lower()
-    by_text = [x for x in letters if options.get(x) and options[x].lower() in lowered]
-    if by_text:
-        return _mentioned_last(by_text, lambda x: lowered.rfind(options[x].lower()))
-    return None
-
-
-def _mentioned_last(candidates: list[str], position: Callable[[str], int]) -> str:
-    """The candidate whose last mention starts latest (the first of equals)."""
-    positions = [position(x) for x in candidates]
-    return candidates[positions.index(max(positions))]
-
-
 def parser_for(name: str) -> Callable[[str | None, Mapping[str, str]], str | None]:
     """``robust`` (``parse_choice``, the clean protocol) or ``mmmu`` (the paper's code)."""
     if name not in PARSERS:

@@ -178,7 +178,7 @@ def wikiqa_spec(
     model: str, method: str = "generate", *, questions: str | Path | None = None,
     cot: bool = False, max_new_tokens: int | None = None, dtype: str = "float32",
     unparsed: str = "wrong", protocol: str = "clean", prompt_template: str | None = None,
-    parser: str = "robust",
+    parser: str = "robust", answer_marker: str | None = None,
 ) -> RunSpec:  # fmt: skip
     """The run identity: the shipped question set is ``imagewikiqa``, another file its path.
     The rule for unparsed answers is part of it (how the answer is read)."""
@@ -191,6 +191,8 @@ def wikiqa_spec(
         "unparsed": unparsed, "unparsed_seed": PAPER_UNPARSED_SEED}  # fmt: skip
     if parser != "robust":  # runs stored before the option keep their identity
         options["parser"] = parser
+    if answer_marker is not None:  # the paper's reading of the whole decoded output
+        options["answer_marker"] = answer_marker
     return RunSpec(model=model, dataset=dataset, method=method, cot=cot,
                    max_new_tokens=max_new_tokens, dtype=dtype, protocol=protocol,
                    options=options, prompt_template=prompt_template)  # fmt: skip

@@ -160,7 +160,7 @@ class LikelihoodMethod(PromptedMethod):
         context = getattr(self.model, "context_length", 0)
         if not callable(prompt_length) or not context:
             return []
-        choices = None if self.spec.setting == "open" else self.choices_for("preflight", 0)
+        choices = None if self.spec.setting == "open" else self.preflight_choices()
         question = self.question_for(choices)
         scoring = self.prompt_for(question)
         longest = max(
@@ -175,7 +175,7 @@ class LikelihoodMethod(PromptedMethod):
 
     def predict(self, batch: list[LoadedExample]) -> list[Prediction]:
         start = time.perf_counter()
-        choices = [self.choices_for(item.example.id, item.example.label) for item in batch]
+        choices = [self.choices_for(e.id, e.label, e.key) for e in (i.example for i in batch)]
         questions = [self.question_for(c) for c in choices]
         groups: dict[str, list[int]] = {}
         for i, question in enumerate(questions):

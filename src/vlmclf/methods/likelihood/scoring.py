@@ -22,6 +22,7 @@ tokens) lives in the prefill, which is the model's own forward, so neither strat
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -30,10 +31,19 @@ import torch
 from torch import nn
 
 from vlmclf.methods.likelihood import compat
-from vlmclf.methods.likelihood.trie import TokenSequence, TokenTrie, chunk_sequences, node_log_probs
+from vlmclf.methods.likelihood.trie import (
+    TokenSequence,
+    TokenTrie,
+    cached_trie,
+    chunk_sequences,
+    node_log_probs,
+)
 
 Strategy = Literal["auto", "tree", "replicate"]
 DEFAULT_PASS_TOKENS = {"cuda": 8192, "cpu": 512}  # measured: small passes win on CPU
+MASK_CACHE_SIZE = 16
+"""Tree masks kept per scorer, one per (chunk of names, prompt length): a run's images share
+them (building each anew took ~9% of CPU scoring time per image)."""
 
 
 @dataclass
@@ -79,6 +89,7 @@ class PrefixScorer:
             ("tree" if tree_ok else "replicate") if strategy == "auto" else strategy
         )
         self.sliding_window = compat.sliding_window(self.decoder)
+        self._masks: OrderedDict[tuple[object, int], torch.Tensor] = OrderedDict()
 
     # ---------------------------------------------------------------- prefill
 
@@ -143,7 +154,7 @@ class PrefixScorer:
         if self.strategy == "replicate" or not sequences:
             return 1
         chunks = chunk_sequences(sequences, self.max_pass_tokens)
-        largest = max(TokenTrie.build([sequences[i] for i in g]).num_nodes for g in chunks)
+        largest = max(cached_trie(tuple(sequences[i] for i in g)).num_nodes for g in chunks)
         return max(1, self.max_pass_tokens // largest)
 
     @torch.no_grad()
@@ -189,18 +200,32 @@ class PrefixScorer:
         return [order[start : start + rows] for start in range(0, len(order), rows)]
 
     def _score_tree(self, prefix: Prefix, chunk: list[TokenSequence]) -> list[list[list[float]]]:
-        trie = TokenTrie.build(chunk)
+        key = tuple(chunk)
+        trie = cached_trie(key)
         kept = trie.nodes_with_children()
         logits = None
         if kept:  # names of one token need nothing beyond the prefill
             batch, length = prefix.batch, prefix.length
             ids = torch.tensor(trie.tokens, device=self.device).expand(batch, -1)
             positions = trie.positions(length, self.device)[None, :] + prefix.offsets[:, None]
-            mask = trie.attention_mask(length, self.dtype, self.device).expand(batch, -1, -1, -1)
+            mask = self._tree_mask(trie, key, length).expand(batch, -1, -1, -1)
             keep = torch.tensor(kept, device=self.device)
             logits = self._extend(prefix, ids, positions, mask, keep)
         rows = node_log_probs(trie, prefix.first_log_probs, logits, kept).cpu().tolist()
         return [[[row[n] for n in path] for path in trie.paths] for row in rows]
+
+    def _tree_mask(self, trie: TokenTrie, key: object, length: int) -> torch.Tensor:
+        """The chunk's tree mask after a prompt of ``length``: the same for every image, so it
+        is built once and kept (the model only reads it)."""
+        mask = self._masks.get((key, length))
+        if mask is None:
+            mask = trie.attention_mask(length, self.dtype, self.device)
+            self._masks[(key, length)] = mask
+            if len(self._masks) > MASK_CACHE_SIZE:
+                self._masks.popitem(last=False)
+        else:
+            self._masks.move_to_end((key, length))
+        return mask
 
     def _score_replicated(
         self, prefix: Prefix, chunk: list[TokenSequence]

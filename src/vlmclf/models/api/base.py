@@ -32,6 +32,7 @@ from vlmclf.models.api.errors import (
     BlockedResponse,
     MalformedResponse,
     ScoringNotSupported,
+    failure_outcome,
 )
 from vlmclf.models.api.keys import KEY_VARIABLES, Secret, logger, redact, strip_credentials
 from vlmclf.models.api.prices import PriceTable
@@ -62,9 +63,10 @@ class _Retry:
     repeatable: tuple[int, bytes] | None = None  # (status, body) of an error that may be fixed
 
 
-# A 500 with the same body twice in a row is the server's answer to this item, not a passing
-# state: retrying it five more times only multiplies requests. 429/502/503/504 are load and
-# gateway states whose bodies repeat while they pass, so they keep the normal retries.
+# A 500 with the same body twice in a row is not retried five more times in this run (that only
+# multiplies requests), but it stays the server's fault: a transient failure the next run
+# retries. 429/502/503/504 are load and gateway states whose bodies repeat while they pass, so
+# they keep the normal retries.
 DETERMINISTIC_STATUS = frozenset({500})
 
 
@@ -246,8 +248,9 @@ class ApiChatModel:
                 return self._fail(replace(verdict, attempts=attempts))
             if verdict.repeatable is not None and verdict.repeatable == previous_error:
                 return self._fail(ApiFailure(
-                    f"{verdict.reason} (the same error twice in a row: the server fails on this "
-                    "item every time, so it is not retried further)", "http_error", attempts))
+                    f"{verdict.reason} (the same error twice in a row: not retried further in "
+                    "this run; a server error, so the next run asks again)", "server_error",
+                    attempts))
             previous_error = verdict.repeatable
             delay_or_failure = self._retry_delay(verdict, attempts)
             if isinstance(delay_or_failure, ApiFailure):
@@ -280,7 +283,8 @@ class ApiChatModel:
             return _Retry(f"HTTP {result.status}: {message}", after, repeatable=repeatable)
         if self._adapter.is_model_not_found(result.status, payload):
             self._ensure_model_served()
-        return ApiFailure(f"HTTP {result.status} from {self.base_url}: {message}", "http_error")
+        kind = "server_error" if result.status >= 500 else "http_error"  # 5xx: never the data's
+        return ApiFailure(f"HTTP {result.status} from {self.base_url}: {message}", kind)
 
     def _parse(self, result: HttpResult, want_logprobs: bool) -> ParsedAnswer | ApiFailure | _Retry:
         try:
@@ -346,6 +350,11 @@ class ApiChatModel:
             floor - 1, floor)
 
     def _fail(self, failure: ApiFailure) -> ApiFailure:
+        outcome = failure_outcome(failure)
+        if outcome in ("refused", "empty"):  # the model's answer: it counts (as wrong)
+            logger.warning("%s: %s answer, counted as wrong: %s", self.name, outcome,
+                           failure.reason)  # fmt: skip
+            return failure
         self._usage.add(failures=1)
         logger.warning("%s: item failed: %s", self.name, failure.reason)
         return failure

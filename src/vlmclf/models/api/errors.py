@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-FailureKind = Literal["retries_exhausted", "malformed", "empty", "http_error", "blocked"]
+FailureKind = Literal[
+    "retries_exhausted", "malformed", "empty", "http_error", "server_error", "blocked"
+]
 
 
 class ApiAnswer(str):
@@ -51,6 +53,10 @@ class ApiError(RuntimeError):
 
 class ApiKeyMissing(ApiError):
     """No key in the provider's environment variable(s); the message names them."""
+
+
+class ApiUnreachable(ApiError):
+    """The server did not answer the probe sent before a run (refused, no route, timed out)."""
 
 
 class ApiAuthError(ApiError):
@@ -94,6 +100,9 @@ _FAILURE_OUTCOMES: dict[str, FailureOutcome] = {
     "blocked": "refused",  # the model's (or provider's) answer: counted, as wrong
     "empty": "empty",  # an answer with no text, truncated or not: counted, as wrong
     "http_error": "data_failure",  # a 4xx for this item (image too large, invalid): the input's
+    # a 5xx, however often it repeats in this run: the server's (a flaky or broken deployment),
+    # never the data's, so the next run asks again
+    "server_error": "transient_failure",
     "retries_exhausted": "transient_failure",  # the server or network: retried next run
     "malformed": "transient_failure",
 }

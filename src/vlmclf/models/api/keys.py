@@ -8,6 +8,7 @@ so even a server that echoes the key back in an error body cannot make us write 
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import threading
@@ -24,7 +25,9 @@ KEY_VARIABLES: dict[str, tuple[str, ...]] = {
 }
 
 _MASK = "***"
+_URLSAFE = str.maketrans("+/", "-_")
 _secrets: set[str] = set()
+_prefixes: set[str] = set()
 _secrets_lock = threading.Lock()
 
 
@@ -49,20 +52,62 @@ class Secret:
         raise TypeError("a Secret is not picklable: pass the key through the environment")
 
 
+PREFIX_MIN = 12
+"""A key's prefix this long (or longer) is masked too, in keys of at least ``2 * PREFIX_MIN``
+characters: a server that echoes a truncated key still shows most of it."""
+ENCODED_MIN = 16  # shorter fragments of an encoded key could be ordinary text
+
+
 def register_secret(value: str) -> None:
-    """Remember a value that ``redact`` must mask from now on."""
-    if len(value) >= 4:  # masking shorter strings would garble ordinary text
-        with _secrets_lock:
-            _secrets.add(value)
+    """Remember a value that ``redact`` must mask from now on, with its obvious encodings:
+    base64 (standard and URL-safe, at any byte offset inside a longer encoded text), URL
+    quoting and hex."""
+    if len(value) < 4:  # masking shorter strings would garble ordinary text
+        return
+    forms = {value, *(f for f in encoded_forms(value) if len(f) >= ENCODED_MIN)}
+    with _secrets_lock:
+        _secrets.update(forms)
+        if len(value) >= 2 * PREFIX_MIN:
+            _prefixes.add(value)
+
+
+def encoded_forms(value: str) -> set[str]:
+    """The key as it reads once encoded: ``base64`` of it (also as the middle of a longer
+    encoded text, whatever its byte offset there), URL-quoted and hex."""
+    raw = value.encode()
+    forms = {urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value), raw.hex(),
+             raw.hex().upper()}  # fmt: skip
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + raw).decode()
+        # only the characters every bit of which comes from the key itself
+        core = encoded[-(-8 * offset // 6) : 8 * (offset + len(raw)) // 6]
+        forms.update({core, core.translate(_URLSAFE)})
+    return forms - {value}
 
 
 def redact(text: str) -> str:
-    """``text`` with every registered key masked."""
+    """``text`` with every registered key (and its encodings, and a long prefix) masked."""
     with _secrets_lock:
         secrets = sorted(_secrets, key=len, reverse=True)
+        prefixes = list(_prefixes)
     for secret in secrets:
         if secret in text:
             text = text.replace(secret, _MASK)
+    for key in prefixes:
+        text = _mask_prefixes(text, key)
+    return text
+
+
+def _mask_prefixes(text: str, key: str) -> str:
+    """Every run of ``PREFIX_MIN`` or more of the key's first characters, masked."""
+    head = key[:PREFIX_MIN]
+    start = text.find(head)
+    while start != -1:
+        end = start + PREFIX_MIN
+        while end - start < len(key) and end < len(text) and text[end] == key[end - start]:
+            end += 1
+        text = text[:start] + _MASK + text[end:]
+        start = text.find(head, start + len(_MASK))
     return text
 
 

@@ -8,11 +8,12 @@ from vlmclf.models.api.adapter import ProviderAdapter
 from vlmclf.models.api.anthropic import AnthropicAdapter
 from vlmclf.models.api.base import ApiChatModel
 from vlmclf.models.api.cache import ResponseCache, default_cache_path
+from vlmclf.models.api.errors import ApiUnreachable
 from vlmclf.models.api.gemini import GeminiAdapter
-from vlmclf.models.api.keys import find_key
+from vlmclf.models.api.keys import find_key, strip_credentials
 from vlmclf.models.api.openai import OpenAIAdapter
 from vlmclf.models.api.prices import PriceTable
-from vlmclf.models.api.transport import RetryPolicy
+from vlmclf.models.api.transport import RetryPolicy, send
 
 ADAPTERS: dict[str, type[ProviderAdapter]] = {
     "openai": OpenAIAdapter,
@@ -20,6 +21,8 @@ ADAPTERS: dict[str, type[ProviderAdapter]] = {
     "gemini": GeminiAdapter,
 }
 API_PREFIXES = tuple(f"{name}:" for name in ADAPTERS)
+PROBE_TIMEOUT_S = 5.0
+"""How long the probe before a run waits for the server: a run's requests wait 60 s, retried."""
 
 
 def parse_api_spec(spec: str) -> tuple[str, str]:
@@ -68,3 +71,19 @@ def load_api_model(spec: str, *, base_url: str | None = None, concurrency: int =
     except BaseException:
         cache.close()
         raise
+
+
+def check_api_model(spec: str, base_url: str | None = None,
+                    probe_timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """What can be known before any work: the spec names a provider and a model, its key is
+    set (unless an OpenAI-compatible server needs none), and the server answers one request
+    without the key (any HTTP status will do: only no answer at all is an error).
+    Raises ValueError, ApiKeyMissing or ApiUnreachable, each one line."""
+    provider, model = parse_api_spec(spec)
+    adapter = ADAPTERS[provider](model, base_url)
+    find_key(provider, key_optional=adapter.key_optional)
+    answer = send("GET", adapter.base_url, {}, None, probe_timeout_s)
+    if answer.status == 0:
+        raise ApiUnreachable(f"{spec}: the server at {strip_credentials(adapter.base_url)} does "
+                             f"not answer ({answer.error}); is it running, and is --base-url "
+                             "right?")
