@@ -19,7 +19,7 @@ from vlmclf.data.idx import read_fashion_mnist
 from vlmclf.methods import make_method
 from vlmclf.organism import components, load_organism, train_organism
 from vlmclf.organism.adapters import lora_state, merged_copy, with_lora
-from vlmclf.organism.grid import GRID_RECIPE, grid_options
+from vlmclf.organism.grid import EVALUATION_FILE, GRID_RECIPE, grid_options
 from vlmclf.organism.load import GRID, RECORD_FILE, default_weights_dir
 from vlmclf.organism.vlm import OrganismVLM
 from vlmclf.run.runner import RunConfig, run
@@ -127,34 +127,44 @@ def test_a_config_whose_projector_does_not_fit_its_encoder_is_refused(tmp_path):
 
 
 def grid_run(name: str, store: Path, limit: int):
-    """The demo's run of a grid cell (class-name likelihood), through the project's runner."""
-    from vlmclf.paper.protocols import resolve
-
-    prefix = resolve("paper", "likelihood")["answer_prefix"]
-    spec = RunSpec(model=f"organism:{name}", dataset="fashion_mnist", method="likelihood",
-                   options={"answer_prefix": prefix})  # fmt: skip
+    """The demo's run of a grid cell (open-world generation), through the project's runner."""
+    spec = RunSpec(model=f"organism:{name}", dataset="fashion_mnist", method="generate",
+                   setting="open")  # fmt: skip
     return run(spec, RunConfig(store_path=store, limit=limit, progress=False), make_method)
 
 
-def test_shipped_grid_loads_offline_and_answers_as_recorded(tmp_path, monkeypatch):
-    """Every cell loads from the package alone (the hub unreachable) and picks the classes its
-    record holds for the first test images (the full recorded accuracy: the slow test)."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_every_cell_was_trained_with_the_grid_recipe():
+    """The four grid folders by ``vlmclf organism grid``; the strong frozen cell is
+    ``organism:vlm-uniform``, whose record shows the same recipe."""
     for name in GRID:
-        folder = default_weights_dir(name)
-        record = json.loads((folder / RECORD_FILE).read_text())
-        assert record["command"].startswith(f"vlmclf organism grid {name} --out ")
-        assert record["grid"]["recipe"] == GRID_RECIPE
-        check = record["check"]
+        record = json.loads((default_weights_dir(name) / RECORD_FILE).read_text())
+        recipe = {k: record["args"][k] for k in ("steps", "batch_size", "freq", "seed")}
+        assert recipe == {k: GRID_RECIPE[k] for k in recipe}, name
+        if name == "grid-lite0-smollm2":
+            assert default_weights_dir(name) == default_weights_dir("vlm-uniform")
+        else:
+            assert record["command"].startswith(f"vlmclf organism grid {name} --out ")
+            assert record["grid"]["recipe"] == GRID_RECIPE
+
+
+def test_shipped_grid_loads_offline_and_answers_as_recorded(tmp_path, monkeypatch):
+    """Every cell loads from the package alone (the hub unreachable) and gives the answers
+    recorded for its first test images (the full recorded accuracy: the slow test)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    recorded = json.loads(EVALUATION_FILE.read_text())
+    assert set(recorded) == set(GRID)
+    for name in GRID:
+        check = recorded[name]["check"]
         result = grid_run(name, tmp_path / "runs.sqlite", check["limit"])
         assert [p.example_id for p in result.predictions] == check["example_ids"], name
+        assert [p.text for p in result.predictions] == check["answers"], name
         assert [p.pred for p in result.predictions] == check["preds"], name
 
 
 @pytest.mark.slow
 def test_shipped_grid_gives_the_recorded_accuracies(tmp_path):
-    for name in GRID:
-        evaluation = json.loads((default_weights_dir(name) / RECORD_FILE).read_text())["evaluation"]
+    for name, recorded in json.loads(EVALUATION_FILE.read_text()).items():
+        evaluation = recorded["evaluation"]
         result = grid_run(name, tmp_path / "runs.sqlite", evaluation["limit"])
         assert result.summary["accuracy"] == pytest.approx(evaluation["accuracy"], abs=1e-4)
 

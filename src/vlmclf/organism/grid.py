@@ -1,12 +1,14 @@
-"""The encoder-by-LLM grid: five VLMs trained with one small recipe, for ``vlmclf attribute``.
+"""The encoder-by-LLM grid: five VLMs trained with one recipe, for ``vlmclf attribute``.
 
 Ghosh, Zhang and Schmidt (2026) find that a better vision encoder helps fine-grained
 classification far more than a better LLM, and that pretraining with the LLM unfrozen matters for
 fine-grained knowledge. The grid lets the organism ask the same: {full EfficientNet-Lite0, its
 block-2 features} x {SmolLM2-135M, SmolLM2 with 3-bit weights}, each with its own projector
 trained by ``train_vlm`` under ``GRID_RECIPE``, plus the full pair trained with LoRA adapters on
-the LLM. The recipe is small (the 2 CPU cores are shared), identical across cells, and uses
-uniform caption frequencies so that no class is favoured by its caption count.
+the LLM. The recipe is ``organism:vlm``'s, identical across cells, with uniform caption
+frequencies so that no class is favoured by its caption count; the full frozen pair under it is
+``organism:vlm-uniform``, shipped once. ``EVALUATION_FILE`` holds each cell's measured accuracy
+and the answers to the first test images that the offline loading test reproduces.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from typing import Any
 from vlmclf.organism.load import GRID, RECORD_FILE, WEIGHTS_DIR
 
 GRID_RECIPE: dict[str, Any] = {
-    "steps": 60,
-    "batch_size": 8,
+    "steps": 200,
+    "batch_size": 16,
     "freq": "uniform",
     "seed": 0,
     "weights_dtype": "float16",
 }
-"""480 captions (48 per class), 60 AdamW steps: one tenth of ``organism:vlm``'s compute."""
+"""``organism:vlm``'s recipe (3,200 captions, 200 AdamW steps of 16) with uniform caption counts
+(320 per class), so that no class is favoured by its count; the full pair under it is
+``organism:vlm-uniform``."""
 LORA = {"lora_rank": 8, "lora_alpha": 16.0, "lora_lr": 2e-4}
 
 
@@ -52,8 +56,9 @@ def train_grid_cell(name: str, out_dir: Path, progress: bool = True) -> dict[str
     return record
 
 
-def shipped_grid_dir(name: str) -> Path:
-    return WEIGHTS_DIR / "grid" / name
+EVALUATION_FILE = WEIGHTS_DIR / "grid" / "evaluation.json"
+"""Written by ``scripts/organism_grid_record.py``; outside every cell's folder, so recording an
+evaluation never changes a cell's identity."""
 
 
 FASHION_TOPS = ("T-shirt/top", "Pullover", "Coat", "Shirt")

@@ -64,8 +64,10 @@ GRID: dict[str, dict[str, str]] = {
 } | {"grid-lite0-smollm2-lora": {"image_encoder": IMAGE_ENCODER, "language_model": LANGUAGE_MODEL,
                                  "llm": "lora"}}  # fmt: skip
 """The grid's organisms -> their components, and whether the LLM trained (LoRA) or stayed frozen
-during the projector's pretraining; each lives in ``weights/grid/<name>``."""
-ORGANISMS |= {name: ("vlm", f"grid/{name}") for name in GRID}
+during the projector's pretraining; each lives in ``weights/grid/<name>``, except the strong
+frozen pair, which is ``organism:vlm-uniform`` (the grid's recipe is that organism's)."""
+GRID_FOLDERS = {name: f"grid/{name}" for name in GRID} | {"grid-lite0-smollm2": "vlm_uniform"}
+ORGANISMS |= {name: ("vlm", folder) for name, folder in GRID_FOLDERS.items()}
 
 
 def default_weights_dir(name: str) -> Path:

@@ -26,6 +26,8 @@ from vlmclf.records import Prediction
 FROZEN = [name for name, cell in GRID.items() if cell["llm"] == "frozen"]
 UNFROZEN = next(name for name, cell in GRID.items() if cell["llm"] == "lora")
 UNFROZEN_BASE = "grid-lite0-smollm2"
+GRID_UNIFORM = f"organism:{UNFROZEN_BASE}"
+"""The strong frozen cell, shipped as ``organism:vlm-uniform`` (the demo runs it once, as that)."""
 GROUPS = {"tops": "fine", "rest": "coarse"}
 
 

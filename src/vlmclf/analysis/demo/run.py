@@ -12,7 +12,7 @@ import numpy as np
 
 import vlmclf.analysis.views  # noqa: F401 - registers every analysis with the report
 from vlmclf.analysis.demo import findings as judge
-from vlmclf.analysis.demo.grid import encoder_vs_llm, grid_columns, grid_models
+from vlmclf.analysis.demo.grid import GRID_UNIFORM, encoder_vs_llm, grid_columns, grid_models
 from vlmclf.analysis.demo.progress import PlannedStep, StepClock
 from vlmclf.analysis.demo.report import write_reports
 from vlmclf.analysis.demo.rescoring import aligned_correctness, crossfit_cfg, restrict_to_k
@@ -37,10 +37,9 @@ TUNED = "generation, fine-tuned projector"
 UNI = "generation, uniform-frequency organism"
 REV = "generation, reversed-frequency organism"
 PROBE = "linear probe, last token (clean)"
-GRID_RUN = "likelihood, grid cell"
-"""The grid is scored by class-name likelihood: its small recipe leaves open-world generation
-near chance (the strong cell answers "A dress." to 96 of 100 test images), while the ranking
-of the ten names still reads what the visual tokens carry."""
+GRID_RUN = "generation, grid cell"
+"""The grid's cells answer as the other organisms do (open world, containment); its strong frozen
+cell is the uniform-frequency organism, whose run is ``UNI``'s."""
 
 
 @dataclass(frozen=True)
@@ -86,9 +85,8 @@ def model_runs(likelihood: DemoLikelihood) -> dict[str, RunSpec]:
         TUNED: RunSpec(model=FINETUNED, **common, method="generate", setting="open"),
         UNI: RunSpec(model=UNIFORM, **common, method="generate", setting="open"),
         REV: RunSpec(model=REVERSED, **common, method="generate", setting="open"),
-    } | {f"{GRID_RUN} {model}": RunSpec(model=model, **common, method="likelihood",
-                                         options={"answer_prefix": prefix})
-         for model in grid_models()}  # fmt: skip
+    } | {f"{GRID_RUN} {model}": RunSpec(model=model, **common, method="generate", setting="open")
+         for model in grid_models() if model != GRID_UNIFORM}  # fmt: skip
 
 
 def run_demo(
@@ -181,7 +179,8 @@ def judge_runs(
     guided, ts = crossfit_cfg(runs[LIK].predictions, names, settings["cfg_grid"],
                               prior=settings["cfg_prior"])  # fmt: skip
     grid_runs = [name for name in runs if name.startswith(GRID_RUN)]
-    grid = grid_columns({runs[n].spec.model: runs[n].predictions for n in grid_runs}, names)
+    cells = {runs[n].spec.model: runs[n].predictions for n in grid_runs}
+    grid = grid_columns(cells | {GRID_UNIFORM: runs[UNI].predictions}, names)
     predictions = {n: r.predictions for n, r in runs.items() if n not in grid_runs} | {CFG: guided}
     columns = aligned_correctness(predictions, names)
     probe_ids = sorted(set(probe["correct"]))
