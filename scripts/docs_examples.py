@@ -350,6 +350,21 @@ def make_threads(session: Session) -> None:
     session.values["python"] = sys.executable
 
 
+def wandb_offline(session: Session) -> None:
+    """``clothes.jsonl`` and ``{python}`` for an offline W&B run (the commands set
+    ``WANDB_MODE=offline`` themselves); W&B 0.31 or newer, whose ``wandb leet inspect
+    --summary`` reads the run back."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        installed = version("wandb")
+    except PackageNotFoundError:
+        raise CannotRunHere("the wandb extra is not installed") from None
+    if tuple(int(part) for part in installed.split(".")[:2]) < (0, 31):
+        raise CannotRunHere(f"wandb {installed} has no `wandb leet inspect --summary`")
+    make_threads(session)
+
+
 def need_wordnet(session: Session) -> None:
     """Debian's WordNet, which the ImageNet hierarchy is read from."""
     from vlmclf.data.hierarchy import wordnet_available
@@ -496,6 +511,38 @@ def first_lines(n: int, *, last: int = 0) -> Callable[[str], str]:
         return "\n".join([*lines[:n], "...", *(lines[-last:] if last else [])]) + "\n"
 
     return keep
+
+
+def wandb_as_sent(output: str) -> str:
+    """``wandb leet inspect --summary --json`` cut to what vlmclf sent: the run's project, name,
+    state and config and the ``eval/`` numbers; W&B's own entries (times, file paths) are
+    "..." lines."""
+    data = json.loads(output)
+    lines = ["{", *_kept_entries(data, lambda key: key in WANDB_SENT, "  "), "}"]
+    return "\n".join(lines) + "\n"
+
+
+WANDB_SENT = ("project", "name", "state", "config", "summary")
+
+
+def _kept_entries(data: dict, keep: Callable[[str], bool], indent: str) -> list[str]:
+    """``data``'s entries as indented JSON lines, one "..." for each run of left-out ones; the
+    summary keeps only its ``eval/`` numbers."""
+    items: list[list[str]] = []
+    for key, value in data.items():
+        if not keep(key):
+            if items[-1:] != [[f"{indent}..."]]:
+                items.append([f"{indent}..."])
+        elif key == "summary":
+            inner = _kept_entries(value, lambda k: k.startswith("eval/"), indent + "  ")
+            items.append([f'{indent}"summary": {{', *inner, f"{indent}}}"])
+        else:
+            text = json.dumps(value, indent=2).replace("\n", "\n" + indent)
+            items.append([f"{indent}{json.dumps(key)}: {text}"])
+    for item in items[:-1]:  # JSON's commas between entries, none after a "..."
+        if not item[-1].endswith("..."):
+            item[-1] += ","
+    return [line for item in items for line in item]
 
 
 # an id stands alone or in a file name (``results_<id>.json``): no letter or digit either side
@@ -660,7 +707,8 @@ def run_step(step: Step, session: Session) -> str:
         return run_python(step.command, session, echo=step.kind == "python")
     command = step.command.format(**session.values)
     if step.kind == "shell":
-        return run_shell(command, session)
+        output = run_shell(command, session)
+        return step.keep(output) if step.keep else output
     if step.kind == "status":
         return f"{LAST_EXIT[0]}\n"
     if command.endswith("&"):
@@ -838,13 +886,19 @@ EXAMPLES: tuple[Example, ...] = (
         Step("vlmclf probe --model organism:vlm --dataset fashion_mnist --train-limit 200 "
              "--limit 60 --clip-model organism:clip"),
     )),  # fmt: skip
+    Example("probe-output-path", "docs/analyses.md", (
+        Step("vlmclf probe --model organism:vlm --dataset fashion_mnist --train-limit 200 "
+             "--limit 60 --output-path probe-files --log-samples", keep=first_lines(1)),
+        Step("ls probe-files", kind="shell"),
+        Step("head -2 probe-files/samples_*.jsonl", kind="shell"),
+    ), needs=("probe",)),  # fmt: skip
     Example("rematch", "docs/analyses.md", (
         Step("vlmclf rematch {gen} --match embed"),
     ), needs=("organism-evals",)),  # fmt: skip
     Example("report", "docs/analyses.md", (
         Step("vlmclf frequency --corpus captions.txt --classes fashion_mnist --run {gen} "
              "--out freq"),
-        Step("vlmclf report --runs {clip} --runs {gen} --out report.html"),
+        Step("vlmclf report --runs {clip} --runs {gen} --out-file report.html"),
     ), setup=make_captions, needs=("organism-evals",)),  # fmt: skip
     # docs/serve.md
     Example("serve", "docs/serve.md", (
@@ -880,6 +934,21 @@ EXAMPLES: tuple[Example, ...] = (
         Step("ls results", kind="shell"),
         Step("head -1 results/samples_*.jsonl", kind="shell"),
     ), needs=("organism-evals",)),  # fmt: skip
+    Example("log-wandb", "docs/evaluate.md", (
+        Step("env -u WANDB_DIR -u WANDB_PROJECT -u WANDB_ENTITY WANDB_MODE=offline "
+             "WANDB_SILENT=true {python} -m vlmclf.cli eval --model random:clip --method clip "
+             "--dataset clothes.jsonl --store wandb.sqlite --no-progress --output-path results "
+             "--log wandb > /dev/null", kind="shell",
+             shown="WANDB_MODE=offline WANDB_SILENT=true vlmclf eval --model random:clip "
+             "--method clip --dataset clothes.jsonl --output-path results --log wandb > "
+             "/dev/null"),
+        Step("{python} -m wandb leet inspect --summary --json results/wandb/latest-run",
+             kind="shell", shown="wandb leet inspect --summary --json results/wandb/latest-run",
+             keep=wandb_as_sent),
+        Step("cat results/wandb/latest-run/files/media/table/per_class_*.table.json; echo",
+             kind="shell",
+             shown="cat results/wandb/latest-run/files/media/table/per_class_*.table.json"),
+    ), setup=wandb_offline),  # fmt: skip
     # docs/scale-out.md: a run resumed under another thread count is named in the warning
     Example("thread-warning", "docs/scale-out.md", (
         Step("OMP_NUM_THREADS=2 {python} -m vlmclf.cli eval --model random:clip --method clip "
@@ -957,7 +1026,7 @@ EXAMPLES: tuple[Example, ...] = (
     # slow: minutes each, left out of the default test (make docs-examples runs them)
     Example("finetune", "docs/analyses.md", (
         Step("vlmclf finetune --model organism:vlm --dataset fashion_mnist --train-limit 320 "
-             "--batch-size 32 --steps 10 --lr-projector 1e-3 --limit 40 "
+             "--step-batch-size 32 --steps 10 --lr-projector 1e-3 --limit 40 "
              "--out reports/finetune-organism"),
     ), slow=True),  # fmt: skip
     Example("demo", "docs/analyses.md", (Step("vlmclf demo"),), slow=True),
@@ -970,7 +1039,7 @@ EXAMPLES: tuple[Example, ...] = (
     # docs/reproduce.md
     Example("reproduce-organism", "docs/reproduce.md", (
         Step("vlmclf reproduce table1 --model organism:vlm --clip-model organism:clip --dataset "
-             "fashion_mnist --limit 20 --dtype float32 --store repro/runs.sqlite --out "
+             "fashion_mnist --limit 20 --dtype float32 --store repro/runs.sqlite --out-file "
              "repro/table1.md --run"),
     ), slow=True),  # fmt: skip
     Example("reproduce-organism-eval", "docs/reproduce.md", (

@@ -30,11 +30,17 @@ def cli_json(*args: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_import_vlmclf_stays_light_and_names_the_api():
+API = ["CommandError", "Result", "__version__", "evaluate", "load_dataset", "load_model",
+       "open_store"]  # fmt: skip
+
+
+def test_import_vlmclf_stays_light_and_names_only_the_api():
     code = ("import sys, vlmclf; heavy = [m for m in ('torch', 'transformers', 'vlmclf.api') "
-            "if m in sys.modules]; print(heavy, 'evaluate' in dir(vlmclf))")  # fmt: skip
+            "if m in sys.modules]; print(heavy, dir(vlmclf))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[] True"
+    assert out.stdout.strip() == f"[] {API}"
+    assert dir(vlmclf) == API  # the same once the API (and other modules of ours) are loaded
+    assert sorted([*vlmclf.__all__, "__version__"]) == API
     with pytest.raises(AttributeError, match="no attribute 'evaluat'"):
         vlmclf.evaluat  # noqa: B018
 

@@ -132,7 +132,7 @@ def test_wikiqa_names_the_real_cause_when_every_question_fails(
     monkeypatch.setenv("VLMCLF_API_CACHE", str(tmp_path / "cache.sqlite"))
     root, questions = tiny_wikiqa
     with FakeApiServer("openai", key=None, plan=lambda _i, _p: status(500, body=BOOM)) as server:
-        args = ["--model", "openai:test-model", "--base-url", server.base_url, "--images",
+        args = ["--model", "openai:test-model", "--base-url", server.base_url, "--wikiqa-images",
                 str(root), "--questions", str(questions), "--store", str(tmp_path / "s.sqlite"),
                 "--out", str(tmp_path / "o"), "--no-progress"]  # fmt: skip
         result = CliRunner().invoke(wikiqa_app, args)

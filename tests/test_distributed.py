@@ -340,7 +340,7 @@ def wikiqa_files(root: Path) -> list[str]:
                                        ("v1", "Where is it found?", "C"))]  # fmt: skip
     questions = root / "questions.jsonl"
     questions.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return ["wikiqa", "--model", "random:llava", "--images", str(root), "--questions",
+    return ["wikiqa", "--model", "random:llava", "--wikiqa-images", str(root), "--questions",
             str(questions), "--batch-size", "1", "--json", "--no-progress"]  # fmt: skip
 
 

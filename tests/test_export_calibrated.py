@@ -24,7 +24,8 @@ def test_export_of_a_calibrated_run_is_what_the_summary_counts(tmp_path: Path, f
         "--calibration", "dataset_mean", "--batch-size", "4",
     )  # fmt: skip
     out = tmp_path / f"p.{fmt}"
-    args = ["export", summary["run_id"], "--store", str(store), "--format", fmt, "--out", str(out)]
+    args = ["export", summary["run_id"], "--store", str(store), "--format", fmt,
+            "--out-file", str(out)]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     rows = _read(out, fmt)

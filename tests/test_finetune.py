@@ -279,7 +279,7 @@ def test_finetune_command_closes_the_gap_with_mixed_data(colours, tmp_path):
     args = ["--model", "random:llava", "--dataset", "imagefolder",
             "--data-root", str(colours["test"]), "--train-data-root", str(colours["train"]),
             "--train", "projector+lora",
-            "--train-limit", "30", "--batch-size", "6", "--micro-batch", "3", "--steps", "40",
+            "--train-limit", "30", "--step-batch-size", "6", "--batch-size", "3", "--steps", "40",
             "--lr-projector", "3e-3", "--lr-lora", "3e-3", "--warmup-ratio", "0.1",
             "--lora-dropout", "0", "--mix-instructions", str(mix),
             "--image-folder", str(tmp_path / "instruct"),
@@ -303,7 +303,7 @@ def test_command_exits_3_with_a_report_when_the_loss_diverges(colours, tmp_path,
     monkeypatch.setattr(HFTrainable, "batch_loss", infinite)
     args = ["--model", "random:llava", "--dataset", "imagefolder",
             "--data-root", str(colours["test"]), "--train-data-root", str(colours["train"]),
-            "--train-limit", "4", "--batch-size", "4",
+            "--train-limit", "4", "--step-batch-size", "4",
             "--steps", "3", "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "o"),
             "--no-progress"]  # fmt: skip
     result = CliRunner().invoke(_app(), args)
@@ -453,3 +453,70 @@ def test_lora_on_all_linear_layers_covers_the_mlp_and_stays_inside_the_language_
     assert suffixes == {"q_proj", "k_proj", "v_proj", "o_proj"}
     with pytest.raises(ValueError, match="--lora-targets"):
         lora_settings(4, 8, 0.0, "mlp")  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def torch_threads_restored():
+    """``--threads`` caps torch for the whole process: give the test process its count back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_finetune_output_path_writes_its_results_and_the_before_and_after_runs(
+    colours, tmp_path, torch_threads_restored
+):
+    out, store = tmp_path / "files", tmp_path / "runs.sqlite"
+    args = ["--model", "random:llava", "--dataset", "imagefolder",
+            "--data-root", str(colours["test"]), "--train-data-root", str(colours["train"]),
+            "--train-limit", "4", "--batch-size", "4", "--steps", "2", "--limit", "3",
+            "--store", str(store), "--out", str(tmp_path / "ckpt"), "--no-progress", "--json",
+            "--threads", "2", "--output-path", str(out), "--log-samples"]  # fmt: skip
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    analysis_id = payload["analysis_id"]
+    run_ids = [payload["before"]["run_id"], payload["after"]["run_id"]]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted([f"results_{analysis_id}.json", *(f"results_{r}.json" for r in run_ids),
+                            *(f"samples_{r}.jsonl" for r in run_ids)])  # fmt: skip
+    results = json.loads((out / f"results_{analysis_id}.json").read_text())
+    assert results["kind"] == "finetune" and results["status"] == "done"
+    assert results["summary"]["final_loss"] == payload["final_loss"]
+    assert results["identity"]["spec"]["steps"] == 2 and results["protocol"]["name"] == "clean"
+    assert results["threads"] == 2 and results["versions"]["transformers"]
+    with RunStore(store, read_only=True) as runs:
+        for run_id, when in zip(run_ids, ("before", "after"), strict=True):
+            document = json.loads((out / f"results_{run_id}.json").read_text())
+            assert document["summary"]["accuracy"] == payload[when]["accuracy"]
+            assert document["threads"] == 2 == runs.get_run(run_id).threads
+            samples = (out / f"samples_{run_id}.jsonl").read_text().splitlines()
+            assert len(samples) == 3 and all(json.loads(s)["label_name"] for s in samples)
+
+
+def test_finetune_log_samples_without_limit_is_refused_before_training(colours, tmp_path):
+    args = ["--model", "random:llava", "--dataset", "imagefolder",
+            "--data-root", str(colours["test"]), "--store", str(tmp_path / "s.sqlite"),
+            "--out", str(tmp_path / "o"), "--output-path", str(tmp_path / "f"),
+            "--log-samples"]  # fmt: skip
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 2 and "give --limit N" in result.output
+    assert not (tmp_path / "s.sqlite").exists() and not (tmp_path / "o").exists()
+
+
+def test_a_diverged_finetune_still_writes_its_results_file(colours, tmp_path, monkeypatch):
+    def infinite(self, images, questions, answers):
+        return torch.tensor(math.inf, requires_grad=True), 3
+
+    monkeypatch.setattr(HFTrainable, "batch_loss", infinite)
+    args = ["--model", "random:llava", "--dataset", "imagefolder",
+            "--data-root", str(colours["test"]), "--train-data-root", str(colours["train"]),
+            "--train-limit", "4", "--batch-size", "4", "--steps", "3",
+            "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "o"),
+            "--no-progress", "--output-path", str(tmp_path / "files")]  # fmt: skip
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == EXIT_DIVERGED
+    [written] = (tmp_path / "files").iterdir()
+    document = json.loads(written.read_text())
+    assert document["status"] == "diverged" and document["summary"]["divergence"]
+    assert written.name == f"results_{document['analysis_id']}.json"

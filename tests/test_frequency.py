@@ -415,3 +415,35 @@ def test_million_captions_by_998_imagenet_names(tmp_path: Path) -> None:
     expected = {name: 500 * c for name, c in naive_count(distinct, names).items()}
     assert result["n_units"] == 1_000_000
     assert result["counts"] == expected
+
+
+def test_frequency_output_path_writes_the_analysis_results(tmp_path: Path) -> None:
+    import sys
+
+    from typer.testing import CliRunner
+
+    from vlmclf.cli import app
+
+    path = _write(tmp_path / "c.txt", "a tench\nthe goldfish\ngoldfish\n")
+    out = tmp_path / "files"
+    args = ["frequency", "--corpus", str(path), "--classes", "imagenet", "--out",
+            str(tmp_path / "report"), "--store", str(tmp_path / "s.sqlite"), "--json",
+            "--output-path", str(out)]  # fmt: skip
+    had_torch = "torch" in sys.modules
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    analysis_id = payload["analysis_id"]
+    assert [p.name for p in out.iterdir()] == [f"results_{analysis_id}.json"]
+    results = json.loads((out / f"results_{analysis_id}.json").read_text())
+    assert results["kind"] == "frequency" and results["status"] == "done"
+    assert results["summary"]["counts"] == payload["counts"]
+    assert results["summary"]["counts"]["goldfish"] == 2
+    assert results["identity"] == {"kind": "frequency", "spec": {
+        "corpus": [str(path)], "classes": "imagenet", "run": None, "field": None}}
+    assert results["protocol"] == {"bins": "quantile"}
+    assert results["versions"]["vlmclf"] and results["versions"]["python"]
+    assert results["threads"] is None  # counted without torch: no thread count to record
+    assert had_torch or "torch" not in sys.modules  # and the files did not import it
+    bad = CliRunner().invoke(app, [*args[:-2], "--output-path", str(path / "sub")])
+    assert bad.exit_code == 2 and bad.output.startswith(f"error: --output-path {path / 'sub'}")

@@ -241,7 +241,7 @@ DEFAULTS = {  # command: its options that default to auto
     ("eval",): ("device", "dtype", "batch_size"),
     ("sweep",): ("device", "dtype", "batch_size"),
     ("probe",): ("device", "dtype", "batch_size"),
-    ("finetune",): ("device", "dtype"),
+    ("finetune",): ("device", "dtype", "batch_size"),
     ("wikiqa",): ("device", "dtype", "batch_size"),
     ("wikiqa", "build"): ("device", "dtype"),
     ("serve",): ("device", "dtype"),

@@ -204,7 +204,7 @@ def test_hard_choice_mistakes_are_one_line(fashion: Path, tmp_path: Path):
 
 def test_sweep_has_a_choices_axis(fashion: Path, tmp_path: Path):
     result = CliRunner().invoke(app, [
-        "sweep", "--models", "random:clip", "--dataset", "fashion_mnist", "--data-root",
+        "sweep", "--model", "random:clip", "--dataset", "fashion_mnist", "--data-root",
         str(fashion), "--axis", "strategy=clip", "--axis", f"k={K}", "--axis",
         "choices=random,hard-image", "--choice-model", "random:clip", "--store",
         str(tmp_path / "runs.sqlite"), "--out", str(tmp_path / "out"), "--json", "--no-progress",

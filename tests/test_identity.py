@@ -581,7 +581,7 @@ def test_a_v2_store_read_only_is_listed_and_exported_without_upgrading(manifest,
     assert row["legacy_identity"] is True and row["identity"] is None and row["n_transient"] == 0
     exported = tmp_path / "out.jsonl"
     out = CliRunner().invoke(app, ["export", spec.run_id[:8], "--store", str(path),
-                                   "--out", str(exported)])  # fmt: skip
+                                   "--out-file", str(exported)])  # fmt: skip
     assert out.exit_code == 0, out.output
     assert json.loads(exported.read_text())["outcome"] == "data_failure"
     with RunStore(path, read_only=True) as store:

@@ -170,7 +170,8 @@ def test_paper_pooling_counts_the_pads_of_a_padded_batch(llava_dir):
 
 
 def export_rows(store: Path, run_id: str, out: Path) -> list[dict]:
-    result = CliRunner().invoke(app, ["export", run_id, "--store", str(store), "--out", str(out)])
+    args = ["export", run_id, "--store", str(store), "--out-file", str(out)]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     return [json.loads(line) for line in out.read_text().splitlines()]
 
@@ -233,7 +234,7 @@ def test_paper_wikiqa_parses_the_text_the_papers_code_parses(llava_dir, tmp_path
     assert_recorded_inputs(paper_model(llava_dir)[1], [tmp_path / item["image"] for item in items],
                            wikiqa["images"])  # fmt: skip
     out = run_cli(
-        "wikiqa", "--model", f"hf:{llava_dir}", "--images", str(tmp_path), "--questions",
+        "wikiqa", "--model", f"hf:{llava_dir}", "--wikiqa-images", str(tmp_path), "--questions",
         str(questions), "--protocol", "paper", "--dtype", "float32", "--max-new-tokens",
         str(wikiqa["max_new_tokens"]), "--batch-size", "4", "--store",
         str(tmp_path / "runs.sqlite"), "--out", str(tmp_path / "r"),
@@ -355,8 +356,8 @@ def test_paper_finetune_evaluates_as_model_vqa_does(llava_dir, manifest, tmp_pat
     store = tmp_path / "runs.sqlite"
     out = run_cli(
         "finetune", "--model", f"hf:{llava_dir}", "--dataset", str(manifest), "--train-split",
-        "test", "--eval-split", "test", "--protocol", "paper", "--steps", "1", "--batch-size",
-        "2", "--train-limit", "2", "--eval-limit", "2", "--dtype", "float32", "--store",
+        "test", "--eval-split", "test", "--protocol", "paper", "--steps", "1", "--step-batch-size",
+        "2", "--train-limit", "2", "--limit", "2", "--dtype", "float32", "--store",
         str(store), "--out", str(tmp_path / "ft"),
     )  # fmt: skip
     with RunStore(store, read_only=True) as runs:

@@ -410,3 +410,68 @@ def test_clip_baseline_trains_on_unit_vectors_for_its_own_epochs(
     assert "CLIP baseline (random:clip): L2-normalised image embeddings, 9 epochs." in (
         outcome.files["markdown"].read_text()
     )
+
+
+@pytest.fixture
+def torch_threads_restored():
+    """``--threads`` caps torch for the whole process: give the test process its count back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_probe_output_path_writes_results_and_a_line_per_example_and_probe(
+    colour_data, tmp_path, monkeypatch, torch_threads_restored
+):
+    monkeypatch.setenv("VLMCLF_CACHE_DIR", str(tmp_path / "cache"))
+    app = typer.Typer()
+    app.command()(probe_command)
+    out, store = tmp_path / "files", tmp_path / "runs.sqlite"
+    args = ["--model", "random:llava", "--dataset", "imagefolder", "--eval-split", "test",
+            "--data-root", str(colour_data["test"]), "--train-data-root", str(colour_data["train"]),
+            "--epochs", "4", "--train-limit", "15", "--limit", "8", "--store", str(store),
+            "--out", str(tmp_path / "report"), "--no-progress", "--workers", "1", "--threads", "2",
+            "--json",
+            "--output-path", str(out), "--log-samples"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    analysis_id = payload["analysis_id"]
+    assert sorted(p.name for p in out.iterdir()) == [f"results_{analysis_id}.json",
+                                                     f"samples_{analysis_id}.jsonl"]  # fmt: skip
+    results = json.loads((out / f"results_{analysis_id}.json").read_text())
+    with RunStore(store, read_only=True) as runs:
+        stored = runs.get_analysis(analysis_id)
+    assert results["kind"] == "probe" and results["status"] == "done"
+    assert results["identity"] == {"kind": "probe", "spec": stored.spec}
+    assert results["summary"]["features"] == payload["features"]
+    assert results["protocol"]["name"] == "clean" and results["protocol"]["epochs"] == 4
+    assert results["threads"] == 2 and results["versions"]["torch_threads"] == "2"
+    assert results["versions"]["torch"] and "vlmclf_git_revision" in results
+    assert "predicted" not in json.dumps(stored.result)  # per-example predictions: files only
+
+    lines = [json.loads(s) for s in (out / f"samples_{analysis_id}.jsonl").read_text()
+             .splitlines()]  # fmt: skip
+    n_eval = payload["features"]["mean"]["n_eval"]
+    assert n_eval >= 7 and len(lines) == n_eval * 4  # 2 poolings x 2 protocols
+    for pooling in ("last_token", "mean"):
+        for protocol in ("paper", "clean"):
+            rows = [r for r in lines if (r["features"], r["protocol"]) == (pooling, protocol)]
+            bits = "".join("1" if r["hit"] else "0" for r in rows)
+            assert bits == payload["features"][pooling]["protocols"][protocol]["correct"]
+    for row in lines:
+        assert row["model"] == "random:llava" and row["hit"] == (row["pred"] == row["label"])
+        image = Path(row["image"])
+        assert image.is_absolute() and image == (colour_data["test"] / row["example_id"])
+        assert row["label_name"] == image.parent.name
+        assert row["pred_name"] == payload["class_names"][row["pred"]]
+
+
+def test_probe_log_samples_needs_output_path_and_stops_before_work(colour_data, tmp_path):
+    app = typer.Typer()
+    app.command()(probe_command)
+    args = ["--model", "random:llava", "--dataset", "imagefolder", "--data-root",
+            str(colour_data["test"]), "--store", str(tmp_path / "s.sqlite"), "--log-samples"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "--log-samples writes into --output-path DIR" in result.output
+    assert not (tmp_path / "s.sqlite").exists()

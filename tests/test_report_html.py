@@ -197,7 +197,7 @@ def test_probe_and_rematch_analyses_are_drawn_with_their_tables(tmp_path: Path) 
 def test_report_command(built, tmp_path: Path) -> None:
     path, ids, _ = built
     out = tmp_path / "sub" / "report.html"
-    args = ["report", "--store", str(path), "--out", str(out)]
+    args = ["report", "--store", str(path), "--out-file", str(out)]
     result = CliRunner().invoke(app, [*args, "--runs", ids["other"][:5], "--runs", ids["other"]])
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"wrote {out} (")

@@ -65,6 +65,20 @@ def test_every_printed_command_uses_real_options(table: str, protocol: str):
         assert not unknown, (line, unknown)
 
 
+@pytest.mark.parametrize("table", list(reproduce.TABLES))
+def test_output_path_reaches_every_printed_command(table: str):
+    out = invoke(
+        "reproduce", table, "--model", "hf:m", "--data-root", "/data", "--clip-model", "hf:c",
+        "--corpus", "captions.json", "--wikiqa-images", "/data/val", "--output-path", "files",
+    )  # fmt: skip
+    lines = [line for line in out.splitlines() if line.startswith("vlmclf ")]
+    known = command_options()
+    for line in lines:
+        argv = shlex.split(line.split("  # ")[0])[1:]
+        assert argv[argv.index("--output-path") + 1] == "files", line
+        assert "--output-path" in known[argv[0]]
+
+
 def test_paper_commands_carry_the_paper_settings():
     out = invoke("reproduce", "table2", "--model", "hf:m", "--data-root", "/d/caltech101",
                  "--dataset", "caltech101")  # fmt: skip
@@ -80,7 +94,7 @@ def test_paper_commands_carry_the_paper_settings():
     assert "--protocol paper --epochs 500" in probe_line  # raw features, one shuffle, best epoch
     assert "no option yet" not in flowers
     wikiqa = invoke("reproduce", "table4", "--model", "hf:m", "--wikiqa-images", "/v")
-    assert "vlmclf wikiqa --model hf:m --protocol paper --images /v --cot" in wikiqa
+    assert "vlmclf wikiqa --model hf:m --protocol paper --wikiqa-images /v --cot" in wikiqa
     assert "no option yet" not in wikiqa and "random letter" not in wikiqa
     thesis = invoke("reproduce", "thesis", "--model", "hf:m", "--dataset", "imagenet")
     assert thesis.count("--protocol thesis") == 3 and "--k 1000" in thesis
@@ -109,7 +123,7 @@ def test_run_writes_the_table_in_the_paper_layout(folder, tmp_path, monkeypatch)
     out = invoke(
         "reproduce", "table1", "--model", "random:llava", "--dataset", "imagefolder",
         "--data-root", str(folder), "--limit", "2", "--dtype", "float32", "--run",
-        "--store", str(tmp_path / "r.sqlite"), "--out", str(out_file),
+        "--store", str(tmp_path / "r.sqlite"), "--out-file", str(out_file),
     )  # fmt: skip
     text = out_file.read_text()
     assert "| | imagefolder |" in text

@@ -5,6 +5,8 @@ through the real CLI on tiny random models and a real image folder."""
 from __future__ import annotations
 
 import json
+import math
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from typer.testing import CliRunner
 import vlmclf
 from vlmclf.cli import app
 from vlmclf.store import RunStore
+from vlmclf.store.arrays import pack_scores
 
 
 @pytest.fixture(scope="module")
@@ -93,18 +96,37 @@ def test_evaluate_writes_the_same_files(folder: Path, tmp_path: Path):
     assert [json.loads(s)["prompt"] for s in samples] == [None] * 6  # CLIP is asked nothing
 
 
+def give_one_row_nan_and_infinite_floats(store: Path, run_id: str) -> str:
+    """A row whose scores hold NaN and -inf and whose time is NaN (stored as NULL), as a model
+    in float16 or a lost clock leaves them; returns its example id."""
+    with sqlite3.connect(store) as db:
+        (example_id,) = db.execute("SELECT min(example_id) FROM predictions WHERE run_id = ?",
+                                   (run_id,)).fetchone()  # fmt: skip
+        packed, nones = pack_scores([math.nan, 0.25, -math.inf])
+        db.execute("UPDATE predictions SET scores_packed = ?, scores_none = ?, scores_json = NULL,"
+                   " seconds = NULL WHERE run_id = ? AND example_id = ?",
+                   (packed, nones, run_id, example_id))  # fmt: skip
+    with RunStore(store, read_only=True) as runs:
+        (stored,) = [p for p in runs.predictions(run_id) if p.example_id == example_id]
+    assert stored.scores[1] == 0.25 and math.isnan(stored.scores[0]) and math.isnan(stored.seconds)
+    return example_id
+
+
 def test_export_names_classes_and_images_with_the_same_types(folder: Path, tmp_path: Path):
     store = tmp_path / "runs.sqlite"
     run_id = json.loads(invoke(*closed_eval(folder, store, "--json")).strip().splitlines()[-1])[
         "run_id"
     ]
-    invoke("export", run_id, "--store", str(store), "--out", str(tmp_path / "p.jsonl"))
-    invoke("export", run_id, "--store", str(store), "--format", "parquet", "--out",
+    odd = give_one_row_nan_and_infinite_floats(store, run_id)
+    invoke("export", run_id, "--store", str(store), "--out-file", str(tmp_path / "p.jsonl"))
+    invoke("export", run_id, "--store", str(store), "--format", "parquet", "--out-file",
            str(tmp_path / "p.parquet"))  # fmt: skip
     lines = [json.loads(s) for s in (tmp_path / "p.jsonl").read_text().splitlines()]
     table = pq.read_table(tmp_path / "p.parquet")
     assert table.schema.names == list(lines[0])  # the same columns, in the same order
     assert table.to_pylist() == lines  # and the same values, of the same types
+    (row,) = [r for r in lines if r["example_id"] == odd]
+    assert row["scores"] == [None, 0.25, None] and row["seconds"] is None  # JSON has no NaN
     python_type = {"string": str, "int64": int, "bool": bool, "double": float}
     for field in table.schema:
         kind = python_type.get(str(field.type), list)
@@ -125,7 +147,7 @@ def test_export_of_a_run_whose_data_moved_leaves_images_empty(tmp_path: Path):
             "--json"]  # fmt: skip
     run_id = json.loads(invoke(*args).strip().splitlines()[-1])["run_id"]
     moving.rename(tmp_path / "moved")
-    result = CliRunner().invoke(app, ["export", run_id, "--store", str(store), "--out",
+    result = CliRunner().invoke(app, ["export", run_id, "--store", str(store), "--out-file",
                                       str(tmp_path / "p.jsonl")])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "warning: image paths left empty:" in result.stderr
@@ -173,3 +195,15 @@ def test_sweep_output_path_writes_every_cells_results(folder: Path, tmp_path: Pa
             samples = (out / f"samples_{run_id}.jsonl").read_text().splitlines()
             assert len(samples) == stored["n"] == 6
             assert all(len(json.loads(s)["choices"]) == k for s in samples)
+
+
+def test_a_samples_log_that_fails_half_way_leaves_no_partial_file(tmp_path: Path):
+    from vlmclf.run.run_files import write_results
+
+    def rows():
+        yield {"example_id": "a"}
+        raise ValueError("the dataset moved")
+
+    with pytest.raises(ValueError, match="the dataset moved"):
+        write_results(tmp_path, "abc", {"version": 1}, rows())
+    assert [p.name for p in tmp_path.iterdir()] == ["results_abc.json"]  # no samples_*.partial

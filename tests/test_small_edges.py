@@ -1,6 +1,6 @@
 """The smaller production edges of issue 21 (item 7): a huge manifest line is refused after
 reading at most the cap, a deeply nested JSON body is a 400, a key is masked in its obvious
-encodings too, and `export --out -` writes to standard output."""
+encodings too, and `export --out-file -` writes to standard output."""
 
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def test_a_server_echoing_the_key_base64_encoded_leaks_nothing(tmp_path: Path, m
 def test_export_out_dash_writes_to_standard_output(tmp_path: Path, monkeypatch, fmt) -> None:
     store = small_store(tmp_path / "runs.sqlite", n=3)
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["export", "run1", "--store", str(store), "--out", "-",
+    result = CliRunner().invoke(app, ["export", "run1", "--store", str(store), "--out-file", "-",
                                       "--format", fmt])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "-").exists()

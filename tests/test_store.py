@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -213,23 +214,39 @@ def stored_fields(row: dict) -> Prediction:
     return p
 
 
+def as_exported(p: Prediction) -> Prediction:
+    """``p`` as an export holds it: a NaN or infinite score or ``seconds`` is null (JSON has
+    neither), ``extra`` keeps its exact values."""
+
+    def finite(value: float | None) -> float | None:
+        return value if value is None or math.isfinite(value) else None
+
+    scores = None if p.scores is None else [finite(s) for s in p.scores]
+    return dataclasses.replace(p, scores=scores, seconds=finite(p.seconds))
+
+
 def test_export_jsonl_and_parquet_round_trip(store: RunStore, tmp_path: Path) -> None:
-    preds = [make_pred(i) for i in range(20)] + [Prediction("nan", 0, scores=TRICKY_FLOATS[2:])]
+    tricky = Prediction("nan", 0, scores=TRICKY_FLOATS[2:], seconds=math.inf,
+                        extra={"logprobs": TRICKY_FLOATS})  # fmt: skip
+    preds = [make_pred(i) for i in range(20)] + [tricky]
     store.add_predictions("r1", preds)
     assert store.export("r1", tmp_path / "out" / "p.jsonl", "jsonl") == 21
     lines = (tmp_path / "out" / "p.jsonl").read_text().splitlines()
     rows = [json.loads(line, parse_constant=pytest.fail) for line in lines]
     assert {r["run_id"] for r in rows} == {"r1"}
-    back = [stored_fields(from_json_safe(r)) for r in rows]
-    assert all(same_prediction(a, b) for a, b in zip(preds, back, strict=True))
+    assert rows[-1]["scores"] == [-0.0, TRICKY_FLOATS[3], None, None, None]
+    assert rows[-1]["seconds"] is None
+    back = [stored_fields(r) for r in rows]
+    assert all(same_prediction(as_exported(a), b) for a, b in zip(preds, back, strict=True))
 
     assert store.export("r1", tmp_path / "p.parquet", "parquet") == 21
     table = pq.read_table(tmp_path / "p.parquet")
     assert str(table.schema.field("scores").type) == "list<element: double>"
     assert str(table.schema.field("choices").type) == "list<element: int64>"
+    assert table.to_pylist() == rows  # the same values, None where JSON has no float
     for p, row in zip(preds, table.to_pylist(), strict=True):
         assert row["run_id"] == "r1"
-        assert same_prediction(p, stored_fields(row))
+        assert same_prediction(as_exported(p), stored_fields(row))
     with pytest.raises(ValueError, match="export format"):
         store.export("r1", tmp_path / "p.csv", "csv")  # type: ignore[arg-type]
 

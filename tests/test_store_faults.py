@@ -53,10 +53,11 @@ def commands_on(store: Path, tmp_path: Path) -> list[list[str]]:
     folder = make_image_folder(tmp_path / "imgs", per_class=1)
     return [
         ["results", "--store", str(store)],
-        ["export", "run1", "--store", str(store), "--out", str(tmp_path / "o.jsonl")],
+        ["export", "run1", "--store", str(store), "--out-file", str(tmp_path / "o.jsonl")],
         ["eval", "--model", "random:clip", "--method", "clip", "--dataset", "imagefolder",
          "--data-root", str(folder), "--store", str(store), "--no-progress"],
-        ["rematch", "run1", "--store", str(store), "--out", str(tmp_path / "rematch")],
+        ["rematch", "run1", "--match", "strict", "--store", str(store), "--out",
+         str(tmp_path / "rematch")],
     ]  # fmt: skip
 
 
@@ -140,7 +141,8 @@ def test_store_on_a_read_only_filesystem_can_be_listed_and_exported(tmp_path: Pa
         assert listed.exit_code == 0, listed.output
         assert '"run_id": "run1"' in listed.stdout
         out = tmp_path / "p.jsonl"
-        exported = cli("export", "run1", "--store", str(mount / "runs.sqlite"), "--out", str(out))
+        exported = cli("export", "run1", "--store", str(mount / "runs.sqlite"), "--out-file",
+                       str(out))
         assert exported.exit_code == 0, exported.output
         assert len(out.read_text().splitlines()) == 3
         folder = make_image_folder(tmp_path / "imgs", per_class=1)

@@ -126,7 +126,7 @@ def test_generate_end_to_end_with_random_llava_counts_unparsed(
 ) -> None:
     root, questions = tiny_wikiqa
     store, out = tmp_path / "runs.sqlite", tmp_path / "report"
-    args = ["--model", "random:llava", "--images", str(root), "--questions", str(questions),
+    args = ["--model", "random:llava", "--wikiqa-images", str(root), "--questions", str(questions),
             "--store", str(store), "--out", str(out), "--no-progress", "--workers", "1",
             "--json"]  # fmt: skip
     result = CliRunner().invoke(wikiqa_app, args)
@@ -162,7 +162,7 @@ def test_generate_through_an_api_model_parses_and_counts(
     root, questions = tiny_wikiqa
     with FakeApiServer("openai", key=None, answer=answer) as server:
         args = ["--model", "openai:test-model", "--base-url", server.base_url,
-                "--images", str(root),
+                "--wikiqa-images", str(root),
                 "--questions", str(questions), "--store", str(tmp_path / "s.sqlite"),
                 "--out", str(tmp_path / "o"), "--no-progress", "--json"]  # fmt: skip
         result = CliRunner().invoke(wikiqa_app, args)
@@ -226,7 +226,7 @@ def test_likelihood_scores_letters_like_a_full_forward(
 
 def test_shipped_questions_without_images_fail_clearly(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    args = ["--model", "random:llava", "--images", str(tmp_path / "empty"), "--limit", "3",
+    args = ["--model", "random:llava", "--wikiqa-images", str(tmp_path / "empty"), "--limit", "3",
             "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "o"), "--no-progress"]
     result = CliRunner().invoke(wikiqa_app, args)
     assert result.exit_code == 1 and "every question failed" in result.output
@@ -235,7 +235,7 @@ def test_shipped_questions_without_images_fail_clearly(tmp_path: Path) -> None:
 
 def test_wikiqa_requires_model_and_images() -> None:
     result = CliRunner().invoke(wikiqa_app, ["--model", "random:llava"])
-    assert result.exit_code == 2 and "--images" in result.output
+    assert result.exit_code == 2 and "--wikiqa-images" in result.output
 
 
 # --------------------------------------------------------------------------- build
@@ -324,7 +324,7 @@ def test_build_command_over_a_loopback_openai_server(
     out = tmp_path / "new_questions.jsonl"
     with FakeApiServer("openai", key=None, answer=_judge) as server:
         args = ["build", "--model", "openai:test-model", "--base-url", server.base_url,
-                "--classes", str(classes), "--wiki", str(wiki_file), "--out", str(out),
+                "--classes", str(classes), "--wiki", str(wiki_file), "--out-file", str(out),
                 "--store", str(tmp_path / "s.sqlite"), "--report-dir", str(tmp_path / "rep"),
                 "--json"]  # fmt: skip
         result = CliRunner().invoke(wikiqa_app, args)
@@ -405,7 +405,8 @@ def test_paper_protocol_gives_unparsed_answers_the_papers_random_letter(
                        answer=lambda p: next(r for k, r in replies.items() if k in p)) as server:
         for protocol in ("clean", "paper"):
             args = ["--model", "openai:test-model", "--base-url", server.base_url,
-                    "--images", str(root), "--questions", str(questions), "--protocol", protocol,
+                    "--wikiqa-images", str(root), "--questions", str(questions),
+                    "--protocol", protocol,
                     "--parser", "robust",  # the paper's own rule is tested below
                     "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / protocol),
                     "--no-progress", "--json"]  # fmt: skip
@@ -449,8 +450,9 @@ def test_paper_protocol_puts_cot_after_assistant_as_the_papers_code_does(
     monkeypatch.setattr(HFVisionLanguageModel, "format_prompt", recording)
     specs = {}
     for current in ("clean", "paper"):
-        args = ["--model", "random:llava", "--images", str(root), "--questions", str(questions),
-                "--protocol", current, "--cot", "--max-new-tokens", "2", "--limit", "2",
+        args = ["--model", "random:llava", "--wikiqa-images", str(root),
+                "--questions", str(questions), "--protocol", current, "--cot",
+                "--max-new-tokens", "2", "--limit", "2",
                 "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / current),
                 "--no-progress", "--workers", "1", "--json"]  # fmt: skip
         result = CliRunner().invoke(wikiqa_app, args)
@@ -506,7 +508,8 @@ def test_paper_protocol_reads_letters_with_the_mmmu_rule(
         reports = {}
         for protocol in ("clean", "paper"):
             args = ["--model", "openai:test-model", "--base-url", server.base_url,
-                    "--images", str(root), "--questions", str(questions), "--protocol", protocol,
+                    "--wikiqa-images", str(root), "--questions", str(questions),
+                    "--protocol", protocol,
                     "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / protocol),
                     "--no-progress", "--json"]  # fmt: skip
             result = CliRunner().invoke(wikiqa_app, args)
@@ -518,3 +521,113 @@ def test_paper_protocol_reads_letters_with_the_mmmu_rule(
     assert paper["parser"] == "mmmu" and reports["paper"]["spec"]["options"]["parser"] == "mmmu"
     table = Path(reports["paper"]["files"]["markdown"]).read_text()
     assert "letters read" in table and "mmmu" in table
+
+
+@pytest.fixture
+def torch_threads_restored():
+    """``--threads`` caps torch for the whole process: give the test process its count back."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_output_path_writes_the_run_and_a_line_per_question(
+    tiny_wikiqa: tuple[Path, Path], tmp_path: Path, torch_threads_restored: None
+) -> None:
+    root, questions = tiny_wikiqa
+    store, out = tmp_path / "runs.sqlite", tmp_path / "files"
+    args = ["--model", "random:llava", "--images", str(root), "--questions", str(questions),
+            "--unparsed", "random-letter", "--store", str(store), "--out", str(tmp_path / "r"),
+            "--no-progress", "--workers", "1", "--threads", "2", "--json",
+            "--output-path", str(out), "--log-samples"]  # fmt: skip
+    result = CliRunner().invoke(wikiqa_app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    run_id, summary = report["run_id"], report["summary"]
+    assert sorted(p.name for p in out.iterdir()) == [f"results_{run_id}.json",
+                                                     f"samples_{run_id}.jsonl"]  # fmt: skip
+    results = json.loads((out / f"results_{run_id}.json").read_text())
+    with RunStore(store, read_only=True) as runs:
+        record = runs.get_run(run_id)
+        stored = {p.example_id: p for p in runs.predictions(run_id)}
+    assert results["run_id"] == run_id and results["identity"] == record.identity
+    assert results["summary"]["accuracy"] == summary["accuracy"]
+    assert results["summary"]["answer_distribution"] == summary["answer_distribution"]
+    protocol = results["protocol"]
+    assert (protocol["unparsed"], protocol["parser"], protocol["max_new_tokens"]) == (
+        "random-letter", "robust", 16)  # fmt: skip
+    assert results["class_names"] == list(LETTERS)
+    assert results["threads"] == 2 == record.threads
+
+    rows = [json.loads(s) for s in (out / f"samples_{run_id}.jsonl").read_text().splitlines()]
+    asked = [json.loads(line)["text"] for line in questions.read_text().splitlines()]
+    assert len(rows) == 5 == len(stored)
+    for row in rows:
+        p = stored[row["example_id"]]
+        assert row["answer"] == p.text and row["label_name"] == LETTERS[p.label]
+        assert row["prompt"] == asked[int(row["example_id"].split(":")[0]) - 1]  # as sent
+        assert list(row["options"]) == list(LETTERS) and row["options"]["A"] in row["prompt"]
+        assert row["random_letter"] == (p.ok and p.pred is None)  # the paper's rule, marked
+        assert row["pred_name"] is None or row["hit"] == (row["pred_name"] == row["label_name"])
+    answered = [row for row in rows if row["outcome"] == "answer"]
+    assert sum(row["random_letter"] for row in rows) == summary["n_unparsed"]
+    assert sum(row["hit"] for row in answered) / len(answered) == summary["accuracy"]
+    missing = next(row for row in rows if row["outcome"] != "answer")
+    assert "v9.JPEG: image not found" in missing["error"]
+    found = next(row for row in rows if row["example_id"].endswith("v3.JPEG"))
+    assert Path(found["image"]) == root / "val" / "n01440764" / "v3.JPEG"
+
+
+def _refused_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound, then closed: nobody listens there
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("problem", ["unreachable server", "missing key", "unknown model"])
+def test_config_errors_stop_before_any_work_in_one_line(
+    tiny_wikiqa: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, problem: str
+) -> None:
+    import time
+
+    monkeypatch.setenv("VLMCLF_API_CACHE", str(tmp_path / "api-cache.sqlite"))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    url = f"http://127.0.0.1:{_refused_port()}/v1"
+    model, expected = {
+        "unreachable server": (["openai:m", "--base-url", url],
+                               f"the server at {url} does not answer (connection failed"),
+        "missing key": (["openai:gpt-4o"], "OPENAI_API_KEY"),
+        "unknown model": (["hff:some/model"], "unknown model prefix 'hff'"),
+    }[problem]  # fmt: skip
+    root, questions = tiny_wikiqa
+    store = tmp_path / "s.sqlite"
+    args = ["--model", *model, "--images", str(root), "--questions", str(questions),
+            "--store", str(store), "--out", str(tmp_path / "o"), "--no-progress"]  # fmt: skip
+    started = time.monotonic()
+    result = CliRunner().invoke(wikiqa_app, args)
+    assert result.exit_code == 2 and time.monotonic() - started < 20
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+    assert not store.exists() and not (tmp_path / "o").exists()  # nothing stored or written
+
+
+def test_an_api_run_is_probed_once_without_the_key(
+    tiny_wikiqa: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VLMCLF_API_CACHE", str(tmp_path / "api-cache.sqlite"))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-wikiqa-secret")
+    root, questions = tiny_wikiqa
+    with FakeApiServer("openai", key="sk-wikiqa-secret", answer=lambda p: "A") as server:
+        args = ["--model", "openai:test-model", "--base-url", server.base_url, "--images",
+                str(root), "--questions", str(questions), "--store", str(tmp_path / "s.sqlite"),
+                "--out", str(tmp_path / "o"), "--no-progress", "--json"]  # fmt: skip
+        result = CliRunner().invoke(wikiqa_app, args)
+        methods = [r.method for r in server.requests]
+    assert result.exit_code == 0, result.output
+    assert methods[0] == "GET" and methods.count("GET") == 1  # the probe, before any question
+    assert "sk-wikiqa-secret" not in json.dumps(server.requests[0].headers)
+    assert json.loads(result.output)["summary"]["n_ok"] == 4

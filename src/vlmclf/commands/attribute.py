@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from vlmclf.commands.common import DEFAULT_STORE, fail, out_dir_for, require_store
+from vlmclf.commands.common import DEFAULT_STORE, fail, out_dir_for, out_folder, require_store
 
 
 def attribute_command(
@@ -27,7 +27,7 @@ def attribute_command(
         "contain"
     ),
     n_boot: Annotated[int, typer.Option(min=10, help="Bootstrap replicates.")] = 1000,
-    out: Annotated[Path | None, typer.Option(help="Folder for the figure.")] = None,
+    out: Annotated[Path | None, out_folder("Folder for the figure.")] = None,
     store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:

@@ -10,7 +10,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -77,8 +77,25 @@ def renamed(old: str, old_value: Any, new: str, new_value: Any) -> Any:
         return new_value
     if new_value is not None:
         fail(f"{old} is the old name of {new}: give {new} only")
-    typer.echo(f"warning: {old} is deprecated and goes in the next release; use {new}", err=True)
+    warn_deprecated(f"{old} is deprecated and goes in the next release; use {new}")
     return old_value
+
+
+def warn_deprecated(message: str) -> None:
+    """One ``warning:`` line on stderr for a spelling that still works for one release."""
+    typer.echo(f"warning: {message}", err=True)
+
+
+def out_folder(help: str) -> Any:
+    """``--out``: a folder in every command (a command that writes one file names it with
+    ``--out-file``), so an existing file given as ``--out`` is refused before any work."""
+    return typer.Option("--out", help=help, file_okay=False)
+
+
+def old_out_file() -> Any:
+    """``--out`` kept for one release on the commands that write one file: their old name of
+    ``--out-file`` (they have no folder for ``--out`` to mean)."""
+    return typer.Option("--out", hidden=True, help="Old name of --out-file.")
 
 
 def required(name: str, value: Any) -> Any:
@@ -222,6 +239,31 @@ def write_stored_run_files(
     return written
 
 
+OUTPUT_PATH_HELP = (
+    "Also write results_<id>.json here (id: the run's or the analysis's): summary, identity, "
+    "protocol, versions, threads, git revision."
+)
+
+
+def write_analysis_output(
+    out_dir: Path | None, store: Path, analysis_id: str, *, protocol: dict[str, Any] | None,
+    samples: Iterable[dict[str, Any]] | None = None,
+) -> list[Path]:  # fmt: skip
+    """``--output-path`` for an analysis (probe, finetune, frequency): its results JSON (and
+    samples JSONL) as ``eval`` writes a run's. One error line (exit 1) if they cannot be
+    written: the analysis is stored."""
+    if out_dir is None:
+        return []
+    from vlmclf.run.run_files import write_analysis_files
+
+    try:
+        return write_analysis_files(out_dir, store, analysis_id, protocol=protocol,
+                                    samples=samples)  # fmt: skip
+    except (OSError, ValueError) as err:
+        fail(f"--output-path {out_dir}: {err} (the analysis is stored: re-run to write the "
+             "files)", code=1)  # fmt: skip
+
+
 def check_output_dir(out_dir: Path | None, log_samples: bool) -> None:
     """``--output-path`` writable before any work; ``--log-samples`` only with it."""
     if log_samples and out_dir is None:
@@ -230,7 +272,7 @@ def check_output_dir(out_dir: Path | None, log_samples: bool) -> None:
         return
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".vlmclf-write-check"
+        probe = out_dir / f".vlmclf-write-check-{os.getpid()}"  # torchrun's ranks at once
         probe.touch()
         probe.unlink()
     except OSError as err:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from vlmclf.commands.common import fail, renamed, required
+from vlmclf.commands.common import fail, old_out_file, renamed, required
 
 data_app = typer.Typer(no_args_is_help=True, help="Dataset utilities.")
 
@@ -22,19 +22,20 @@ def manifest_command(
         ),
     ] = None,
     data_root: Annotated[Path | None, typer.Option(help="The dataset's folder.")] = None,
-    out: Annotated[Path | None, typer.Option(help="The manifest to write (.jsonl).")] = None,
+    out_file: Annotated[Path | None, typer.Option(help="The manifest to write (.jsonl).")] = None,
     split: Annotated[
         str | None, typer.Option(help="Split to write (default: the layout's default).")
     ] = None,
     layout: Annotated[str | None, typer.Option(hidden=True, help="Old name of --dataset.")] = None,
     root: Annotated[Path | None, typer.Option(hidden=True, help="Old name of --data-root.")] = None,
+    out: Annotated[Path | None, old_out_file()] = None,
 ) -> None:
     """Write a JSONL manifest for a dataset on disk, so a result can be reproduced from it alone."""
     from vlmclf.data import write_manifest
 
     layout = required("--dataset", renamed("--layout", layout, "--dataset", dataset))
     root = required("--data-root", renamed("--root", root, "--data-root", data_root))
-    out = required("--out", out)
+    out = required("--out-file", renamed("--out", out, "--out-file", out_file))
     try:
         count = write_manifest(layout, str(root), str(out), split=split)
     except (ValueError, FileNotFoundError) as err:

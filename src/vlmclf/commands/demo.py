@@ -15,6 +15,7 @@ from vlmclf.commands.common import (
     at_least,
     batch_help,
     batch_size_or_auto,
+    out_folder,
     resolve_batch,
     resolve_hardware,
 )
@@ -46,7 +47,7 @@ def demo_command(
         str, typer.Option(callback=batch_size_or_auto, help=batch_help(CPU_BATCH))
     ] = "auto",
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
-    out: Annotated[Path, typer.Option(help="Folder for the report.")] = REPORTS_DIR / "demo",
+    out: Annotated[Path, out_folder("Folder for the report.")] = REPORTS_DIR / "demo",
     store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     progress: Annotated[bool, typer.Option(help="Progress bars on stderr.")] = True,

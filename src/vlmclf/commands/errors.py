@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from vlmclf.commands.common import DEFAULT_STORE, fail, out_dir_for, require_store
+from vlmclf.commands.common import DEFAULT_STORE, fail, out_dir_for, out_folder, require_store
 
 
 def errors_command(
@@ -25,7 +25,7 @@ def errors_command(
         str | None,
         typer.Option(help="A local sentence-transformers folder (default: all-MiniLM-L6-v2)."),
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="Folder for the figure.")] = None,
+    out: Annotated[Path | None, out_folder("Folder for the figure.")] = None,
     store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:

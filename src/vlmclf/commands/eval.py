@@ -301,7 +301,8 @@ def eval_command(
         str | None,
         typer.Option(
             help="Also send the run's numbers to a tracker: tensorboard (event files under "
-            "--output-path, default ./runs/tensorboard/<run_id>)."
+            "--output-path, default ./runs/tensorboard/<run_id>) or wandb (a run in "
+            "$WANDB_PROJECT, default vlmclf; WANDB_MODE=offline keeps it local)."
         ),
     ] = None,
 ) -> None:
@@ -633,13 +634,9 @@ def run_eval(spec: RunSpec, config: RunConfig, options: EvalOptions) -> RunResul
 def check_model_before_work(spec: RunSpec, config: RunConfig) -> None:
     """A missing API key or an API server that does not answer: one line and exit 2 in
     seconds, before the store is opened (nothing stored)."""
-    from vlmclf.models.api import ApiError
-    from vlmclf.run.loading import check_model
+    from vlmclf.commands.eval_checks import check_model_answers
 
-    try:
-        check_model(spec.model, config.model)
-    except (ValueError, ApiError) as err:
-        fail(str(err))
+    check_model_answers(spec.model, config.model)
 
 
 def check_output_path(output: Output) -> None:
@@ -662,20 +659,24 @@ def write_output_files(
     to the ``--log`` tracker; the run is stored whatever happens here."""
     from vlmclf.report.summary import summary_json
     from vlmclf.run.run_files import write_run_files
-    from vlmclf.run.trackers import log_tensorboard
+    from vlmclf.run.trackers import log_run
 
     summary = summary_json(result.run_id, spec, result.summary, str(output.store))
+    written: list[Path] = []
     try:
-        written = [] if output.output_path is None else write_run_files(
-            output.output_path, summary, result.stored, data_root=config.data_root,
-            classes=config.classes, log_samples=output.log_samples)  # fmt: skip
-        if output.log == "tensorboard":
-            written.append(log_tensorboard(output.output_path or Path("runs"), result.run_id,
-                                           summary))  # fmt: skip
-        return written
+        if output.output_path is not None:
+            written = write_run_files(output.output_path, summary, result.stored,
+                                      data_root=config.data_root, classes=config.classes,
+                                      log_samples=output.log_samples)  # fmt: skip
     except (OSError, ValueError) as err:
-        where = output.output_path or "--log"
-        fail(f"{where}: {err} (the run is stored: re-run to write the files)", code=1)
+        fail(f"{output.output_path}: {err} (the run is stored: re-run to write the files)", code=1)
+    if output.log is not None:
+        try:
+            written.append(log_run(output.log, output.output_path or Path("runs"), summary,
+                                   result.stored))  # fmt: skip
+        except (OSError, ValueError) as err:
+            fail(f"--log {output.log}: {err} (the run is stored: re-run to send it)", code=1)
+    return written
 
 
 def print_result(result: RunResult, spec: RunSpec, output: Output) -> None:

@@ -1,13 +1,17 @@
 """Checks of `vlmclf eval`'s options that need the protocol's defaults resolved, made before
 anything is stored or loaded: a mistyped model, an empty question or a broken prompt template
-must fail in one line without leaving a `failed` run in the store or loading a model first."""
+must fail in one line without leaving a `failed` run in the store or loading a model first.
+`vlmclf wikiqa` makes the model checks too (``check_model_spec``, ``check_model_answers``)."""
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlmclf.commands.common import fail
+
+if TYPE_CHECKING:
+    from vlmclf.run.loading import ModelOptions
 
 PROMPTING_METHODS = ("generate", "likelihood")
 TEMPLATE_FIELDS = ("image", "question")
@@ -40,6 +44,19 @@ def check_model_spec(model: str) -> None:
         check_spec(model)
     except ValueError as err:
         fail(f"--model: {err}")
+
+
+def check_model_answers(model: str, options: ModelOptions) -> None:
+    """A missing API key or an API server that does not answer (one probe request with a short
+    timeout): one line and exit 2 in seconds, before the store is opened (nothing stored).
+    A local model passes (its spec was checked by ``check_model_spec``)."""
+    from vlmclf.models.api import ApiError
+    from vlmclf.run.loading import check_model
+
+    try:
+        check_model(model, options)
+    except (ValueError, ApiError) as err:
+        fail(str(err))
 
 
 def check_k_in_open_world(k: int | None, setting: str, method: str) -> None:

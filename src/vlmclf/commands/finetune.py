@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,18 +13,29 @@ import typer
 from vlmclf.commands.common import (
     DEFAULT_STORE,
     DEVICE_HELP,
+    OUTPUT_PATH_HELP,
     REPORTS_DIR,
     SEED_MAX,
+    THREADS_HELP,
     at_least,
+    batch_size_or_auto,
+    check_output_dir,
     fail,
     number_in,
+    out_folder,
     renamed,
     resolve_hardware,
+    use_threads,
+    warn_deprecated,
+    write_analysis_output,
+    write_stored_run_files,
 )
 from vlmclf.terminal import terminal_safe
 
 Opt = typer.Option
 EXIT_DIVERGED = 3
+DEFAULT_STEP_BATCH = 64  # FinetuneRequest.batch_size's default
+AUTO_BATCH = "auto"  # run.batching.AUTO (not imported: the CLI starts without torch)
 
 
 class TrainParts(StrEnum):
@@ -89,10 +101,19 @@ def finetune_command(
         float, Opt(callback=number_in(0, 1), help="Share of steps with linear warm-up.")
     ] = 0.03,
     schedule: Annotated[Schedule, Opt(help="Decay after warm-up.")] = Schedule.cosine,
-    batch_size: Annotated[int, Opt(callback=at_least(1), help="Examples per optimiser step.")] = 64,
+    step_batch_size: Annotated[
+        int,
+        Opt(callback=at_least(1), help="Examples per optimiser step, over all ranks (the paper's "
+            "batch size; finetune's --batch-size before this release)."),
+    ] = DEFAULT_STEP_BATCH,
+    batch_size: Annotated[
+        str,
+        Opt(callback=batch_size_or_auto, help="Examples per model call, as in every command: a "
+            "training forward pass; the gradients of a step's calls add up; a "
+            "number, or auto (a rank's whole share of the step in one call)."),
+    ] = AUTO_BATCH,
     micro_batch: Annotated[
-        int | None,
-        Opt(callback=at_least(1), help="Examples per forward pass (gradients accumulate)."),
+        int | None, Opt(callback=at_least(1), hidden=True, help="Old name of --batch-size.")
     ] = None,
     epochs: Annotated[
         float, Opt(callback=number_in(0, low_open=True), help="Passes over the training items.")
@@ -172,7 +193,7 @@ def finetune_command(
                  "CPU), float32, float16, bfloat16."),
     ] = "auto",
     store: Annotated[Path, Opt("--store", help="The run and analysis store.")] = DEFAULT_STORE,
-    out: Annotated[Path | None, Opt("--out", help="Checkpoint and log folder.")] = None,
+    out: Annotated[Path | None, out_folder("Checkpoint and log folder.")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
     progress: Annotated[bool, Opt(help="Print each step's loss on stderr.")] = True,
     protocol: Annotated[
@@ -180,6 +201,16 @@ def finetune_command(
         Opt(help="clean (default) or paper: sets the training options above unless given, and "
                  "the conversation trained and evaluated (the paper's LLaVA: vicuna_v1)."),
     ] = "clean",
+    threads: Annotated[int | None, Opt(callback=at_least(1), help=THREADS_HELP)] = None,
+    output_path: Annotated[
+        Path | None,
+        Opt(help=OUTPUT_PATH_HELP + " With --limit, also the before and after runs' files."),
+    ] = None,
+    log_samples: Annotated[
+        bool,
+        Opt("--log-samples", help="With --output-path and --limit: samples_<run_id>.jsonl of "
+            "the before and after runs, one line per example."),
+    ] = False,
 ) -> None:
     """Fine-tune a VLM's projector (and LoRA) on classification data; the checkpoint loads
     with `vlmclf eval --model`. Exits 3 with a report if the loss diverges."""
@@ -190,12 +221,15 @@ def finetune_command(
     from vlmclf.run.loading import ModelOptions
 
     eval_limit = renamed("--eval-limit", old_eval_limit, "--limit", limit)
-    for name, value in (("--batch-size", batch_size), ("--micro-batch", micro_batch),
-                        ("--steps", steps), ("--train-limit", train_limit),
+    step_batch, call_batch = _batch_sizes(ctx, batch_size, step_batch_size, micro_batch)
+    for name, value in (("--steps", steps), ("--train-limit", train_limit),
                         ("--limit", eval_limit)):  # fmt: skip
         if value is not None and value < 1:
             fail(f"{name} must be at least 1, got {value}")
-    o = _protocol_options(ctx, protocol, model)
+    o = _protocol_options(ctx, protocol, model, step_batch)
+    check_output_dir(output_path, log_samples)
+    if log_samples and eval_limit is None:
+        fail("--log-samples logs the examples of the before and after runs: give --limit N")
     request = FinetuneRequest(
         model=model, dataset=dataset, train_split=train_split, eval_split=eval_split,
         data_root=data_root, train_data_root=train_data_root, classes=classes, train=train.value,
@@ -214,21 +248,25 @@ def finetune_command(
     device, dtype = resolve_hardware(model, device, dtype, training=True)
     out_dir = out or REPORTS_DIR / f"finetune-{_slug(model)}-{train.value.replace('+', '-')}"
     runtime = FinetuneRuntime(
-        out_dir=out_dir, store_path=store, micro_batch=micro_batch, eval_limit=eval_limit,
+        out_dir=out_dir, store_path=store, micro_batch=call_batch, eval_limit=eval_limit,
         eval_batch_size=eval_batch_size,
         progress=progress, workers=workers,
         model_options=ModelOptions(device=device, dtype=dtype, seed=seed),
     )  # fmt: skip
+    written = _OutputFiles(output_path, log_samples, store, request)
     try:
+        use_threads(threads)
         outcome = run_finetune(request, runtime)
     except TrainingDiverged as stop:
         if is_main_process():  # under torchrun every rank stops; the main rank reports
             _report_divergence(stop, out_dir, as_json)
+            written.write(stop.analysis_id)
         raise typer.Exit(EXIT_DIVERGED) from None
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     if outcome is None:  # under torchrun: this rank's share of the training is done
         return
+    written.write(outcome.analysis_id)
     files = {name: str(path) for name, path in outcome.files.items()}
     if as_json:
         payload = {"analysis_id": outcome.analysis_id, **outcome.result, "files": files}
@@ -237,22 +275,87 @@ def finetune_command(
     _print_summary(outcome.result, outcome.analysis_id, store, files)
 
 
-def _protocol_options(ctx: typer.Context, protocol: str, model: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _OutputFiles:
+    """``--output-path``: the fine-tune's results JSON, and the files of its before and after
+    runs (``--limit``) as ``eval`` writes them, with ``--log-samples`` their samples."""
+
+    out_dir: Path | None
+    log_samples: bool
+    store: Path
+    request: Any  # FinetuneRequest (imported with torch, inside the command)
+
+    def write(self, analysis_id: str | None) -> None:
+        from vlmclf.store import RunStore
+
+        if self.out_dir is None or analysis_id is None:
+            return
+        request = self.request
+        protocol = {"name": request.protocol, "question": request.question,
+                    "prompt_template": request.prompt_template or "the family's own format",
+                    "match": request.match,
+                    "eval_max_new_tokens": request.eval_max_new_tokens}  # fmt: skip
+        write_analysis_output(self.out_dir, self.store, analysis_id, protocol=protocol)
+        with RunStore(self.store, read_only=True) as runs:
+            record = runs.get_analysis(analysis_id)
+        scored = [record.result.get(when) or {} for when in ("before", "after")] if record else []
+        run_ids = [entry["run_id"] for entry in scored if entry.get("run_id")]
+        write_stored_run_files(self.out_dir, self.store, run_ids, data_root=request.data_root,
+                               classes=request.classes, log_samples=self.log_samples)  # fmt: skip
+
+
+def _protocol_options(
+    ctx: typer.Context, protocol: str, model: str, step_batch: int | None
+) -> dict[str, Any]:
     """The training options after the protocol's values (explicit options win), enums as
-    their values, and the protocol's question, template and evaluation budget."""
+    their values, and the protocol's question, template and evaluation budget. The protocol's
+    ``batch_size`` is per optimiser step (``step_batch``: the one given, None if none was)."""
     from vlmclf.paper.finetune_settings import FINETUNE_OPTIONS, resolve_finetune_options
 
-    given = {name: ctx.params[name] for name in FINETUNE_OPTIONS}
+    given = {name: ctx.params[name] for name in FINETUNE_OPTIONS if name != "batch_size"}
     given = {k: v.value if isinstance(v, StrEnum) else v for k, v in given.items()}
-    explicit = {  # typer ships its own click: compare the source by name
-        name
-        for name in FINETUNE_OPTIONS
-        if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"
-    }
+    given["batch_size"] = step_batch or DEFAULT_STEP_BATCH
+    explicit = {name for name in FINETUNE_OPTIONS if name != "batch_size" and _typed(ctx, name)}
+    if step_batch is not None:
+        explicit.add("batch_size")
     try:
         return resolve_finetune_options(protocol, model, given, explicit)
     except ValueError as err:
         fail(str(err))
+
+
+def _typed(ctx: typer.Context, name: str) -> bool:
+    """Whether the user gave the option (typer ships its own click: compare the source by name)."""
+    return getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"
+
+
+def _batch_sizes(
+    ctx: typer.Context, per_call: str, per_step: int, old_micro: int | None
+) -> tuple[int | None, int | None]:
+    """(examples per optimiser step, None if not given; examples per model call, None: auto).
+
+    Before this release finetune's ``--batch-size`` was per optimiser step and ``--micro-batch``
+    per call. For one release a command line in the old spelling trains as it did: a number
+    given as ``--batch-size`` without ``--step-batch-size`` sets both (the old default was one
+    call per step), and with ``--micro-batch`` it is the step and ``--micro-batch`` the call."""
+    step_given = _typed(ctx, "step_batch_size")
+    call = None if per_call == AUTO_BATCH else int(per_call)
+    if old_micro is not None:
+        if call is not None and step_given:
+            fail("--micro-batch is the old name of --batch-size: give --batch-size only")
+        if call is not None:  # the old pair: --batch-size per step, --micro-batch per call
+            warn_deprecated(f"--batch-size {call} --micro-batch {old_micro} is deprecated and "
+                            "goes in the next release; use --step-batch-size "
+                            f"{call} --batch-size {old_micro}")  # fmt: skip
+            return call, old_micro
+        return (per_step if step_given else None), renamed("--micro-batch", old_micro,
+                                                           "--batch-size", None)  # fmt: skip
+    if call is not None and not step_given:
+        warn_deprecated(f"finetune --batch-size {call} now means examples per model call, as in "
+                        f"every command; for one release it also sets --step-batch-size {call} "
+                        "(its old meaning): give --step-batch-size to choose the step")  # fmt: skip
+        return call, call
+    return (per_step if step_given else None), call
 
 
 def _slug(spec: str) -> str:

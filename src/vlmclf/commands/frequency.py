@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from vlmclf.commands.common import DEFAULT_STORE, fail, out_dir_for, renamed
+from vlmclf.commands.common import (
+    DEFAULT_STORE,
+    OUTPUT_PATH_HELP,
+    check_output_dir,
+    fail,
+    out_dir_for,
+    out_folder,
+    renamed,
+    write_analysis_output,
+)
 from vlmclf.terminal import terminal_safe
 
 
@@ -34,9 +43,10 @@ def frequency_command(
             "100, 1000, 10000, 100000)."
         ),
     ] = "quantile",
-    out: Annotated[Path | None, typer.Option(help="Folder for the table, plot and JSON.")] = None,
+    out: Annotated[Path | None, out_folder("Folder for the table, plot and JSON.")] = None,
     store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    output_path: Annotated[Path | None, typer.Option(help=OUTPUT_PATH_HELP)] = None,
 ) -> None:
     """Count, per class, the text units that mention it; with --run, correlate with accuracy."""
     from vlmclf.analysis.frequency.run import run_frequency_analysis
@@ -44,6 +54,7 @@ def frequency_command(
     from vlmclf.data import load_class_names
     from vlmclf.metrics.columnar import per_class_accuracy_columns
     from vlmclf.report.runs import resolve_run_id
+    from vlmclf.run.identity import library_versions
     from vlmclf.store import RunStore
 
     fmt = renamed("--format", old_fmt, "--corpus-format", fmt)
@@ -52,6 +63,7 @@ def frequency_command(
     for path in corpus:
         if not path.exists():
             fail(f"--corpus: no such file {path}")
+    check_output_dir(output_path, log_samples=False)
     try:
         class_names = load_class_names(classes)
     except (ValueError, FileNotFoundError) as err:
@@ -82,7 +94,10 @@ def frequency_command(
             )
         except ValueError as err:
             fail(str(err))
+        result["environment"] = library_versions()  # beside it; no torch: no thread count
         result["analysis_id"] = runs.save_analysis("frequency", spec, result)
+    # no --protocol: the counting is always the boundary-safe one; only the figure's bins vary
+    write_analysis_output(output_path, store, result["analysis_id"], protocol={"bins": bins})
     if as_json:
         typer.echo(json.dumps(result))
         return

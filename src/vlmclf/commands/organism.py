@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from vlmclf.commands.common import SEED_MAX, at_least, number_in
+from vlmclf.commands.common import SEED_MAX, at_least, number_in, out_folder
 
 organism_app = typer.Typer(no_args_is_help=True, help="The offline organism: train its parts.")
 
@@ -22,7 +22,7 @@ class Kind(StrEnum):
 @organism_app.command("train")
 def train_command(
     kind: Annotated[Kind, typer.Argument(help="vlm (the projector) or clip (the LiT heads).")],
-    out: Annotated[Path, typer.Option(help="Folder for the weights and training record.")],
+    out: Annotated[Path, out_folder("Folder for the weights and training record.")],
     seed: Annotated[
         int,
         typer.Option(

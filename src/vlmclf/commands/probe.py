@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -12,19 +12,26 @@ from vlmclf.commands.common import (
     DEFAULT_STORE,
     DEVICE_HELP,
     DTYPE_HELP,
+    OUTPUT_PATH_HELP,
     SEED_MAX,
     THREADS_HELP,
     at_least,
     batch_help,
     batch_size_or_auto,
+    check_output_dir,
     fail,
     number_in,
     out_dir_for,
+    out_folder,
     resolve_batch,
     resolve_hardware,
     use_threads,
+    write_analysis_output,
 )
 from vlmclf.terminal import terminal_safe
+
+if TYPE_CHECKING:
+    from vlmclf.analysis.probe.run import ProbeOutcome
 
 CPU_BATCH = 16  # --batch-size auto on CPU and MPS
 
@@ -169,9 +176,15 @@ def probe_command(
     device: Annotated[str, Opt(help=DEVICE_HELP)] = "auto",
     dtype: Annotated[str, Opt(help=DTYPE_HELP)] = "auto",
     store: Annotated[Path, Opt("--store", help="The run and analysis store.")] = DEFAULT_STORE,
-    out: Annotated[Path | None, Opt("--out", help="Folder for the table and figure.")] = None,
+    out: Annotated[Path | None, out_folder("Folder for the table and figure.")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
     progress: Annotated[bool, Opt(help="Show progress bars on stderr.")] = True,
+    output_path: Annotated[Path | None, Opt(help=OUTPUT_PATH_HELP)] = None,
+    log_samples: Annotated[
+        bool,
+        Opt("--log-samples", help="With --output-path: samples_<id>.jsonl, one line per "
+            "evaluated example and probe (image, label, features, protocol, prediction, hit)."),
+    ] = False,
 ) -> None:
     """Probe a VLM's hidden states: the paper's protocol and a clean one, both reported."""
     from vlmclf.analysis.probe.run import ProbeConfig, ProbeRequest, ProbeRuntime, run_probe
@@ -179,6 +192,7 @@ def probe_command(
     from vlmclf.run.loading import ModelOptions
 
     o = _protocol_options(ctx, protocol, dataset)
+    check_output_dir(output_path, log_samples)
     try:
         config = ProbeConfig(
             epochs=o["epochs"], lr=o["lr"], batch_size=o["probe_batch_size"],
@@ -211,6 +225,7 @@ def probe_command(
         fail(str(err))
     if outcome is None:  # under torchrun: this rank's share of the extraction is done
         return
+    _write_output(outcome, output_path, log_samples, store)
     files = {name: str(path) for name, path in outcome.files.items()}
     if as_json:
         payload = {"analysis_id": outcome.analysis_id, **outcome.result, "files": files}
@@ -225,6 +240,21 @@ def probe_command(
     typer.echo(f"analysis {outcome.analysis_id} stored in {store}")
     for name, path in files.items():
         typer.echo(f"{name}: {path}")
+
+
+def _write_output(
+    outcome: ProbeOutcome, out_dir: Path | None, log_samples: bool, store: Path
+) -> None:
+    """``--output-path``: the analysis's results JSON and, with ``--log-samples``, a line per
+    evaluated example and probe."""
+    from vlmclf.analysis.probe.run import probe_sample_rows
+
+    result = outcome.result
+    protocol = {"name": result["protocol"], **result["settings"],
+                "reported": result["reported"]}  # fmt: skip
+    samples = probe_sample_rows(outcome) if log_samples else None
+    write_analysis_output(out_dir, store, outcome.analysis_id, protocol=protocol,
+                          samples=samples)  # fmt: skip
 
 
 def probe_terminal_text(result: dict) -> str:

@@ -13,16 +13,23 @@ from vlmclf.commands.common import (
     DEVICE_HELP,
     fail,
     out_dir_for,
+    out_folder,
     require_store,
     resolve_hardware,
+    warn_deprecated,
 )
 
 
 def rematch_command(
     run_id: Annotated[str, typer.Argument(help="A generation run (id or unique prefix).")],
     match: Annotated[
-        str, typer.Option(help="contain, strict, exact, nli, zeroshot or embed.")
-    ] = "strict",
+        str | None,
+        typer.Option(
+            help="The rule to map the answers with: contain, strict, exact, nli, zeroshot or "
+            "embed. No default: the run was mapped with one rule already (eval's --match, "
+            "default contain); say which to compare with it."
+        ),
+    ] = None,
     nli_model: Annotated[
         str | None,
         typer.Option(help="hf:<NLI checkpoint> (default: hf:facebook/bart-large-mnli)."),
@@ -39,7 +46,7 @@ def rematch_command(
         ),
     ] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
-    out: Annotated[Path | None, typer.Option(help="Folder for the table and figure.")] = None,
+    out: Annotated[Path | None, out_folder("Folder for the table and figure.")] = None,
     store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -49,6 +56,7 @@ def rematch_command(
     from vlmclf.report.tables import text_table
     from vlmclf.store import RunStore
 
+    match = _match_or_old_default(match)
     require_store(store)
     device, _ = resolve_hardware(None, device, "auto")
     with RunStore(store) as runs:
@@ -73,3 +81,17 @@ def rematch_command(
     typer.echo(text_table([{c: row[c] for c in columns} for row in result["rows"]]))
     for name, path in result["files"].items():
         typer.echo(f"{name}: {path}")
+
+
+OLD_DEFAULT_MATCH = "strict"
+
+
+def _match_or_old_default(match: str | None) -> str:
+    """``--match``, or for one release the old default (strict) with a warning: eval's default
+    is contain, and one flag name has one default, so rematch now asks for the rule."""
+    if match is not None:
+        return match
+    warn_deprecated(f"rematch without --match maps with {OLD_DEFAULT_MATCH}, a default that goes "
+                    f"in the next release: give --match {OLD_DEFAULT_MATCH} (or contain, exact, "
+                    "nli, zeroshot, embed)")  # fmt: skip
+    return OLD_DEFAULT_MATCH

@@ -1,4 +1,4 @@
-"""``vlmclf report --store S [--runs ID ...] --out report.html``: the results as one HTML page."""
+"""``vlmclf report --store S [--runs ID ...] --out-file report.html``: the runs as one HTML page."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-from vlmclf.commands.common import DEFAULT_STORE, fail
+from vlmclf.commands.common import DEFAULT_STORE, fail, old_out_file, renamed
+
+DEFAULT_REPORT = Path("report.html")
 
 
 def report_command(
@@ -16,15 +18,17 @@ def report_command(
         list[str] | None,
         typer.Option("--runs", help="Only these runs (id or unique prefix; repeat the option)."),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", help="The HTML file to write.")] = Path(
-        "report.html"
-    ),
+    out_file: Annotated[
+        Path | None, typer.Option(help=f"The HTML file to write (default {DEFAULT_REPORT}).")
+    ] = None,
+    out: Annotated[Path | None, old_out_file()] = None,
 ) -> None:
     """Write one self-contained HTML page: Table 1, per-class views, figures, run identities."""
     import vlmclf.analysis.views  # noqa: F401 - registers every analysis with the report
     from vlmclf.report.html import write_report
     from vlmclf.store import StoreError
 
+    out = renamed("--out", out, "--out-file", out_file) or DEFAULT_REPORT
     if not store.exists():
         fail(f"--store: no store at {store} (run `vlmclf eval` first or pass --store)")
     try:
@@ -32,5 +36,5 @@ def report_command(
     except (ValueError, StoreError) as err:
         fail(str(err))
     except OSError as err:
-        fail(f"--out {out}: {err.strerror or err}")
+        fail(f"--out-file {out}: {err.strerror or err}")
     typer.echo(f"wrote {path} ({path.stat().st_size // 1024} KiB)")

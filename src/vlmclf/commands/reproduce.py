@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from vlmclf.commands.common import fail
+from vlmclf.commands.common import fail, old_out_file, renamed
 
 Opt = typer.Option
 
@@ -33,7 +33,9 @@ def reproduce_command(
     clip_model: Annotated[str | None, Opt(help="CLIP baseline rows (e.g. organism:clip).")] = None,
     limit: Annotated[int | None, Opt(help="Examples per run (a small check).")] = None,
     corpus: Annotated[list[str] | None, Opt(help="Figure 3: training text files.")] = None,
-    wikiqa_images: Annotated[str | None, Opt(help="Table 4: ImageNet validation images.")] = None,
+    wikiqa_images: Annotated[
+        str | None, Opt(help="Table 4: ImageWikiQA's ImageNet validation images.")
+    ] = None,
     finetuned_model: Annotated[
         str | None, Opt(help="Table 4: the classification-fine-tuned checkpoint.")
     ] = None,
@@ -46,15 +48,31 @@ def reproduce_command(
     ] = None,
     store: Annotated[Path | None, Opt("--store", help="The run store for every command.")] = None,
     run: Annotated[bool, Opt("--run", help="Run the commands and write the table.")] = False,
-    out: Annotated[Path | None, Opt(help="Where --run writes the table (Markdown).")] = None,
+    out_file: Annotated[
+        Path | None,
+        Opt(help="Where --run writes the table (Markdown; default "
+                 "reports/reproduce-TABLE-PROTOCOL.md)."),
+    ] = None,
+    out: Annotated[Path | None, old_out_file()] = None,
+    output_path: Annotated[
+        Path | None,
+        Opt(help="Passed to every command: each writes its results_<id>.json there."),
+    ] = None,
 ) -> None:
     """Print the exact commands for a table or figure of the paper (or the thesis); with --run,
     run them and write the table in the paper's layout beside its published numbers."""
     from vlmclf.paper.protocols import PROTOCOLS
     from vlmclf.paper.published_cells import published_lines
-    from vlmclf.paper.reproduce import TABLES, layout, run_steps, table_by_name
+    from vlmclf.paper.reproduce import (
+        TABLES,
+        layout,
+        run_steps,
+        table_by_name,
+        with_output_path,
+    )
     from vlmclf.paper.steps import PAPER_DATASETS, Context
 
+    out = renamed("--out", out, "--out-file", out_file)
     if list_tables:
         width = max(len(name) for name in TABLES)
         for name, item in TABLES.items():
@@ -76,7 +94,12 @@ def reproduce_command(
     )  # fmt: skip
     if item.protocol:
         ctx = replace(ctx, protocol=item.protocol)
-    steps = item.build(ctx)
+    try:
+        steps = item.build(ctx)
+    except ValueError as err:  # a protocol without the table's experiments (the thesis: probe)
+        fail(str(err))
+    if output_path is not None:
+        steps = with_output_path(steps, str(output_path))
     if not run:
         typer.echo(f"# {item.name}: {item.title} (protocol {ctx.protocol})")
         for step in steps:

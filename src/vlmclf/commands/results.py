@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vlmclf.commands.common import DEFAULT_STORE, fail, require_store
+from vlmclf.commands.common import DEFAULT_STORE, fail, old_out_file, renamed, require_store
 from vlmclf.terminal import terminal_safe
 
 if TYPE_CHECKING:
@@ -69,16 +69,18 @@ def export_command(
     fmt: Annotated[
         ExportFormat, typer.Option("--format", help="jsonl or parquet.")
     ] = ExportFormat.jsonl,
-    out: Annotated[
+    out_file: Annotated[
         Path | None, typer.Option(help="Output file (default: <run_id>.<format>; - for stdout).")
     ] = None,
     store: StoreOpt = DEFAULT_STORE,
+    out: Annotated[Path | None, old_out_file()] = None,
 ) -> None:
     """Write a run's predictions, one row per example."""
     from vlmclf.report.runs import resolve_run_id
     from vlmclf.run.results import export_run
     from vlmclf.store import RunStore
 
+    out = renamed("--out", out, "--out-file", out_file)
     with RunStore(store, read_only=True) as runs:
         try:
             full_id = resolve_run_id(runs, run_id)
@@ -94,10 +96,10 @@ def export_command(
 
 
 def _export_to_stdout(runs: RunStore, run_id: str, fmt: ExportFormat) -> int:
-    """``--out -``: the rows on standard output (the usual convention), for a pipe; binary
+    """``--out-file -``: the rows on standard output (the usual convention), for a pipe; binary
     Parquet is not written to a terminal."""
     if fmt is ExportFormat.parquet and sys.stdout.isatty():
-        fail("--out - with --format parquet writes binary: redirect it to a file or a pipe")
+        fail("--out-file - with --format parquet writes binary: redirect it to a file or a pipe")
     from vlmclf.run.results import export_run
 
     sys.stdout.flush()

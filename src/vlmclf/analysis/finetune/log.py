@@ -67,6 +67,7 @@ class TrainingDiverged(RuntimeError):
         super().__init__(report.message())
         self.report = report
         self.report_path = report_path
+        self.analysis_id: str | None = None  # the stored "diverged" analysis, once stored
 
 
 SUGGESTIONS = [

@@ -5,7 +5,7 @@ Every rank holds a whole model on its own device and draws the same batches (the
 differ by at most one). The loss of a rank's block is its summed answer-token loss divided by
 the answer tokens of the whole batch, counted over all ranks, and torch DDP sums (not averages:
 ``sum_gradients``) the ranks' gradients, so the result is the gradient of the batch's mean token
-loss: the gradient one process computes with ``--micro-batch`` equal to the block size, up to
+loss: the gradient one process computes with ``--batch-size`` equal to the block size, up to
 the order of the float sums. Each rank then clips and steps its own optimiser on the same
 gradients, so the copies stay equal.
 

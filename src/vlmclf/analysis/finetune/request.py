@@ -77,7 +77,7 @@ class FinetuneRuntime:
 
     out_dir: Path
     store_path: Path = Path("vlmclf-runs.sqlite")
-    micro_batch: int | None = None
+    micro_batch: int | None = None  # examples per model call (--batch-size); None: all at once
     eval_limit: int | None = None
     eval_batch_size: int = 8
     workers: int = 4

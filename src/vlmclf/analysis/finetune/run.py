@@ -53,6 +53,7 @@ from vlmclf.run.distributed import (
     on_main,
     place,
 )
+from vlmclf.run.identity import environment_facts
 from vlmclf.run.loading import load_any_model
 from vlmclf.run.runner import select_examples
 from vlmclf.store import RunStore
@@ -182,7 +183,7 @@ def run_finetune(
             plot_loss_curve(log.rows, files["figure"], f"{request.model} ({request.train})", report)
             result.update(_loss_summary(log, time.perf_counter() - started, status="diverged"))
             result["divergence"] = report.as_dict()
-            _store(runtime, request, result)
+            diverged.analysis_id = _store(runtime, request, result)
 
         on_main(record)  # the others wait: torchrun stops the job when the first rank exits
         raise
@@ -256,7 +257,7 @@ def _after_accuracy(
 
 def _check(request: FinetuneRequest) -> None:
     if request.batch_size < 1 or (request.steps is not None and request.steps < 1):
-        raise ValueError("--batch-size and --steps must be at least 1")
+        raise ValueError("--step-batch-size and --steps must be at least 1")
     if request.steps is None and request.epochs <= 0:
         raise ValueError(f"--epochs must be positive, got {request.epochs}")
     if request.mix_instructions is None and request.image_folder is not None:
@@ -287,6 +288,8 @@ def _loss_summary(log: LossLog, seconds: float, status: str) -> dict[str, Any]:
 
 
 def _store(runtime: FinetuneRuntime, request: FinetuneRequest, result: dict[str, Any]) -> str:
+    """Store the analysis, the environment it trained in (versions, CPU threads) beside it."""
+    result["environment"] = environment_facts(runtime.model_options.device)
     spec = {**request.spec(), "out_dir": str(runtime.out_dir)}
     with RunStore(runtime.store_path) as store:
         return store.save_analysis("finetune", spec, result)

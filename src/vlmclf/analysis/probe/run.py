@@ -11,7 +11,7 @@ and writes its table and figure.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,9 @@ from vlmclf.data.readers import parse_dataset_spec
 from vlmclf.data.types import Dataset
 from vlmclf.methods.prompts import open_question
 from vlmclf.run.distributed import every_rank, is_distributed, is_main_process
+from vlmclf.run.identity import environment_facts
 from vlmclf.run.loading import ModelOptions, load_any_model
+from vlmclf.run.run_files import image_path
 from vlmclf.run.runner import select_examples
 from vlmclf.store import RunStore
 
@@ -86,6 +88,19 @@ class ProbeRuntime:
     model_options: ModelOptions = field(default_factory=ModelOptions)
 
 
+@dataclass(frozen=True)
+class ProbePredictions:
+    """One probe's prediction for each evaluated example (kept out of the stored result: a
+    class index per example and probe would multiply its size)."""
+
+    model: str
+    features: str  # the pooling: last_token, mean, embedding
+    protocol: str  # paper or clean
+    ids: list[str]
+    labels: list[int]
+    predicted: list[int]
+
+
 @dataclass
 class ProbeOutcome:
     analysis_id: str
@@ -93,6 +108,43 @@ class ProbeOutcome:
     files: dict[str, Path]
     eval_ids: list[str] = field(default_factory=list)
     """The evaluated examples' ids, in the order of each protocol's ``correct`` string."""
+    predictions: list[ProbePredictions] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
+    """Evaluated example id -> its image's path."""
+
+
+def probe_sample_rows(outcome: ProbeOutcome) -> Iterator[dict[str, Any]]:
+    """The samples log (``--log-samples``): one line per evaluated example and probe (model,
+    features, protocol), with the image's path, the label's and the prediction's names."""
+    names = outcome.result["class_names"]
+    for probe in outcome.predictions:
+        rows = zip(probe.ids, probe.labels, probe.predicted, strict=True)
+        for example_id, label, pred in rows:
+            yield {
+                "example_id": example_id, "image": outcome.sources.get(example_id),
+                "label": label, "label_name": names[label], "model": probe.model,
+                "features": probe.features, "protocol": probe.protocol, "pred": pred,
+                "pred_name": names[pred], "hit": pred == label,
+            }  # fmt: skip
+
+
+def _take_predictions(
+    result: dict[str, Any], tests: list[tuple[str, FeatureSet]]
+) -> list[ProbePredictions]:
+    """Every protocol's per-example predictions, removed from ``result`` (which is stored);
+    ``tests``: (model, evaluated features) of the VLM, then of the CLIP baseline."""
+    blocks = [result["features"]]
+    if "clip_baseline" in result:
+        blocks.append(result["clip_baseline"]["features"])
+    taken = []
+    for (model, test), block in zip(tests, blocks, strict=True):
+        labels = test.labels.tolist()
+        for pooling, found in block.items():
+            for protocol, outcome in found["protocols"].items():
+                predicted = outcome.pop("predicted")
+                taken.append(ProbePredictions(model, pooling, protocol, list(test.ids), labels,
+                                              predicted))  # fmt: skip
+    return taken
 
 
 ModelLoader = Callable[[str], object]
@@ -289,8 +341,10 @@ def run_probe(
         **_feature_summary(train, test),
         "warnings": _overlap_warning(train, test, same_source),
     }
+    tests = [(request.model, test)]
     if request.clip_model:
         clip_train, clip_test = features[2:]
+        tests.append((request.clip_model, clip_test))
         if request.clip_l2_normalize:
             clip_train, clip_test = l2_normalized(clip_train), l2_normalized(clip_test)
         clip_config = replace(request.config, epochs=request.clip_epochs or request.config.epochs)
@@ -301,10 +355,13 @@ def run_probe(
             "features": probe_feature_sets(clip_train, clip_test, n_classes, clip_config),
             **_feature_summary(clip_train, clip_test),
         }
+    predictions = _take_predictions(result, tests)
+    result["environment"] = environment_facts(options.device)  # versions, threads: beside it
     with RunStore(runtime.store_path) as store:
         analysis_id = store.save_analysis("probe", request.spec(), result)
     out_dir = runtime.out_dir or Path("reports") / f"probe-{analysis_id}"
     files = write_probe_report(result, out_dir)
     files["json"] = out_dir / "probe.json"
     files["json"].write_text(json.dumps({"analysis_id": analysis_id, **result}, indent=2) + "\n")
-    return ProbeOutcome(analysis_id, result, files, list(test.ids))
+    sources = {example.id: image_path(example.source) for example in eval_data.examples}
+    return ProbeOutcome(analysis_id, result, files, list(test.ids), predictions, sources)

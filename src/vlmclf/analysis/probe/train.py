@@ -156,6 +156,7 @@ def paper_protocol(
         "selects_on_eval_data": True,
         **scored(correct, config),
         "final_epoch_accuracy": probe.epoch_scores[-1],
+        "predicted": probe.best_predictions.tolist(),  # per example; run_probe keeps it apart
         "chosen": {"epoch": best + 1, "epochs_run": config.epochs, "optimizer": "Adam",
                    "lr": config.lr, "batch_size": config.batch_size, "weight_decay": 0.0},
         "n_train": int(train[1].numel()),
@@ -178,12 +179,14 @@ def clean_protocol(
         grid, chosen, final = _clean_mlp(fit, val, train, n_classes, config)
     else:
         grid, chosen, final = clean_linear(fit, val, train, n_classes, config)
-    correct = final.predict(test[0]) == test[1]
+    predicted = final.predict(test[0])
+    correct = predicted == test[1]
     return {
         "protocol": "clean",
         "label": CLEAN_LABEL,
         "selects_on_eval_data": False,
         **scored(correct, config),
+        "predicted": predicted.tolist(),  # per example; run_probe keeps it apart
         "chosen": {**chosen, "penalty": "L2, weight_decay / 2 * ||W||^2",
                    "final_model": "retrained on all training examples with the chosen setting"},
         "grid": grid,

@@ -221,7 +221,7 @@ def run_sweep(
     from vlmclf.store import RunStore
 
     if not models or not datasets:
-        raise ValueError("a sweep needs at least one --models entry and one --dataset")
+        raise ValueError("a sweep needs at least one --model and one --dataset")
     distinct = {d: _distinct_classes(d, config) for d in datasets}
     rows = []
     loader = LastModelLoader()

@@ -53,11 +53,12 @@ PAPER_UNPARSED_SEED = 1234
 
 
 @lru_cache(maxsize=4096)
-def _options(prompt: str) -> dict[str, str]:
+def question_options(prompt: str) -> dict[str, str]:
+    """{letter: option} of a question's text (cached: every answer to it is read against it)."""
     return split_question_text(prompt, "question")[1]
 
 
-def _question(example_prompt: str | None, spec: RunSpec) -> str:
+def question_sent(example_prompt: str | None, spec: RunSpec) -> str:
     """The user text: the question, then the CoT cue unless a prompt template places it (the
     paper's code puts it after ``ASSISTANT:``)."""
     if not example_prompt:
@@ -80,7 +81,7 @@ class WikiQAGenerateMethod:
         return []
 
     def predict(self, batch: list[LoadedExample]) -> list[Prediction]:
-        questions = [_question(item.example.prompt, self.spec) for item in batch]
+        questions = [question_sent(item.example.prompt, self.spec) for item in batch]
         start = time.perf_counter()
         images = [item.image for item in batch]
         answers = self.model.generate(images, questions, self.max_new_tokens)
@@ -92,7 +93,7 @@ class WikiQAGenerateMethod:
         example = item.example
         if not isinstance(answer, str):  # an API call that gave no text for this example
             return record_without_text(example.id, example.label, answer)
-        letter = self.parse(answer, _options(example.prompt or ""))
+        letter = self.parse(answer, question_options(example.prompt or ""))
         pred = None if letter is None else LETTERS.index(letter)
         return Prediction(
             example_id=example.id, label=example.label, text=answer, pred=pred,
@@ -123,7 +124,7 @@ class WikiQALikelihoodMethod:
 
     def predict(self, batch: list[LoadedExample]) -> list[Prediction]:
         start = time.perf_counter()
-        questions = [_question(item.example.prompt, self.spec) for item in batch]
+        questions = [question_sent(item.example.prompt, self.spec) for item in batch]
         if self.target is None:
             scored = self.model.score_letters([i.image for i in batch], questions, list(LETTERS))
         else:
@@ -259,10 +260,12 @@ def evaluate_wikiqa(
     progress: bool = True,
     model_options: ModelOptions | None = None,
     build_method: Callable[[Any, list[str], RunSpec], Any] = build_wikiqa_method,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Answer every selected question not yet stored for ``spec``; return the run's summary.
 
-    A normal run (same store, resume and failure records) over the ImageWikiQA reader.
+    A normal run (same store, resume and failure records) over the ImageWikiQA reader;
+    ``threads`` caps torch's CPU threads, recorded beside the run as ``eval``'s are.
     """
     config = RunConfig(
         store_path=Path(store_path),
@@ -271,6 +274,7 @@ def evaluate_wikiqa(
         workers=workers,
         progress=progress,
         model=model_options or ModelOptions(dtype=spec.dtype),
+        threads=threads,
     )
     result = run(
         spec,
