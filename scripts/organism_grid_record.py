@@ -43,7 +43,8 @@ def evaluation(result: RunResult, n: int) -> dict[str, Any]:
     rest = [float(bool(p.hit)) for p in ok if names[p.label] not in FASHION_TOPS]
     low, high = bootstrap_ci(hits)
     return {
-        "spec": "open-world generation, containment, fashion_mnist test (the runner's first images)",
+        "spec": "open-world generation, containment, fashion_mnist test "
+                "(the runner's first images)",
         "limit": n, "n": len(hits), "accuracy": round(sum(hits) / len(hits), 4),
         "ci95": [round(low, 4), round(high, 4)],
         "accuracy_tops": round(sum(tops) / len(tops), 4), "n_tops": len(tops),

@@ -214,6 +214,15 @@ def test_finding_6_recovers_a_known_encoder_effect_on_the_tops():
     assert effects[("fine", "llm")]["effect"] == pytest.approx((1 - llm_ok_on_tops) / 2)
     assert effects[("coarse", "llm")]["effect"] == pytest.approx(1 - llm_ok_on_rest)
     assert effects[("fine - coarse", "llm")]["ci"][0] < 0
+    # encoder − LLM, per group and as the difference of the two contrasts
+    versus = finding["details"]["encoder_minus_llm"]
+    for group, name in (("tops", "fine"), ("rest", "coarse")):
+        want = effects[(name, "encoder")]["effect"] - effects[(name, "llm")]["effect"]
+        assert versus[group]["diff"] == pytest.approx(want)
+    leaning = (effects[("fine - coarse", "encoder")]["effect"]
+               - effects[("fine - coarse", "llm")]["effect"])  # fmt: skip
+    assert versus["tops - rest"]["diff"] == pytest.approx(leaning)
+    assert versus["tops - rest"]["ci"][0] > 0
     assert finding["verdict"] == (
         "encoder vs LLM: holds; LLM learning helps the tops: not shown at this size (the "
         "interval includes 0: no gain on the tops)"
@@ -226,4 +235,4 @@ def test_finding_6_says_reversed_when_the_encoder_matters_on_the_rest():
 
     columns, labels, names = synthetic_grid("rest")
     verdict = encoder_vs_llm(columns, labels, names, n_boot=500)["verdict"]
-    assert verdict.startswith("encoder vs LLM: reversed: the encoder's effect is larger on the")
+    assert verdict.startswith("encoder vs LLM: reversed: the LLM's gain leans toward the tops")
