@@ -186,8 +186,8 @@ def lead_html(result: dict[str, Any]) -> str:
 def findings_note(result: dict[str, Any]) -> str:
     sizes, lik = result["sizes"], result["likelihood"]
     return (
-        f"Fashion-MNIST test split: CLIP and the probe on {sizes['n_clip']} images, every VLM "
-        f"method on {sizes['n_vlm']} of them; comparisons are paired on the images both "
+        f"Fashion-MNIST test split: CLIP on {sizes['n_clip']} images, every VLM method and the "
+        f"probe on {sizes['n_vlm']} of them; comparisons are paired on the images both "
         f"scored. Likelihood uses the paper protocol's answer prefix {lik['answer_prefix']!r}; "
         f"CFG its {lik['cfg_prior']} prior and grid, t chosen by 2-fold cross-fitting "
         f"(t per fold: {lik['cfg_t_per_fold']}). A verdict holds only when its 95% interval "

@@ -126,11 +126,12 @@ def demo_plan(sizes: DemoSizes, specs: dict[str, RunSpec]) -> list[PlannedStep]:
     plan = [PlannedStep(f"{CLIP}: zero-shot on {sizes.n_clip} test images", "clip", sizes.n_clip)]
     for name, spec in specs.items():
         kind = "likelihood" if spec.method == "likelihood" else "generate"
-        plan.append(PlannedStep(f"{spec.model}: {name} on {sizes.n_vlm} test images", kind,
+        what = name.removesuffix(f" {spec.model}")  # a grid cell's run is named by its model
+        plan.append(PlannedStep(f"{spec.model}: {what} on {sizes.n_vlm} test images", kind,
                                 sizes.n_vlm))  # fmt: skip
-    probe_images = sizes.n_probe_train + sizes.n_clip
+    probe_images = sizes.n_probe_train + sizes.n_vlm
     plan.append(PlannedStep(
-        f"{VLM}: linear probe ({sizes.n_probe_train} train, {sizes.n_clip} test images)",
+        f"{VLM}: linear probe ({sizes.n_probe_train} train, {sizes.n_vlm} test images)",
         "probe", probe_images,
     ))  # fmt: skip
     return plan
@@ -141,7 +142,7 @@ def _probe(sizes: DemoSizes, config: RunConfig, out_dir: Path, loader: Any) -> d
 
     outcome = run_probe(
         ProbeRequest(
-            model=VLM, dataset=DATASET, train_limit=sizes.n_probe_train, limit=sizes.n_clip,
+            model=VLM, dataset=DATASET, train_limit=sizes.n_probe_train, limit=sizes.n_vlm,
             dtype=config.model.dtype,  # the features' dtype is part of their cache key
         ),
         ProbeRuntime(
