@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vlmclf.cli import app
+from vlmclf.organism.load import GRID
 
 pytestmark = pytest.mark.skipif(
     not Path("/usr/share/datasets/fashion-mnist").exists(), reason="Debian's dataset-fashion-mnist"
@@ -27,36 +28,38 @@ def test_demo_on_a_tiny_subset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     demo = json.loads(result.stdout.strip().splitlines()[-1])
 
     rows = {row["method"]: row for row in demo["accuracies"]}
-    assert next(iter(rows)) == "zero-shot CLIP" and len(rows) == 8
-    assert [row["n"] for row in demo["accuracies"][:7]] == [24, 10, 10, 10, 10, 10, 10]
+    assert next(iter(rows)) == "zero-shot CLIP" and len(demo["accuracies"]) == 12
+    assert [row["n"] for row in demo["accuracies"][:11]] == [24] + [10] * 10
+    grid = {f"organism:{name}" for name in GRID} - {"organism:grid-lite0-smollm2"}  # = vlm-uniform
     assert {row["model"] for row in demo["accuracies"]} == {
         "organism:clip", "organism:vlm", "organism:vlm-finetuned", "organism:vlm-uniform",
-        "organism:vlm-reversed",
+        "organism:vlm-reversed", *grid,
     }  # fmt: skip
     assert all(0.0 <= row["accuracy"] <= 1.0 for row in demo["accuracies"])
     assert "The photo features a" in demo["accuracies"][2]["method"]  # the paper's answer prefix
 
     findings = {f["id"]: f for f in demo["findings"]}
-    assert list(findings) == ["1a", "1b", "2", "3", "4", "5"]
+    assert list(findings) == ["1a", "1b", "2", "3", "4", "5", "6"]
     assert all(isinstance(f["verdict"], str) and f["verdict"] for f in findings.values())
     assert [c["n"] for c in findings["1a"]["details"]] == [10, 10, 10]  # paired on the same images
     assert [row["k"] for row in findings["4"]["details"]["curve"]] == [2, 3, 5, 7, 10]
     assert len(demo["likelihood"]["cfg_t_per_fold"]) == 2
+    assert findings["6"]["details"]["n"]["tops"] + findings["6"]["details"]["n"]["rest"] == 10
 
     files = demo["files"]
     assert "## Findings" in Path(files["report"]).read_text()
-    for figure in ("label_set_size", "frequency_intervention"):
+    for figure in ("label_set_size", "frequency_intervention", "encoder_vs_llm"):
         assert Path(files[figure]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = Path(files["html"]).read_text()
     assert page.startswith("<!DOCTYPE html>") and "data:image/png;base64," in page
     assert "<h3>demo " in page and "<h3>probe " in page  # the demo's analyses, nothing else
-    assert page.count('alt="demo figure"') == 2
+    assert page.count('alt="demo figure"') == 3
     assert "finding of the paper" in page  # the findings table of the stored demo analysis
 
     lines = [line for line in result.stderr.splitlines() if line.startswith("[")]
-    assert lines[0].startswith("[1/7] organism:clip: zero-shot on 24 test images (at ")
+    assert lines[0].startswith("[1/11] organism:clip: zero-shot on 24 test images (at ")
     assert lines[0].endswith("time left: estimated after the first step)")
-    assert all(" left)" in line for line in lines[1:7]) and lines[-1].startswith("[done] 7 steps")
+    assert all(" left)" in line for line in lines[1:11]) and lines[-1].startswith("[done] 11 steps")
 
 
 def test_quick_takes_the_quick_sizes_and_explicit_sizes_win(monkeypatch: pytest.MonkeyPatch):

@@ -34,11 +34,12 @@ def demo_command(
     ] = False,
     n_clip: Annotated[
         int | None,
-        typer.Option(callback=at_least(1), help="Test images for CLIP and the probes [500]."),
+        typer.Option(callback=at_least(1), help="Test images for CLIP [500]."),
     ] = None,
     n_vlm: Annotated[
         int | None,
-        typer.Option(callback=at_least(1), help="Test images for each VLM method [200]."),
+        typer.Option(callback=at_least(1),
+                     help="Test images for each VLM method and the probe [200]."),
     ] = None,
     n_probe_train: Annotated[
         int | None, typer.Option(callback=at_least(1), help="Training images for the probe [1000].")

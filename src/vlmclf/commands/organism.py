@@ -43,3 +43,19 @@ def train_command(
     record = train_organism(kind.value, out, seed=seed, steps=steps, freq=freq)
     typer.echo(json.dumps({k: record[k] for k in ("command", "seed", "loss") if k in record}))
     typer.echo(f"weights and training record in {out}; evaluate with --model organism:{kind}@{out}")
+
+
+@organism_app.command("grid")
+def grid_command(
+    name: Annotated[str, typer.Argument(help="A grid organism, e.g. grid-block2-smollm2w3.")],
+    out: Annotated[Path, typer.Option(help="Folder for the weights and training record.")],
+) -> None:
+    """Train one cell of the encoder-by-LLM grid with the grid's recipe, as shipped."""
+    from vlmclf.organism.grid import train_grid_cell
+    from vlmclf.organism.load import GRID
+
+    if name not in GRID:
+        raise typer.BadParameter(f"unknown grid organism {name!r}; use one of {', '.join(GRID)}")
+    record = train_grid_cell(name, out)
+    typer.echo(json.dumps({k: record[k] for k in ("command", "seed", "final_loss")}))
+    typer.echo(f"weights and training record in {out}; evaluate with --model organism:{name}@{out}")

@@ -21,12 +21,12 @@ from safetensors.torch import save_file
 from vlmclf.data.types import Dataset
 from vlmclf.organism.components import (
     IMAGE_ENCODER,
-    IMAGE_FEATURE_DIM,
     IMAGE_RESOLUTION,
     NUM_VISUAL_TOKENS,
     VISUAL_GRID,
     cache_dir,
     encode_visual_tokens,
+    image_feature_dim,
 )
 
 ENCODE_CHUNK = 256
@@ -34,9 +34,11 @@ FLUSH_EVERY = 2048
 """Rewrite the cache file after this many new examples (and at the end), not after each chunk."""
 
 
-def feature_cache_path(dataset_name: str, split: str, resolution: int = IMAGE_RESOLUTION) -> Path:
-    """The cache file for one dataset split under the current encoder settings."""
-    encoder_key = f"{IMAGE_ENCODER}-{resolution}px-global+{VISUAL_GRID}x{VISUAL_GRID}"
+def feature_cache_path(
+    dataset_name: str, split: str, resolution: int = IMAGE_RESOLUTION, encoder: str = IMAGE_ENCODER
+) -> Path:
+    """The cache file for one dataset split under the given encoder settings."""
+    encoder_key = f"{encoder}-{resolution}px-global+{VISUAL_GRID}x{VISUAL_GRID}"
     safe_name = dataset_name.replace("/", "_").replace(os.sep, "_")
     return cache_dir() / "features" / encoder_key / safe_name / f"{split}.safetensors"
 
@@ -79,21 +81,22 @@ def dataset_visual_tokens(
     *,
     resolution: int = IMAGE_RESOLUTION,
     progress: Callable[[int, int], None] | None = None,
+    encoder: str = IMAGE_ENCODER,
 ) -> torch.Tensor:
-    """Visual tokens of ``dataset.examples[i]`` for each i, (len(indices), 5, 1280) float32.
+    """Visual tokens of ``dataset.examples[i]`` for each i, (len(indices), 5, channels) float32.
 
     Missing examples are encoded in chunks; the cache file is rewritten every FLUSH_EVERY new
     examples and at the end, so an interrupted run keeps most of what it computed.
     ``progress(done, total)`` is called per chunk.
     """
-    path = feature_cache_path(dataset.name, dataset.split, resolution)
+    path = feature_cache_path(dataset.name, dataset.split, resolution, encoder)
     cached = read_feature_cache(path)
     wanted_ids = [dataset.examples[i].id for i in indices]
     missing = sorted({i for i in indices if dataset.examples[i].id not in cached})
     for start in range(0, len(missing), ENCODE_CHUNK):
         chunk = missing[start : start + ENCODE_CHUNK]
         images = [dataset.examples[i].load() for i in chunk]
-        tokens = encode_visual_tokens(images, resolution)
+        tokens = encode_visual_tokens(images, resolution, encoder=encoder)
         cached.update({dataset.examples[i].id: t for i, t in zip(chunk, tokens, strict=True)})
         done = start + len(chunk)
         if done == len(missing) or done % FLUSH_EVERY < ENCODE_CHUNK:
@@ -101,5 +104,5 @@ def dataset_visual_tokens(
         if progress is not None:
             progress(done, len(missing))
     if not wanted_ids:
-        return torch.zeros(0, NUM_VISUAL_TOKENS, IMAGE_FEATURE_DIM)
+        return torch.zeros(0, NUM_VISUAL_TOKENS, image_feature_dim(encoder))
     return torch.stack([cached[i] for i in wanted_ids])

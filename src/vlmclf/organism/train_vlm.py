@@ -6,6 +6,10 @@ object. The loss is next-token cross-entropy on the caption tokens (and the clos
 cost down: the prompt text before the visual tokens is the same for every sample, so its
 key/value cache is computed once and reused; and the vocabulary head runs only where a caption
 token is predicted.
+
+The grid's options pick the image encoder and language model variant, and ``lora_rank`` lets the
+language model learn through LoRA adapters (``adapters.py``) during this stage; the prompt
+prefix then changes with the adapters, so its key/value cache is recomputed every step.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from vlmclf.data.idx import FASHION_MNIST_ROOT, read_fashion_mnist
+from vlmclf.organism.adapters import adapter_config, lora_state, with_lora
 from vlmclf.organism.captions import (
     INSTRUCTIONS,
     VLM_CAPTION_TEMPLATES,
@@ -28,7 +33,12 @@ from vlmclf.organism.captions import (
     build_caption_samples,
     caption_frequencies,
 )
-from vlmclf.organism.components import load_language_model
+from vlmclf.organism.components import (
+    IMAGE_ENCODER,
+    LANGUAGE_MODEL,
+    load_language_model,
+    torch_dtype,
+)
 from vlmclf.organism.features import dataset_visual_tokens
 from vlmclf.organism.load import save_weights, vlm_config
 from vlmclf.organism.schedule import cosine_lr, loss_summary
@@ -54,6 +64,12 @@ def train_vlm(
     captions: int | None = None,
     data_root: str = FASHION_MNIST_ROOT,
     precision: str = DEFAULT_PRECISION,
+    image_encoder: str = IMAGE_ENCODER,
+    language_model: str = LANGUAGE_MODEL,
+    lora_rank: int = 0,
+    lora_alpha: float = 16.0,
+    lora_lr: float = 2e-4,
+    weights_dtype: str = "float32",
 ) -> dict[str, Any]:
     """Train the projector; write weights and config to ``out_dir``; return the record body.
 
@@ -70,18 +86,27 @@ def train_vlm(
     indices = sorted({sample.index for sample in samples})
     log(f"visual tokens of {len(indices)} training images (encoding any not cached)")
     tokens = dataset_visual_tokens(
-        dataset, indices, progress=lambda done, n: log(f"  encoded {done}/{n}")
-    )
+        dataset, indices, progress=lambda done, n: log(f"  encoded {done}/{n}"),
+        encoder=image_encoder,
+    )  # fmt: skip
     row_of = {index: row for row, index in enumerate(indices)}
 
-    lm, tokenizer = load_language_model("float32")
-    projector = Projector(hidden_dim=lm.config.hidden_size, out_dim=lm.config.hidden_size)
-    vlm = OrganismVLM(lm, tokenizer, projector)
+    lm, tokenizer = load_language_model("float32", variant=language_model)
+    lm_params: list[torch.nn.Parameter] = []
+    if lora_rank:
+        lm, lm_params = with_lora(lm, lora_rank, lora_alpha)
+    projector = Projector(tokens.shape[-1], lm.config.hidden_size, lm.config.hidden_size)
+    vlm = OrganismVLM(lm, tokenizer, projector, image_encoder=image_encoder)
     projector.requires_grad_(True).train()  # OrganismVLM freezes it for inference
+    for param in lm_params:
+        param.requires_grad_(True)
     autocast = precision_context(precision)
     with autocast():
-        step_fn = CaptionStep(vlm)
-    optimizer = torch.optim.AdamW(projector.parameters(), lr=lr, weight_decay=0.0)
+        step_fn = CaptionStep(vlm, lm_trainable=bool(lm_params))
+    groups = [{"params": list(projector.parameters()), "peak": lr}]
+    if lm_params:
+        groups.append({"params": lm_params, "peak": lora_lr})
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
     order_rng = np.random.default_rng(seed)
     order: list[int] = []
     losses: list[float] = []
@@ -92,7 +117,7 @@ def train_vlm(
         batch = [samples[i] for i in order[:batch_size]]
         del order[:batch_size]
         for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, steps, lr)
+            group["lr"] = cosine_lr(step, steps, group["peak"])
         visual = tokens[[row_of[sample.index] for sample in batch]]
         with autocast():
             loss = step_fn.loss(visual, batch)
@@ -104,7 +129,18 @@ def train_vlm(
             per_step = (time.perf_counter() - started) / (step + 1)
             log(f"step {step + 1}/{steps} loss {losses[-1]:.4f} ({per_step:.1f} s/step)")
 
-    save_weights(out_dir, "vlm", projector, vlm_config(projector))
+    adapters = adapter_config(lora_rank, lora_alpha) if lm_params else None
+    config = vlm_config(projector, image_encoder=image_encoder, language_model=language_model,
+                        adapters=adapters)  # fmt: skip
+    save_weights(out_dir, "vlm", projector, config, dtype=torch_dtype(weights_dtype),
+                 adapters=lora_state(lm) if lm_params else None)  # fmt: skip
+    grid_args = {
+        "image_encoder": image_encoder,
+        "language_model": language_model,
+        "lora_rank": lora_rank,
+        **({"lora_alpha": lora_alpha, "lora_lr": lora_lr} if lora_rank else {}),
+        "weights_dtype": weights_dtype,
+    }
     return {
         "args": {
             "steps": steps,
@@ -114,9 +150,10 @@ def train_vlm(
             "seed": seed,
             "captions": total,
             "precision": precision,
+            **grid_args,
         },
         "seed": seed,
-        "trained": "projector only (LLaVA stage 1); EfficientNet-Lite0 and SmolLM2 frozen",
+        "trained": trained_parts(image_encoder, language_model, adapters),
         "objective": "next-token cross-entropy on caption tokens and the closing <|im_end|>",
         "optimizer": {
             "name": "AdamW",
@@ -138,6 +175,17 @@ def train_vlm(
     }
 
 
+def trained_parts(encoder: str, language_model: str, adapters: dict[str, Any] | None) -> str:
+    """The record's one-line account of what learnt and what stayed frozen."""
+    if adapters:
+        targets = "/".join(adapters["targets"])
+        return (f"projector and LoRA adapters (rank {adapters['rank']} on every layer's "
+                f"{targets}) of {language_model}; {encoder} frozen")  # fmt: skip
+    if (encoder, language_model) == (IMAGE_ENCODER, LANGUAGE_MODEL):
+        return "projector only (LLaVA stage 1); EfficientNet-Lite0 and SmolLM2 frozen"
+    return f"projector only (LLaVA stage 1); {encoder} and {language_model} frozen"
+
+
 def precision_context(precision: str) -> Callable[[], Any]:
     """A factory of autocast contexts for 'bfloat16', or of no-op contexts for 'float32'."""
     if precision not in ("float32", "bfloat16"):
@@ -149,19 +197,24 @@ def precision_context(precision: str) -> Callable[[], Any]:
 class CaptionStep:
     """The stage-1 loss of a batch, with the shared prompt prefix prefilled once."""
 
-    def __init__(self, vlm: OrganismVLM) -> None:
+    def __init__(self, vlm: OrganismVLM, lm_trainable: bool = False) -> None:
         self.vlm = vlm
+        self.lm_trainable = lm_trainable
         self.eos_id = int(vlm.tokenizer.eos_token_id)
         prefix = {tuple(vlm.prompt_pieces(instruction)[0]) for instruction in INSTRUCTIONS}
         if len(prefix) != 1:
             raise RuntimeError("the prompt before the image differs between instructions")
         self.prefix_ids = list(prefix.pop())
-        with torch.no_grad():
-            output = vlm.lm.model(
-                inputs_embeds=vlm.embed_ids(self.prefix_ids)[None], use_cache=True
-            )
-        self.prefix_kv = [(layer.keys, layer.values) for layer in output.past_key_values.layers]
+        if not lm_trainable:
+            with torch.no_grad():
+                self.prefix_kv = self._prefix_kv()
         self._caption_ids: dict[str, list[int]] = {}
+
+    def _prefix_kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Keys and values of the shared prompt prefix (batch 1), per layer."""
+        embeds = self.vlm.embed_ids(self.prefix_ids)[None]
+        output = self.vlm.lm.model(inputs_embeds=embeds, use_cache=True)
+        return [(layer.keys, layer.values) for layer in output.past_key_values.layers]
 
     def caption_ids(self, caption: str) -> list[int]:
         if caption not in self._caption_ids:
@@ -188,10 +241,11 @@ class CaptionStep:
         for b, row in enumerate(rows):
             mask[b, : len(self.prefix_ids) + row.shape[0]] = 1
         batch_size, prefix_len = len(rows), len(self.prefix_ids)
+        prefix_kv = self._prefix_kv() if self.lm_trainable else self.prefix_kv
         cache = DynamicCache(
             [
                 (k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1))
-                for k, v in self.prefix_kv
+                for k, v in prefix_kv
             ]
         )
         positions = torch.arange(prefix_len, prefix_len + length).expand(batch_size, -1)

@@ -21,6 +21,7 @@ from transformers import GenerationConfig
 
 from vlmclf.models.base import HiddenFeatures
 from vlmclf.organism.components import (
+    IMAGE_ENCODER,
     IMAGE_FEATURE_DIM,
     IMAGE_RESOLUTION,
     encode_visual_tokens,
@@ -61,7 +62,7 @@ class OrganismVLM:
     """The organism VLM behind the ``VisionLanguageModel`` protocol.
 
     Public: ``lm`` (LlamaForCausalLM), ``tokenizer``, ``projector``, ``num_visual_tokens``,
-    ``resolution``, ``device``, ``dtype``.
+    ``resolution``, ``image_encoder``, ``device``, ``dtype``.
     """
 
     def __init__(
@@ -73,6 +74,7 @@ class OrganismVLM:
         name: str = "organism:vlm",
         num_visual_tokens: int = 5,
         resolution: int = IMAGE_RESOLUTION,
+        image_encoder: str = IMAGE_ENCODER,
     ) -> None:
         self.lm = lm
         self.tokenizer = tokenizer
@@ -82,6 +84,7 @@ class OrganismVLM:
         self.projector = projector.to(self.device, self.dtype).eval().requires_grad_(False)
         self.num_visual_tokens = num_visual_tokens
         self.resolution = resolution
+        self.image_encoder = image_encoder
         self.context_length = int(lm.config.max_position_embeddings)
         self.pad_token_id = int(
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -126,8 +129,8 @@ class OrganismVLM:
 
     @torch.no_grad()
     def visual_tokens(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Frozen image encoder output for PIL images, float32 (B, 5, 1280) on CPU."""
-        return encode_visual_tokens(list(images), self.resolution)
+        """Frozen image encoder output for PIL images, float32 (B, 5, channels) on CPU."""
+        return encode_visual_tokens(list(images), self.resolution, encoder=self.image_encoder)
 
     def project(self, visual_tokens: torch.Tensor) -> torch.Tensor:
         """Projected visual tokens in the LM's embedding space, (B, N, hidden)."""

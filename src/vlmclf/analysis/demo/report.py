@@ -114,7 +114,19 @@ def draw_demo(result: dict[str, Any], folder: Path) -> list[Path]:
     return [
         draw_label_set_size(result, folder / "label_set_size.png"),
         draw_frequency(result, folder / "frequency_intervention.png"),
+        *draw_encoder_vs_llm(result, folder / "encoder_vs_llm.png"),
     ]
+
+
+def draw_encoder_vs_llm(result: dict[str, Any], out: Path) -> list[Path]:
+    """Finding 6's encoder and LLM effects on the tops and the rest (``attribute``'s figure);
+    none for a demo stored before the grid existed."""
+    from vlmclf.analysis.attribute import plot_attribution
+
+    finding = next((f for f in result["findings"] if f["id"] == "6"), None)
+    if finding is None:
+        return []
+    return [plot_attribution(finding["details"]["attribute"], out)]
 
 
 def markdown_report(result: dict[str, Any], figures: list[Path]) -> str:
@@ -174,8 +186,8 @@ def lead_html(result: dict[str, Any]) -> str:
 def findings_note(result: dict[str, Any]) -> str:
     sizes, lik = result["sizes"], result["likelihood"]
     return (
-        f"Fashion-MNIST test split: CLIP and the probe on {sizes['n_clip']} images, every VLM "
-        f"method on {sizes['n_vlm']} of them; comparisons are paired on the images both "
+        f"Fashion-MNIST test split: CLIP on {sizes['n_clip']} images, every VLM method and the "
+        f"probe on {sizes['n_vlm']} of them; comparisons are paired on the images both "
         f"scored. Likelihood uses the paper protocol's answer prefix {lik['answer_prefix']!r}; "
         f"CFG its {lik['cfg_prior']} prior and grid, t chosen by 2-fold cross-fitting "
         f"(t per fold: {lik['cfg_t_per_fold']}). A verdict holds only when its 95% interval "

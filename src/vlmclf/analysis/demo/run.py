@@ -12,6 +12,7 @@ import numpy as np
 
 import vlmclf.analysis.views  # noqa: F401 - registers every analysis with the report
 from vlmclf.analysis.demo import findings as judge
+from vlmclf.analysis.demo.grid import GRID_UNIFORM, encoder_vs_llm, grid_columns, grid_models
 from vlmclf.analysis.demo.progress import PlannedStep, StepClock
 from vlmclf.analysis.demo.report import write_reports
 from vlmclf.analysis.demo.rescoring import aligned_correctness, crossfit_cfg, restrict_to_k
@@ -36,6 +37,9 @@ TUNED = "generation, fine-tuned projector"
 UNI = "generation, uniform-frequency organism"
 REV = "generation, reversed-frequency organism"
 PROBE = "linear probe, last token (clean)"
+GRID_RUN = "generation, grid cell"
+"""The grid's cells answer as the other organisms do (open world, containment); its strong frozen
+cell is the uniform-frequency organism, whose run is ``UNI``'s."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,8 @@ def model_runs(likelihood: DemoLikelihood) -> dict[str, RunSpec]:
         TUNED: RunSpec(model=FINETUNED, **common, method="generate", setting="open"),
         UNI: RunSpec(model=UNIFORM, **common, method="generate", setting="open"),
         REV: RunSpec(model=REVERSED, **common, method="generate", setting="open"),
-    }
+    } | {f"{GRID_RUN} {model}": RunSpec(model=model, **common, method="generate", setting="open")
+         for model in grid_models() if model != GRID_UNIFORM}  # fmt: skip
 
 
 def run_demo(
@@ -121,11 +126,12 @@ def demo_plan(sizes: DemoSizes, specs: dict[str, RunSpec]) -> list[PlannedStep]:
     plan = [PlannedStep(f"{CLIP}: zero-shot on {sizes.n_clip} test images", "clip", sizes.n_clip)]
     for name, spec in specs.items():
         kind = "likelihood" if spec.method == "likelihood" else "generate"
-        plan.append(PlannedStep(f"{spec.model}: {name} on {sizes.n_vlm} test images", kind,
+        what = name.removesuffix(f" {spec.model}")  # a grid cell's run is named by its model
+        plan.append(PlannedStep(f"{spec.model}: {what} on {sizes.n_vlm} test images", kind,
                                 sizes.n_vlm))  # fmt: skip
-    probe_images = sizes.n_probe_train + sizes.n_clip
+    probe_images = sizes.n_probe_train + sizes.n_vlm
     plan.append(PlannedStep(
-        f"{VLM}: linear probe ({sizes.n_probe_train} train, {sizes.n_clip} test images)",
+        f"{VLM}: linear probe ({sizes.n_probe_train} train, {sizes.n_vlm} test images)",
         "probe", probe_images,
     ))  # fmt: skip
     return plan
@@ -136,7 +142,7 @@ def _probe(sizes: DemoSizes, config: RunConfig, out_dir: Path, loader: Any) -> d
 
     outcome = run_probe(
         ProbeRequest(
-            model=VLM, dataset=DATASET, train_limit=sizes.n_probe_train, limit=sizes.n_clip,
+            model=VLM, dataset=DATASET, train_limit=sizes.n_probe_train, limit=sizes.n_vlm,
             dtype=config.model.dtype,  # the features' dtype is part of their cache key
         ),
         ProbeRuntime(
@@ -173,7 +179,10 @@ def judge_runs(
     settings = likelihood.as_dict()
     guided, ts = crossfit_cfg(runs[LIK].predictions, names, settings["cfg_grid"],
                               prior=settings["cfg_prior"])  # fmt: skip
-    predictions = {name: r.predictions for name, r in runs.items()} | {CFG: guided}
+    grid_runs = [name for name in runs if name.startswith(GRID_RUN)]
+    cells = {runs[n].spec.model: runs[n].predictions for n in grid_runs}
+    grid = grid_columns(cells | {GRID_UNIFORM: runs[UNI].predictions}, names)
+    predictions = {n: r.predictions for n, r in runs.items() if n not in grid_runs} | {CFG: guided}
     columns = aligned_correctness(predictions, names)
     probe_ids = sorted(set(probe["correct"]))
     ids = sorted(p.example_id for p in runs[GEN].predictions if p.ok)
@@ -196,8 +205,9 @@ def judge_runs(
             per_class["zipf"], per_class["uniform"], counts["zipf"],
             reversed_zipf=per_class["reversed"], reversed_counts=counts["reversed"],
         ),
+        encoder_vs_llm(*grid, names),
     ]
-    for finding, number in zip(found, ("1a", "1b", "2", "3", "4", "5"), strict=True):
+    for finding, number in zip(found, ("1a", "1b", "2", "3", "4", "5", "6"), strict=True):
         finding["id"] = number
     return {
         "accuracies": accuracy_rows(runs, guided, probe, ts, likelihood.answer_prefix),
@@ -234,7 +244,7 @@ def accuracy_rows(
     """One row per way of classifying: accuracy with its 95% CI and n."""
     rows = []
     for name, result in runs.items():
-        method = "zero-shot CLIP" if name == "CLIP" else name
+        method = "zero-shot CLIP" if name == "CLIP" else name.removesuffix(f" {result.spec.model}")
         if name == LIK:
             method = f"likelihood, answer prefix {answer_prefix!r}"
         rows.append(_row(result.spec.model, method, result.summary["n"],
