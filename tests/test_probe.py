@@ -10,6 +10,7 @@ import pytest
 import torch
 import typer
 from fixtures_data import write_noisy_colour_folder
+from output_files import read_output_files
 from typer.testing import CliRunner
 
 from vlmclf.analysis.probe.config import CLEAN_LABEL
@@ -412,13 +413,6 @@ def test_clip_baseline_trains_on_unit_vectors_for_its_own_epochs(
     )
 
 
-@pytest.fixture
-def torch_threads_restored():
-    """``--threads`` caps torch for the whole process: give the test process its count back."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
 
 def test_probe_output_path_writes_results_and_a_line_per_example_and_probe(
     colour_data, tmp_path, monkeypatch, torch_threads_restored
@@ -437,9 +431,7 @@ def test_probe_output_path_writes_results_and_a_line_per_example_and_probe(
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     analysis_id = payload["analysis_id"]
-    assert sorted(p.name for p in out.iterdir()) == [f"results_{analysis_id}.json",
-                                                     f"samples_{analysis_id}.jsonl"]  # fmt: skip
-    results = json.loads((out / f"results_{analysis_id}.json").read_text())
+    results, lines = read_output_files(out, analysis_id)
     with RunStore(store, read_only=True) as runs:
         stored = runs.get_analysis(analysis_id)
     assert results["kind"] == "probe" and results["status"] == "done"
@@ -450,8 +442,6 @@ def test_probe_output_path_writes_results_and_a_line_per_example_and_probe(
     assert results["versions"]["torch"] and "vlmclf_git_revision" in results
     assert "predicted" not in json.dumps(stored.result)  # per-example predictions: files only
 
-    lines = [json.loads(s) for s in (out / f"samples_{analysis_id}.jsonl").read_text()
-             .splitlines()]  # fmt: skip
     n_eval = payload["features"]["mean"]["n_eval"]
     assert n_eval >= 7 and len(lines) == n_eval * 4  # 2 poolings x 2 protocols
     for pooling in ("last_token", "mean"):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from fixtures_data import write_noisy_colour_folder
+from output_files import read_output_files
 from typer.testing import CliRunner
 
 import vlmclf
@@ -45,9 +46,7 @@ def test_output_path_writes_results_json_and_samples_log(folder: Path, tmp_path:
                                   "--log-samples"))  # fmt: skip
     summary = json.loads(printed.strip().splitlines()[-1])
     run_id = summary["run_id"]
-    assert sorted(p.name for p in out.iterdir()) == [f"results_{run_id}.json",
-                                                     f"samples_{run_id}.jsonl"]  # fmt: skip
-    results = json.loads((out / f"results_{run_id}.json").read_text())
+    results, samples = read_output_files(out, run_id)
     with RunStore(store, read_only=True) as runs:
         record = runs.get_run(run_id)
         stored = {p.example_id: p for p in runs.predictions(run_id)}
@@ -60,8 +59,6 @@ def test_output_path_writes_results_json_and_samples_log(folder: Path, tmp_path:
     assert results["vlmclf_git_revision"] == (head or None)
     assert results["class_names"] == ["blue", "green", "red"]
 
-    samples = [json.loads(line) for line in (out / f"samples_{run_id}.jsonl").read_text()
-               .splitlines()]  # fmt: skip
     assert len(samples) == 6 == len(stored)
     for row in samples:
         p = stored[row["example_id"]]

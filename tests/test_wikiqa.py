@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import typer
 from api_servers import FakeApiServer
+from output_files import read_output_files
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -523,15 +524,6 @@ def test_paper_protocol_reads_letters_with_the_mmmu_rule(
     assert "letters read" in table and "mmmu" in table
 
 
-@pytest.fixture
-def torch_threads_restored():
-    """``--threads`` caps torch for the whole process: give the test process its count back."""
-    import torch
-
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
 
 def test_output_path_writes_the_run_and_a_line_per_question(
     tiny_wikiqa: tuple[Path, Path], tmp_path: Path, torch_threads_restored: None
@@ -546,9 +538,7 @@ def test_output_path_writes_the_run_and_a_line_per_question(
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     run_id, summary = report["run_id"], report["summary"]
-    assert sorted(p.name for p in out.iterdir()) == [f"results_{run_id}.json",
-                                                     f"samples_{run_id}.jsonl"]  # fmt: skip
-    results = json.loads((out / f"results_{run_id}.json").read_text())
+    results, rows = read_output_files(out, run_id)
     with RunStore(store, read_only=True) as runs:
         record = runs.get_run(run_id)
         stored = {p.example_id: p for p in runs.predictions(run_id)}
@@ -561,7 +551,6 @@ def test_output_path_writes_the_run_and_a_line_per_question(
     assert results["class_names"] == list(LETTERS)
     assert results["threads"] == 2 == record.threads
 
-    rows = [json.loads(s) for s in (out / f"samples_{run_id}.jsonl").read_text().splitlines()]
     asked = [json.loads(line)["text"] for line in questions.read_text().splitlines()]
     assert len(rows) == 5 == len(stored)
     for row in rows:
