@@ -11,17 +11,20 @@ from typer.testing import CliRunner
 
 from vlmclf.cli import app
 from vlmclf.organism.load import GRID
+from vlmclf.store import RunStore
 
 pytestmark = pytest.mark.skipif(
     not Path("/usr/share/datasets/fashion-mnist").exists(), reason="Debian's dataset-fashion-mnist"
 )
 
 
-def test_demo_on_a_tiny_subset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_demo_on_a_tiny_subset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, torch_threads_restored: None
+):
     monkeypatch.chdir(tmp_path)
     args = [
         "demo", "--n-clip", "24", "--n-vlm", "10", "--n-probe-train", "40", "--batch-size", "10",
-        "--no-progress", "--json",
+        "--no-progress", "--json", "--threads", "2",
     ]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -45,6 +48,9 @@ def test_demo_on_a_tiny_subset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     assert [row["k"] for row in findings["4"]["details"]["curve"]] == [2, 3, 5, 7, 10]
     assert len(demo["likelihood"]["cfg_t_per_fold"]) == 2
     assert findings["6"]["details"]["n"]["tops"] + findings["6"]["details"]["n"]["rest"] == 10
+
+    with RunStore(tmp_path / "vlmclf-runs.sqlite", read_only=True) as store:  # --threads, recorded
+        assert {store.get_run(run_id).threads for run_id in demo["runs"].values()} == {2}
 
     files = demo["files"]
     assert "## Findings" in Path(files["report"]).read_text()

@@ -311,3 +311,18 @@ def test_a_burst_of_new_connections_is_not_dropped_by_a_short_listen_backlog():
             sock.close()
         served.shutdown()
     assert len(sockets) == 12
+
+
+def test_cli_caps_torch_threads_before_loading_the_model(monkeypatch, torch_threads_restored):
+    import vlmclf.run.loading
+
+    seen = []
+
+    def record_threads(*_args, **_kwargs):
+        seen.append(torch.get_num_threads())
+        raise ValueError("stopped before loading, as the test wants")
+
+    monkeypatch.setattr(vlmclf.run.loading, "load_any_model", record_threads)
+    torch.set_num_threads(2)
+    result = CliRunner().invoke(app, ["serve", "--model", "x", "--port", "0", "--threads", "1"])
+    assert result.exit_code == 2 and seen == [1]

@@ -12,12 +12,14 @@ from vlmclf.commands.common import (
     DEFAULT_STORE,
     DEVICE_HELP,
     REPORTS_DIR,
+    THREADS_HELP,
     at_least,
     batch_help,
     batch_size_or_auto,
     out_folder,
     resolve_batch,
     resolve_hardware,
+    use_threads,
 )
 
 CPU_BATCH = 16  # --batch-size auto on CPU and MPS
@@ -48,6 +50,7 @@ def demo_command(
         str, typer.Option(callback=batch_size_or_auto, help=batch_help(CPU_BATCH))
     ] = "auto",
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    threads: Annotated[int | None, typer.Option(callback=at_least(1), help=THREADS_HELP)] = None,
     out: Annotated[Path, out_folder("Folder for the report.")] = REPORTS_DIR / "demo",
     store: Annotated[Path, typer.Option(help="The run store.")] = DEFAULT_STORE,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -65,8 +68,9 @@ def demo_command(
     device, dtype = resolve_hardware("organism:vlm", device, "auto")
     config = RunConfig(
         store_path=store, batch_size=resolve_batch(batch_size, device, CPU_BATCH),
-        progress=progress, model=ModelOptions(device=device, dtype=dtype),
+        progress=progress, model=ModelOptions(device=device, dtype=dtype), threads=threads,
     )  # fmt: skip
+    use_threads(threads)  # the probe's features too, which are computed outside a run
     base = QUICK_SIZES if quick else DemoSizes()
     sizes = DemoSizes(
         n_clip=n_clip or base.n_clip,

@@ -48,7 +48,7 @@ def train_command(
 @organism_app.command("grid")
 def grid_command(
     name: Annotated[str, typer.Argument(help="A grid organism, e.g. grid-block2-smollm2w3.")],
-    out: Annotated[Path, typer.Option(help="Folder for the weights and training record.")],
+    out: Annotated[Path, out_folder("Folder for the weights and training record.")],
 ) -> None:
     """Train one cell of the encoder-by-LLM grid with the grid's recipe, as shipped."""
     from vlmclf.organism.grid import train_grid_cell

@@ -6,7 +6,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vlmclf.commands.common import DEVICE_HELP, DTYPE_HELP, fail, number_in, resolve_hardware
+from vlmclf.commands.common import (
+    DEVICE_HELP,
+    DTYPE_HELP,
+    at_least,
+    fail,
+    number_in,
+    resolve_hardware,
+    use_threads,
+)
 
 if TYPE_CHECKING:
     from vlmclf.serve import ServeLimits
@@ -33,6 +41,11 @@ def serve_command(
     ] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "auto",
+    threads: Annotated[
+        int | None,
+        typer.Option(callback=at_least(1), help="CPU threads torch computes with (default: what "
+                     "torch picks)."),
+    ] = None,
     max_batch: Annotated[int, typer.Option(help="Requests answered by one model call.")] = 8,
     batch_window_ms: Annotated[
         float, typer.Option(help="How long to wait for requests to batch with the first.")
@@ -94,6 +107,7 @@ def serve_command(
             f"address can use the model. Set {API_KEY_VARIABLE} (or --api-key).",
             fg=typer.colors.RED, bold=True, err=True,
         )  # fmt: skip
+    use_threads(threads)
     try:
         server.attach(load_any_model(model, ModelOptions(device=device, dtype=dtype)))
     except (ValueError, FileNotFoundError) as err:
