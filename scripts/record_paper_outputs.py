@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
-import hashlib
 import importlib
 import io
 import json
@@ -42,15 +41,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_paper_code import offline, read_script  # noqa: E402
 
-QUESTION = "What type of object is in this photo?"
-CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-           "Bag", "Ankle boot"]  # fmt: skip
-POOLING_QUESTIONS = [QUESTION, "What is it?", QUESTION + " Answer in one short word, please."]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from paper_inputs import (  # noqa: E402  (the tests' inputs: one builder for both sides)
+    CLASSES,
+    FINETUNE_QUESTION,
+    POOLING_QUESTIONS,
+    QUESTION,
+    files_fingerprint,
+    pooling_images,
+    weights_fingerprint,
+    write_manifest,
+    write_wikiqa,
+)
+
 CUE = "Let's think step by step."
 CUE_CASES = [
     "Trendelenburg position", ".B,", "C", "(A) Fowler's position", "Flat position.", "B or C",
@@ -58,66 +65,11 @@ CUE_CASES = [
 ]
 CUE_OPTIONS = {"A": "Fowler's position", "B": "Upright position", "C": "Trendelenburg position",
                "D": "Flat position"}  # fmt: skip
-FINETUNE_QUESTION = "What type of object is in the photo?"
 FINETUNE_LABELS = ["Dress", "Ankle boot", "T-shirt/top"]
 GENERATE_TOKENS = 6  # the CoT generation test
 WIKIQA_TOKENS = 24
 WIKIQA_N = 4
 ANSWER_START = " Trendelenburg position"  # appended to the CoT prompt (edit "answer_start")
-
-
-# ------------------------------------------------------ the tests' inputs (built the same way)
-
-
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 over the state dict (names and float32 bytes): a different tiny model shows here."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def files_fingerprint(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def write_manifest(root: Path) -> Path:
-    """30 greyscale PNGs (rng 0) with labels cycling through the classes, relative manifest."""
-    rng = np.random.default_rng(0)
-    lines = []
-    for index in range(30):
-        pixels = rng.integers(0, 255, (28, 28), dtype=np.uint8)
-        Image.fromarray(pixels).save(root / f"{index:02d}.png")
-        record = {"image": f"{index:02d}.png", "label": CLASSES[index * 7 % 10], "split": "test"}
-        lines.append(json.dumps(record))
-    path = root / "fm.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def pooling_images() -> list[Image.Image]:
-    return [Image.new("RGB", (28, 28), (30 * i, 90, 200 - 30 * i)) for i in range(3)]
-
-
-def write_wikiqa(root: Path, n: int) -> Path:
-    """The first ``n`` shipped ImageWikiQA questions, each with a small JPEG (rng 1) of its own."""
-    from importlib import resources
-
-    shipped = resources.files("vlmclf").joinpath("data/imagewikiqa.jsonl").read_text()
-    rows = [json.loads(line) for line in shipped.splitlines()[:n]]
-    rng = np.random.default_rng(1)
-    for row in rows:
-        (root / row["image"]).parent.mkdir(parents=True, exist_ok=True)
-        pixels = rng.integers(0, 255, (28, 28, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(root / row["image"], format="JPEG")
-    path = root / "questions.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 # ------------------------------------------------------------------------ the paper's scripts

@@ -10,22 +10,27 @@ still does.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from functools import cache
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from paper_inputs import (
+    CLASSES,
+    FINETUNE_QUESTION,
+    POOLING_QUESTIONS,
+    files_fingerprint,
+    pooling_images,
+    weights_fingerprint,
+    write_manifest,
+    write_wikiqa,
+)
 from PIL import Image
 from typer.testing import CliRunner
 
 from vlmclf.cli import app
 
-QUESTION = "What type of object is in this photo?"
-CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-           "Bag", "Ankle boot"]  # fmt: skip
 FIXTURE = Path(__file__).parent / "fixtures" / "paper_outputs.json"
 RERECORD = "re-record with scripts/record_paper_outputs.py (see its docstring)"
 
@@ -34,22 +39,6 @@ RERECORD = "re-record with scripts/record_paper_outputs.py (see its docstring)"
 def recorded() -> dict:
     """What the paper's and LLaVA's code output on these tests' inputs."""
     return json.loads(FIXTURE.read_text())
-
-
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def files_fingerprint(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def assert_recorded_inputs(model: torch.nn.Module | None = None, images: list[Path] = (),
@@ -75,18 +64,7 @@ def llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """30 greyscale PNGs with labels cycling through the classes, as a relative manifest."""
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    lines = []
-    for index in range(30):
-        pixels = rng.integers(0, 255, (28, 28), dtype=np.uint8)
-        Image.fromarray(pixels).save(root / f"{index:02d}.png")
-        record = {"image": f"{index:02d}.png", "label": CLASSES[index * 7 % 10], "split": "test"}
-        lines.append(json.dumps(record))
-    path = root / "fm.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_manifest(tmp_path_factory.mktemp("images"))
 
 
 def paper_model(llava_dir: Path):
@@ -152,9 +130,9 @@ def test_paper_pooling_counts_the_pads_of_a_padded_batch(llava_dir):
     assert_recorded_inputs(model)
     ours = HFVisionLanguageModel(model, processor, adapter_by_name("llava"), "tiny")
     ours.prompt_template = "USER: {image}\n{question}\nASSISTANT:"
-    images = [Image.new("RGB", (28, 28), (30 * i, 90, 200 - 30 * i)) for i in range(3)]
+    images = pooling_images()
     padded = recorded()["features"]["padded"]
-    questions = [QUESTION, "What is it?", QUESTION + " Answer in one short word, please."]
+    questions = POOLING_QUESTIONS
     assert padded["questions"] == questions
     got = ours.hidden_features(images, questions, positions="all")
     torch.testing.assert_close(got.last_token, torch.tensor(padded["last_token"]), rtol=0,
@@ -206,22 +184,6 @@ def test_paper_generation_reads_the_answer_after_the_last_marker(llava_dir, mani
     assert [row["hit"] for row in paper] == hits
 
 
-def wikiqa_questions(root: Path, n: int) -> Path:
-    """The first ``n`` shipped ImageWikiQA questions, each with a small JPEG of its own."""
-    from importlib import resources
-
-    shipped = resources.files("vlmclf").joinpath("data/imagewikiqa.jsonl").read_text()
-    rows = [json.loads(line) for line in shipped.splitlines()[:n]]
-    rng = np.random.default_rng(1)
-    for row in rows:
-        (root / row["image"]).parent.mkdir(parents=True, exist_ok=True)
-        pixels = rng.integers(0, 255, (28, 28, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(root / row["image"], format="JPEG")
-    path = root / "questions.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
-
-
 def test_paper_wikiqa_parses_the_text_the_papers_code_parses(llava_dir, tmp_path):
     """imagewikiqa/main.py keeps the text after the last ``ASSISTANT:``, which begins with the
     CoT cue; its eval notebook parses that. vlmclf stores and parses the same text (answers and
@@ -229,7 +191,7 @@ def test_paper_wikiqa_parses_the_text_the_papers_code_parses(llava_dir, tmp_path
     from vlmclf.store import RunStore
 
     wikiqa = recorded()["wikiqa"]
-    questions = wikiqa_questions(tmp_path, len(wikiqa["preds"]))
+    questions = write_wikiqa(tmp_path, len(wikiqa["preds"]))
     items = [json.loads(line) for line in questions.read_text().splitlines()]
     assert_recorded_inputs(paper_model(llava_dir)[1], [tmp_path / item["image"] for item in items],
                            wikiqa["images"])  # fmt: skip
@@ -259,7 +221,7 @@ def test_paper_wikiqa_parses_the_cue_with_the_answer(llava_dir, tmp_path):
     from vlmclf.store import RunStore
 
     case = recorded()["wikiqa"]["answer_start"]
-    questions = wikiqa_questions(tmp_path, len(case["preds"]))
+    questions = write_wikiqa(tmp_path, len(case["preds"]))
     template = "USER: {image}\n{question}\nASSISTANT: Let's think step by step." + case["text"]
     spec = wikiqa_spec(
         f"hf:{llava_dir}", questions=questions, cot=True, max_new_tokens=case["max_new_tokens"],
@@ -309,7 +271,6 @@ VICUNA_V1 = (
     "gives helpful, detailed, and polite answers to the user's questions. USER: {image}\n"
     "{question} ASSISTANT:"
 )
-FINETUNE_QUESTION = "What type of object is in the photo?"
 
 
 def test_paper_finetune_trains_on_the_vicuna_v1_tokens_llava_trains_on(llava_dir):
