@@ -160,6 +160,9 @@ def test_components_file_errors_name_the_entry(tmp_path: Path) -> None:
     bad.write_text('{"models": \n')
     with pytest.raises(ValueError, match=r"c.json:2: invalid JSON"):
         read_components_file(bad)
+    for missing in (tmp_path / "absent.json", tmp_path):  # a folder is no file either
+        with pytest.raises(ValueError, match=r"^--components: no file at "):
+            read_components_file(missing)
 
 
 def test_cli_prints_the_table_and_verdicts_and_refuses_unknown_models(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from vlmclf.data.readers import read_json_option_file
 from vlmclf.organism.load import ORGANISMS, default_weights_dir
 
 COMPONENTS = ("encoder", "llm")
@@ -23,12 +24,7 @@ def read_components_file(path: str | Path) -> tuple[dict[str, dict[str, str]], d
     """``{"models": {model: {"encoder": ..., "llm": ...}}, "groups": {dataset: "fine"|"coarse"}}``
     (``groups`` optional); errors name the file and the entry."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise ValueError(f"--components: no file at {path}") from err
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from err
+    data = read_json_option_file(path, "--components")
     if not isinstance(data, dict) or not isinstance(data.get("models", {}), dict):
         raise ValueError(f'{path}: expected {{"models": {{model: {{"encoder", "llm"}}}}, ...}}')
     models = {}

@@ -13,7 +13,6 @@ parents (a few synsets have two hypernyms).
 from __future__ import annotations
 
 import io
-import json
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any
 
 from vlmclf.data.classnames import load_class_names
 from vlmclf.data.layouts_robustness import shipped_wnids
+from vlmclf.data.readers import read_json_option_file
 
 WORDNET_DIR = Path("/usr/share/wordnet")
 """Where Debian's ``wordnet-base`` puts the WordNet 3.0 database files."""
@@ -121,12 +121,7 @@ def _check_acyclic(parent_of: Mapping[str, str], source: str) -> None:
 def load_hierarchy_file(path: str | Path, class_names: Sequence[str]) -> Hierarchy:
     """A JSON object ``{"child": "parent", ...}`` from ``path`` (``--hierarchy FILE``)."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"--hierarchy: no file at {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from err
+    data = read_json_option_file(path, "--hierarchy")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object mapping child name to parent name")
     for child, parent in data.items():

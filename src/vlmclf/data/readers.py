@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from vlmclf.data.catalog import BENCHMARK_LAYOUTS
 from vlmclf.data.classnames import load_class_names
@@ -298,3 +298,15 @@ def _parse_manifest_line(manifest: Path, number: int, text: str) -> ManifestRow:
     if split is not None and not isinstance(split, str):
         raise ValueError(f"{where}: field 'split' must be a string")
     return ManifestRow(number, record["image"], record["label"].strip(), split)
+
+
+def read_json_option_file(path: str | Path, option: str) -> Any:
+    """The JSON a ``--option FILE`` names (``--hierarchy``, ``--components``): a missing file or
+    bad JSON is one line naming the option, or the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{option}: no file at {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from err
