@@ -14,18 +14,17 @@ import subprocess
 import sys
 import tarfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 from PIL import Image
 from store_probe import kill_process_tree, rows_committed
 
+from tests.test_distributed import stored_rows
 from vlmclf.data import load_dataset
 from vlmclf.data.readers import parse_dataset_spec
 from vlmclf.data.types import BadExampleError
 from vlmclf.run.identity import examples_fingerprint
-from vlmclf.store import RunStore
 
 wds = pytest.importorskip("webdataset", reason="the wds extra (pip install 'vlmclf[wds]')")
 datasets = pytest.importorskip("datasets", reason="the hf extra (pip install 'vlmclf[hf]')")
@@ -288,15 +287,6 @@ def run_cli(command: list[str], tmp_path: Path, **env: str) -> dict:
     assert done.returncode == 0, done.stderr[-3000:]
     (printed,) = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     return printed
-
-
-def stored_rows(store: Path) -> tuple[str, list[dict]]:
-    with RunStore(store, read_only=True) as runs:
-        (record,) = runs.list_runs()
-        rows = [asdict(p) for p in runs.predictions(record.run_id)]
-    for row in rows:
-        row.pop("seconds")
-    return record.run_id, rows
 
 
 def test_torchrun_two_ranks_over_wds_store_what_one_process_stores(tmp_path: Path):
